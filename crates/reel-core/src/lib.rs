@@ -1,0 +1,37 @@
+//! Reel's event model, the `EventStore` contract and its one error type.
+//!
+//! This crate does no I/O. Backends (`reel-sqlite`, `reel-postgres`, the HTTP client) implement
+//! [`EventStore`]; everything else (engine, aggregates, CLI) talks only to the trait.
+//!
+//! ```
+//! use reel_core::{ExpectedVersion, NewEvent, StreamName};
+//!
+//! let stream = StreamName::new("unit-PL-1001").unwrap();
+//! assert_eq!(stream.category(), "unit");
+//! assert_eq!(stream.id_part(), Some("PL-1001"));
+//!
+//! let event = NewEvent::json("DoorOpened", &serde_json::json!({ "door": 3 })).unwrap();
+//! assert_eq!(event.event_type, "DoorOpened");
+//! assert_eq!("exists".parse::<ExpectedVersion>().unwrap(), ExpectedVersion::StreamExists);
+//! ```
+
+mod error;
+mod event;
+mod head;
+mod limits;
+mod position;
+mod store;
+mod stream_name;
+mod timestamp;
+
+pub use error::{ReelError, Result};
+pub use event::{EventId, NewEvent, RecordedEvent};
+pub use head::{HeadNotifier, HeadWatch};
+pub use limits::AppendLimits;
+pub use position::{ExpectedVersion, Position, StreamVersion};
+pub use store::{
+    AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats,
+    StreamInfo,
+};
+pub use stream_name::StreamName;
+pub use timestamp::Timestamp;
