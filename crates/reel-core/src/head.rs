@@ -29,6 +29,11 @@ impl HeadNotifier {
         HeadWatch(self.0.subscribe())
     }
 
+    /// How many watchers are alive (a backend may skip work when nobody watches).
+    pub fn watcher_count(&self) -> usize {
+        self.0.receiver_count()
+    }
+
     /// The last announced head.
     pub fn current(&self) -> Position {
         *self.0.borrow()

@@ -1,1 +1,240 @@
+//! Reel's embedded event store: one SQLite file, no server.
+//!
+//! WAL mode with `synchronous = FULL` (an acknowledged append survives power loss), one writer
+//! thread doing group commit, a small pool of reader connections, gap-free positions.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use reel_core::{EventStore, ExpectedVersion, NewEvent, StreamName};
+//! use reel_sqlite::SqliteStore;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = SqliteStore::open(dir.path().join("reel.db")).unwrap();
+//! let stream = StreamName::new("unit-PL-1001").unwrap();
+//! let event = NewEvent::json("DoorOpened", &serde_json::json!({ "door": 3 })).unwrap();
+//! let result = store.append(&stream, ExpectedVersion::NoStream, vec![event]).await.unwrap();
+//! assert_eq!(result.first_position.0, 1);
+//! # });
+//! ```
 
+mod reader;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reel_core::{
+    AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadNotifier,
+    HeadWatch, NewEvent, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
+    StreamVersion,
+};
+use tokio::sync::oneshot;
+
+pub use reader::MAX_READ_LIMIT;
+pub use schema::SCHEMA_VERSION;
+pub use writer::RECENT_ID_WINDOW;
+
+/// How a store is opened.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// Size and count limits checked before anything is written.
+    pub limits: AppendLimits,
+    /// Gather concurrent appends into one transaction and one fsync (default on).
+    pub group_commit: bool,
+    /// Reader connections (default 4).
+    pub readers: usize,
+    /// How often appends by *other processes* are looked for while someone watches the head.
+    /// Appends in this process wake watchers at once.
+    pub external_poll: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self { limits: AppendLimits::default(), group_commit: true, readers: 4, external_poll: Duration::from_millis(100) }
+    }
+}
+
+/// The embedded store. Cheap to clone; clones share the writer and the readers.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    limits: AppendLimits,
+    jobs: Sender<writer::WriteJob>,
+    readers: Arc<reader::ReaderPool>,
+    head: Arc<HeadNotifier>,
+    /// Dropping it stops the thread that notices other processes' appends.
+    _stop_external_watch: Sender<()>,
+}
+
+impl SqliteStore {
+    /// Opens or creates the store at `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ReelError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens or creates the store at `path`.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, ReelError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = schema::open_and_migrate(&path)?;
+        let head = Arc::new(HeadNotifier::new(reader::head(&conn)?));
+        let (jobs, receiver) = mpsc::channel();
+        let group = writer::GroupLimits {
+            max_jobs: if options.group_commit { 1024 } else { 1 },
+            max_events: 50_000,
+        };
+        let writer_head = Arc::clone(&head);
+        std::thread::Builder::new()
+            .name("reel-sqlite-writer".into())
+            .spawn(move || writer::run_writer(conn, receiver, writer_head, group))
+            .map_err(|e| ReelError::storage("starting the writer thread", e))?;
+        let (stop, stopped) = mpsc::channel();
+        let watch_conn = schema::open_connection(&path, true)?;
+        let watch_head = Arc::clone(&head);
+        let poll = options.external_poll;
+        std::thread::Builder::new()
+            .name("reel-sqlite-watch".into())
+            .spawn(move || watch_external_appends(watch_conn, watch_head, poll, stopped))
+            .map_err(|e| ReelError::storage("starting the watch thread", e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                readers: Arc::new(reader::ReaderPool::new(&path, options.readers)),
+                path,
+                limits: options.limits,
+                jobs,
+                head,
+                _stop_external_watch: stop,
+            }),
+        })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn submit(&self, requests: Vec<AppendRequest>) -> Result<Vec<Result<AppendResult, ReelError>>, ReelError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.jobs.send(writer::WriteJob { requests, reply }).map_err(|_| ReelError::Closed)?;
+        answer.await.map_err(|_| ReelError::Closed)
+    }
+
+    fn validate(&self, events: &[NewEvent]) -> Result<(), ReelError> {
+        self.inner.limits.validate(events)
+    }
+}
+
+/// Wakes head watchers when another process appends. `PRAGMA data_version` changes when any
+/// other connection commits; it is checked only while somebody watches.
+fn watch_external_appends(
+    conn: rusqlite::Connection,
+    head: Arc<HeadNotifier>,
+    poll: Duration,
+    stop: mpsc::Receiver<()>,
+) {
+    let mut last_version: Option<i64> = None;
+    loop {
+        match stop.recv_timeout(poll) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        if head.watcher_count() == 0 {
+            continue;
+        }
+        let version = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)).ok();
+        if version.is_some() && version != last_version {
+            last_version = version;
+            if let Ok(position) = reader::head(&conn) {
+                head.advance(position);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, ReelError> {
+        self.validate(&events)?;
+        let request = AppendRequest { stream: stream.clone(), expected, events };
+        self.submit(vec![request]).await?.pop().unwrap_or(Err(ReelError::Closed))
+    }
+
+    async fn append_many(&self, requests: Vec<AppendRequest>) -> Vec<Result<AppendResult, ReelError>> {
+        let checks: Vec<Result<(), ReelError>> = requests.iter().map(|r| self.validate(&r.events)).collect();
+        let valid: Vec<AppendRequest> =
+            requests.into_iter().zip(&checks).filter(|(_, c)| c.is_ok()).map(|(r, _)| r).collect();
+        let mut stored = match self.submit(valid).await {
+            Ok(results) => results.into_iter(),
+            Err(e) => return checks.iter().map(|_| Err(e.clone())).collect(),
+        };
+        checks
+            .into_iter()
+            .map(|check| match check {
+                Ok(()) => stored.next().unwrap_or(Err(ReelError::Closed)),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: StreamVersion,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, ReelError> {
+        reader::check_limit(limit)?;
+        let stream = stream.clone();
+        self.inner.readers.run(move |pool, conn| reader::read_stream(pool, conn, &stream, from, direction, limit)).await
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Option<StreamVersion>, ReelError> {
+        let stream = stream.clone();
+        self.inner.readers.run(move |_, conn| reader::stream_version(conn, &stream)).await
+    }
+
+    async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
+        reader::check_limit(limit)?;
+        let filter = filter.clone();
+        self.inner.readers.run(move |pool, conn| reader::read_all(pool, conn, from, &filter, limit)).await
+    }
+
+    async fn head(&self) -> Result<Position, ReelError> {
+        let position = self.inner.readers.run(|_, conn| reader::head(conn)).await?;
+        self.inner.head.advance(position);
+        Ok(position)
+    }
+
+    fn watch_head(&self) -> HeadWatch {
+        self.inner.head.watch()
+    }
+
+    async fn streams(
+        &self,
+        category: Option<&str>,
+        after: Option<&StreamName>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>, ReelError> {
+        reader::check_limit(limit)?;
+        let category = category.map(str::to_string);
+        let after = after.cloned();
+        self.inner.readers.run(move |_, conn| reader::streams(conn, category.as_deref(), after.as_ref(), limit)).await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, ReelError> {
+        let path = self.inner.path.clone();
+        self.inner.readers.run(move |_, conn| reader::stats(conn, &path)).await
+    }
+}

@@ -1,0 +1,269 @@
+//! Read queries on a small pool of connections, run off the async threads.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use reel_core::{
+    AllPage, Direction, EventId, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo,
+    StreamName, StreamVersion, Timestamp,
+};
+use rusqlite::{params_from_iter, types::Value, Connection, OptionalExtension};
+use tokio::sync::Semaphore;
+
+use crate::schema::open_connection;
+
+/// Largest page a single read returns.
+pub const MAX_READ_LIMIT: usize = 100_000;
+
+/// How many positions a filtered `read_all` scans before it returns a (possibly empty) page.
+const FILTERED_SCAN_WINDOW: u64 = 65_536;
+
+/// Pooled read connections plus a cache of stream names by id (names never change).
+pub struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+    names: RwLock<HashMap<i64, StreamName>>,
+}
+
+impl ReaderPool {
+    pub fn new(path: &Path, size: usize) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(size.max(1)),
+            names: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Runs `work` on a pooled connection in a blocking thread.
+    pub async fn run<T, F>(self: &Arc<Self>, work: F) -> Result<T, ReelError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReaderPool, &Connection) -> Result<T, ReelError> + Send + 'static,
+    {
+        let _permit = self.permits.acquire().await.map_err(|_| ReelError::Closed)?;
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let conn = match pool.idle.lock().map(|mut idle| idle.pop()) {
+                Ok(Some(conn)) => conn,
+                _ => open_connection(&pool.path, true)?,
+            };
+            let result = work(&pool, &conn);
+            if let Ok(mut idle) = pool.idle.lock() {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| ReelError::storage("running a read", e))?
+    }
+
+    fn stream_name(&self, conn: &Connection, stream_id: i64) -> Result<StreamName, ReelError> {
+        if let Some(name) = self.names.read().ok().and_then(|n| n.get(&stream_id).cloned()) {
+            return Ok(name);
+        }
+        let text: String = conn
+            .prepare_cached("SELECT name FROM streams WHERE stream_id = ?1")
+            .and_then(|mut s| s.query_row([stream_id], |r| r.get(0)))
+            .map_err(|e| ReelError::storage("reading a stream name", e))?;
+        let name = StreamName::new(text)?;
+        if let Ok(mut names) = self.names.write() {
+            if names.len() > 200_000 {
+                names.clear();
+            }
+            names.insert(stream_id, name.clone());
+        }
+        Ok(name)
+    }
+
+    fn events(&self, conn: &Connection, sql: &str, args: Vec<Value>) -> Result<Vec<RecordedEvent>, ReelError> {
+        let err = |e| ReelError::storage("reading events", e);
+        let mut statement = conn.prepare_cached(sql).map_err(err)?;
+        let mut rows = statement.query(params_from_iter(args)).map_err(err)?;
+        let mut events = Vec::new();
+        while let Some(row) = rows.next().map_err(err)? {
+            let stream_id: i64 = row.get(1).map_err(err)?;
+            let metadata: Option<String> = row.get(6).map_err(err)?;
+            let metadata = match metadata {
+                None => Default::default(),
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| ReelError::storage("decoding stored metadata", e))?,
+            };
+            events.push(RecordedEvent {
+                position: Position(row.get::<_, i64>(0).map_err(err)? as u64),
+                stream: self.stream_name(conn, stream_id)?,
+                stream_version: StreamVersion(row.get::<_, i64>(2).map_err(err)? as u64),
+                id: EventId::from_bytes(row.get(3).map_err(err)?),
+                event_type: row.get(4).map_err(err)?,
+                data: row.get(5).map_err(err)?,
+                metadata,
+                recorded_at: Timestamp::from_unix_micros(row.get(7).map_err(err)?),
+            });
+        }
+        Ok(events)
+    }
+}
+
+const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at";
+
+/// Checks a caller's page size.
+pub fn check_limit(limit: usize) -> Result<(), ReelError> {
+    if limit == 0 || limit > MAX_READ_LIMIT {
+        return Err(ReelError::InvalidArgument(format!("limit must be between 1 and {MAX_READ_LIMIT}, got {limit}")));
+    }
+    Ok(())
+}
+
+fn stream_row(conn: &Connection, stream: &StreamName) -> Result<Option<(i64, u64)>, ReelError> {
+    conn.prepare_cached("SELECT stream_id, version FROM streams WHERE name = ?1")
+        .and_then(|mut s| {
+            s.query_row([stream.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))).optional()
+        })
+        .map_err(|e| ReelError::storage(format!("looking up stream {stream}"), e))
+}
+
+pub fn read_stream(
+    pool: &ReaderPool,
+    conn: &Connection,
+    stream: &StreamName,
+    from: StreamVersion,
+    direction: Direction,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, ReelError> {
+    let Some((stream_id, _)) = stream_row(conn, stream)? else {
+        return Err(ReelError::StreamNotFound { stream: stream.clone() });
+    };
+    let from = from.0.min(i64::MAX as u64) as i64;
+    let sql = match direction {
+        Direction::Forward => format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"
+        ),
+        Direction::Backward => format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 AND stream_version <= ?2 ORDER BY stream_version DESC LIMIT ?3"
+        ),
+    };
+    pool.events(conn, &sql, vec![stream_id.into(), from.into(), (limit as i64).into()])
+}
+
+pub fn stream_version(conn: &Connection, stream: &StreamName) -> Result<Option<StreamVersion>, ReelError> {
+    Ok(stream_row(conn, stream)?.map(|(_, v)| StreamVersion(v)))
+}
+
+pub fn head(conn: &Connection) -> Result<Position, ReelError> {
+    conn.prepare_cached("SELECT coalesce(max(position), 0) FROM events")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .map(|p| Position(p as u64))
+        .map_err(|e| ReelError::storage("reading the head position", e))
+}
+
+pub fn read_all(
+    pool: &ReaderPool,
+    conn: &Connection,
+    from: Position,
+    filter: &ReadAllFilter,
+    limit: usize,
+) -> Result<AllPage, ReelError> {
+    let from = Position(from.0.max(1));
+    if filter.is_empty() {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= ?1 ORDER BY position LIMIT ?2");
+        let events = pool.events(conn, &sql, vec![(from.0 as i64).into(), (limit as i64).into()])?;
+        let next = events.last().map_or(from, |e| e.position.next());
+        return Ok(AllPage { events, next });
+    }
+    // One read transaction so the head and the page come from the same snapshot.
+    conn.execute_batch("BEGIN").map_err(|e| ReelError::storage("starting a read", e))?;
+    let page = filtered_page(pool, conn, from, filter, limit);
+    let _ = conn.execute_batch("COMMIT");
+    page
+}
+
+fn filtered_page(
+    pool: &ReaderPool,
+    conn: &Connection,
+    from: Position,
+    filter: &ReadAllFilter,
+    limit: usize,
+) -> Result<AllPage, ReelError> {
+    let head = head(conn)?;
+    let window_end = from.0.saturating_add(FILTERED_SCAN_WINDOW).min(head.0 + 1).max(from.0);
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= ?1 AND position < ?2");
+    let mut args: Vec<Value> = vec![(from.0 as i64).into(), (window_end as i64).into()];
+    let placeholders = |values: &[String], args: &mut Vec<Value>| {
+        let start = args.len();
+        args.extend(values.iter().map(|v| Value::Text(v.clone())));
+        (start + 1..=args.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+    };
+    if !filter.event_types.is_empty() {
+        let list = placeholders(&filter.event_types, &mut args);
+        sql.push_str(&format!(" AND event_type IN ({list})"));
+    }
+    if !filter.categories.is_empty() {
+        let list = placeholders(&filter.categories, &mut args);
+        sql.push_str(&format!(" AND stream_id IN (SELECT stream_id FROM streams WHERE category IN ({list}))"));
+    }
+    if let Some(prefix) = &filter.stream_prefix {
+        args.push(Value::Integer(prefix.len() as i64));
+        args.push(Value::Blob(prefix.as_bytes().to_vec()));
+        let (len, text) = (args.len() - 1, args.len());
+        sql.push_str(&format!(
+            " AND stream_id IN (SELECT stream_id FROM streams WHERE substr(CAST(name AS BLOB), 1, ?{len}) = ?{text})"
+        ));
+    }
+    args.push(Value::Integer(limit as i64));
+    sql.push_str(&format!(" ORDER BY position LIMIT ?{}", args.len()));
+    let events = pool.events(conn, &sql, args)?;
+    let next = if events.len() == limit {
+        events.last().map_or(Position(window_end), |e| e.position.next())
+    } else {
+        Position(window_end)
+    };
+    Ok(AllPage { events, next })
+}
+
+pub fn streams(
+    conn: &Connection,
+    category: Option<&str>,
+    after: Option<&StreamName>,
+    limit: usize,
+) -> Result<Vec<StreamInfo>, ReelError> {
+    let err = |e| ReelError::storage("listing streams", e);
+    let after = after.map_or(String::new(), |a| a.as_str().to_string());
+    let (sql, args): (&str, Vec<Value>) = match category {
+        Some(category) => (
+            "SELECT name, version FROM streams WHERE category = ?1 AND name > ?2 ORDER BY name LIMIT ?3",
+            vec![category.to_string().into(), after.into(), (limit as i64).into()],
+        ),
+        None => (
+            "SELECT name, version FROM streams WHERE name > ?1 ORDER BY name LIMIT ?2",
+            vec![after.into(), (limit as i64).into()],
+        ),
+    };
+    let mut statement = conn.prepare_cached(sql).map_err(err)?;
+    let rows = statement
+        .query_map(params_from_iter(args), |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(err)?;
+    rows.into_iter()
+        .map(|(name, version)| Ok(StreamInfo { stream: StreamName::new(name)?, version: StreamVersion(version as u64) }))
+        .collect()
+}
+
+pub fn stats(conn: &Connection, path: &Path) -> Result<StoreStats, ReelError> {
+    let err = |e| ReelError::storage("reading store statistics", e);
+    let stream_count: i64 = conn.query_row("SELECT count(*) FROM streams", [], |r| r.get(0)).map_err(err)?;
+    let head = head(conn)?;
+    let file_bytes = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::fs::metadata(name).map(|m| m.len()).unwrap_or(0)
+    };
+    Ok(StoreStats {
+        // Positions are gap-free from 1, so the head is the event count.
+        event_count: head.0,
+        stream_count: stream_count as u64,
+        head,
+        storage_bytes: Some(file_bytes("") + file_bytes("-wal")),
+    })
+}

@@ -1,0 +1,329 @@
+//! The single writer thread and its group commit.
+//!
+//! Every append goes through one thread that owns the only write connection. It takes the first
+//! waiting job, gathers every other job already queued (up to a bound), and runs them all in one
+//! `BEGIN IMMEDIATE … COMMIT`, so concurrent callers share one fsync. Each request keeps its own
+//! atomicity: all of its checks run before any of its rows are written, and a failed check
+//! rejects only that request. Positions are `head + 1` inside the write lock, so they are
+//! gap-free and commit order equals position order.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+
+use reel_core::{
+    AppendRequest, AppendResult, EventId, ExpectedVersion, HeadNotifier, NewEvent, Position, ReelError,
+    StreamName, StreamVersion, Timestamp,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+/// How many of a stream's latest events a retry is recognised among (when its expected version
+/// no longer says where the events sit).
+pub const RECENT_ID_WINDOW: u64 = 1_000;
+
+/// Appends submitted together, answered together.
+pub struct WriteJob {
+    pub requests: Vec<AppendRequest>,
+    pub reply: oneshot::Sender<Vec<Result<AppendResult, ReelError>>>,
+}
+
+/// Bounds of one group commit.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupLimits {
+    /// Most jobs per transaction; 1 disables group commit.
+    pub max_jobs: usize,
+    /// Stop gathering once this many events are in the group.
+    pub max_events: usize,
+}
+
+/// Runs until every sender is dropped, then returns after finishing queued jobs.
+pub fn run_writer(mut conn: Connection, jobs: Receiver<WriteJob>, head: Arc<HeadNotifier>, limits: GroupLimits) {
+    while let Ok(first) = jobs.recv() {
+        let mut events = count_events(&first);
+        let mut group = vec![first];
+        while group.len() < limits.max_jobs && events < limits.max_events {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    events += count_events(&job);
+                    group.push(job);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let requests: Vec<&AppendRequest> = group.iter().flat_map(|job| job.requests.iter()).collect();
+        let mut results = commit_group(&mut conn, &requests, &head).into_iter();
+        for job in group {
+            let answers: Vec<_> = results.by_ref().take(job.requests.len()).collect();
+            // A caller that gave up waiting is not an error: its events are committed either way.
+            let _ = job.reply.send(answers);
+        }
+    }
+}
+
+fn count_events(job: &WriteJob) -> usize {
+    job.requests.iter().map(|r| r.events.len()).sum()
+}
+
+/// One transaction for all `requests`; returns one result per request.
+fn commit_group(
+    conn: &mut Connection,
+    requests: &[&AppendRequest],
+    notifier: &HeadNotifier,
+) -> Vec<Result<AppendResult, ReelError>> {
+    let fail_all = |e: ReelError| requests.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
+    let now = Timestamp::now();
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(ReelError::storage("starting an append transaction", e)),
+    };
+    let mut head = match current_head(&tx) {
+        Ok(head) => head,
+        Err(e) => return fail_all(e),
+    };
+    let mut results = Vec::with_capacity(requests.len());
+    for request in requests {
+        match append_one(&tx, request, &mut head, now) {
+            Ok(result) => results.push(Ok(result)),
+            // Checks run before writes, so a rejected request left nothing behind.
+            Err(Rejected::Check(e)) => results.push(Err(e)),
+            // A write failed halfway: nothing in this transaction can be trusted.
+            Err(Rejected::Write(e)) => return fail_all(e),
+        }
+    }
+    if let Err(e) = tx.commit() {
+        return fail_all(ReelError::storage("committing appends", e));
+    }
+    notifier.advance(head);
+    results
+}
+
+/// Why a request was not stored.
+enum Rejected {
+    /// Its own checks failed; other requests in the group go on.
+    Check(ReelError),
+    /// The database failed while writing; the whole group rolls back.
+    Write(ReelError),
+}
+
+impl From<ReelError> for Rejected {
+    fn from(e: ReelError) -> Self {
+        Rejected::Check(e)
+    }
+}
+
+fn current_head(conn: &Connection) -> Result<Position, ReelError> {
+    conn.prepare_cached("SELECT coalesce(max(position), 0) FROM events")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .map(|p| Position(p as u64))
+        .map_err(|e| ReelError::storage("reading the head position", e))
+}
+
+fn append_one(
+    conn: &Connection,
+    request: &AppendRequest,
+    head: &mut Position,
+    now: Timestamp,
+) -> Result<AppendResult, Rejected> {
+    let stream = &request.stream;
+    let events = &request.events;
+    let row: Option<(i64, u64)> = conn
+        .prepare_cached("SELECT stream_id, version FROM streams WHERE name = ?1")
+        .and_then(|mut s| {
+            s.query_row([stream.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)))
+                .optional()
+        })
+        .map_err(|e| ReelError::storage(format!("looking up stream {stream}"), e))?;
+    let actual = row.map(|(_, v)| StreamVersion(v));
+
+    if !request.expected.is_satisfied_by(actual) {
+        let retry_start = match request.expected {
+            ExpectedVersion::Exact(v) => v.0.checked_add(1),
+            ExpectedVersion::NoStream => Some(0),
+            _ => None,
+        };
+        if let (Some((stream_id, _)), Some(start)) = (row, retry_start) {
+            if let Some(result) = earlier_append_at(conn, stream, stream_id, start, events)? {
+                return Ok(result);
+            }
+        }
+        return Err(ReelError::WrongExpectedVersion { stream: stream.clone(), expected: request.expected, actual }
+            .into());
+    }
+    // Client-supplied ids may repeat an earlier append whatever the expected version said.
+    if let Some((stream_id, version)) = row {
+        if events.iter().any(|e| e.id.is_some()) {
+            if let Some(result) = earlier_append_among_recent(conn, stream, stream_id, version, events)? {
+                return Ok(result);
+            }
+        }
+    }
+    insert(conn, stream, row, events, head, now).map_err(Rejected::Write)
+}
+
+fn insert(
+    conn: &Connection,
+    stream: &StreamName,
+    row: Option<(i64, u64)>,
+    events: &[NewEvent],
+    head: &mut Position,
+    now: Timestamp,
+) -> Result<AppendResult, ReelError> {
+    let n = events.len() as u64;
+    let first_version = row.map_or(0, |(_, v)| v + 1);
+    let last_version = first_version + n - 1;
+    let write_err = |e: rusqlite::Error| ReelError::storage(format!("appending to {stream}"), e);
+    let stream_id = match row {
+        Some((id, _)) => {
+            conn.prepare_cached("UPDATE streams SET version = ?1 WHERE stream_id = ?2")
+                .and_then(|mut s| s.execute(params![last_version as i64, id]))
+                .map_err(write_err)?;
+            id
+        }
+        None => {
+            conn.prepare_cached("INSERT INTO streams (name, category, version) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![stream.as_str(), stream.category(), last_version as i64]))
+                .map_err(write_err)?;
+            conn.last_insert_rowid()
+        }
+    };
+    let mut statement = conn
+        .prepare_cached(
+            "INSERT INTO events (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(write_err)?;
+    let first_position = head.next();
+    for (i, event) in events.iter().enumerate() {
+        let id = event.id.unwrap_or_else(EventId::new_v7);
+        let metadata = metadata_text(event);
+        statement
+            .execute(params![
+                (first_position.0 + i as u64) as i64,
+                stream_id,
+                (first_version + i as u64) as i64,
+                &id.as_bytes()[..],
+                event.event_type,
+                event.data,
+                metadata,
+                now.unix_micros(),
+            ])
+            .map_err(write_err)?;
+    }
+    *head = Position(head.0 + n);
+    Ok(AppendResult { first_position, last_position: *head, next_version: StreamVersion(last_version) })
+}
+
+/// Metadata as stored: `NULL` when empty, JSON text otherwise.
+fn metadata_text(event: &NewEvent) -> Option<String> {
+    (!event.metadata.is_empty()).then(|| serde_json::Value::Object(event.metadata.clone()).to_string())
+}
+
+/// A stored event, as far as retry detection needs it.
+struct StoredEvent {
+    position: Position,
+    version: u64,
+    id: EventId,
+    event_type: String,
+    data: Vec<u8>,
+    metadata: Option<String>,
+}
+
+/// The stream's events from version `start` on, at most `limit`.
+fn stored_from(conn: &Connection, stream_id: i64, start: u64, limit: usize) -> Result<Vec<StoredEvent>, ReelError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT position, stream_version, event_id, event_type, data, metadata FROM events
+             WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3",
+        )
+        .map_err(|e| ReelError::storage("checking for a retried append", e))?;
+    let rows = statement
+        .query_map(params![stream_id, start as i64, limit as i64], |r| {
+            Ok(StoredEvent {
+                position: Position(r.get::<_, i64>(0)? as u64),
+                version: r.get::<_, i64>(1)? as u64,
+                id: EventId::from_bytes(r.get::<_, [u8; 16]>(2)?),
+                event_type: r.get(3)?,
+                data: r.get(4)?,
+                metadata: r.get(5)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ReelError::storage("checking for a retried append", e))?;
+    Ok(rows)
+}
+
+/// When the stream holds events from `start` on and the first is `events[0]`, this append was
+/// stored before: return its original result, or say why it does not match.
+fn earlier_append_at(
+    conn: &Connection,
+    stream: &StreamName,
+    stream_id: i64,
+    start: u64,
+    events: &[NewEvent],
+) -> Result<Option<AppendResult>, ReelError> {
+    let Some(first_id) = events[0].id else { return Ok(None) };
+    let stored = stored_from(conn, stream_id, start, events.len())?;
+    if stored.first().map(|s| s.id) != Some(first_id) {
+        return Ok(None);
+    }
+    same_append(stream, &stored, events).map(Some)
+}
+
+/// Looks for the batch's ids among the stream's latest [`RECENT_ID_WINDOW`] events.
+fn earlier_append_among_recent(
+    conn: &Connection,
+    stream: &StreamName,
+    stream_id: i64,
+    version: u64,
+    events: &[NewEvent],
+) -> Result<Option<AppendResult>, ReelError> {
+    let start = version.saturating_sub(RECENT_ID_WINDOW - 1);
+    let mut statement = conn
+        .prepare_cached("SELECT event_id, stream_version FROM events WHERE stream_id = ?1 AND stream_version >= ?2")
+        .map_err(|e| ReelError::storage("checking recent event ids", e))?;
+    let recent: HashMap<EventId, u64> = statement
+        .query_map(params![stream_id, start as i64], |r| {
+            Ok((EventId::from_bytes(r.get::<_, [u8; 16]>(0)?), r.get::<_, i64>(1)? as u64))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| ReelError::storage("checking recent event ids", e))?;
+    let first_known = events.iter().enumerate().find_map(|(i, e)| Some((i, e.id?, *recent.get(&e.id?)?)));
+    match first_known {
+        None => Ok(None),
+        Some((0, _, version)) => {
+            let stored = stored_from(conn, stream_id, version, events.len())?;
+            same_append(stream, &stored, events).map(Some)
+        }
+        Some((index, id, version)) => Err(ReelError::DuplicateEventId {
+            stream: stream.clone(),
+            id,
+            reason: format!("event #{index} is already stored at version {version}, but the batch is not a retry of that append"),
+        }),
+    }
+}
+
+/// `stored` must be exactly `events`, same ids in the same order with the same content.
+fn same_append(stream: &StreamName, stored: &[StoredEvent], events: &[NewEvent]) -> Result<AppendResult, ReelError> {
+    for (index, event) in events.iter().enumerate() {
+        let duplicate = |id: EventId, reason: String| ReelError::DuplicateEventId { stream: stream.clone(), id, reason };
+        let Some(s) = stored.get(index) else {
+            let id = event.id.unwrap_or(stored[0].id);
+            return Err(duplicate(id, format!("only the first {} events of this batch were stored by the earlier append", stored.len())));
+        };
+        if event.id != Some(s.id) {
+            return Err(duplicate(s.id, format!("the earlier append stored a different event at version {}", s.version)));
+        }
+        let same_metadata = metadata_text(event) == s.metadata
+            || s.metadata.as_deref().and_then(|m| serde_json::from_str(m).ok()).as_ref() == Some(&event.metadata);
+        if event.event_type != s.event_type || event.data != s.data || !same_metadata {
+            return Err(duplicate(s.id, format!("already stored at version {} with different content", s.version)));
+        }
+    }
+    let last = &stored[events.len() - 1];
+    Ok(AppendResult {
+        first_position: stored[0].position,
+        last_position: last.position,
+        next_version: StreamVersion(last.version),
+    })
+}
