@@ -38,9 +38,7 @@ impl fmt::Display for EventId {
 impl FromStr for EventId {
     type Err = ReelError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s)
-            .map(EventId)
-            .map_err(|e| ReelError::InvalidArgument(format!("{s:?} is not a UUID: {e}")))
+        Uuid::parse_str(s).map(EventId).map_err(|e| ReelError::InvalidArgument(format!("{s:?} is not a UUID: {e}")))
     }
 }
 

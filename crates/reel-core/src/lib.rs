@@ -29,9 +29,6 @@ pub use event::{EventId, NewEvent, RecordedEvent};
 pub use head::{HeadNotifier, HeadWatch};
 pub use limits::AppendLimits;
 pub use position::{ExpectedVersion, Position, StreamVersion};
-pub use store::{
-    AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats,
-    StreamInfo,
-};
+pub use store::{AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats, StreamInfo};
 pub use stream_name::StreamName;
 pub use timestamp::Timestamp;

@@ -1,9 +1,7 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::{
-    ExpectedVersion, HeadWatch, NewEvent, Position, RecordedEvent, ReelError, StreamName, StreamVersion,
-};
+use crate::{ExpectedVersion, HeadWatch, NewEvent, Position, RecordedEvent, ReelError, StreamName, StreamVersion};
 
 /// What an append stored (or, for an idempotent retry, had stored the first time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

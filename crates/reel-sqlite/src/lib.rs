@@ -54,7 +54,12 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { limits: AppendLimits::default(), group_commit: true, readers: 4, external_poll: Duration::from_millis(100) }
+        Self {
+            limits: AppendLimits::default(),
+            group_commit: true,
+            readers: 4,
+            external_poll: Duration::from_millis(100),
+        }
     }
 }
 
@@ -86,10 +91,7 @@ impl SqliteStore {
         let conn = schema::open_and_migrate(&path)?;
         let head = Arc::new(HeadNotifier::new(reader::head(&conn)?));
         let (jobs, receiver) = mpsc::channel();
-        let group = writer::GroupLimits {
-            max_jobs: if options.group_commit { 1024 } else { 1 },
-            max_events: 50_000,
-        };
+        let group = writer::GroupLimits { max_jobs: if options.group_commit { 1024 } else { 1 }, max_events: 50_000 };
         let writer_head = Arc::clone(&head);
         std::thread::Builder::new()
             .name("reel-sqlite-writer".into())

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use reel_core::{
-    AllPage, Direction, EventId, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo,
-    StreamName, StreamVersion, Timestamp,
+    AllPage, Direction, EventId, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
+    StreamVersion, Timestamp,
 };
 use rusqlite::{params_from_iter, types::Value, Connection, OptionalExtension};
 use tokio::sync::Semaphore;
@@ -88,8 +88,9 @@ impl ReaderPool {
             let metadata: Option<String> = row.get(6).map_err(err)?;
             let metadata = match metadata {
                 None => Default::default(),
-                Some(text) => serde_json::from_str(&text)
-                    .map_err(|e| ReelError::storage("decoding stored metadata", e))?,
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|e| ReelError::storage("decoding stored metadata", e))?
+                }
             };
             events.push(RecordedEvent {
                 position: Position(row.get::<_, i64>(0).map_err(err)? as u64),
@@ -246,7 +247,9 @@ pub fn streams(
         .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
         .map_err(err)?;
     rows.into_iter()
-        .map(|(name, version)| Ok(StreamInfo { stream: StreamName::new(name)?, version: StreamVersion(version as u64) }))
+        .map(|(name, version)| {
+            Ok(StreamInfo { stream: StreamName::new(name)?, version: StreamVersion(version as u64) })
+        })
         .collect()
 }
 

@@ -51,9 +51,8 @@ pub fn open_and_migrate(path: &Path) -> Result<Connection, ReelError> {
         )));
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            ReelError::storage(format!("creating directory {}", parent.display()), e)
-        })?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| ReelError::storage(format!("creating directory {}", parent.display()), e))?;
     }
     let mut conn = open_connection(path, false)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(storage(path, "enabling WAL on"))?;
@@ -85,9 +84,8 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), ReelError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(&err)?;
     let app_id: i32 = tx.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(&err)?;
     let version: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(&err)?;
-    let has_tables: bool = tx
-        .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))
-        .map_err(&err)?;
+    let has_tables: bool =
+        tx.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0)).map_err(&err)?;
     if app_id != APPLICATION_ID && (app_id != 0 || has_tables) {
         return Err(ReelError::InvalidArgument(format!(
             "{} is an SQLite database but not a Reel store",

@@ -12,8 +12,8 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
 use reel_core::{
-    AppendRequest, AppendResult, EventId, ExpectedVersion, HeadNotifier, NewEvent, Position, ReelError,
-    StreamName, StreamVersion, Timestamp,
+    AppendRequest, AppendResult, EventId, ExpectedVersion, HeadNotifier, NewEvent, Position, ReelError, StreamName,
+    StreamVersion, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -130,8 +130,7 @@ fn append_one(
     let row: Option<(i64, u64)> = conn
         .prepare_cached("SELECT stream_id, version FROM streams WHERE name = ?1")
         .and_then(|mut s| {
-            s.query_row([stream.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)))
-                .optional()
+            s.query_row([stream.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))).optional()
         })
         .map_err(|e| ReelError::storage(format!("looking up stream {stream}"), e))?;
     let actual = row.map(|(_, v)| StreamVersion(v));
@@ -147,8 +146,9 @@ fn append_one(
                 return Ok(result);
             }
         }
-        return Err(ReelError::WrongExpectedVersion { stream: stream.clone(), expected: request.expected, actual }
-            .into());
+        return Err(
+            ReelError::WrongExpectedVersion { stream: stream.clone(), expected: request.expected, actual }.into()
+        );
     }
     // Client-supplied ids may repeat an earlier append whatever the expected version said.
     if let Some((stream_id, version)) = row {
@@ -298,7 +298,9 @@ fn earlier_append_among_recent(
         Some((index, id, version)) => Err(ReelError::DuplicateEventId {
             stream: stream.clone(),
             id,
-            reason: format!("event #{index} is already stored at version {version}, but the batch is not a retry of that append"),
+            reason: format!(
+                "event #{index} is already stored at version {version}, but the batch is not a retry of that append"
+            ),
         }),
     }
 }
@@ -306,13 +308,20 @@ fn earlier_append_among_recent(
 /// `stored` must be exactly `events`, same ids in the same order with the same content.
 fn same_append(stream: &StreamName, stored: &[StoredEvent], events: &[NewEvent]) -> Result<AppendResult, ReelError> {
     for (index, event) in events.iter().enumerate() {
-        let duplicate = |id: EventId, reason: String| ReelError::DuplicateEventId { stream: stream.clone(), id, reason };
+        let duplicate =
+            |id: EventId, reason: String| ReelError::DuplicateEventId { stream: stream.clone(), id, reason };
         let Some(s) = stored.get(index) else {
             let id = event.id.unwrap_or(stored[0].id);
-            return Err(duplicate(id, format!("only the first {} events of this batch were stored by the earlier append", stored.len())));
+            return Err(duplicate(
+                id,
+                format!("only the first {} events of this batch were stored by the earlier append", stored.len()),
+            ));
         };
         if event.id != Some(s.id) {
-            return Err(duplicate(s.id, format!("the earlier append stored a different event at version {}", s.version)));
+            return Err(duplicate(
+                s.id,
+                format!("the earlier append stored a different event at version {}", s.version),
+            ));
         }
         let same_metadata = metadata_text(event) == s.metadata
             || s.metadata.as_deref().and_then(|m| serde_json::from_str(m).ok()).as_ref() == Some(&event.metadata);

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reel_core::{
-    AppendRequest, Direction, EventId, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter,
-    RecordedEvent, ReelError, StreamName, StreamVersion,
+    AppendRequest, Direction, EventId, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, RecordedEvent,
+    ReelError, StreamName, StreamVersion,
 };
 use serde_json::json;
 
@@ -99,7 +99,11 @@ pub async fn optimistic_concurrency(store: Store) {
     let exact0 = ExpectedVersion::Exact(StreamVersion(0));
     wrong(store.append(&s, exact0, events("E", 1)).await, exact0, None);
     store.append(&s, ExpectedVersion::NoStream, events("E", 1)).await.unwrap();
-    wrong(store.append(&s, ExpectedVersion::NoStream, events("E", 1)).await, ExpectedVersion::NoStream, Some(StreamVersion(0)));
+    wrong(
+        store.append(&s, ExpectedVersion::NoStream, events("E", 1)).await,
+        ExpectedVersion::NoStream,
+        Some(StreamVersion(0)),
+    );
     let exact5 = ExpectedVersion::Exact(StreamVersion(5));
     wrong(store.append(&s, exact5, events("E", 1)).await, exact5, Some(StreamVersion(0)));
     let r = store.append(&s, exact0, events("E", 2)).await.unwrap();
@@ -218,14 +222,18 @@ pub async fn read_all_filters_and_skips_ahead(store: Store) {
     assert_eq!(read(types).await, vec![1, 2, 5]);
     let prefix = ReadAllFilter { stream_prefix: Some("unit".into()), ..Default::default() };
     assert_eq!(read(prefix).await, vec![1, 2, 3, 4]);
-    let both = ReadAllFilter { categories: vec!["unit".into()], event_types: vec!["Closed".into()], ..Default::default() };
+    let both =
+        ReadAllFilter { categories: vec!["unit".into()], event_types: vec!["Closed".into()], ..Default::default() };
     assert_eq!(read(both).await, vec![4]);
 
     let rare = ReadAllFilter { event_types: vec!["Nothing".into()], ..Default::default() };
     let page = store.read_all(Position(1), &rare, 10).await.unwrap();
     assert!(page.events.is_empty());
     assert_eq!(page.next, Position(6), "an empty filtered page still advances to the head");
-    let limited = store.read_all(Position(1), &ReadAllFilter { categories: vec!["unit".into()], ..Default::default() }, 2).await.unwrap();
+    let limited = store
+        .read_all(Position(1), &ReadAllFilter { categories: vec!["unit".into()], ..Default::default() }, 2)
+        .await
+        .unwrap();
     assert_eq!(limited.next, Position(3), "a full page continues right after its last event");
     let err = store.read_all(Position(1), &ReadAllFilter::default(), 0).await.unwrap_err();
     assert!(matches!(err, ReelError::InvalidArgument(_)), "{err:?}");
@@ -273,7 +281,8 @@ pub async fn bad_input_changes_nothing(store: Store) {
 
 /// `append_many` answers each request on its own: one failing request does not sink the others.
 pub async fn append_many_keeps_each_request_atomic(store: Store) {
-    let req = |name: &str, expected, count| AppendRequest { stream: stream(name), expected, events: events("M", count) };
+    let req =
+        |name: &str, expected, count| AppendRequest { stream: stream(name), expected, events: events("M", count) };
     let results = store
         .append_many(vec![
             req("many-1", ExpectedVersion::NoStream, 2),
@@ -381,7 +390,10 @@ pub async fn concurrent_writers_keep_order(store: Store) {
     }
     let mut stop = serde_json::Map::new();
     stop.insert("stop".into(), json!(true));
-    store.append(&stream("control-stop"), ExpectedVersion::Any, vec![event("Stop", 0).with_metadata(stop)]).await.unwrap();
+    store
+        .append(&stream("control-stop"), ExpectedVersion::Any, vec![event("Stop", 0).with_metadata(stop)])
+        .await
+        .unwrap();
     expected_total += 1;
 
     let all = read_everything(&store).await;

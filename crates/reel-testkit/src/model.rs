@@ -169,7 +169,11 @@ async fn check_history(test_store: TestStore, ops: Vec<Op>) -> Result<(), TestCa
                     .map(|_| {
                         counter += 1;
                         let e = NewEvent::new(format!("T{}", counter % 3), format!("{{\"n\":{counter}}}"));
-                        if client_ids { e.with_id(EventId::new_v7()) } else { e }
+                        if client_ids {
+                            e.with_id(EventId::new_v7())
+                        } else {
+                            e
+                        }
                     })
                     .collect();
                 (stream, expected, events)
@@ -195,7 +199,14 @@ async fn check_history(test_store: TestStore, ops: Vec<Op>) -> Result<(), TestCa
         match (&got, &want) {
             (Ok(g), Ok(w)) => prop_assert_eq!(g, w, "append to {} with {:?}", names[stream], expected),
             (Err(g), Err(w)) => prop_assert_eq!(g.code(), *w, "append to {} with {:?}: {}", names[stream], expected, g),
-            _ => prop_assert!(false, "append to {} with {:?}: store {:?}, model {:?}", names[stream], expected, got, want),
+            _ => prop_assert!(
+                false,
+                "append to {} with {:?}: store {:?}, model {:?}",
+                names[stream],
+                expected,
+                got,
+                want
+            ),
         }
         if got.is_ok() && events.iter().all(|e| e.id.is_some()) {
             history.push((stream, expected, events));

@@ -1,1 +1,71 @@
-fn main(){}
+//! `reel`: the command-line tool. Thin: parses arguments, opens a store, calls the crates.
+
+mod commands;
+mod exit;
+mod output;
+mod store;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Reel: an event store and subscription engine.
+#[derive(Parser, Debug)]
+#[command(name = "reel", version, about, long_about = None)]
+pub struct Cli {
+    /// Store to use: a file path or sqlite://PATH (created on first use).
+    #[arg(long, global = true, env = "REEL_STORE", default_value = "./reel-data/reel.db")]
+    pub store: String,
+    /// Largest event accepted, in bytes (type + data + metadata).
+    #[arg(long, global = true, env = "REEL_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_event_bytes: usize,
+    /// Most events accepted in one append.
+    #[arg(long, global = true, env = "REEL_MAX_BATCH_EVENTS", default_value_t = 10_000)]
+    pub max_batch_events: usize,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Append one event (--type/--data) or a file of events (--file) atomically to a stream.
+    Append(commands::append::AppendArgs),
+    /// Print a stream's events as NDJSON.
+    Read(commands::read::ReadArgs),
+    /// Print the global log as NDJSON, optionally filtered, optionally following new events.
+    ReadAll(commands::read::ReadAllArgs),
+    /// List streams with their versions.
+    Streams(commands::info::StreamsArgs),
+    /// Print event count, stream count, head position and file size.
+    Stats,
+    /// Write the log (from a position) to stdout as NDJSON.
+    Export(commands::transfer::ExportArgs),
+    /// Append the events of an export file; importing the same file twice stores nothing new.
+    Import(commands::transfer::ImportArgs),
+    /// Measure throughput; prints a table and writes JSON.
+    Bench(commands::bench::BenchArgs),
+    /// Internal tools used by the test suite.
+    #[command(hide = true)]
+    Debug(commands::debug::DebugArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REEL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return exit::report(anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => exit::report(e),
+    }
+}
+
+/// Where bench results and other generated files go by default.
+pub fn default_results_dir() -> PathBuf {
+    PathBuf::from("bench-results")
+}

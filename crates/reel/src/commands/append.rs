@@ -1,0 +1,91 @@
+//! `reel append`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use reel_core::{ExpectedVersion, NewEvent, StreamName};
+use serde_json::value::RawValue;
+
+use super::event_line::{metadata_object, parse_id, EventLine};
+use crate::exit::InvalidInput;
+use crate::{output, store, Cli};
+
+#[derive(Args, Debug)]
+pub struct AppendArgs {
+    /// Stream to append to, e.g. unit-PL-1001.
+    pub stream: String,
+    /// Event type (with --data).
+    #[arg(long = "type", conflicts_with = "file", required_unless_present = "file")]
+    pub event_type: Option<String>,
+    /// Event data as JSON (with --type).
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    pub data: Option<String>,
+    /// Event metadata as a JSON object.
+    #[arg(long, conflicts_with = "file")]
+    pub metadata: Option<String>,
+    /// Event id (UUID); makes retries idempotent. Generated when absent.
+    #[arg(long, conflicts_with = "file")]
+    pub id: Option<String>,
+    /// NDJSON file of events ({"type", "data", "id"?, "metadata"?} per line), or - for stdin.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// any, no-stream, exists, or the version of the stream's last event.
+    #[arg(long, default_value = "any", allow_hyphen_values = true)]
+    pub expected_version: String,
+}
+
+pub async fn run(cli: &Cli, args: &AppendArgs) -> Result<()> {
+    // Everything is validated before the store is even opened: bad input changes nothing.
+    let stream = StreamName::new(args.stream.clone())?;
+    let expected: ExpectedVersion = args.expected_version.parse()?;
+    let events = match &args.file {
+        Some(path) => read_event_file(path)?,
+        None => vec![single_event(args)?],
+    };
+    store::limits(cli)?.validate(&events)?;
+    let store = store::open(cli)?;
+    let result = store.append(&stream, expected, events).await.with_context(|| format!("appending to {stream}"))?;
+    output::print_json(&result)
+}
+
+fn single_event(args: &AppendArgs) -> Result<NewEvent> {
+    let (Some(event_type), Some(data)) = (&args.event_type, &args.data) else {
+        bail!(InvalidInput("give --type and --data, or --file".into()));
+    };
+    let raw: &RawValue =
+        serde_json::from_str(data).map_err(|e| anyhow!(InvalidInput(format!("--data is not valid JSON: {e}"))))?;
+    let mut event = NewEvent::new(event_type.clone(), raw.get().as_bytes().to_vec());
+    if let Some(metadata) = &args.metadata {
+        let value: serde_json::Value = serde_json::from_str(metadata)
+            .map_err(|e| anyhow!(InvalidInput(format!("--metadata is not valid JSON: {e}"))))?;
+        event.metadata = metadata_object(value).context("--metadata")?;
+    }
+    if let Some(id) = &args.id {
+        event.id = Some(parse_id(id).context("--id")?);
+    }
+    Ok(event)
+}
+
+/// Reads every line first, so a bad line anywhere stores nothing.
+fn read_event_file(path: &PathBuf) -> Result<Vec<NewEvent>> {
+    let reader: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?)
+    };
+    let mut events = Vec::new();
+    for (index, line) in BufReader::new(reader).lines().enumerate() {
+        let number = index + 1;
+        let line = line.with_context(|| format!("reading line {number} of {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        events.push(EventLine::parse(&line, number)?.to_new_event(number)?);
+    }
+    if events.is_empty() {
+        bail!(InvalidInput(format!("{} has no events", path.display())));
+    }
+    Ok(events)
+}

@@ -1,0 +1,77 @@
+//! Hidden tools for the test suite.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use reel_core::{EventId, ExpectedVersion, NewEvent, StreamName};
+use tokio::sync::Mutex;
+
+use crate::output::Ndjson;
+use crate::{store, Cli};
+
+#[derive(Args, Debug)]
+pub struct DebugArgs {
+    #[command(subcommand)]
+    pub command: DebugCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCommand {
+    /// Append tagged batches forever from several tasks, printing one line per acknowledged
+    /// append. The crash test kills this process with SIGKILL and checks the store.
+    AppendLoop {
+        /// Concurrent writer tasks.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        /// Largest batch; sizes cycle through 1..=max.
+        #[arg(long, default_value_t = 20)]
+        max_batch: usize,
+    },
+}
+
+pub async fn run(cli: &Cli, args: &DebugArgs) -> Result<()> {
+    match args.command {
+        DebugCommand::AppendLoop { writers, max_batch } => append_loop(cli, writers.max(1), max_batch.max(1)).await,
+    }
+}
+
+async fn append_loop(cli: &Cli, writers: usize, max_batch: usize) -> Result<()> {
+    let store = store::open(cli)?;
+    let out = Arc::new(Mutex::new(Ndjson::stdout()));
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let (store, out) = (store.clone(), out.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0u64.. {
+                let stream = StreamName::new(format!("crash-{writer}-{}", round % 5))?;
+                let size = 1 + (round as usize + writer) % max_batch;
+                let batch = EventId::new_v7().to_string();
+                let events = (0..size)
+                    .map(|index| {
+                        let mut metadata = serde_json::Map::new();
+                        metadata.insert("batch".into(), batch.clone().into());
+                        metadata.insert("size".into(), size.into());
+                        metadata.insert("index".into(), index.into());
+                        NewEvent::new("Tick", vec![b'x'; 200]).with_metadata(metadata)
+                    })
+                    .collect();
+                let result = store.append(&stream, ExpectedVersion::Any, events).await?;
+                let ack = serde_json::json!({
+                    "batch": batch,
+                    "size": size,
+                    "first_position": result.first_position,
+                    "last_position": result.last_position,
+                });
+                let mut out = out.lock().await;
+                out.line(&ack)?;
+                out.flush()?;
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! One module per subcommand.
+
+pub mod append;
+pub mod bench;
+pub mod debug;
+pub mod event_line;
+pub mod info;
+pub mod read;
+pub mod transfer;
+
+use anyhow::Result;
+
+use crate::{Cli, Command};
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Append(args) => append::run(&cli, args).await,
+        Command::Read(args) => read::read_stream(&cli, args).await,
+        Command::ReadAll(args) => read::read_all(&cli, args).await,
+        Command::Streams(args) => info::streams(&cli, args).await,
+        Command::Stats => info::stats(&cli).await,
+        Command::Export(args) => transfer::export(&cli, args).await,
+        Command::Import(args) => transfer::import(&cli, args).await,
+        Command::Bench(args) => bench::run(&cli, args).await,
+        Command::Debug(args) => debug::run(&cli, args).await,
+    }
+}

@@ -1,0 +1,150 @@
+//! `reel read` and `reel read-all`.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use reel_core::{Direction, Position, ReadAllFilter, StreamName, StreamVersion};
+
+use crate::output::Ndjson;
+use crate::{store, Cli};
+
+/// Events fetched per page.
+const PAGE: usize = 1000;
+
+#[derive(Args, Debug)]
+pub struct ReadArgs {
+    /// Stream to read.
+    pub stream: String,
+    /// First version to read (default: the first event, or the last with --backward).
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Newest first.
+    #[arg(long)]
+    pub backward: bool,
+    /// Most events to print (default: all).
+    #[arg(long)]
+    pub limit: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReadAllArgs {
+    /// First position to read.
+    #[arg(long, default_value_t = 1)]
+    pub from: u64,
+    /// Only streams of this category (repeatable).
+    #[arg(long)]
+    pub category: Vec<String>,
+    /// Only events of this type (repeatable).
+    #[arg(long = "type")]
+    pub event_type: Vec<String>,
+    /// Only streams whose name starts with this.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Most events to print (default: all).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Keep printing new events as they are appended, until interrupted.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+pub async fn read_stream(cli: &Cli, args: &ReadArgs) -> Result<()> {
+    let stream = StreamName::new(args.stream.clone())?;
+    let store = store::open(cli)?;
+    let direction = if args.backward { Direction::Backward } else { Direction::Forward };
+    let mut next = args.from.unwrap_or(if args.backward { u64::MAX } else { 0 });
+    let mut remaining = args.limit.unwrap_or(u64::MAX);
+    let mut out = Ndjson::stdout();
+    while remaining > 0 {
+        let page_size = remaining.min(PAGE as u64) as usize;
+        let events = store
+            .read_stream(&stream, StreamVersion(next), direction, page_size)
+            .await
+            .with_context(|| format!("reading {stream}"))?;
+        for event in &events {
+            if !out.line(event)? {
+                return Ok(());
+            }
+        }
+        remaining -= events.len() as u64;
+        match (events.last(), direction) {
+            (None, _) => break,
+            (Some(_), _) if events.len() < page_size => break,
+            (Some(last), Direction::Forward) => next = last.stream_version.0 + 1,
+            (Some(last), Direction::Backward) => match last.stream_version.0.checked_sub(1) {
+                Some(v) => next = v,
+                None => break,
+            },
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub async fn read_all(cli: &Cli, args: &ReadAllArgs) -> Result<()> {
+    let store = store::open(cli)?;
+    let filter = ReadAllFilter {
+        categories: args.category.clone(),
+        event_types: args.event_type.clone(),
+        stream_prefix: args.prefix.clone(),
+    };
+    let mut watch = store.watch_head();
+    let mut from = Position(args.from.max(1));
+    let mut remaining = args.limit.unwrap_or(u64::MAX);
+    let mut out = Ndjson::stdout();
+    let interrupted = shutdown_signal();
+    tokio::pin!(interrupted);
+    while remaining > 0 {
+        let requested = remaining.min(PAGE as u64) as usize;
+        let page = store.read_all(from, &filter, requested).await.context("reading the log")?;
+        for event in &page.events {
+            if !out.line(event)? {
+                return Ok(());
+            }
+        }
+        remaining -= page.events.len() as u64;
+        from = page.next;
+        if page.events.len() == requested {
+            continue;
+        }
+        let head = store.head().await.context("reading the head")?;
+        if from.0 <= head.0 {
+            continue; // a filtered page ended its scan window before the head
+        }
+        if !args.follow {
+            break;
+        }
+        if !out.flush()? {
+            return Ok(());
+        }
+        // Sleep until the head moves (no polling), or until interrupted.
+        tokio::select! {
+            woke = watch.wait_past(head) => { woke?; }
+            _ = &mut interrupted => break,
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

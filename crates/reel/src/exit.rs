@@ -1,0 +1,46 @@
+//! Exit codes and the one-line error report.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | storage or other failure |
+//! | 2 | invalid input (arguments, names, JSON, limits) |
+//! | 3 | wrong expected version (optimistic concurrency conflict) |
+//! | 4 | duplicate event id with different content |
+//! | 5 | stream not found |
+
+use std::process::ExitCode;
+
+use reel_core::ReelError;
+
+/// Exit code for an error, by the first `ReelError` in its chain.
+pub fn code_for(error: &anyhow::Error) -> u8 {
+    let reel = error.chain().find_map(|e| e.downcast_ref::<ReelError>());
+    match reel {
+        Some(ReelError::WrongExpectedVersion { .. }) => 3,
+        Some(ReelError::DuplicateEventId { .. }) => 4,
+        Some(ReelError::StreamNotFound { .. }) => 5,
+        Some(
+            ReelError::InvalidStreamName { .. }
+            | ReelError::InvalidEvent { .. }
+            | ReelError::TooLarge { .. }
+            | ReelError::InvalidArgument(_)
+            | ReelError::SchemaTooNew { .. },
+        ) => 2,
+        Some(ReelError::Closed | ReelError::Storage { .. }) => 1,
+        None if error.chain().any(|e| e.downcast_ref::<InvalidInput>().is_some()) => 2,
+        None => 1,
+    }
+}
+
+/// Marks an error as the user's input being wrong (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+/// Prints `error: …` on one line and returns the exit code.
+pub fn report(error: anyhow::Error) -> ExitCode {
+    let line = format!("{error:#}").replace('\n', " ");
+    eprintln!("error: {line}");
+    ExitCode::from(code_for(&error))
+}

@@ -1,0 +1,73 @@
+//! Opening the store named by `--store`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use reel_core::{AppendLimits, EventStore};
+use reel_sqlite::{SqliteOptions, SqliteStore};
+
+use crate::exit::InvalidInput;
+use crate::Cli;
+
+/// Where a store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dsn {
+    /// The embedded SQLite file.
+    Sqlite(PathBuf),
+}
+
+impl Dsn {
+    /// Parses `sqlite://PATH`, a plain path, or rejects a scheme this build does not serve.
+    pub fn parse(text: &str) -> Result<Self> {
+        if let Some(path) = text.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                bail!(InvalidInput("--store sqlite:// needs a path, e.g. sqlite://./reel-data/reel.db".into()));
+            }
+            return Ok(Dsn::Sqlite(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            bail!(InvalidInput(format!(
+                "--store scheme {scheme}:// is not supported by this build (use a file path or sqlite://PATH)"
+            )));
+        }
+        if text.is_empty() {
+            bail!(InvalidInput("--store must not be empty".into()));
+        }
+        Ok(Dsn::Sqlite(PathBuf::from(text)))
+    }
+}
+
+/// Limits from the global flags.
+pub fn limits(cli: &Cli) -> Result<AppendLimits> {
+    if cli.max_event_bytes == 0 || cli.max_batch_events == 0 {
+        bail!(InvalidInput("--max-event-bytes and --max-batch-events must be at least 1".into()));
+    }
+    Ok(AppendLimits { max_event_bytes: cli.max_event_bytes, max_batch_events: cli.max_batch_events })
+}
+
+/// Opens the store for a command.
+pub fn open(cli: &Cli) -> Result<Arc<dyn EventStore>> {
+    let options = SqliteOptions { limits: limits(cli)?, ..SqliteOptions::default() };
+    match Dsn::parse(&cli.store)? {
+        Dsn::Sqlite(path) => {
+            let store =
+                SqliteStore::open_with(&path, options).with_context(|| format!("opening store {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_paths_and_rejects_unknown_schemes() {
+        assert_eq!(Dsn::parse("sqlite://a/b.db").unwrap(), Dsn::Sqlite("a/b.db".into()));
+        assert_eq!(Dsn::parse("./x.db").unwrap(), Dsn::Sqlite("./x.db".into()));
+        assert!(Dsn::parse("mysql://host/db").is_err());
+        assert!(Dsn::parse("sqlite://").is_err());
+        assert!(Dsn::parse("").is_err());
+    }
+}
