@@ -15,6 +15,7 @@
 //! assert_eq!("exists".parse::<ExpectedVersion>().unwrap(), ExpectedVersion::StreamExists);
 //! ```
 
+mod all_reader;
 mod error;
 mod event;
 mod head;
@@ -24,6 +25,7 @@ mod store;
 mod stream_name;
 mod timestamp;
 
+pub use all_reader::AllReader;
 pub use error::{ReelError, Result};
 pub use event::{EventId, NewEvent, RecordedEvent};
 pub use head::{HeadNotifier, HeadWatch};

@@ -55,8 +55,8 @@ impl ReadAllFilter {
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
         (self.categories.is_empty() || self.categories.iter().any(|c| c == event.stream.category()))
-            && (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == event.event_type))
-            && self.stream_prefix.as_deref().map_or(true, |p| event.stream.as_str().starts_with(p))
+            && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
+            && self.stream_prefix.as_deref().is_none_or(|p| event.stream.as_str().starts_with(p))
     }
 }
 

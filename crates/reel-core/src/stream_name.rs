@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -7,9 +8,10 @@ use crate::ReelError;
 /// A validated stream name: 1–255 bytes of UTF-8 without control characters.
 ///
 /// The text before the first `-` is the stream's category (`unit-PL-1001` → `unit`), the rest its id part.
+/// Cloning is cheap (shared text), since every recorded event carries its stream's name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct StreamName(String);
+pub struct StreamName(Arc<str>);
 
 impl StreamName {
     /// Longest allowed name in bytes.
@@ -29,7 +31,7 @@ impl StreamName {
         };
         match reason {
             Some(reason) => Err(ReelError::InvalidStreamName { name: printable(&name), reason }),
-            None => Ok(Self(name)),
+            None => Ok(Self(name.into())),
         }
     }
 
@@ -40,7 +42,7 @@ impl StreamName {
 
     /// Text before the first `-`, or the whole name when it has none.
     pub fn category(&self) -> &str {
-        self.0.split_once('-').map_or(self.0.as_str(), |(category, _)| category)
+        self.0.split_once('-').map_or(&self.0, |(category, _)| category)
     }
 
     /// Text after the first `-`, if any.
@@ -75,7 +77,7 @@ impl TryFrom<String> for StreamName {
 
 impl From<StreamName> for String {
     fn from(value: StreamName) -> Self {
-        value.0
+        value.0.to_string()
     }
 }
 

@@ -82,9 +82,19 @@ impl ReaderPool {
         let err = |e| ReelError::storage("reading events", e);
         let mut statement = conn.prepare_cached(sql).map_err(err)?;
         let mut rows = statement.query(params_from_iter(args)).map_err(err)?;
-        let mut events = Vec::new();
+        let mut events = Vec::with_capacity(64);
+        // Consecutive events often share a stream: skip the shared cache for those.
+        let mut last_stream: Option<(i64, StreamName)> = None;
         while let Some(row) = rows.next().map_err(err)? {
             let stream_id: i64 = row.get(1).map_err(err)?;
+            let stream = match &last_stream {
+                Some((id, name)) if *id == stream_id => name.clone(),
+                _ => {
+                    let name = self.stream_name(conn, stream_id)?;
+                    last_stream = Some((stream_id, name.clone()));
+                    name
+                }
+            };
             let metadata: Option<String> = row.get(6).map_err(err)?;
             let metadata = match metadata {
                 None => Default::default(),
@@ -94,7 +104,7 @@ impl ReaderPool {
             };
             events.push(RecordedEvent {
                 position: Position(row.get::<_, i64>(0).map_err(err)? as u64),
-                stream: self.stream_name(conn, stream_id)?,
+                stream,
                 stream_version: StreamVersion(row.get::<_, i64>(2).map_err(err)? as u64),
                 id: EventId::from_bytes(row.get(3).map_err(err)?),
                 event_type: row.get(4).map_err(err)?,

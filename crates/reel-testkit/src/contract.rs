@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reel_core::{
-    AppendRequest, Direction, EventId, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, RecordedEvent,
-    ReelError, StreamName, StreamVersion,
+    AllReader, AppendRequest, Direction, EventId, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter,
+    RecordedEvent, ReelError, StreamName, StreamVersion,
 };
 use serde_json::json;
 
@@ -30,15 +30,11 @@ fn events(event_type: &str, count: u64) -> Vec<NewEvent> {
 /// Every event in the log, read page by page.
 pub async fn read_everything(store: &Store) -> Vec<RecordedEvent> {
     let mut all = Vec::new();
-    let mut from = Position(1);
-    loop {
-        let page = store.read_all(from, &ReadAllFilter::default(), 1000).await.expect("read_all");
-        if page.events.is_empty() {
-            return all;
-        }
-        from = page.next;
-        all.extend(page.events);
+    let mut reader = AllReader::new(store.clone(), Position(1), ReadAllFilter::default(), 1000);
+    while let Some(events) = reader.next_page().await.expect("read_all") {
+        all.extend(events);
     }
+    all
 }
 
 async fn head(store: &Store) -> Position {

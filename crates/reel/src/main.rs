@@ -9,6 +9,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// Events are allocated on reader threads and freed on others; mimalloc handles that pattern
+/// far better than the system allocator (measured by `reel bench read`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Reel: an event store and subscription engine.
 #[derive(Parser, Debug)]
 #[command(name = "reel", version, about, long_about = None)]

@@ -173,6 +173,8 @@ fn store_path_problems_are_clear() {
     let cli = Cli::new();
     let err = cli.fails(&["--store", cli.dir.path().to_str().unwrap(), "stats"], 2);
     assert!(err.contains("is a directory"), "{err}");
+    let err = cli.fails(&["--store", "/proc/reel-cannot-create/reel.db", "stats"], 1);
+    assert!(err.contains("/proc/reel-cannot-create"), "names the path: {err}");
     let err = cli.fails(&["--store", "mysql://x/y", "stats"], 2);
     assert!(err.contains("not supported"), "{err}");
     cli.ok(&["append", "s-1", "--type", "T", "--data", "{}"]);

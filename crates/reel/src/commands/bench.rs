@@ -5,11 +5,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use reel_core::{EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, StreamName, StreamVersion};
+use reel_core::{AllReader, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, StreamName, StreamVersion};
 use reel_sqlite::{SqliteOptions, SqliteStore};
 use rusqlite::params;
 use serde::Serialize;
@@ -242,24 +243,24 @@ async fn bench_read(dir: &Path, events: u64, page: usize, event_size: usize) -> 
     let store = SqliteStore::open(&path)?;
     let payload = payload(event_size);
     let bar = progress(events, "writing");
-    let mut written = 0;
+    let mut written = 0u64;
+    let mut stream = 0u64;
     while written < events {
-        let requests = (0..10)
-            .map(|i| {
-                let n = (events - written).min(1000).max(1);
-                reel_core::AppendRequest {
-                    stream: bench_stream((written / 1000 + i) % 1000),
-                    expected: ExpectedVersion::Any,
-                    events: (0..n).map(|_| NewEvent::new("Bench", payload.clone())).collect(),
-                }
-            })
-            .take_while(|_| written < events)
-            .collect::<Vec<_>>();
+        // Ten appends of up to 1,000 events per group commit.
+        let mut requests = Vec::new();
+        while requests.len() < 10 && written < events {
+            let n = (events - written).min(1000);
+            requests.push(reel_core::AppendRequest {
+                stream: bench_stream(stream % 1000),
+                expected: ExpectedVersion::Any,
+                events: (0..n).map(|_| NewEvent::new("Bench", payload.clone())).collect(),
+            });
+            written += n;
+            stream += 1;
+        }
         for result in store.append_many(requests).await {
             let r = result?;
-            let n = r.last_position.0 - r.first_position.0 + 1;
-            written += n;
-            bar.inc(n);
+            bar.inc(r.last_position.0 - r.first_position.0 + 1);
         }
     }
     bar.finish_and_clear();
@@ -270,16 +271,12 @@ async fn bench_read(dir: &Path, events: u64, page: usize, event_size: usize) -> 
     rows.push(baseline);
     let rss_before = rss_kib("VmRSS");
     reset_peak_rss();
-    let row = measure_async(format!("reel read_all full scan, pages of {page}"), total, async {
-        let mut from = Position(1);
+    let store: Arc<dyn EventStore> = Arc::new(store);
+    let row = measure_async(format!("reel read_all full scan, pages of {page}, one page read ahead"), total, async {
+        let mut reader = AllReader::new(store.clone(), Position(1), ReadAllFilter::default(), page);
         let mut seen = 0u64;
-        loop {
-            let batch = store.read_all(from, &ReadAllFilter::default(), page).await?;
-            if batch.events.is_empty() {
-                break;
-            }
-            seen += batch.events.len() as u64;
-            from = batch.next;
+        while let Some(events) = reader.next_page().await? {
+            seen += events.len() as u64;
         }
         anyhow::ensure!(seen == total, "read {seen} of {total} events");
         Ok(())
@@ -358,11 +355,19 @@ fn raw_sqlite_scan(path: &Path) -> Result<()> {
     let conn = rusqlite::Connection::open(path)?;
     let mut statement = conn.prepare("SELECT position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at FROM events ORDER BY position")?;
     let mut rows = statement.query([])?;
+    // Decode every column into owned values, as a reader that hands events on must.
     let mut bytes = 0usize;
     while let Some(row) = rows.next()? {
-        let data: Vec<u8> = row.get(5)?;
+        let position: i64 = row.get(0)?;
+        let stream_id: i64 = row.get(1)?;
+        let version: i64 = row.get(2)?;
+        let id: [u8; 16] = row.get(3)?;
         let event_type: String = row.get(4)?;
-        bytes += data.len() + event_type.len();
+        let data: Vec<u8> = row.get(5)?;
+        let metadata: Option<String> = row.get(6)?;
+        let recorded_at: i64 = row.get(7)?;
+        bytes += data.len() + event_type.len() + metadata.map_or(0, |m| m.len()) + id.len();
+        bytes += usize::from(position + stream_id + version + recorded_at > 0);
     }
     anyhow::ensure!(bytes > 0, "scanned nothing");
     Ok(())
@@ -477,7 +482,7 @@ fn print_table(report: &Report) {
         "reel bench {} — {} — {} CPUs, {}",
         report.bench, report.date, report.machine.cpus, report.machine.cpu_model
     );
-    println!("{:<72} {:>10} {:>8} {:>12} {:>10}  {}", "run", "events", "seconds", "events/s", "disk B/ev", "");
+    println!("{:<72} {:>10} {:>8} {:>12} {:>10}  vs", "run", "events", "seconds", "events/s", "disk B/ev");
     for row in &report.rows {
         println!(
             "{:<72} {:>10} {:>8.2} {:>12.0} {:>10}  {}",

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use reel_core::{Direction, Position, ReadAllFilter, StreamName, StreamVersion};
+use reel_core::{AllReader, Direction, Position, ReadAllFilter, StreamName, StreamVersion};
 
 use crate::output::Ndjson;
 use crate::{store, Cli};
@@ -88,38 +88,33 @@ pub async fn read_all(cli: &Cli, args: &ReadAllArgs) -> Result<()> {
         stream_prefix: args.prefix.clone(),
     };
     let mut watch = store.watch_head();
-    let mut from = Position(args.from.max(1));
+    let mut reader = AllReader::new(store, Position(args.from.max(1)), filter, PAGE);
     let mut remaining = args.limit.unwrap_or(u64::MAX);
     let mut out = Ndjson::stdout();
     let interrupted = shutdown_signal();
     tokio::pin!(interrupted);
     while remaining > 0 {
-        let requested = remaining.min(PAGE as u64) as usize;
-        let page = store.read_all(from, &filter, requested).await.context("reading the log")?;
-        for event in &page.events {
-            if !out.line(event)? {
-                return Ok(());
+        match reader.next_page().await.context("reading the log")? {
+            Some(events) => {
+                for event in events.iter().take(remaining.min(usize::MAX as u64) as usize) {
+                    if !out.line(event)? {
+                        return Ok(());
+                    }
+                    remaining -= 1;
+                }
             }
-        }
-        remaining -= page.events.len() as u64;
-        from = page.next;
-        if page.events.len() == requested {
-            continue;
-        }
-        let head = store.head().await.context("reading the head")?;
-        if from.0 <= head.0 {
-            continue; // a filtered page ended its scan window before the head
-        }
-        if !args.follow {
-            break;
-        }
-        if !out.flush()? {
-            return Ok(());
-        }
-        // Sleep until the head moves (no polling), or until interrupted.
-        tokio::select! {
-            woke = watch.wait_past(head) => { woke?; }
-            _ = &mut interrupted => break,
+            None if args.follow => {
+                if !out.flush()? {
+                    return Ok(());
+                }
+                // Sleep until the head moves past what was read (no polling), or until interrupted.
+                let read_up_to = Position(reader.position().0 - 1);
+                tokio::select! {
+                    woke = watch.wait_past(read_up_to) => { woke?; }
+                    _ = &mut interrupted => break,
+                }
+            }
+            None => break,
         }
     }
     out.flush()?;

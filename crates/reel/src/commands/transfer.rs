@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use reel_core::{AppendRequest, ExpectedVersion, Position, ReadAllFilter, StreamName, StreamVersion};
+use reel_core::{AllReader, AppendRequest, ExpectedVersion, Position, ReadAllFilter, StreamName, StreamVersion};
 
 use super::event_line::EventLine;
 use crate::exit::InvalidInput;
@@ -41,19 +41,18 @@ pub async fn export(cli: &Cli, args: &ExportArgs) -> Result<()> {
     let head = store.head().await?;
     let bar = progress(head.0.saturating_sub(args.from.saturating_sub(1)), "exporting");
     let mut out = Ndjson::stdout();
-    let mut from = Position(args.from.max(1));
-    loop {
-        let page = store.read_all(from, &ReadAllFilter::default(), 5000).await.context("reading the log")?;
-        if page.events.is_empty() || from > head {
-            break;
-        }
-        for event in page.events.iter().filter(|e| e.position <= head) {
+    let mut reader = AllReader::new(store, Position(args.from.max(1)), ReadAllFilter::default(), 5000);
+    // Export a consistent prefix: stop at the head seen when the export started.
+    'pages: while let Some(events) = reader.next_page().await.context("reading the log")? {
+        for event in &events {
+            if event.position > head {
+                break 'pages;
+            }
             if !out.line(event)? {
                 return Ok(());
             }
         }
-        bar.inc(page.events.len() as u64);
-        from = page.next;
+        bar.inc(events.len() as u64);
     }
     out.flush()?;
     bar.finish_and_clear();
