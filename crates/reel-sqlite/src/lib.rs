@@ -23,6 +23,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +76,7 @@ struct Inner {
     jobs: Sender<writer::WriteJob>,
     readers: Arc<reader::ReaderPool>,
     head: Arc<HeadNotifier>,
+    commits: Arc<AtomicU64>,
     /// Dropping it stops the thread that notices other processes' appends.
     _stop_external_watch: Sender<()>,
 }
@@ -93,9 +95,11 @@ impl SqliteStore {
         let (jobs, receiver) = mpsc::channel();
         let group = writer::GroupLimits { max_jobs: if options.group_commit { 1024 } else { 1 }, max_events: 50_000 };
         let writer_head = Arc::clone(&head);
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer_commits = Arc::clone(&commits);
         std::thread::Builder::new()
             .name("reel-sqlite-writer".into())
-            .spawn(move || writer::run_writer(conn, receiver, writer_head, group))
+            .spawn(move || writer::run_writer(conn, receiver, writer_head, group, writer_commits))
             .map_err(|e| ReelError::storage("starting the writer thread", e))?;
         let (stop, stopped) = mpsc::channel();
         let watch_conn = schema::open_connection(&path, true)?;
@@ -112,6 +116,7 @@ impl SqliteStore {
                 limits: options.limits,
                 jobs,
                 head,
+                commits,
                 _stop_external_watch: stop,
             }),
         })
@@ -120,6 +125,11 @@ impl SqliteStore {
     /// The store file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Append transactions committed since the store was opened (each one fsync).
+    pub fn commit_count(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
     }
 
     async fn submit(&self, requests: Vec<AppendRequest>) -> Result<Vec<Result<AppendResult, ReelError>>, ReelError> {

@@ -132,6 +132,18 @@ mod tests {
     }
 
     #[test]
+    fn connections_are_durable_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reel.db");
+        drop(open_and_migrate(&path).unwrap());
+        let writer = open_connection(&path, false).unwrap();
+        let synchronous: i64 = writer.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(synchronous, 2, "commits must fsync (synchronous = FULL)");
+        let mode: String = writer.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
     fn reopening_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/dir/reel.db");

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use reel_core::{
@@ -38,7 +39,14 @@ pub struct GroupLimits {
 }
 
 /// Runs until every sender is dropped, then returns after finishing queued jobs.
-pub fn run_writer(mut conn: Connection, jobs: Receiver<WriteJob>, head: Arc<HeadNotifier>, limits: GroupLimits) {
+/// `commits` counts transactions, so group commit can be observed.
+pub fn run_writer(
+    mut conn: Connection,
+    jobs: Receiver<WriteJob>,
+    head: Arc<HeadNotifier>,
+    limits: GroupLimits,
+    commits: Arc<AtomicU64>,
+) {
     while let Ok(first) = jobs.recv() {
         let mut events = count_events(&first);
         let mut group = vec![first];
@@ -53,6 +61,7 @@ pub fn run_writer(mut conn: Connection, jobs: Receiver<WriteJob>, head: Arc<Head
         }
         let requests: Vec<&AppendRequest> = group.iter().flat_map(|job| job.requests.iter()).collect();
         let mut results = commit_group(&mut conn, &requests, &head).into_iter();
+        commits.fetch_add(1, Ordering::Relaxed);
         for job in group {
             let answers: Vec<_> = results.by_ref().take(job.requests.len()).collect();
             // A caller that gave up waiting is not an error: its events are committed either way.

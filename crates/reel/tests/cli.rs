@@ -204,3 +204,29 @@ fn follow_prints_appends_from_other_processes() {
     follower.kill().expect("stop follower");
     let _ = follower.wait();
 }
+
+/// CPU time (user + system, in clock ticks) a process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn idle_follower_does_not_spin() {
+    let cli = Cli::new();
+    cli.ok(&["append", "idle-1", "--type", "E", "--data", "{}"]);
+    let mut follower = cli.command().args(["read-all", "--follow"]).stdout(Stdio::piped()).spawn().expect("spawn");
+    let mut reader = BufReader::new(follower.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("caught up");
+    let before = cpu_ticks(follower.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(follower.id()) - before;
+    follower.kill().expect("stop follower");
+    let _ = follower.wait();
+    // A polling loop burns a whole core (~200 ticks in 2 s); a woken follower uses next to nothing.
+    assert!(used < 20, "idle follower used {used} ticks of CPU in 2 s");
+}

@@ -11,14 +11,22 @@ use common::Cli;
 use reel_core::EventStore;
 use reel_sqlite::SqliteStore;
 
-fn run_and_kill(cli: &Cli, acks_before_kill: usize) -> Vec<serde_json::Value> {
-    let mut child = cli
+fn spawn_writer(cli: &Cli) -> std::process::Child {
+    cli
         .command()
         .args(["debug", "append-loop", "--writers", "8", "--max-batch", "25"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("spawn writer");
+        .expect("spawn writer")
+}
+
+fn run_and_kill(cli: &Cli, acks_before_kill: usize) -> Vec<serde_json::Value> {
+    let mut child = spawn_writer(cli);
+    collect_acks_and_kill(&mut child, acks_before_kill)
+}
+
+fn collect_acks_and_kill(child: &mut std::process::Child, acks_before_kill: usize) -> Vec<serde_json::Value> {
     let stdout = child.stdout.take().expect("stdout");
     let mut reader = BufReader::new(stdout);
     let mut acks = Vec::new();
@@ -51,14 +59,31 @@ fn kill_9_loses_no_acknowledged_event_and_leaves_no_partial_batch() {
     let mut all_acks = Vec::new();
     for round in 0..3 {
         all_acks.extend(run_and_kill(&cli, 150 + round * 100));
-        let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        let report = runtime.block_on(async {
-            let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&cli.store).expect("reopen after crash"));
-            let log = reel_testkit::contract::read_everything(&store).await;
-            reel_testkit::crash::verify_after_crash(&all_acks, &log)
-        });
-        let report = report.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let report = verify(&cli, &all_acks);
         assert!(report.acknowledged >= 150, "{report:?}");
         assert!(report.events_stored > 0);
     }
+}
+
+fn verify(cli: &Cli, acks: &[serde_json::Value]) -> reel_testkit::crash::CrashReport {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime
+        .block_on(async {
+            let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&cli.store).expect("reopen after crash"));
+            let log = reel_testkit::contract::read_everything(&store).await;
+            reel_testkit::crash::verify_after_crash(acks, &log)
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn two_writer_processes_killed_together_keep_one_gap_free_log() {
+    let cli = Cli::new();
+    let mut first = spawn_writer(&cli);
+    let mut second = spawn_writer(&cli);
+    let second_acks = std::thread::spawn(move || collect_acks_and_kill(&mut second, 100));
+    let mut acks = collect_acks_and_kill(&mut first, 100);
+    acks.extend(second_acks.join().expect("second writer"));
+    let report = verify(&cli, &acks);
+    assert!(report.acknowledged >= 200, "{report:?}");
 }
