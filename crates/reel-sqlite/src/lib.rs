@@ -17,13 +17,14 @@
 //! # });
 //! ```
 
+mod queries;
 mod reader;
 mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +92,7 @@ impl SqliteStore {
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, ReelError> {
         let path = path.as_ref().to_path_buf();
         let conn = schema::open_and_migrate(&path)?;
-        let head = Arc::new(HeadNotifier::new(reader::head(&conn)?));
+        let head = Arc::new(HeadNotifier::new(queries::head(&conn)?));
         let (jobs, receiver) = mpsc::channel();
         let group = writer::GroupLimits { max_jobs: if options.group_commit { 1024 } else { 1 }, max_events: 50_000 };
         let writer_head = Arc::clone(&head);
@@ -163,7 +164,7 @@ fn watch_external_appends(
         let version = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)).ok();
         if version.is_some() && version != last_version {
             last_version = version;
-            if let Ok(position) = reader::head(&conn) {
+            if let Ok(position) = queries::head(&conn) {
                 head.advance(position);
             }
         }
@@ -224,7 +225,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn head(&self) -> Result<Position, ReelError> {
-        let position = self.inner.readers.run(|_, conn| reader::head(conn)).await?;
+        let position = self.inner.readers.run(|_, conn| queries::head(conn)).await?;
         self.inner.head.advance(position);
         Ok(position)
     }

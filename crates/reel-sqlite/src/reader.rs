@@ -8,9 +8,10 @@ use reel_core::{
     AllPage, Direction, EventId, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
     StreamVersion, Timestamp,
 };
-use rusqlite::{params_from_iter, types::Value, Connection, OptionalExtension};
+use rusqlite::{params_from_iter, types::Value, Connection};
 use tokio::sync::Semaphore;
 
+use crate::queries::{head, stream_row};
 use crate::schema::open_connection;
 
 /// Largest page a single read returns.
@@ -127,14 +128,6 @@ pub fn check_limit(limit: usize) -> Result<(), ReelError> {
     Ok(())
 }
 
-fn stream_row(conn: &Connection, stream: &StreamName) -> Result<Option<(i64, u64)>, ReelError> {
-    conn.prepare_cached("SELECT stream_id, version FROM streams WHERE name = ?1")
-        .and_then(|mut s| {
-            s.query_row([stream.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))).optional()
-        })
-        .map_err(|e| ReelError::storage(format!("looking up stream {stream}"), e))
-}
-
 pub fn read_stream(
     pool: &ReaderPool,
     conn: &Connection,
@@ -160,13 +153,6 @@ pub fn read_stream(
 
 pub fn stream_version(conn: &Connection, stream: &StreamName) -> Result<Option<StreamVersion>, ReelError> {
     Ok(stream_row(conn, stream)?.map(|(_, v)| StreamVersion(v)))
-}
-
-pub fn head(conn: &Connection) -> Result<Position, ReelError> {
-    conn.prepare_cached("SELECT coalesce(max(position), 0) FROM events")
-        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-        .map(|p| Position(p as u64))
-        .map_err(|e| ReelError::storage("reading the head position", e))
 }
 
 pub fn read_all(

@@ -8,15 +8,17 @@
 //! gap-free and commit order equals position order.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
 use reel_core::{
     AppendRequest, AppendResult, EventId, ExpectedVersion, HeadNotifier, NewEvent, Position, ReelError, StreamName,
     StreamVersion, Timestamp,
 };
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
+
+use crate::queries;
 use tokio::sync::oneshot;
 
 /// How many of a stream's latest events a retry is recognised among (when its expected version
@@ -86,7 +88,7 @@ fn commit_group(
         Ok(tx) => tx,
         Err(e) => return fail_all(ReelError::storage("starting an append transaction", e)),
     };
-    let mut head = match current_head(&tx) {
+    let mut head = match queries::head(&tx) {
         Ok(head) => head,
         Err(e) => return fail_all(e),
     };
@@ -121,13 +123,6 @@ impl From<ReelError> for Rejected {
     }
 }
 
-fn current_head(conn: &Connection) -> Result<Position, ReelError> {
-    conn.prepare_cached("SELECT coalesce(max(position), 0) FROM events")
-        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-        .map(|p| Position(p as u64))
-        .map_err(|e| ReelError::storage("reading the head position", e))
-}
-
 fn append_one(
     conn: &Connection,
     request: &AppendRequest,
@@ -136,12 +131,7 @@ fn append_one(
 ) -> Result<AppendResult, Rejected> {
     let stream = &request.stream;
     let events = &request.events;
-    let row: Option<(i64, u64)> = conn
-        .prepare_cached("SELECT stream_id, version FROM streams WHERE name = ?1")
-        .and_then(|mut s| {
-            s.query_row([stream.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))).optional()
-        })
-        .map_err(|e| ReelError::storage(format!("looking up stream {stream}"), e))?;
+    let row = queries::stream_row(conn, stream)?;
     let actual = row.map(|(_, v)| StreamVersion(v));
 
     if !request.expected.is_satisfied_by(actual) {

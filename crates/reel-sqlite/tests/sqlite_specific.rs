@@ -79,7 +79,8 @@ async fn two_stores_on_one_file_keep_one_order() {
     for task in tasks {
         task.await.unwrap();
     }
-    let events = a.read_stream(&stream("shared-1"), StreamVersion(0), reel_core::Direction::Forward, 1000).await.unwrap();
+    let events =
+        a.read_stream(&stream("shared-1"), StreamVersion(0), reel_core::Direction::Forward, 1000).await.unwrap();
     assert_eq!(events.len(), 400);
     for (i, e) in events.iter().enumerate() {
         assert_eq!((e.position.0, e.stream_version.0), (i as u64 + 1, i as u64));

@@ -12,8 +12,7 @@ use reel_core::EventStore;
 use reel_sqlite::SqliteStore;
 
 fn spawn_writer(cli: &Cli) -> std::process::Child {
-    cli
-        .command()
+    cli.command()
         .args(["debug", "append-loop", "--writers", "8", "--max-batch", "25"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -164,22 +164,17 @@ async fn bench_append(dir: &Path, plan: &AppendPlan) -> Result<(Vec<Row>, serde_
     let store = open(dir, "reel-pipelined.db", true)?;
     let batch = plan.batch;
     let row = measure_async(format!("reel append, batches of {} (8 in flight)", plan.batch), total, async {
-        let tasks: Vec<_> = (0..8u64)
-            .map(|t| {
-                let (store, payload) = (store.clone(), payload.clone());
-                tokio::spawn(async move {
-                    for i in (t..batches).step_by(8) {
-                        let events = (0..batch).map(|_| NewEvent::new("Bench", payload.clone())).collect();
-                        store.append(&bench_stream(i % 1000), ExpectedVersion::Any, events).await?;
-                    }
-                    Ok::<(), reel_core::ReelError>(())
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await??;
-        }
-        Ok(())
+        run_tasks(8, |t| {
+            let (store, payload) = (store.clone(), payload.clone());
+            async move {
+                for i in (t..batches).step_by(8) {
+                    let events = (0..batch).map(|_| NewEvent::new("Bench", payload.clone())).collect();
+                    store.append(&bench_stream(i % 1000), ExpectedVersion::Any, events).await?;
+                }
+                Ok(())
+            }
+        })
+        .await
     })
     .await?;
     rows.push(with_ratio(row, baseline_rate));
@@ -201,26 +196,21 @@ async fn bench_append(dir: &Path, plan: &AppendPlan) -> Result<(Vec<Row>, serde_
             if group_commit { "on" } else { "off" }
         );
         let row = measure_async(name, per_task * plan.concurrency, async {
-            let tasks: Vec<_> = (0..plan.concurrency)
-                .map(|t| {
-                    let (store, payload) = (store.clone(), payload.clone());
-                    tokio::spawn(async move {
-                        let stream = bench_stream(t);
-                        for v in 0..per_task {
-                            let expected = match v {
-                                0 => ExpectedVersion::NoStream,
-                                v => ExpectedVersion::Exact(StreamVersion(v - 1)),
-                            };
-                            store.append(&stream, expected, vec![NewEvent::new("Bench", payload.clone())]).await?;
-                        }
-                        Ok::<(), reel_core::ReelError>(())
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await??;
-            }
-            Ok(())
+            run_tasks(plan.concurrency, |t| {
+                let (store, payload) = (store.clone(), payload.clone());
+                async move {
+                    let stream = bench_stream(t);
+                    for v in 0..per_task {
+                        let expected = match v {
+                            0 => ExpectedVersion::NoStream,
+                            v => ExpectedVersion::Exact(StreamVersion(v - 1)),
+                        };
+                        store.append(&stream, expected, vec![NewEvent::new("Bench", payload.clone())]).await?;
+                    }
+                    Ok(())
+                }
+            })
+            .await
         })
         .await?;
         rows.push(with_ratio_named(row, fsync_rate, "one commit per row"));
@@ -297,6 +287,19 @@ async fn bench_read(dir: &Path, events: u64, page: usize, event_size: usize) -> 
         "event_size": event_size,
     });
     Ok((rows, extra))
+}
+
+/// Runs `count` tasks made by `task` at once and waits for all of them.
+async fn run_tasks<F, Fut>(count: u64, task: F) -> Result<()>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), reel_core::ReelError>> + Send + 'static,
+{
+    let handles: Vec<_> = (0..count).map(|t| tokio::spawn(task(t))).collect();
+    for handle in handles {
+        handle.await??;
+    }
+    Ok(())
 }
 
 fn open(dir: &Path, name: &str, group_commit: bool) -> Result<SqliteStore> {
