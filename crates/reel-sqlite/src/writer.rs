@@ -49,6 +49,7 @@ pub fn run_writer(
     limits: GroupLimits,
     commits: Arc<AtomicU64>,
 ) {
+    let mut known = KnownState::default();
     while let Ok(first) = jobs.recv() {
         let mut events = count_events(&first);
         let mut group = vec![first];
@@ -62,7 +63,7 @@ pub fn run_writer(
             }
         }
         let requests: Vec<&AppendRequest> = group.iter().flat_map(|job| job.requests.iter()).collect();
-        let mut results = commit_group(&mut conn, &requests, &head).into_iter();
+        let mut results = commit_group(&mut conn, &requests, &head, &mut known).into_iter();
         commits.fetch_add(1, Ordering::Relaxed);
         for job in group {
             let answers: Vec<_> = results.by_ref().take(job.requests.len()).collect();
@@ -76,11 +77,31 @@ fn count_events(job: &WriteJob) -> usize {
     job.requests.iter().map(|r| r.events.len()).sum()
 }
 
+/// What the writer remembers between transactions: the head and recently used streams' rows.
+/// Valid only while no other connection has written, which `PRAGMA data_version` tells: it
+/// changes exactly when another connection (another process) commits to the file.
+#[derive(Default)]
+struct KnownState {
+    data_version: Option<i64>,
+    head: Option<Position>,
+    streams: HashMap<StreamName, (i64, u64)>,
+}
+
+impl KnownState {
+    /// Most streams remembered; past this the memory starts over.
+    const MAX_STREAMS: usize = 100_000;
+
+    fn forget(&mut self) {
+        *self = KnownState::default();
+    }
+}
+
 /// One transaction for all `requests`; returns one result per request.
 fn commit_group(
     conn: &mut Connection,
     requests: &[&AppendRequest],
     notifier: &HeadNotifier,
+    known: &mut KnownState,
 ) -> Vec<Result<AppendResult, ReelError>> {
     let fail_all = |e: ReelError| requests.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
     let now = Timestamp::now();
@@ -88,23 +109,59 @@ fn commit_group(
         Ok(tx) => tx,
         Err(e) => return fail_all(ReelError::storage("starting an append transaction", e)),
     };
-    let mut head = match queries::head(&tx) {
-        Ok(head) => head,
-        Err(e) => return fail_all(e),
+    // We hold the write lock now: nobody else can commit until we are done.
+    match tx.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)) {
+        Ok(version) if known.data_version == Some(version) => {}
+        Ok(version) => {
+            known.forget();
+            known.data_version = Some(version);
+        }
+        Err(e) => return fail_all(ReelError::storage("checking for other writers", e)),
+    }
+    let mut head = match known.head {
+        Some(head) => head,
+        None => match queries::head(&tx) {
+            Ok(head) => head,
+            Err(e) => return fail_all(e),
+        },
     };
+    // Rows changed by this transaction, remembered only once it commits.
+    let mut staged: HashMap<StreamName, (i64, u64)> = HashMap::new();
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
-        match append_one(&tx, request, &mut head, now) {
-            Ok(result) => results.push(Ok(result)),
+        let row = match staged.get(&request.stream).or_else(|| known.streams.get(&request.stream)) {
+            Some(row) => Some(*row),
+            None => match queries::stream_row(&tx, &request.stream) {
+                Ok(row) => row,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            },
+        };
+        match append_one(&tx, request, row, &mut head, now) {
+            Ok((result, row)) => {
+                staged.insert(request.stream.clone(), row);
+                results.push(Ok(result));
+            }
             // Checks run before writes, so a rejected request left nothing behind.
             Err(Rejected::Check(e)) => results.push(Err(e)),
             // A write failed halfway: nothing in this transaction can be trusted.
-            Err(Rejected::Write(e)) => return fail_all(e),
+            Err(Rejected::Write(e)) => {
+                known.forget();
+                return fail_all(e);
+            }
         }
     }
     if let Err(e) = tx.commit() {
+        known.forget();
         return fail_all(ReelError::storage("committing appends", e));
     }
+    if known.streams.len() + staged.len() > KnownState::MAX_STREAMS {
+        known.streams.clear();
+    }
+    known.streams.extend(staged);
+    known.head = Some(head);
     notifier.advance(head);
     results
 }
@@ -123,15 +180,16 @@ impl From<ReelError> for Rejected {
     }
 }
 
+/// Checks and stores one request; returns its result and the stream's row afterwards.
 fn append_one(
     conn: &Connection,
     request: &AppendRequest,
+    row: Option<(i64, u64)>,
     head: &mut Position,
     now: Timestamp,
-) -> Result<AppendResult, Rejected> {
+) -> Result<(AppendResult, (i64, u64)), Rejected> {
     let stream = &request.stream;
     let events = &request.events;
-    let row = queries::stream_row(conn, stream)?;
     let actual = row.map(|(_, v)| StreamVersion(v));
 
     if !request.expected.is_satisfied_by(actual) {
@@ -140,9 +198,9 @@ fn append_one(
             ExpectedVersion::NoStream => Some(0),
             _ => None,
         };
-        if let (Some((stream_id, _)), Some(start)) = (row, retry_start) {
-            if let Some(result) = earlier_append_at(conn, stream, stream_id, start, events)? {
-                return Ok(result);
+        if let (Some(found), Some(start)) = (row, retry_start) {
+            if let Some(result) = earlier_append_at(conn, stream, found.0, start, events)? {
+                return Ok((result, found));
             }
         }
         return Err(
@@ -150,10 +208,10 @@ fn append_one(
         );
     }
     // Client-supplied ids may repeat an earlier append whatever the expected version said.
-    if let Some((stream_id, version)) = row {
+    if let Some(found @ (stream_id, version)) = row {
         if events.iter().any(|e| e.id.is_some()) {
             if let Some(result) = earlier_append_among_recent(conn, stream, stream_id, version, events)? {
-                return Ok(result);
+                return Ok((result, found));
             }
         }
     }
@@ -167,7 +225,7 @@ fn insert(
     events: &[NewEvent],
     head: &mut Position,
     now: Timestamp,
-) -> Result<AppendResult, ReelError> {
+) -> Result<(AppendResult, (i64, u64)), ReelError> {
     let n = events.len() as u64;
     let first_version = row.map_or(0, |(_, v)| v + 1);
     let last_version = first_version + n - 1;
@@ -210,7 +268,8 @@ fn insert(
             .map_err(write_err)?;
     }
     *head = Position(head.0 + n);
-    Ok(AppendResult { first_position, last_position: *head, next_version: StreamVersion(last_version) })
+    let result = AppendResult { first_position, last_position: *head, next_version: StreamVersion(last_version) };
+    Ok((result, (stream_id, last_version)))
 }
 
 /// Metadata as stored: `NULL` when empty, JSON text otherwise.

@@ -1,6 +1,6 @@
 //! The store contract of DESIGN.md as tests any backend runs with one macro call.
 //!
-//! ```ignore
+//! ```text
 //! reel_testkit::store_conformance_tests!(|| async {
 //!     let dir = tempfile::tempdir().unwrap();
 //!     let store = reel_sqlite::SqliteStore::open(dir.path().join("reel.db")).unwrap();
