@@ -145,10 +145,15 @@ async fn bench_append(dir: &Path, plan: &AppendPlan) -> Result<(Vec<Row>, serde_
     let total = batches * plan.batch;
 
     let baseline = measure(format!("raw rusqlite loop, batches of {}", plan.batch), total, || {
-        raw_sqlite_insert(&dir.join("raw-batch.db"), batches, plan.batch, &payload)
+        raw_sqlite_insert(&dir.join("raw-batch.db"), batches, plan.batch, &payload, IdIndex::None)
     })?;
     let baseline_rate = baseline.events_per_sec;
     rows.push(baseline);
+    // Why Reel has no global index on event ids: the same loop with one on random ids.
+    let indexed = measure(format!("raw rusqlite loop, batches of {}, UUIDv4 unique index", plan.batch), total, || {
+        raw_sqlite_insert(&dir.join("raw-indexed.db"), batches, plan.batch, &payload, IdIndex::RandomV4)
+    })?;
+    rows.push(with_ratio(indexed, baseline_rate));
 
     let store = open(dir, "reel-batch.db", true)?;
     let row = measure_async(format!("reel append, batches of {} (one in flight)", plan.batch), total, async {
@@ -182,7 +187,7 @@ async fn bench_append(dir: &Path, plan: &AppendPlan) -> Result<(Vec<Row>, serde_
     let singles = plan.single_events.max(plan.concurrency);
     let raw_single = (singles / 4).max(100);
     let raw = measure("raw rusqlite loop, one commit per row".into(), raw_single, || {
-        raw_sqlite_insert(&dir.join("raw-single.db"), raw_single, 1, &payload)
+        raw_sqlite_insert(&dir.join("raw-single.db"), raw_single, 1, &payload, IdIndex::None)
     })?;
     let fsync_rate = raw.events_per_sec;
     rows.push(raw);
@@ -317,8 +322,17 @@ fn payload(size: usize) -> Vec<u8> {
     format!("{{\"pad\":\"{}\"}}", "x".repeat(pad)).into_bytes()
 }
 
+/// Event ids in the raw baseline.
+#[derive(Clone, Copy, PartialEq)]
+enum IdIndex {
+    /// Time-ordered UUIDv7 ids, no index on them (what Reel does).
+    None,
+    /// Random UUIDv4 ids under a global unique index.
+    RandomV4,
+}
+
 /// The same rows Reel writes, by a plain rusqlite loop with the same durability.
-fn raw_sqlite_insert(path: &Path, batches: u64, batch: u64, payload: &[u8]) -> Result<()> {
+fn raw_sqlite_insert(path: &Path, batches: u64, batch: u64, payload: &[u8], ids: IdIndex) -> Result<()> {
     let mut conn = rusqlite::Connection::open(path)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
@@ -326,6 +340,9 @@ fn raw_sqlite_insert(path: &Path, batches: u64, batch: u64, payload: &[u8]) -> R
            event_id BLOB NOT NULL, event_type TEXT NOT NULL, data BLOB NOT NULL, metadata TEXT, recorded_at INTEGER NOT NULL);
          CREATE UNIQUE INDEX events_by_stream ON events(stream_id, stream_version);",
     )?;
+    if ids == IdIndex::RandomV4 {
+        conn.execute_batch("CREATE UNIQUE INDEX events_by_id ON events(event_id);")?;
+    }
     let mut versions = vec![0i64; 1000];
     let mut position = 0i64;
     for b in 0..batches {
@@ -335,7 +352,10 @@ fn raw_sqlite_insert(path: &Path, batches: u64, batch: u64, payload: &[u8]) -> R
             let stream = (b % 1000) as usize;
             for _ in 0..batch {
                 position += 1;
-                let id = uuid::Uuid::now_v7();
+                let id = match ids {
+                    IdIndex::None => uuid::Uuid::now_v7(),
+                    IdIndex::RandomV4 => uuid::Uuid::new_v4(),
+                };
                 insert.execute(params![
                     position,
                     stream as i64,

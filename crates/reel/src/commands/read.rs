@@ -7,8 +7,8 @@ use reel_core::{AllReader, Direction, Position, ReadAllFilter, StreamName, Strea
 use crate::output::Ndjson;
 use crate::{store, Cli};
 
-/// Events fetched per page.
-const PAGE: usize = 1000;
+/// Events fetched per page (large pages make catch-up fast; see docs/BENCHMARKS.md).
+const PAGE: usize = 5000;
 
 #[derive(Args, Debug)]
 pub struct ReadArgs {
@@ -88,8 +88,9 @@ pub async fn read_all(cli: &Cli, args: &ReadAllArgs) -> Result<()> {
         stream_prefix: args.prefix.clone(),
     };
     let mut watch = store.watch_head();
-    let mut reader = AllReader::new(store, Position(args.from.max(1)), filter, PAGE);
     let mut remaining = args.limit.unwrap_or(u64::MAX);
+    let page_size = remaining.min(PAGE as u64) as usize;
+    let mut reader = AllReader::new(store, Position(args.from.max(1)), filter, page_size);
     let mut out = Ndjson::stdout();
     let interrupted = shutdown_signal();
     tokio::pin!(interrupted);
