@@ -44,3 +44,25 @@ pub fn report(error: anyhow::Error) -> ExitCode {
     eprintln!("error: {line}");
     ExitCode::from(code_for(&error))
 }
+
+/// Help and version go to stdout as clap renders them; argument errors become one line
+/// (`error: …`) and exit code 2.
+pub fn usage(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        return if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let rendered = error.render().to_string();
+    let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("error: {first} (see reel --help)");
+    ExitCode::from(2)
+}

@@ -60,6 +60,10 @@ fn bad_input_is_rejected_and_stores_nothing() {
         vec!["append", "s-1", "--type", "T", "--data", "{}", "--expected-version", "-1"],
         vec!["append", "s-1", "--type", "T", "--data", "{}", "--expected-version", "seven"],
         vec!["--max-event-bytes", "10", "append", "s-1", "--type", "T", "--data", r#"{"long":"xxxxxxxxxxxx"}"#],
+        vec!["append", "s-1", "--type", "T"],
+        vec!["append", "s-1", "--type", "T", "--data", "{}", "--file", "x.ndjson"],
+        vec!["read", "s-1", "--limit", "-3"],
+        vec!["no-such-command"],
     ];
     for args in cases {
         let err = cli.fails(&args, 2);
