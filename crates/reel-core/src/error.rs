@@ -69,6 +69,22 @@ pub enum ReelError {
         /// Newest version this build knows.
         supported: u32,
     },
+    /// A subscription status change the lifecycle does not allow.
+    #[error("subscription {id} cannot go from {from} to {to}")]
+    IllegalTransition {
+        /// The subscription.
+        id: String,
+        /// Its status.
+        from: crate::SubscriptionStatus,
+        /// The refused status.
+        to: crate::SubscriptionStatus,
+    },
+    /// No subscription has this id.
+    #[error("subscription {id} not found")]
+    SubscriptionNotFound {
+        /// The id asked for.
+        id: String,
+    },
     /// The store is closed or shutting down.
     #[error("the store is closed")]
     Closed,
@@ -98,6 +114,8 @@ impl ReelError {
             ReelError::InvalidArgument(_) => "invalid_argument",
             ReelError::StreamNotFound { .. } => "stream_not_found",
             ReelError::SchemaTooNew { .. } => "schema_too_new",
+            ReelError::IllegalTransition { .. } => "illegal_transition",
+            ReelError::SubscriptionNotFound { .. } => "subscription_not_found",
             ReelError::Closed => "closed",
             ReelError::Storage { .. } => "storage",
         }

@@ -23,6 +23,7 @@ mod limits;
 mod position;
 mod store;
 mod stream_name;
+mod subscription;
 mod timestamp;
 
 pub use all_reader::AllReader;
@@ -33,4 +34,8 @@ pub use limits::AppendLimits;
 pub use position::{ExpectedVersion, Position, StreamVersion};
 pub use store::{AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats, StreamInfo};
 pub use stream_name::StreamName;
+pub use subscription::{
+    RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId, SubscriptionStatus,
+    SubscriptionStore,
+};
 pub use timestamp::Timestamp;

@@ -20,6 +20,7 @@
 mod queries;
 mod reader;
 mod schema;
+mod subscriptions;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ use tokio::sync::oneshot;
 
 pub use reader::MAX_READ_LIMIT;
 pub use schema::SCHEMA_VERSION;
+pub use subscriptions::SqliteSubscriptionStore;
 pub use writer::RECENT_ID_WINDOW;
 
 /// How a store is opened.
@@ -126,6 +128,11 @@ impl SqliteStore {
     /// The store file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The subscription store kept in the same file.
+    pub fn subscription_store(&self) -> Result<SqliteSubscriptionStore, ReelError> {
+        SqliteSubscriptionStore::open(&self.inner.path)
     }
 
     /// Append transactions committed since the store was opened (each one fsync).

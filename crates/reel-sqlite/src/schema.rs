@@ -31,6 +31,21 @@ const MIGRATIONS: &[&str] = &[
         recorded_at    INTEGER NOT NULL
      );
      CREATE UNIQUE INDEX events_by_stream ON events(stream_id, stream_version);",
+    // 2: subscriptions (one row per subscriber id), with room for a worker lease.
+    "CREATE TABLE subscriptions (
+        id                    TEXT PRIMARY KEY,
+        group_name            TEXT NOT NULL,
+        run_mode              TEXT NOT NULL,
+        status                TEXT NOT NULL,
+        position              INTEGER NOT NULL,
+        retry_attempt         INTEGER NOT NULL,
+        error_message         TEXT,
+        error_previous_status TEXT,
+        paused_from           TEXT,
+        last_saved_at         INTEGER NOT NULL,
+        lease_owner           TEXT,
+        lease_expires_at      INTEGER
+     );",
 ];
 
 /// Newest schema version this build knows.

@@ -7,7 +7,7 @@
 //! | 2 | invalid input (arguments, names, JSON, limits) |
 //! | 3 | wrong expected version (optimistic concurrency conflict) |
 //! | 4 | duplicate event id with different content |
-//! | 5 | stream not found |
+//! | 5 | stream or subscription not found |
 
 use std::process::ExitCode;
 
@@ -19,12 +19,13 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
     match reel {
         Some(ReelError::WrongExpectedVersion { .. }) => 3,
         Some(ReelError::DuplicateEventId { .. }) => 4,
-        Some(ReelError::StreamNotFound { .. }) => 5,
+        Some(ReelError::StreamNotFound { .. } | ReelError::SubscriptionNotFound { .. }) => 5,
         Some(
             ReelError::InvalidStreamName { .. }
             | ReelError::InvalidEvent { .. }
             | ReelError::TooLarge { .. }
             | ReelError::InvalidArgument(_)
+            | ReelError::IllegalTransition { .. }
             | ReelError::SchemaTooNew { .. },
         ) => 2,
         Some(ReelError::Closed | ReelError::Storage { .. }) => 1,

@@ -1,0 +1,74 @@
+//! The `SubscriptionStore` contract, for every backend.
+
+use std::sync::Arc;
+
+use reel_core::{
+    Position, ReelError, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,
+    SubscriptionStatus, SubscriptionStore, Timestamp,
+};
+
+/// Shared handle to the subscription store under test.
+pub type Store = Arc<dyn SubscriptionStore>;
+
+fn id(text: &str) -> SubscriptionId {
+    SubscriptionId::new(text).expect("valid test id")
+}
+
+/// Every field survives a save and a load.
+pub async fn round_trips_every_field(store: Store) {
+    let mut s = Subscription::new(id("profile_1"), "projector", RunMode::Once, Timestamp::from_unix_micros(42));
+    store.add(&s).await.unwrap();
+    assert_eq!(store.get(&s.id).await.unwrap(), Some(s.clone()));
+    s.status = SubscriptionStatus::Error;
+    s.position = Position(1234);
+    s.retry_attempt = 3;
+    s.error =
+        Some(SubscriptionError { message: "boom\nsecond line".into(), previous_status: SubscriptionStatus::Booting });
+    s.paused_from = Some(SubscriptionStatus::Active);
+    s.last_saved_at = Timestamp::from_unix_micros(99);
+    store.update(&s).await.unwrap();
+    assert_eq!(store.get(&s.id).await.unwrap(), Some(s));
+}
+
+/// Adding an id twice fails; updating or getting an unknown id says so; removing is idempotent.
+pub async fn add_update_remove(store: Store) {
+    let s = Subscription::new(id("a"), "g", RunMode::FromNow, Timestamp::now());
+    store.add(&s).await.unwrap();
+    assert!(store.add(&s).await.is_err(), "second add of the same id");
+    let ghost = Subscription::new(id("ghost"), "g", RunMode::FromNow, Timestamp::now());
+    assert!(matches!(store.update(&ghost).await, Err(ReelError::SubscriptionNotFound { .. })));
+    assert_eq!(store.get(&ghost.id).await.unwrap(), None);
+    store.remove(&s.id).await.unwrap();
+    store.remove(&s.id).await.unwrap();
+    assert_eq!(store.get(&s.id).await.unwrap(), None);
+}
+
+/// `find` applies criteria (OR within ids and within groups, AND across) and orders by id.
+pub async fn find_by_criteria(store: Store) {
+    for (name, group) in [("c", "x"), ("a", "x"), ("b", "y"), ("d", "z")] {
+        store.add(&Subscription::new(id(name), group, RunMode::FromBeginning, Timestamp::now())).await.unwrap();
+    }
+    let ids = |subs: Vec<Subscription>| subs.into_iter().map(|s| s.id.to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(store.find(&SubscriptionCriteria::all()).await.unwrap()), ["a", "b", "c", "d"]);
+    let groups = SubscriptionCriteria { ids: vec![], groups: vec!["x".into(), "z".into()] };
+    assert_eq!(ids(store.find(&groups).await.unwrap()), ["a", "c", "d"]);
+    let both = SubscriptionCriteria { ids: vec![id("a"), id("b")], groups: vec!["x".into()] };
+    assert_eq!(ids(store.find(&both).await.unwrap()), ["a"]);
+}
+
+/// Generates one test per clause. `$factory().await` returns `(Arc<dyn SubscriptionStore>, guard)`.
+#[macro_export]
+macro_rules! subscription_store_conformance_tests {
+    ($factory:expr) => {
+        $crate::subscription_store_conformance_tests!(@tests $factory; round_trips_every_field, add_update_remove, find_by_criteria);
+    };
+    (@tests $factory:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (store, _guard) = ($factory)().await;
+                $crate::subscriptions::$name(store).await;
+            }
+        )*
+    };
+}
