@@ -1,0 +1,354 @@
+//! The engine: setup, boot, run, teardown, remove, reactivate, pause, subscriptions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use reel_core::{
+    AllReader, EventStore, Position, ReadAllFilter, ReelError, RunMode, Subscription, SubscriptionCriteria,
+    SubscriptionId, SubscriptionStatus, SubscriptionStore,
+};
+
+use crate::guard::guarded;
+use crate::{Clock, ClockBasedRetryStrategy, Message, RetryStrategy, Subscriber, SystemClock};
+
+use SubscriptionStatus::*;
+
+/// A subscription whose step failed, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineError {
+    /// The subscription.
+    pub id: SubscriptionId,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// What an engine operation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineReport {
+    /// Events handed to handlers.
+    pub handled: u64,
+    /// Subscriptions the operation changed.
+    pub changed: Vec<SubscriptionId>,
+    /// Subscriptions that failed (their status is now `Error`, or the operation was refused).
+    pub errors: Vec<EngineError>,
+    /// Ids in the criteria that matched no subscriber and no subscription.
+    pub unmatched: Vec<SubscriptionId>,
+}
+
+/// Drives subscriptions through their lifecycle against an event store and a subscription store.
+pub struct SubscriptionEngine {
+    events: Arc<dyn EventStore>,
+    store: Arc<dyn SubscriptionStore>,
+    subscribers: BTreeMap<SubscriptionId, Arc<dyn Subscriber>>,
+    retry: Arc<dyn RetryStrategy>,
+    clock: Arc<dyn Clock>,
+    batch_size: usize,
+}
+
+impl SubscriptionEngine {
+    /// An engine for `subscribers`; ids must be unique.
+    pub fn new(
+        events: Arc<dyn EventStore>,
+        store: Arc<dyn SubscriptionStore>,
+        subscribers: Vec<Arc<dyn Subscriber>>,
+    ) -> Result<Self, ReelError> {
+        let mut by_id = BTreeMap::new();
+        for subscriber in subscribers {
+            let id = subscriber.spec().id.clone();
+            if by_id.insert(id.clone(), subscriber).is_some() {
+                return Err(ReelError::InvalidArgument(format!("subscriber id {id} is registered twice")));
+            }
+        }
+        Ok(Self {
+            events,
+            store,
+            subscribers: by_id,
+            retry: Arc::new(ClockBasedRetryStrategy::default()),
+            clock: Arc::new(SystemClock),
+            batch_size: 1000,
+        })
+    }
+
+    /// Replaces the retry strategy (default: clock-based, 5 s × 2^attempt, 5 attempts).
+    pub fn with_retry_strategy(mut self, strategy: impl RetryStrategy + 'static) -> Self {
+        self.retry = Arc::new(strategy);
+        self
+    }
+
+    /// Replaces the clock (tests use a `ManualClock`).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Events read per batch; the position is saved after each batch (default 1,000).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.clamp(1, 100_000);
+        self
+    }
+
+    /// Ids of the registered subscribers.
+    pub fn subscriber_ids(&self) -> impl Iterator<Item = &SubscriptionId> {
+        self.subscribers.keys()
+    }
+
+    /// Tracks new subscribers and sets up `New` subscriptions (calling their `setup`): they become
+    /// `Booting`, or `Active` when `skip_booting` or when they run `FromNow` (positioned at the head).
+    pub async fn setup(&self, criteria: &SubscriptionCriteria, skip_booting: bool) -> Result<EngineReport, ReelError> {
+        let mut report = self.start(criteria).await?;
+        self.retry_failed(criteria, New).await?;
+        for mut subscription in self.with_status(criteria, &[New]).await? {
+            let Some(subscriber) = self.subscribers.get(&subscription.id) else { continue };
+            match guarded(subscriber.setup()).await {
+                Err(message) => self.fail(&mut subscription, format!("setup failed: {message}"), &mut report).await?,
+                Ok(()) => {
+                    let next = if subscription.run_mode == RunMode::FromNow {
+                        subscription.position = self.events.head().await?;
+                        Active
+                    } else if skip_booting {
+                        Active
+                    } else {
+                        Booting
+                    };
+                    subscription.transition(next)?;
+                    subscription.retry_attempt = 0;
+                    self.save(&mut subscription, &mut report).await?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Catches `Booting` subscriptions up with the log; they become `Active` (or `Finished` for `Once`).
+    pub async fn boot(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
+        let mut report = self.start(criteria).await?;
+        self.retry_failed(criteria, Booting).await?;
+        for mut subscription in self.with_status(criteria, &[Booting]).await? {
+            let Some(subscriber) = self.subscribers.get(&subscription.id).cloned() else { continue };
+            if self.catch_up(&mut subscription, subscriber.as_ref(), &mut report).await? {
+                let next = if subscription.run_mode == RunMode::Once { Finished } else { Active };
+                subscription.transition(next)?;
+                subscription.retry_attempt = 0;
+                self.save(&mut subscription, &mut report).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Brings `Active` subscriptions up to the head, marks subscriptions whose subscriber is gone
+    /// as `Detached`, and finishes `Once` subscriptions that reached the head.
+    pub async fn run(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
+        let mut report = self.start(criteria).await?;
+        for mut subscription in self.with_status(criteria, &[Active, Paused, Finished]).await? {
+            if !self.subscribers.contains_key(&subscription.id) {
+                subscription.transition(Detached)?;
+                self.save(&mut subscription, &mut report).await?;
+            }
+        }
+        self.retry_failed(criteria, Active).await?;
+        for mut subscription in self.with_status(criteria, &[Active]).await? {
+            let Some(subscriber) = self.subscribers.get(&subscription.id).cloned() else { continue };
+            let before = subscription.clone();
+            if self.catch_up(&mut subscription, subscriber.as_ref(), &mut report).await? {
+                if subscription.run_mode == RunMode::Once {
+                    subscription.transition(Finished)?;
+                }
+                subscription.retry_attempt = 0;
+                if subscription != before {
+                    self.save(&mut subscription, &mut report).await?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes `Detached` subscriptions, calling their subscriber's `teardown` when it still exists.
+    /// A failing teardown keeps the subscription (reported).
+    pub async fn teardown(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
+        let mut report = self.start(criteria).await?;
+        for subscription in self.with_status(criteria, &[Detached]).await? {
+            if let Some(subscriber) = self.subscribers.get(&subscription.id) {
+                if let Err(message) = guarded(subscriber.teardown()).await {
+                    report.errors.push(EngineError {
+                        id: subscription.id.clone(),
+                        message: format!("teardown failed: {message}"),
+                    });
+                    continue;
+                }
+            }
+            self.store.remove(&subscription.id).await?;
+            report.changed.push(subscription.id);
+        }
+        Ok(report)
+    }
+
+    /// Removes matching subscriptions whatever their status, calling `teardown` when the
+    /// subscriber exists; a failing teardown is reported but the subscription is removed anyway.
+    pub async fn remove(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
+        let mut report = self.report_unmatched(criteria).await?;
+        for subscription in self.store.find(criteria).await? {
+            if let Some(subscriber) = self.subscribers.get(&subscription.id) {
+                if let Err(message) = guarded(subscriber.teardown()).await {
+                    report.errors.push(EngineError {
+                        id: subscription.id.clone(),
+                        message: format!("teardown failed: {message}"),
+                    });
+                }
+            }
+            self.store.remove(&subscription.id).await?;
+            report.changed.push(subscription.id);
+        }
+        Ok(report)
+    }
+
+    /// Returns failed subscriptions to the status they failed in, paused ones to where they were
+    /// paused, and detached or finished ones to `Active`.
+    pub async fn reactivate(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
+        let mut report = self.report_unmatched(criteria).await?;
+        for mut subscription in self.with_status(criteria, &[Error, Paused, Detached, Finished]).await? {
+            let target = match subscription.status {
+                Error => subscription.error.as_ref().map_or(Active, |e| e.previous_status),
+                Paused => subscription.paused_from.unwrap_or(Active),
+                _ => Active,
+            };
+            match subscription.transition(target) {
+                Ok(()) => {
+                    subscription.retry_attempt = 0;
+                    subscription.paused_from = None;
+                    self.save(&mut subscription, &mut report).await?;
+                }
+                Err(e) => report.errors.push(EngineError { id: subscription.id.clone(), message: e.to_string() }),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Pauses matching `Booting`, `Active` and `Error` subscriptions; other statuses cannot be
+    /// paused and are reported.
+    pub async fn pause(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
+        let mut report = self.report_unmatched(criteria).await?;
+        for mut subscription in self.store.find(criteria).await? {
+            if subscription.status == Paused {
+                continue;
+            }
+            match subscription.transition(Paused) {
+                Ok(()) => self.save(&mut subscription, &mut report).await?,
+                Err(e) => report.errors.push(EngineError { id: subscription.id.clone(), message: e.to_string() }),
+            }
+        }
+        Ok(report)
+    }
+
+    /// The stored subscriptions matching `criteria`, ordered by id.
+    pub async fn subscriptions(&self, criteria: &SubscriptionCriteria) -> Result<Vec<Subscription>, ReelError> {
+        self.store.find(criteria).await
+    }
+
+    /// Report of unmatched ids, after tracking new subscribers as `New`.
+    async fn start(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
+        let mut report = self.report_unmatched(criteria).await?;
+        for (id, subscriber) in &self.subscribers {
+            let spec = subscriber.spec();
+            if criteria.matches(id, &spec.group) && self.store.get(id).await?.is_none() {
+                let subscription = Subscription::new(id.clone(), spec.group.clone(), spec.run_mode, self.clock.now());
+                self.store.add(&subscription).await?;
+                report.changed.push(subscription.id);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn report_unmatched(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
+        let mut report = EngineReport::default();
+        for id in &criteria.ids {
+            if !self.subscribers.contains_key(id) && self.store.get(id).await?.is_none() {
+                report.unmatched.push(id.clone());
+            }
+        }
+        Ok(report)
+    }
+
+    async fn with_status(
+        &self,
+        criteria: &SubscriptionCriteria,
+        statuses: &[SubscriptionStatus],
+    ) -> Result<Vec<Subscription>, ReelError> {
+        let mut found = self.store.find(criteria).await?;
+        found.retain(|s| statuses.contains(&s.status));
+        Ok(found)
+    }
+
+    /// Puts failed subscriptions of step `step` back into it when the retry strategy says so.
+    async fn retry_failed(&self, criteria: &SubscriptionCriteria, step: SubscriptionStatus) -> Result<(), ReelError> {
+        let now = self.clock.now();
+        for mut subscription in self.with_status(criteria, &[Error]).await? {
+            let failed_in = subscription.error.as_ref().map(|e| e.previous_status);
+            if failed_in == Some(step)
+                && self.subscribers.contains_key(&subscription.id)
+                && self.retry.should_retry(&subscription, now)
+            {
+                subscription.transition(step)?;
+                subscription.retry_attempt += 1;
+                tracing::info!(id = %subscription.id, attempt = subscription.retry_attempt, "retrying subscription");
+                self.save(&mut subscription, &mut EngineReport::default()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands every event after the subscription's position to the subscriber, saving the
+    /// position after each batch. Returns false when a handler failed (the subscription is then
+    /// in `Error`, positioned right before the failing event).
+    async fn catch_up(
+        &self,
+        subscription: &mut Subscription,
+        subscriber: &dyn Subscriber,
+        report: &mut EngineReport,
+    ) -> Result<bool, ReelError> {
+        let filter = ReadAllFilter {
+            event_types: subscriber.spec().event_types.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let mut reader = AllReader::new(self.events.clone(), subscription.position.next(), filter, self.batch_size);
+        while let Some(events) = reader.next_page().await? {
+            for event in &events {
+                if let Err(message) = guarded(subscriber.handle(&Message::new(event))).await {
+                    // Everything before the failing event is done; the failing one is not.
+                    subscription.position = Position(event.position.0 - 1);
+                    let message =
+                        format!("{message} (event {} {} at position {})", event.event_type, event.id, event.position);
+                    self.fail(subscription, message, report).await?;
+                    return Ok(false);
+                }
+                report.handled += 1;
+            }
+            subscription.position = Position(reader.position().0 - 1);
+            self.save(subscription, report).await?;
+        }
+        // A filtered reader may have skipped past events it did not deliver: move past them too.
+        subscription.position = subscription.position.max(Position(reader.position().0 - 1));
+        Ok(true)
+    }
+
+    async fn fail(
+        &self,
+        subscription: &mut Subscription,
+        message: String,
+        report: &mut EngineReport,
+    ) -> Result<(), ReelError> {
+        tracing::warn!(id = %subscription.id, %message, "subscription failed");
+        subscription.fail(message.clone())?;
+        self.save(subscription, report).await?;
+        report.errors.push(EngineError { id: subscription.id.clone(), message });
+        Ok(())
+    }
+
+    async fn save(&self, subscription: &mut Subscription, report: &mut EngineReport) -> Result<(), ReelError> {
+        subscription.last_saved_at = self.clock.now();
+        self.store.update(subscription).await?;
+        if !report.changed.contains(&subscription.id) {
+            report.changed.push(subscription.id.clone());
+        }
+        Ok(())
+    }
+}

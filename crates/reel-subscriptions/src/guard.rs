@@ -1,0 +1,62 @@
+//! Runs subscriber code so that a panic becomes an error message instead of taking the engine down.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::HandlerError;
+
+/// Awaits `future`; an `Err` or a panic comes back as the message to record on the subscription.
+pub async fn guarded<F>(future: F) -> Result<(), String>
+where
+    F: Future<Output = Result<(), HandlerError>>,
+{
+    match (CatchPanic { inner: Box::pin(future) }).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(message) => Err(message),
+    }
+}
+
+struct CatchPanic<F> {
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.inner.as_mut();
+        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(payload) => {
+                let text = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Poll::Ready(Err(format!("panicked: {text}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_and_panics_become_messages() {
+        assert_eq!(guarded(async { Ok(()) }).await, Ok(()));
+        assert_eq!(guarded(async { Err("nope".into()) }).await, Err("nope".to_string()));
+        let panicking = async {
+            if true {
+                panic!("handler exploded");
+            }
+            Ok(())
+        };
+        assert_eq!(guarded(panicking).await, Err("panicked: handler exploded".to_string()));
+    }
+}

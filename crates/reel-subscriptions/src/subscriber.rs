@@ -1,0 +1,151 @@
+//! What a subscriber is: its spec (id, group, run mode, event types) and its handler.
+
+use async_trait::async_trait;
+use reel_core::{Position, RecordedEvent, ReelError, RunMode, StreamName, SubscriptionId, Timestamp};
+
+/// Error a handler, setup or teardown returns. Any error type converts into it with `?`.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who a subscriber is and what it wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriberSpec {
+    /// Unique id; also the id of its subscription. Bump its suffix (`profile_1` → `profile_2`) to rebuild.
+    pub id: SubscriptionId,
+    /// Operators run groups in different processes.
+    pub group: String,
+    /// Where its subscription starts and whether it ends.
+    pub run_mode: RunMode,
+    /// Event types it handles; `None` means all (`*`). Others are skipped, and its position moves past them.
+    pub event_types: Option<Vec<String>>,
+}
+
+impl SubscriberSpec {
+    /// A subscriber in group `default` with the given run mode, handling every event type.
+    pub fn new(id: &str, run_mode: RunMode) -> Result<Self, ReelError> {
+        Ok(Self { id: SubscriptionId::new(id)?, group: "default".into(), run_mode, event_types: None })
+    }
+
+    /// A projector: group `projector`, from the beginning.
+    pub fn projector(id: &str) -> Result<Self, ReelError> {
+        Ok(Self { group: "projector".into(), ..Self::new(id, RunMode::FromBeginning)? })
+    }
+
+    /// A processor: group `processor`, from now (history causes no side effects).
+    pub fn processor(id: &str) -> Result<Self, ReelError> {
+        Ok(Self { group: "processor".into(), ..Self::new(id, RunMode::FromNow)? })
+    }
+
+    /// Sets the group.
+    pub fn in_group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// Restricts the event types handled (`*` in the list means all).
+    pub fn handling<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let types: Vec<String> = types.into_iter().map(Into::into).collect();
+        self.event_types = if types.iter().any(|t| t == "*") { None } else { Some(types) };
+        self
+    }
+
+    /// Whether events of `event_type` are delivered.
+    pub fn handles(&self, event_type: &str) -> bool {
+        self.event_types.as_ref().is_none_or(|types| types.iter().any(|t| t == event_type))
+    }
+}
+
+/// One event as a handler sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Message<'a> {
+    record: &'a RecordedEvent,
+}
+
+impl<'a> Message<'a> {
+    /// Wraps a recorded event.
+    pub fn new(record: &'a RecordedEvent) -> Self {
+        Self { record }
+    }
+
+    /// The event type.
+    pub fn event_type(&self) -> &'a str {
+        &self.record.event_type
+    }
+
+    /// The payload decoded from JSON into `T`; a payload that does not decode is an error of the
+    /// subscription (never a panic, never skipped).
+    pub fn event<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        Ok(self.record.data_as::<T>()?)
+    }
+
+    /// The stream the event belongs to.
+    pub fn stream(&self) -> &'a StreamName {
+        &self.record.stream
+    }
+
+    /// The id part of the stream name (`unit-PL-1001` → `PL-1001`): the aggregate id.
+    pub fn stream_id(&self) -> Option<&'a str> {
+        self.record.stream.id_part()
+    }
+
+    /// Global position.
+    pub fn position(&self) -> Position {
+        self.record.position
+    }
+
+    /// When it was recorded.
+    pub fn recorded_at(&self) -> Timestamp {
+        self.record.recorded_at
+    }
+
+    /// The whole stored record.
+    pub fn record(&self) -> &'a RecordedEvent {
+        self.record
+    }
+}
+
+/// Reacts to events: a projector, a processor, a report, a migration.
+///
+/// ```
+/// use reel_subscriptions::{HandlerError, Message, Subscriber, SubscriberSpec};
+///
+/// struct WelcomeEmail {
+///     spec: SubscriberSpec,
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl Subscriber for WelcomeEmail {
+///     fn spec(&self) -> &SubscriberSpec {
+///         &self.spec
+///     }
+///     async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {
+///         let profile: serde_json::Value = message.event()?;
+///         println!("welcome {} ({})", profile["name"], message.stream_id().unwrap_or("?"));
+///         Ok(())
+///     }
+/// }
+///
+/// let spec = SubscriberSpec::processor("welcome_email").unwrap().handling(["ProfileCreated"]);
+/// let _subscriber = WelcomeEmail { spec };
+/// ```
+#[async_trait]
+pub trait Subscriber: Send + Sync + 'static {
+    /// Id, group, run mode and handled types.
+    fn spec(&self) -> &SubscriberSpec;
+
+    /// Runs once when its subscription is set up (e.g. create the projection's table).
+    async fn setup(&self) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    /// Runs when its subscription is torn down or removed (e.g. drop the table).
+    async fn teardown(&self) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    /// Handles one event of a type it subscribed to.
+    async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError>;
+}
