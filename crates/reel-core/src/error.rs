@@ -85,6 +85,12 @@ pub enum ReelError {
         /// The id asked for.
         id: String,
     },
+    /// The worker no longer holds the subscription's lease; it must stop processing it.
+    #[error("lease on subscription {id} is held by another worker or expired")]
+    LeaseLost {
+        /// The subscription.
+        id: String,
+    },
     /// The store is closed or shutting down.
     #[error("the store is closed")]
     Closed,
@@ -116,6 +122,7 @@ impl ReelError {
             ReelError::SchemaTooNew { .. } => "schema_too_new",
             ReelError::IllegalTransition { .. } => "illegal_transition",
             ReelError::SubscriptionNotFound { .. } => "subscription_not_found",
+            ReelError::LeaseLost { .. } => "lease_lost",
             ReelError::Closed => "closed",
             ReelError::Storage { .. } => "storage",
         }

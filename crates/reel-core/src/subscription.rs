@@ -177,6 +177,15 @@ pub struct SubscriptionError {
     pub previous_status: SubscriptionStatus,
 }
 
+/// Which worker holds a subscription, and until when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The worker's id.
+    pub owner: String,
+    /// When the lease lapses unless renewed.
+    pub expires_at: Timestamp,
+}
+
 /// The persisted state of one subscriber's progress through the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
@@ -198,6 +207,8 @@ pub struct Subscription {
     pub paused_from: Option<SubscriptionStatus>,
     /// When this state was last saved.
     pub last_saved_at: Timestamp,
+    /// The worker holding it, if any (managed by the lease methods, not by `update`).
+    pub lease: Option<Lease>,
 }
 
 impl Subscription {
@@ -213,6 +224,7 @@ impl Subscription {
             error: None,
             paused_from: None,
             last_saved_at: now,
+            lease: None,
         }
     }
 
@@ -285,6 +297,19 @@ pub trait SubscriptionStore: Send + Sync {
     async fn get(&self, id: &SubscriptionId) -> Result<Option<Subscription>, ReelError>;
     /// Matching subscriptions, ordered by id.
     async fn find(&self, criteria: &SubscriptionCriteria) -> Result<Vec<Subscription>, ReelError>;
+    /// Takes or renews the lease on `id` for `owner` until `now + ttl`, when it is free, expired
+    /// or already `owner`'s. Returns whether `owner` holds it now. An unknown id holds no lease.
+    async fn acquire_lease(
+        &self,
+        id: &SubscriptionId,
+        owner: &str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<bool, ReelError>;
+    /// Gives the lease up if `owner` holds it.
+    async fn release_lease(&self, id: &SubscriptionId, owner: &str) -> Result<(), ReelError>;
+    /// `update`, only while `owner` holds an unexpired lease at `now`; otherwise `LeaseLost` and nothing changes.
+    async fn update_leased(&self, subscription: &Subscription, owner: &str, now: Timestamp) -> Result<(), ReelError>;
 }
 
 #[cfg(test)]

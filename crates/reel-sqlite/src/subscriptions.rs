@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use reel_core::{
-    Position, ReelError, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,
+    Lease, Position, ReelError, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,
     SubscriptionStatus, SubscriptionStore, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -20,8 +20,38 @@ pub struct SqliteSubscriptionStore {
 
 const COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message,
     error_previous_status, paused_from, last_saved_at";
+/// Lease columns, read with `COLUMNS` but written only by the lease methods.
+const LEASE_COLUMNS: &str = "lease_owner, lease_expires_at";
 
 impl SqliteSubscriptionStore {
+    /// Writes the state columns; with `lease`, only while that owner's lease is unexpired.
+    async fn write_state(
+        &self,
+        subscription: &Subscription,
+        lease: Option<(String, Timestamp)>,
+    ) -> Result<usize, ReelError> {
+        let row = values(subscription);
+        self.run("saving a subscription", move |conn| {
+            let mut params: Vec<rusqlite::types::Value> = row.into();
+            let condition = match lease {
+                None => "",
+                Some((owner, now)) => {
+                    params.push(owner.into());
+                    params.push(now.unix_micros().into());
+                    " AND lease_owner = ?11 AND lease_expires_at > ?12"
+                }
+            };
+            conn.prepare_cached(&format!(
+                "UPDATE subscriptions SET group_name = ?2, run_mode = ?3, status = ?4, position = ?5,
+                   retry_attempt = ?6, error_message = ?7, error_previous_status = ?8, paused_from = ?9,
+                   last_saved_at = ?10
+                 WHERE id = ?1{condition}"
+            ))?
+            .execute(rusqlite::params_from_iter(params))
+        })
+        .await
+    }
+
     /// Opens the subscription table of an already opened (and migrated) store file.
     pub(crate) fn open(path: &Path) -> Result<Self, ReelError> {
         Ok(Self { conn: Arc::new(Mutex::new(open_connection(path, false)?)) })
@@ -53,6 +83,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<Subscription, ReelError>> 
     let retry_attempt: i64 = row.get(5)?;
     let group: String = row.get(1)?;
     let last_saved_at: i64 = row.get(9)?;
+    let lease_owner: Option<String> = row.get(10)?;
+    let lease_expires_at: Option<i64> = row.get(11)?;
     Ok((|| {
         Ok(Subscription {
             id: SubscriptionId::new(id)?,
@@ -69,6 +101,9 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<Subscription, ReelError>> 
             },
             paused_from: paused_from.map(|p| p.parse()).transpose()?,
             last_saved_at: Timestamp::from_unix_micros(last_saved_at),
+            lease: lease_owner
+                .zip(lease_expires_at)
+                .map(|(owner, expires)| Lease { owner, expires_at: Timestamp::from_unix_micros(expires) }),
         })
     })())
 }
@@ -112,22 +147,49 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     }
 
     async fn update(&self, subscription: &Subscription) -> Result<(), ReelError> {
-        let id = subscription.id.clone();
-        let row = values(subscription);
-        let updated = self
-            .run("saving a subscription", move |conn| {
+        if self.write_state(subscription, None).await? == 0 {
+            return Err(ReelError::SubscriptionNotFound { id: subscription.id.to_string() });
+        }
+        Ok(())
+    }
+
+    async fn update_leased(&self, subscription: &Subscription, owner: &str, now: Timestamp) -> Result<(), ReelError> {
+        if self.write_state(subscription, Some((owner.to_string(), now))).await? == 0 {
+            return Err(ReelError::LeaseLost { id: subscription.id.to_string() });
+        }
+        Ok(())
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &SubscriptionId,
+        owner: &str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<bool, ReelError> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        let expires = now.unix_micros() + ttl.as_micros() as i64;
+        let taken = self
+            .run("taking a subscription lease", move |conn| {
                 conn.prepare_cached(
-                    "UPDATE subscriptions SET group_name = ?2, run_mode = ?3, status = ?4, position = ?5,
-                       retry_attempt = ?6, error_message = ?7, error_previous_status = ?8, paused_from = ?9,
-                       last_saved_at = ?10
-                     WHERE id = ?1",
+                    "UPDATE subscriptions SET lease_owner = ?2, lease_expires_at = ?3
+                     WHERE id = ?1 AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_expires_at <= ?4)",
                 )?
-                .execute(rusqlite::params_from_iter(row))
+                .execute(params![id, owner, expires, now.unix_micros()])
             })
             .await?;
-        if updated == 0 {
-            return Err(ReelError::SubscriptionNotFound { id: id.to_string() });
-        }
+        Ok(taken == 1)
+    }
+
+    async fn release_lease(&self, id: &SubscriptionId, owner: &str) -> Result<(), ReelError> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        self.run("releasing a subscription lease", move |conn| {
+            conn.prepare_cached(
+                "UPDATE subscriptions SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1 AND lease_owner = ?2",
+            )?
+            .execute(params![id, owner])
+        })
+        .await?;
         Ok(())
     }
 
@@ -143,7 +205,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     async fn get(&self, id: &SubscriptionId) -> Result<Option<Subscription>, ReelError> {
         let id = id.to_string();
         self.run("reading a subscription", move |conn| {
-            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM subscriptions WHERE id = ?1"))?
+            conn.prepare_cached(&format!("SELECT {COLUMNS}, {LEASE_COLUMNS} FROM subscriptions WHERE id = ?1"))?
                 .query_row(params![id], from_row)
                 .optional()
         })
@@ -154,7 +216,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     async fn find(&self, criteria: &SubscriptionCriteria) -> Result<Vec<Subscription>, ReelError> {
         let rows = self
             .run("listing subscriptions", move |conn| {
-                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM subscriptions ORDER BY id"))?
+                conn.prepare_cached(&format!("SELECT {COLUMNS}, {LEASE_COLUMNS} FROM subscriptions ORDER BY id"))?
                     .query_map([], from_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()
             })

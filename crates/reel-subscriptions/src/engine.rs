@@ -36,13 +36,38 @@ pub struct EngineReport {
 }
 
 /// Drives subscriptions through their lifecycle against an event store and a subscription store.
+/// Cheap to clone (shared stores and subscribers).
+#[derive(Clone)]
 pub struct SubscriptionEngine {
-    events: Arc<dyn EventStore>,
-    store: Arc<dyn SubscriptionStore>,
+    pub(crate) events: Arc<dyn EventStore>,
+    pub(crate) store: Arc<dyn SubscriptionStore>,
     subscribers: BTreeMap<SubscriptionId, Arc<dyn Subscriber>>,
     retry: Arc<dyn RetryStrategy>,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     batch_size: usize,
+    /// Set when a worker runs the engine: saves need the lease, and work stops when it lapses.
+    lease: Option<LeaseHolder>,
+}
+
+/// The lease a worker holds while it runs a subscription, and its stop signal.
+#[derive(Clone)]
+pub(crate) struct LeaseHolder {
+    pub owner: String,
+    pub ttl: std::time::Duration,
+    /// Expiry of the lease as last taken, in Unix microseconds.
+    pub expires_at: Arc<std::sync::atomic::AtomicI64>,
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// How a catch-up ended.
+#[derive(Debug, PartialEq, Eq)]
+enum CatchUp {
+    /// At the head.
+    Reached,
+    /// A handler failed; the subscription is in `Error`.
+    Failed,
+    /// Stopped early (shutdown); the position is saved, the status unchanged.
+    Interrupted,
 }
 
 impl SubscriptionEngine {
@@ -66,7 +91,23 @@ impl SubscriptionEngine {
             retry: Arc::new(ClockBasedRetryStrategy::default()),
             clock: Arc::new(SystemClock),
             batch_size: 1000,
+            lease: None,
         })
+    }
+
+    /// A copy that saves only while `lease` is held and stops when told to.
+    pub(crate) fn leased(&self, lease: LeaseHolder) -> Self {
+        Self { lease: Some(lease), ..self.clone() }
+    }
+
+    /// The registered subscriber with this id.
+    pub(crate) fn subscriber(&self, id: &SubscriptionId) -> Option<&Arc<dyn Subscriber>> {
+        self.subscribers.get(id)
+    }
+
+    /// Tracks registered subscribers matching `criteria` that have no subscription yet (as `New`).
+    pub async fn track(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
+        self.start(criteria).await
     }
 
     /// Replaces the retry strategy (default: clock-based, 5 s × 2^attempt, 5 attempts).
@@ -125,7 +166,7 @@ impl SubscriptionEngine {
         self.retry_failed(criteria, Booting).await?;
         for mut subscription in self.with_status(criteria, &[Booting]).await? {
             let Some(subscriber) = self.subscribers.get(&subscription.id).cloned() else { continue };
-            if self.catch_up(&mut subscription, subscriber.as_ref(), &mut report).await? {
+            if self.catch_up(&mut subscription, subscriber.as_ref(), &mut report).await? == CatchUp::Reached {
                 let next = if subscription.run_mode == RunMode::Once { Finished } else { Active };
                 subscription.transition(next)?;
                 subscription.retry_attempt = 0;
@@ -149,7 +190,7 @@ impl SubscriptionEngine {
         for mut subscription in self.with_status(criteria, &[Active]).await? {
             let Some(subscriber) = self.subscribers.get(&subscription.id).cloned() else { continue };
             let before = subscription.clone();
-            if self.catch_up(&mut subscription, subscriber.as_ref(), &mut report).await? {
+            if self.catch_up(&mut subscription, subscriber.as_ref(), &mut report).await? == CatchUp::Reached {
                 if subscription.run_mode == RunMode::Once {
                     subscription.transition(Finished)?;
                 }
@@ -251,8 +292,12 @@ impl SubscriptionEngine {
             let spec = subscriber.spec();
             if criteria.matches(id, &spec.group) && self.store.get(id).await?.is_none() {
                 let subscription = Subscription::new(id.clone(), spec.group.clone(), spec.run_mode, self.clock.now());
-                self.store.add(&subscription).await?;
-                report.changed.push(subscription.id);
+                match self.store.add(&subscription).await {
+                    Ok(()) => report.changed.push(subscription.id),
+                    // Another worker tracked it at the same moment: fine.
+                    Err(_) if self.store.get(id).await?.is_some() => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(report)
@@ -297,20 +342,21 @@ impl SubscriptionEngine {
     }
 
     /// Hands every event after the subscription's position to the subscriber, saving the
-    /// position after each batch. Returns false when a handler failed (the subscription is then
-    /// in `Error`, positioned right before the failing event).
+    /// position after each batch. On a handler failure the subscription goes to `Error`,
+    /// positioned right before the failing event.
     async fn catch_up(
         &self,
         subscription: &mut Subscription,
         subscriber: &dyn Subscriber,
         report: &mut EngineReport,
-    ) -> Result<bool, ReelError> {
+    ) -> Result<CatchUp, ReelError> {
         let filter = ReadAllFilter {
             event_types: subscriber.spec().event_types.clone().unwrap_or_default(),
             ..Default::default()
         };
         let mut reader = AllReader::new(self.events.clone(), subscription.position.next(), filter, self.batch_size);
         while let Some(events) = reader.next_page().await? {
+            self.keep_lease(subscription).await?;
             for event in &events {
                 if let Err(message) = guarded(subscriber.handle(&Message::new(event))).await {
                     // Everything before the failing event is done; the failing one is not.
@@ -318,16 +364,40 @@ impl SubscriptionEngine {
                     let message =
                         format!("{message} (event {} {} at position {})", event.event_type, event.id, event.position);
                     self.fail(subscription, message, report).await?;
-                    return Ok(false);
+                    return Ok(CatchUp::Failed);
                 }
                 report.handled += 1;
             }
             subscription.position = Position(reader.position().0 - 1);
             self.save(subscription, report).await?;
+            if self.lease.as_ref().is_some_and(|l| *l.stop.borrow()) {
+                return Ok(CatchUp::Interrupted);
+            }
         }
         // A filtered reader may have skipped past events it did not deliver: move past them too.
         subscription.position = subscription.position.max(Position(reader.position().0 - 1));
-        Ok(true)
+        Ok(CatchUp::Reached)
+    }
+
+    /// Under a worker: renews the lease when half of it is used up, and refuses to go on
+    /// without one (so a slow worker never processes alongside the one that took over).
+    async fn keep_lease(&self, subscription: &Subscription) -> Result<(), ReelError> {
+        let Some(lease) = &self.lease else { return Ok(()) };
+        let now = self.clock.now();
+        let expires = lease.expires_at.load(std::sync::atomic::Ordering::SeqCst);
+        let half = lease.ttl.as_micros() as i64 / 2;
+        if expires - now.unix_micros() > half {
+            return Ok(());
+        }
+        let lost = || ReelError::LeaseLost { id: subscription.id.to_string() };
+        if now.unix_micros() >= expires {
+            return Err(lost());
+        }
+        if !self.store.acquire_lease(&subscription.id, &lease.owner, now, lease.ttl).await? {
+            return Err(lost());
+        }
+        lease.expires_at.store(now.unix_micros() + lease.ttl.as_micros() as i64, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     async fn fail(
@@ -345,7 +415,10 @@ impl SubscriptionEngine {
 
     async fn save(&self, subscription: &mut Subscription, report: &mut EngineReport) -> Result<(), ReelError> {
         subscription.last_saved_at = self.clock.now();
-        self.store.update(subscription).await?;
+        match &self.lease {
+            Some(lease) => self.store.update_leased(subscription, &lease.owner, subscription.last_saved_at).await?,
+            None => self.store.update(subscription).await?,
+        }
         if !report.changed.contains(&subscription.id) {
             report.changed.push(subscription.id.clone());
         }

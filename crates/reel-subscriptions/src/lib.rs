@@ -39,7 +39,9 @@ mod engine;
 mod guard;
 mod retry;
 mod subscriber;
+mod worker;
 
 pub use engine::{EngineError, EngineReport, SubscriptionEngine};
 pub use retry::{Clock, ClockBasedRetryStrategy, ManualClock, NoRetry, RetryStrategy, SystemClock};
 pub use subscriber::{HandlerError, Message, Subscriber, SubscriberSpec};
+pub use worker::{Worker, WorkerOptions};

@@ -56,11 +56,39 @@ pub async fn find_by_criteria(store: Store) {
     assert_eq!(ids(store.find(&both).await.unwrap()), ["a"]);
 }
 
+/// One worker holds a lease until it expires; a save by a worker that lost it changes nothing.
+pub async fn leases_are_exclusive_until_expiry(store: Store) {
+    use std::time::Duration;
+    let mut s = Subscription::new(id("leased"), "g", RunMode::FromBeginning, Timestamp::from_unix_micros(0));
+    store.add(&s).await.unwrap();
+    let t0 = Timestamp::from_unix_micros(1_000_000);
+    let at = |secs: i64| Timestamp::from_unix_micros(t0.unix_micros() + secs * 1_000_000);
+    let ttl = Duration::from_secs(10);
+    assert!(store.acquire_lease(&s.id, "worker-a", t0, ttl).await.unwrap());
+    assert!(!store.acquire_lease(&s.id, "worker-b", at(5), ttl).await.unwrap(), "held by a");
+    assert!(store.acquire_lease(&s.id, "worker-a", at(5), ttl).await.unwrap(), "a renews until 15");
+    assert!(!store.acquire_lease(&s.id, "worker-b", at(14), ttl).await.unwrap());
+    let lease = store.get(&s.id).await.unwrap().unwrap().lease.unwrap();
+    assert_eq!((lease.owner.as_str(), lease.expires_at), ("worker-a", at(15)));
+    s.position = Position(7);
+    store.update_leased(&s, "worker-a", at(14)).await.unwrap();
+    assert!(store.acquire_lease(&s.id, "worker-b", at(15), ttl).await.unwrap(), "expired: b takes over");
+    s.position = Position(8);
+    let lost = store.update_leased(&s, "worker-a", at(16)).await;
+    assert!(matches!(lost, Err(ReelError::LeaseLost { .. })), "{lost:?}");
+    assert_eq!(store.get(&s.id).await.unwrap().unwrap().position, Position(7), "a's late save changed nothing");
+    store.release_lease(&s.id, "worker-a").await.unwrap();
+    assert_eq!(store.get(&s.id).await.unwrap().unwrap().lease.unwrap().owner, "worker-b", "a cannot release b's lease");
+    store.release_lease(&s.id, "worker-b").await.unwrap();
+    assert!(store.get(&s.id).await.unwrap().unwrap().lease.is_none());
+    assert!(!store.acquire_lease(&id("unknown"), "worker-a", t0, ttl).await.unwrap());
+}
+
 /// Generates one test per clause. `$factory().await` returns `(Arc<dyn SubscriptionStore>, guard)`.
 #[macro_export]
 macro_rules! subscription_store_conformance_tests {
     ($factory:expr) => {
-        $crate::subscription_store_conformance_tests!(@tests $factory; round_trips_every_field, add_update_remove, find_by_criteria);
+        $crate::subscription_store_conformance_tests!(@tests $factory; round_trips_every_field, add_update_remove, find_by_criteria, leases_are_exclusive_until_expiry);
     };
     (@tests $factory:expr; $($name:ident),*) => {
         $(
