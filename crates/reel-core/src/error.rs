@@ -91,6 +91,12 @@ pub enum ReelError {
         /// The subscription.
         id: String,
     },
+    /// The subscription was saved by someone else since it was loaded; load it again.
+    #[error("subscription {id} was changed by another process; reload it")]
+    SubscriptionChanged {
+        /// The subscription.
+        id: String,
+    },
     /// The store is closed or shutting down.
     #[error("the store is closed")]
     Closed,
@@ -123,6 +129,7 @@ impl ReelError {
             ReelError::IllegalTransition { .. } => "illegal_transition",
             ReelError::SubscriptionNotFound { .. } => "subscription_not_found",
             ReelError::LeaseLost { .. } => "lease_lost",
+            ReelError::SubscriptionChanged { .. } => "subscription_changed",
             ReelError::Closed => "closed",
             ReelError::Storage { .. } => "storage",
         }

@@ -209,6 +209,9 @@ pub struct Subscription {
     pub last_saved_at: Timestamp,
     /// The worker holding it, if any (managed by the lease methods, not by `update`).
     pub lease: Option<Lease>,
+    /// Bumped by every save; a save based on an older revision is refused (`SubscriptionChanged`),
+    /// so an operator's pause is never overwritten by a worker that loaded the row earlier.
+    pub revision: u64,
 }
 
 impl Subscription {
@@ -225,6 +228,7 @@ impl Subscription {
             paused_from: None,
             last_saved_at: now,
             lease: None,
+            revision: 0,
         }
     }
 
@@ -289,8 +293,10 @@ impl SubscriptionCriteria {
 pub trait SubscriptionStore: Send + Sync {
     /// Stores a new subscription; an existing id is an error.
     async fn add(&self, subscription: &Subscription) -> Result<(), ReelError>;
-    /// Replaces a stored subscription; an unknown id is `SubscriptionNotFound`.
-    async fn update(&self, subscription: &Subscription) -> Result<(), ReelError>;
+    /// Replaces a stored subscription whose stored revision is still `subscription.revision`,
+    /// and bumps `subscription.revision`. An unknown id is `SubscriptionNotFound`; a newer stored
+    /// revision is `SubscriptionChanged` and nothing is written.
+    async fn update(&self, subscription: &mut Subscription) -> Result<(), ReelError>;
     /// Deletes a subscription (no error when it is already gone).
     async fn remove(&self, id: &SubscriptionId) -> Result<(), ReelError>;
     /// One subscription.
@@ -309,7 +315,12 @@ pub trait SubscriptionStore: Send + Sync {
     /// Gives the lease up if `owner` holds it.
     async fn release_lease(&self, id: &SubscriptionId, owner: &str) -> Result<(), ReelError>;
     /// `update`, only while `owner` holds an unexpired lease at `now`; otherwise `LeaseLost` and nothing changes.
-    async fn update_leased(&self, subscription: &Subscription, owner: &str, now: Timestamp) -> Result<(), ReelError>;
+    async fn update_leased(
+        &self,
+        subscription: &mut Subscription,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<(), ReelError>;
 }
 
 #[cfg(test)]

@@ -44,7 +44,8 @@ const MIGRATIONS: &[&str] = &[
         paused_from           TEXT,
         last_saved_at         INTEGER NOT NULL,
         lease_owner           TEXT,
-        lease_expires_at      INTEGER
+        lease_expires_at      INTEGER,
+        revision              INTEGER NOT NULL DEFAULT 0
      );",
 ];
 

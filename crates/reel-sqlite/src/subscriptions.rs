@@ -20,36 +20,61 @@ pub struct SqliteSubscriptionStore {
 
 const COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message,
     error_previous_status, paused_from, last_saved_at";
-/// Lease columns, read with `COLUMNS` but written only by the lease methods.
-const LEASE_COLUMNS: &str = "lease_owner, lease_expires_at";
+/// Read with `COLUMNS`; leases are written only by the lease methods, the revision by every save.
+const LEASE_COLUMNS: &str = "lease_owner, lease_expires_at, revision";
 
 impl SqliteSubscriptionStore {
-    /// Writes the state columns; with `lease`, only while that owner's lease is unexpired.
+    /// Writes the state columns if the stored revision is the one loaded (and, with `lease`,
+    /// while that owner's lease is unexpired); says precisely why when it is not written.
     async fn write_state(
         &self,
-        subscription: &Subscription,
+        subscription: &mut Subscription,
         lease: Option<(String, Timestamp)>,
-    ) -> Result<usize, ReelError> {
+    ) -> Result<(), ReelError> {
         let row = values(subscription);
-        self.run("saving a subscription", move |conn| {
-            let mut params: Vec<rusqlite::types::Value> = row.into();
-            let condition = match lease {
-                None => "",
-                Some((owner, now)) => {
-                    params.push(owner.into());
-                    params.push(now.unix_micros().into());
-                    " AND lease_owner = ?11 AND lease_expires_at > ?12"
+        let (id, revision) = (subscription.id.to_string(), subscription.revision as i64);
+        let leased = lease.is_some();
+        let written = self
+            .run("saving a subscription", move |conn| {
+                let mut params: Vec<rusqlite::types::Value> = row.into();
+                params.push(revision.into());
+                let condition = match lease {
+                    None => "",
+                    Some((owner, now)) => {
+                        params.push(owner.into());
+                        params.push(now.unix_micros().into());
+                        " AND lease_owner = ?12 AND lease_expires_at > ?13"
+                    }
+                };
+                let updated = conn
+                    .prepare_cached(&format!(
+                        "UPDATE subscriptions SET group_name = ?2, run_mode = ?3, status = ?4, position = ?5,
+                           retry_attempt = ?6, error_message = ?7, error_previous_status = ?8, paused_from = ?9,
+                           last_saved_at = ?10, revision = revision + 1
+                         WHERE id = ?1 AND revision = ?11{condition}"
+                    ))?
+                    .execute(rusqlite::params_from_iter(params))?;
+                if updated == 1 {
+                    return Ok(None);
                 }
-            };
-            conn.prepare_cached(&format!(
-                "UPDATE subscriptions SET group_name = ?2, run_mode = ?3, status = ?4, position = ?5,
-                   retry_attempt = ?6, error_message = ?7, error_previous_status = ?8, paused_from = ?9,
-                   last_saved_at = ?10
-                 WHERE id = ?1{condition}"
-            ))?
-            .execute(rusqlite::params_from_iter(params))
-        })
-        .await
+                let stored: Option<i64> = conn
+                    .prepare_cached("SELECT revision FROM subscriptions WHERE id = ?1")?
+                    .query_row(params![id], |r| r.get(0))
+                    .optional()?;
+                Ok(Some(stored))
+            })
+            .await?;
+        let id = subscription.id.to_string();
+        match written {
+            None => {
+                subscription.revision += 1;
+                Ok(())
+            }
+            Some(None) => Err(ReelError::SubscriptionNotFound { id }),
+            Some(Some(stored)) if stored != revision => Err(ReelError::SubscriptionChanged { id }),
+            Some(Some(_)) if leased => Err(ReelError::LeaseLost { id }),
+            Some(Some(_)) => Err(ReelError::SubscriptionChanged { id }),
+        }
     }
 
     /// Opens the subscription table of an already opened (and migrated) store file.
@@ -85,6 +110,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<Subscription, ReelError>> 
     let last_saved_at: i64 = row.get(9)?;
     let lease_owner: Option<String> = row.get(10)?;
     let lease_expires_at: Option<i64> = row.get(11)?;
+    let revision: i64 = row.get(12)?;
     Ok((|| {
         Ok(Subscription {
             id: SubscriptionId::new(id)?,
@@ -104,6 +130,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<Subscription, ReelError>> 
             lease: lease_owner
                 .zip(lease_expires_at)
                 .map(|(owner, expires)| Lease { owner, expires_at: Timestamp::from_unix_micros(expires) }),
+            revision: revision as u64,
         })
     })())
 }
@@ -146,18 +173,17 @@ impl SubscriptionStore for SqliteSubscriptionStore {
         Ok(())
     }
 
-    async fn update(&self, subscription: &Subscription) -> Result<(), ReelError> {
-        if self.write_state(subscription, None).await? == 0 {
-            return Err(ReelError::SubscriptionNotFound { id: subscription.id.to_string() });
-        }
-        Ok(())
+    async fn update(&self, subscription: &mut Subscription) -> Result<(), ReelError> {
+        self.write_state(subscription, None).await
     }
 
-    async fn update_leased(&self, subscription: &Subscription, owner: &str, now: Timestamp) -> Result<(), ReelError> {
-        if self.write_state(subscription, Some((owner.to_string(), now))).await? == 0 {
-            return Err(ReelError::LeaseLost { id: subscription.id.to_string() });
-        }
-        Ok(())
+    async fn update_leased(
+        &self,
+        subscription: &mut Subscription,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<(), ReelError> {
+        self.write_state(subscription, Some((owner.to_string(), now))).await
     }
 
     async fn acquire_lease(

@@ -26,18 +26,28 @@ pub async fn round_trips_every_field(store: Store) {
         Some(SubscriptionError { message: "boom\nsecond line".into(), previous_status: SubscriptionStatus::Booting });
     s.paused_from = Some(SubscriptionStatus::Active);
     s.last_saved_at = Timestamp::from_unix_micros(99);
-    store.update(&s).await.unwrap();
+    store.update(&mut s).await.unwrap();
+    assert_eq!(s.revision, 1, "a save bumps the revision");
     assert_eq!(store.get(&s.id).await.unwrap(), Some(s));
 }
 
-/// Adding an id twice fails; updating or getting an unknown id says so; removing is idempotent.
+/// Adding an id twice fails; updating or getting an unknown id says so; a save from a stale copy
+/// is refused; removing is idempotent.
 pub async fn add_update_remove(store: Store) {
     let s = Subscription::new(id("a"), "g", RunMode::FromNow, Timestamp::now());
     store.add(&s).await.unwrap();
     assert!(store.add(&s).await.is_err(), "second add of the same id");
-    let ghost = Subscription::new(id("ghost"), "g", RunMode::FromNow, Timestamp::now());
-    assert!(matches!(store.update(&ghost).await, Err(ReelError::SubscriptionNotFound { .. })));
+    let mut ghost = Subscription::new(id("ghost"), "g", RunMode::FromNow, Timestamp::now());
+    assert!(matches!(store.update(&mut ghost).await, Err(ReelError::SubscriptionNotFound { .. })));
     assert_eq!(store.get(&ghost.id).await.unwrap(), None);
+    // Two copies loaded at once: the second save is refused instead of overwriting the first.
+    let mut first = store.get(&s.id).await.unwrap().unwrap();
+    let mut second = first.clone();
+    first.status = SubscriptionStatus::Paused;
+    store.update(&mut first).await.unwrap();
+    second.position = Position(9);
+    assert!(matches!(store.update(&mut second).await, Err(ReelError::SubscriptionChanged { .. })));
+    assert_eq!(store.get(&s.id).await.unwrap().unwrap().status, SubscriptionStatus::Paused);
     store.remove(&s.id).await.unwrap();
     store.remove(&s.id).await.unwrap();
     assert_eq!(store.get(&s.id).await.unwrap(), None);
@@ -71,10 +81,10 @@ pub async fn leases_are_exclusive_until_expiry(store: Store) {
     let lease = store.get(&s.id).await.unwrap().unwrap().lease.unwrap();
     assert_eq!((lease.owner.as_str(), lease.expires_at), ("worker-a", at(15)));
     s.position = Position(7);
-    store.update_leased(&s, "worker-a", at(14)).await.unwrap();
+    store.update_leased(&mut s, "worker-a", at(14)).await.unwrap();
     assert!(store.acquire_lease(&s.id, "worker-b", at(15), ttl).await.unwrap(), "expired: b takes over");
     s.position = Position(8);
-    let lost = store.update_leased(&s, "worker-a", at(16)).await;
+    let lost = store.update_leased(&mut s, "worker-a", at(16)).await;
     assert!(matches!(lost, Err(ReelError::LeaseLost { .. })), "{lost:?}");
     assert_eq!(store.get(&s.id).await.unwrap().unwrap().position, Position(7), "a's late save changed nothing");
     store.release_lease(&s.id, "worker-a").await.unwrap();

@@ -28,7 +28,12 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             | ReelError::IllegalTransition { .. }
             | ReelError::SchemaTooNew { .. },
         ) => 2,
-        Some(ReelError::Closed | ReelError::Storage { .. } | ReelError::LeaseLost { .. }) => 1,
+        Some(
+            ReelError::Closed
+            | ReelError::Storage { .. }
+            | ReelError::LeaseLost { .. }
+            | ReelError::SubscriptionChanged { .. },
+        ) => 1,
         None if error.chain().any(|e| e.downcast_ref::<InvalidInput>().is_some()) => 2,
         None => 1,
     }
