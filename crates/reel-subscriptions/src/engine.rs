@@ -8,8 +8,8 @@ use reel_core::{
     SubscriptionId, SubscriptionStatus, SubscriptionStore,
 };
 
-use crate::guard::guarded;
-use crate::{Clock, ClockBasedRetryStrategy, Message, RetryStrategy, Subscriber, SystemClock};
+use crate::guard::{catch_panic, guarded};
+use crate::{BatchFailure, Clock, ClockBasedRetryStrategy, RetryStrategy, Subscriber, SystemClock};
 
 use SubscriptionStatus::*;
 
@@ -20,6 +20,35 @@ pub struct EngineError {
     pub id: SubscriptionId,
     /// What went wrong.
     pub message: String,
+}
+
+/// Where `reset` moves a subscription: the next event it handles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetTo {
+    /// The first event of the log.
+    Beginning,
+    /// The event at this position.
+    Position(Position),
+    /// The first event recorded at or after this time.
+    Time(reel_core::Timestamp),
+}
+
+/// Binary search over the log's record times (which grow with position).
+async fn first_position_at_or_after(
+    events: &dyn EventStore,
+    head: Position,
+    time: reel_core::Timestamp,
+) -> Result<Position, ReelError> {
+    let (mut low, mut high) = (1u64, head.0 + 1);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        let page = events.read_all(Position(middle), &ReadAllFilter::default(), 1).await?;
+        match page.events.first() {
+            Some(event) if event.recorded_at < time => low = event.position.0 + 1,
+            _ => high = middle,
+        }
+    }
+    Ok(Position(low))
 }
 
 /// What an engine operation did.
@@ -280,6 +309,34 @@ impl SubscriptionEngine {
         Ok(report)
     }
 
+    /// Moves paused subscriptions to a new starting point (like resetting a consumer group's
+    /// offset); they resume from there when reactivated. Subscriptions that are not paused are
+    /// reported and left alone.
+    pub async fn reset(&self, criteria: &SubscriptionCriteria, to: ResetTo) -> Result<EngineReport, ReelError> {
+        let mut report = self.report_unmatched(criteria).await?;
+        let head = self.events.head().await?;
+        let next = match to {
+            ResetTo::Beginning => Position(1),
+            ResetTo::Position(p) if p.0 >= 1 && p.0 <= head.0 + 1 => p,
+            ResetTo::Position(p) => {
+                return Err(ReelError::InvalidArgument(format!("position {p} is outside the log (1..={})", head.0 + 1)))
+            }
+            ResetTo::Time(time) => first_position_at_or_after(self.events.as_ref(), head, time).await?,
+        };
+        for mut subscription in self.store.find(criteria).await? {
+            if subscription.status != Paused {
+                let message =
+                    format!("only a paused subscription can be reset; {} is {}", subscription.id, subscription.status);
+                report.errors.push(EngineError { id: subscription.id.clone(), message });
+                continue;
+            }
+            subscription.position = Position(next.0 - 1);
+            subscription.retry_attempt = 0;
+            self.save(&mut subscription, &mut report).await?;
+        }
+        Ok(report)
+    }
+
     /// The stored subscriptions matching `criteria`, ordered by id.
     pub async fn subscriptions(&self, criteria: &SubscriptionCriteria) -> Result<Vec<Subscription>, ReelError> {
         self.store.find(criteria).await
@@ -350,24 +407,32 @@ impl SubscriptionEngine {
         subscriber: &dyn Subscriber,
         report: &mut EngineReport,
     ) -> Result<CatchUp, ReelError> {
+        let spec = subscriber.spec();
         let filter = ReadAllFilter {
-            event_types: subscriber.spec().event_types.clone().unwrap_or_default(),
+            event_types: spec.event_types.clone().unwrap_or_default(),
+            categories: spec.categories.clone(),
             ..Default::default()
         };
         let mut reader = AllReader::new(self.events.clone(), subscription.position.next(), filter, self.batch_size);
         while let Some(events) = reader.next_page().await? {
             self.keep_lease(subscription).await?;
-            for event in &events {
-                if let Err(message) = guarded(subscriber.handle(&Message::new(event))).await {
-                    // Everything before the failing event is done; the failing one is not.
-                    subscription.position = Position(event.position.0 - 1);
-                    let message =
-                        format!("{message} (event {} {} at position {})", event.event_type, event.id, event.position);
-                    self.fail(subscription, message, report).await?;
-                    return Ok(CatchUp::Failed);
-                }
-                report.handled += 1;
+            let outcome = catch_panic(subscriber.handle_batch(&events)).await;
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(BatchFailure { index, error })) => Some((index.min(events.len() - 1), error.to_string())),
+                Err(panic) => Some((0, panic)),
+            };
+            if let Some((index, message)) = failure {
+                report.handled += index as u64;
+                let event = &events[index];
+                // Everything before the failing event is done; the failing one is not.
+                subscription.position = Position(event.position.0 - 1);
+                let message =
+                    format!("{message} (event {} {} at position {})", event.event_type, event.id, event.position);
+                self.fail(subscription, message, report).await?;
+                return Ok(CatchUp::Failed);
             }
+            report.handled += events.len() as u64;
             subscription.position = Position(reader.position().0 - 1);
             self.save(subscription, report).await?;
             if self.lease.as_ref().is_some_and(|l| *l.stop.borrow()) {

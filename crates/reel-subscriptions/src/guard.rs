@@ -12,11 +12,16 @@ pub async fn guarded<F>(future: F) -> Result<(), String>
 where
     F: Future<Output = Result<(), HandlerError>>,
 {
-    match (CatchPanic { inner: Box::pin(future) }).await {
+    match catch_panic(future).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(error.to_string()),
         Err(message) => Err(message),
     }
+}
+
+/// Awaits `future`, turning a panic into `Err("panicked: …")`.
+pub async fn catch_panic<F: Future>(future: F) -> Result<F::Output, String> {
+    CatchPanic { inner: Box::pin(future) }.await
 }
 
 struct CatchPanic<F> {

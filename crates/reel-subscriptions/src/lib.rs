@@ -41,7 +41,7 @@ mod retry;
 mod subscriber;
 mod worker;
 
-pub use engine::{EngineError, EngineReport, SubscriptionEngine};
+pub use engine::{EngineError, EngineReport, ResetTo, SubscriptionEngine};
 pub use retry::{Clock, ClockBasedRetryStrategy, ManualClock, NoRetry, RetryStrategy, SystemClock};
-pub use subscriber::{HandlerError, Message, Subscriber, SubscriberSpec};
+pub use subscriber::{BatchFailure, HandlerError, Message, Subscriber, SubscriberSpec};
 pub use worker::{Worker, WorkerOptions};

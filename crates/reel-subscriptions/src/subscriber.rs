@@ -3,6 +3,8 @@
 use async_trait::async_trait;
 use reel_core::{Position, RecordedEvent, ReelError, RunMode, StreamName, SubscriptionId, Timestamp};
 
+use crate::guard::catch_panic;
+
 /// Error a handler, setup or teardown returns. Any error type converts into it with `?`.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -17,12 +19,20 @@ pub struct SubscriberSpec {
     pub run_mode: RunMode,
     /// Event types it handles; `None` means all (`*`). Others are skipped, and its position moves past them.
     pub event_types: Option<Vec<String>>,
+    /// Stream categories it handles; empty means all.
+    pub categories: Vec<String>,
 }
 
 impl SubscriberSpec {
     /// A subscriber in group `default` with the given run mode, handling every event type.
     pub fn new(id: &str, run_mode: RunMode) -> Result<Self, ReelError> {
-        Ok(Self { id: SubscriptionId::new(id)?, group: "default".into(), run_mode, event_types: None })
+        Ok(Self {
+            id: SubscriptionId::new(id)?,
+            group: "default".into(),
+            run_mode,
+            event_types: None,
+            categories: vec![],
+        })
     }
 
     /// A projector: group `projector`, from the beginning.
@@ -49,6 +59,16 @@ impl SubscriberSpec {
     {
         let types: Vec<String> = types.into_iter().map(Into::into).collect();
         self.event_types = if types.iter().any(|t| t == "*") { None } else { Some(types) };
+        self
+    }
+
+    /// Restricts the stream categories handled.
+    pub fn in_categories<I, S>(mut self, categories: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.categories = categories.into_iter().map(Into::into).collect();
         self
     }
 
@@ -148,4 +168,28 @@ pub trait Subscriber: Send + Sync + 'static {
 
     /// Handles one event of a type it subscribed to.
     async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError>;
+
+    /// Handles a batch of events in order; the position is saved after it. The default hands
+    /// each event to `handle`. A failure names the first event not handled: those before it
+    /// count as done, it and those after it will be delivered again.
+    async fn handle_batch(&self, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+        for (index, event) in batch.iter().enumerate() {
+            let outcome = catch_panic(self.handle(&Message::new(event))).await;
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(BatchFailure { index, error }),
+                Err(panic) => return Err(BatchFailure { index, error: panic.into() }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a batch failed and why.
+#[derive(Debug)]
+pub struct BatchFailure {
+    /// Index of the first event in the batch that was not handled.
+    pub index: usize,
+    /// Why.
+    pub error: HandlerError,
 }

@@ -3,11 +3,11 @@
 //! worker processes can share one store.
 
 use std::future::Future;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reel_core::{ReelError, SubscriptionCriteria, SubscriptionId};
+use reel_core::{ReelError, SubscriptionCriteria, SubscriptionId, SubscriptionStatus};
 use tokio::sync::watch;
 
 use crate::engine::LeaseHolder;
@@ -80,8 +80,9 @@ impl Worker {
     }
 }
 
-/// One subscription: take the lease, run the lifecycle steps, sleep until the head moves or the
-/// lease needs renewing; as a standby, try the lease again at the same pace.
+/// One subscription: hold the lease (renewed when half used), run the lifecycle steps when the
+/// head moved or the subscription changed, and otherwise sleep until woken. As a standby, try
+/// the lease again at the same pace. Idle cost: one read per second, one lease write per half TTL.
 async fn run_subscription(
     engine: SubscriptionEngine,
     id: SubscriptionId,
@@ -98,38 +99,49 @@ async fn run_subscription(
         expires_at: expires_at.clone(),
         stop: stop.clone(),
     });
-    let pace = options.lease_ttl / 3;
+    // Operator changes (pause, reactivate, reset) are noticed within this pace.
+    let pace = (options.lease_ttl / 3).min(Duration::from_secs(1));
+    let ttl_micros = options.lease_ttl.as_micros() as i64;
     let mut held = false;
+    // What the last round saw: head position and subscription revision.
+    let mut last_round: Option<(reel_core::Position, u64)> = None;
     while !*stop.borrow() {
         // Taken before the work, so events appended during it wake the next round at once.
         let seen = head.current();
-        let now = engine.clock.now();
-        match store.acquire_lease(&id, &options.owner, now, options.lease_ttl).await {
-            Ok(true) => {
-                if !held {
-                    tracing::info!(%id, owner = %options.owner, "took subscription lease");
+        let now = engine.clock.now().unix_micros();
+        if !held || expires_at.load(Ordering::SeqCst) - now < ttl_micros / 2 {
+            let was_held = held;
+            held = match store.acquire_lease(&id, &options.owner, engine.clock.now(), options.lease_ttl).await {
+                Ok(taken) => taken,
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "could not take the subscription lease");
+                    false
                 }
-                held = true;
-                expires_at.store(
-                    now.unix_micros() + options.lease_ttl.as_micros() as i64,
-                    std::sync::atomic::Ordering::SeqCst,
-                );
-                let steps = async {
-                    leased.setup(&criteria, false).await?;
-                    leased.boot(&criteria).await?;
-                    leased.run(&criteria).await
-                };
-                match steps.await {
-                    Ok(_) => {}
+            };
+            if held {
+                expires_at.store(now + ttl_micros, Ordering::SeqCst);
+                if !was_held {
+                    tracing::info!(%id, owner = %options.owner, "took subscription lease");
+                    last_round = None;
+                }
+            }
+        }
+        if held {
+            match needs_round(&store, &id, seen, last_round).await {
+                Ok(Some(revision)) => match run_steps(&leased, &criteria).await {
+                    Ok(()) => last_round = store.get(&id).await.ok().flatten().map(|s| (seen, s.revision)),
                     Err(ReelError::LeaseLost { .. }) => {
                         tracing::warn!(%id, "lost the subscription lease; standing by");
                         held = false;
                     }
-                    Err(e) => tracing::warn!(%id, error = %e, "subscription step failed; trying again"),
-                }
+                    Err(e) => {
+                        tracing::warn!(%id, error = %e, revision, "subscription step failed; trying again");
+                        last_round = None;
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%id, error = %e, "could not read the subscription"),
             }
-            Ok(false) => held = false,
-            Err(e) => tracing::warn!(%id, error = %e, "could not take the subscription lease"),
         }
         tokio::select! {
             _ = head.wait_past(seen), if held => {}
@@ -142,4 +154,32 @@ async fn run_subscription(
             tracing::warn!(%id, error = %e, "could not release the subscription lease");
         }
     }
+}
+
+/// Whether the steps must run: the head moved, someone changed the subscription, or it is in a
+/// status the steps move on from by themselves (new, booting, failed and maybe due for a retry).
+/// Returns the current revision when they must.
+async fn needs_round(
+    store: &Arc<dyn reel_core::SubscriptionStore>,
+    id: &SubscriptionId,
+    head: reel_core::Position,
+    last_round: Option<(reel_core::Position, u64)>,
+) -> Result<Option<u64>, ReelError> {
+    let Some(subscription) = store.get(id).await? else { return Ok(Some(0)) };
+    let settled = matches!(
+        subscription.status,
+        SubscriptionStatus::Active
+            | SubscriptionStatus::Paused
+            | SubscriptionStatus::Finished
+            | SubscriptionStatus::Detached
+    );
+    let unchanged = last_round == Some((head, subscription.revision));
+    Ok((!(settled && unchanged)).then_some(subscription.revision))
+}
+
+async fn run_steps(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria) -> Result<(), ReelError> {
+    engine.setup(criteria, false).await?;
+    engine.boot(criteria).await?;
+    engine.run(criteria).await?;
+    Ok(())
 }

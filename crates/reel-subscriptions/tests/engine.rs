@@ -10,7 +10,7 @@ use reel_core::{
 };
 use reel_sqlite::SqliteStore;
 use reel_subscriptions::{
-    ClockBasedRetryStrategy, HandlerError, ManualClock, Message, NoRetry, Subscriber, SubscriberSpec,
+    ClockBasedRetryStrategy, HandlerError, ManualClock, Message, NoRetry, ResetTo, Subscriber, SubscriberSpec,
     SubscriptionEngine,
 };
 
@@ -401,4 +401,35 @@ async fn duplicate_or_invalid_subscriber_ids_are_refused() {
     assert!(err.to_string().contains("registered twice"), "{err}");
     assert!(SubscriberSpec::projector("").is_err());
     assert!(SubscriberSpec::projector("with space").is_err());
+}
+
+#[tokio::test]
+async fn reset_replays_from_the_beginning_a_position_or_a_time() {
+    let f = Fixture::new();
+    f.append("unit-1", "Opened", 3).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let middle = Timestamp::now();
+    f.append("unit-1", "Opened", 3).await;
+    let projector = Recorder::new(SubscriberSpec::projector("p_1").unwrap());
+    let engine = f.engine(vec![projector.clone()]);
+    engine.setup(&all(), true).await.unwrap();
+    engine.run(&all()).await.unwrap();
+    let report = engine.reset(&all(), ResetTo::Beginning).await.unwrap();
+    assert!(report.errors[0].message.contains("only a paused subscription"), "{:?}", report.errors);
+
+    engine.pause(&all()).await.unwrap();
+    engine.reset(&all(), ResetTo::Time(middle)).await.unwrap();
+    assert_eq!(f.status("p_1").await, (SubscriptionStatus::Paused, Position(3)));
+    engine.reactivate(&all()).await.unwrap();
+    engine.run(&all()).await.unwrap();
+    engine.pause(&all()).await.unwrap();
+    engine.reset(&all(), ResetTo::Position(Position(6))).await.unwrap();
+    engine.reactivate(&all()).await.unwrap();
+    engine.run(&all()).await.unwrap();
+    engine.pause(&all()).await.unwrap();
+    engine.reset(&all(), ResetTo::Beginning).await.unwrap();
+    engine.reactivate(&all()).await.unwrap();
+    engine.run(&all()).await.unwrap();
+    assert_eq!(projector.handled(), vec![1, 2, 3, 4, 5, 6, 4, 5, 6, 6, 1, 2, 3, 4, 5, 6]);
+    assert!(engine.reset(&all(), ResetTo::Position(Position(99))).await.is_err(), "outside the log");
 }
