@@ -47,6 +47,10 @@ pub enum Command {
     Export(commands::transfer::ExportArgs),
     /// Append the events of an export file; importing the same file twice stores nothing new.
     Import(commands::transfer::ImportArgs),
+    /// List and operate subscriptions (pause, reactivate, remove, reset).
+    Subscriptions(commands::subscriptions::SubscriptionsArgs),
+    /// Run a subscription whose handler is a command (events as NDJSON on stdin) or stdout.
+    Consume(commands::consume::ConsumeArgs),
     /// Measure throughput; prints a table and writes JSON.
     Bench(commands::bench::BenchArgs),
     /// Internal tools used by the test suite.
@@ -58,6 +62,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REEL_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

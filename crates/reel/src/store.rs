@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use reel_core::{AppendLimits, EventStore};
+use reel_core::{AppendLimits, EventStore, SubscriptionStore};
 use reel_sqlite::{SqliteOptions, SqliteStore};
 
 use crate::exit::InvalidInput;
@@ -46,16 +46,28 @@ pub fn limits(cli: &Cli) -> Result<AppendLimits> {
     Ok(AppendLimits { max_event_bytes: cli.max_event_bytes, max_batch_events: cli.max_batch_events })
 }
 
-/// Opens the store for a command.
-pub fn open(cli: &Cli) -> Result<Arc<dyn EventStore>> {
+/// The event store and the subscription store kept beside it.
+pub struct Stores {
+    pub events: Arc<dyn EventStore>,
+    pub subscriptions: Arc<dyn SubscriptionStore>,
+}
+
+/// Opens the event store and its subscription store.
+pub fn open_with_subscriptions(cli: &Cli) -> Result<Stores> {
     let options = SqliteOptions { limits: limits(cli)?, ..SqliteOptions::default() };
     match Dsn::parse(&cli.store)? {
         Dsn::Sqlite(path) => {
             let store =
                 SqliteStore::open_with(&path, options).with_context(|| format!("opening store {}", path.display()))?;
-            Ok(Arc::new(store))
+            let subscriptions = store.subscription_store().context("opening the subscription store")?;
+            Ok(Stores { events: Arc::new(store), subscriptions: Arc::new(subscriptions) })
         }
     }
+}
+
+/// Opens the event store for a command.
+pub fn open(cli: &Cli) -> Result<Arc<dyn EventStore>> {
+    Ok(open_with_subscriptions(cli)?.events)
 }
 
 #[cfg(test)]

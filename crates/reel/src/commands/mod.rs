@@ -2,10 +2,12 @@
 
 pub mod append;
 pub mod bench;
+pub mod consume;
 pub mod debug;
 pub mod event_line;
 pub mod info;
 pub mod read;
+pub mod subscriptions;
 pub mod transfer;
 
 use anyhow::Result;
@@ -23,6 +25,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => transfer::export(&cli, args).await,
         Command::Import(args) => transfer::import(&cli, args).await,
         Command::Bench(args) => bench::run(&cli, args).await,
+        Command::Subscriptions(args) => subscriptions::run(&cli, args).await,
+        Command::Consume(args) => consume::run(&cli, args).await,
         Command::Debug(args) => debug::run(&cli, args).await,
     }
 }

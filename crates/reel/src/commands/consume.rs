@@ -1,0 +1,192 @@
+//! `reel consume`: run a subscription whose handler is a command (any language) or stdout.
+//!
+//! It is an ordinary subscription of the engine: same lifecycle, retry, leases (a second
+//! `reel consume` with the same id stands by and takes over when the first dies) and operator
+//! commands (`reel subscriptions pause|reactivate|reset` from another terminal).
+
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use async_trait::async_trait;
+use clap::Args;
+use reel_core::{RecordedEvent, RunMode, SubscriptionCriteria, SubscriptionId, SubscriptionStatus};
+use reel_subscriptions::{
+    BatchFailure, HandlerError, Message, Subscriber, SubscriberSpec, SubscriptionEngine, Worker, WorkerOptions,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::read::shutdown_signal;
+use crate::exit::InvalidInput;
+use crate::{store, Cli};
+
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    /// Subscription id (letters, digits, _ - . :); its position is kept in the store.
+    pub id: String,
+    /// Group, for operating several subscriptions together.
+    #[arg(long, default_value = "consume")]
+    pub group: String,
+    /// from-beginning, from-now or once (once: exit after reaching the head).
+    #[arg(long, default_value = "from-beginning")]
+    pub mode: String,
+    /// Only these event types (comma-separated or repeated).
+    #[arg(long = "types", value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// Only streams of this category (repeatable).
+    #[arg(long)]
+    pub category: Vec<String>,
+    /// Events per batch (one command run per batch).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Seconds a lease lasts; a dead consumer's subscription is taken over after it.
+    #[arg(long, default_value_t = 10.0)]
+    pub lease_ttl: f64,
+    /// Seconds a command may run per batch before it is killed (a failed batch).
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+    /// Write each batch to stdout as NDJSON; the position is saved after each written batch.
+    #[arg(long, conflicts_with = "command")]
+    pub print: bool,
+    /// The command to run per batch, events as NDJSON on its stdin; exit 0 means handled.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
+    let mode: RunMode = args.mode.parse()?;
+    let id = SubscriptionId::new(args.id.clone())?;
+    if !args.print && args.command.is_empty() {
+        bail!(InvalidInput("give --print or a command after --, e.g. reel consume my_sub -- ./handle.sh".into()));
+    }
+    let seconds = |value: f64, flag: &str| {
+        if value.is_finite() && value > 0.0 && value < 86_400.0 {
+            Ok(Duration::from_secs_f64(value))
+        } else {
+            Err(anyhow::anyhow!(InvalidInput(format!("{flag} must be between 0 and 86400 seconds"))))
+        }
+    };
+    let (lease_ttl, timeout) = (seconds(args.lease_ttl, "--lease-ttl")?, seconds(args.timeout, "--timeout")?);
+    let mut spec =
+        SubscriberSpec::new(id.as_str(), mode)?.in_group(args.group.clone()).in_categories(args.category.clone());
+    if !args.types.is_empty() {
+        spec = spec.handling(args.types.clone());
+    }
+    let subscriber: Arc<dyn Subscriber> = if args.print {
+        Arc::new(PrintSubscriber { spec })
+    } else {
+        Arc::new(CommandSubscriber { spec, command: args.command.clone(), timeout })
+    };
+    let stores = store::open_with_subscriptions(cli)?;
+    let engine = SubscriptionEngine::new(stores.events, stores.subscriptions.clone(), vec![subscriber])?
+        .with_batch_size(args.batch.clamp(1, reel_sqlite::MAX_READ_LIMIT));
+    let options =
+        WorkerOptions { criteria: SubscriptionCriteria::ids([id.clone()]), lease_ttl, ..WorkerOptions::default() };
+    let subscriptions = stores.subscriptions;
+    let finished = async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Ok(Some(s)) = subscriptions.get(&id).await {
+                if s.status == SubscriptionStatus::Finished {
+                    return;
+                }
+            }
+        }
+    };
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = finished, if mode == RunMode::Once => {}
+        }
+    };
+    Worker::new(engine, options).run(stop).await?;
+    Ok(())
+}
+
+/// Writes batches to stdout.
+struct PrintSubscriber {
+    spec: SubscriberSpec,
+}
+
+#[async_trait]
+impl Subscriber for PrintSubscriber {
+    fn spec(&self) -> &SubscriberSpec {
+        &self.spec
+    }
+
+    async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {
+        self.handle_batch(std::slice::from_ref(message.record())).await.map_err(|f| f.error)
+    }
+
+    async fn handle_batch(&self, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+        let mut out = std::io::stdout().lock();
+        let written = batch.iter().try_for_each(|event| {
+            serde_json::to_writer(&mut out, event)?;
+            out.write_all(b"\n")
+        });
+        written
+            .and_then(|_| out.flush())
+            .map_err(|e| BatchFailure { index: 0, error: format!("writing to stdout: {e}").into() })
+    }
+}
+
+/// Runs a command per batch with the events as NDJSON on its stdin.
+struct CommandSubscriber {
+    spec: SubscriberSpec,
+    command: Vec<String>,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl Subscriber for CommandSubscriber {
+    fn spec(&self) -> &SubscriberSpec {
+        &self.spec
+    }
+
+    async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {
+        self.handle_batch(std::slice::from_ref(message.record())).await.map_err(|f| f.error)
+    }
+
+    async fn handle_batch(&self, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+        let fail = |message: String| BatchFailure { index: 0, error: message.into() };
+        let mut input = Vec::with_capacity(batch.len() * 512);
+        for event in batch {
+            serde_json::to_writer(&mut input, event).map_err(|e| fail(e.to_string()))?;
+            input.push(b'\n');
+        }
+        let mut child = tokio::process::Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| fail(format!("cannot start {}: {e}", self.command[0])))?;
+        let mut stdin = child.stdin.take().ok_or_else(|| fail("no stdin".into()))?;
+        let mut stderr = child.stderr.take().ok_or_else(|| fail("no stderr".into()))?;
+        let run = async {
+            // A command that does not read its input is not an error by itself; its exit code decides.
+            let _ = stdin.write_all(&input).await;
+            drop(stdin);
+            let mut errors = Vec::new();
+            let _ = stderr.read_to_end(&mut errors).await;
+            (child.wait().await, errors)
+        };
+        let (status, errors) = tokio::time::timeout(self.timeout, run)
+            .await
+            .map_err(|_| fail(format!("command timed out after {:?} and was killed", self.timeout)))?;
+        let errors = String::from_utf8_lossy(&errors);
+        if !errors.is_empty() {
+            eprint!("{errors}");
+        }
+        let status = status.map_err(|e| fail(format!("waiting for the command: {e}")))?;
+        if status.success() {
+            return Ok(());
+        }
+        let last_line = errors.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        let how = status.code().map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with {c}"));
+        Err(fail(if last_line.is_empty() { format!("command {how}") } else { format!("command {how}: {last_line}") }))
+    }
+}

@@ -1,0 +1,183 @@
+//! `reel consume` and `reel subscriptions …` as real processes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{lines, Cli};
+
+fn append(cli: &Cli, count: usize) {
+    for i in 0..count {
+        cli.ok(&["append", "unit-1", "--type", "Opened", "--data", &format!("{{\"i\":{i}}}")]);
+    }
+}
+
+fn spawn_consumer(cli: &Cli, args: &[&str]) -> (Child, BufReader<ChildStdout>) {
+    let mut child =
+        cli.command().arg("consume").args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    (child, stdout)
+}
+
+fn read_positions(reader: &mut BufReader<ChildStdout>, count: usize) -> Vec<u64> {
+    let mut positions = Vec::new();
+    let mut line = String::new();
+    while positions.len() < count {
+        line.clear();
+        assert!(reader.read_line(&mut line).expect("read") > 0, "consumer ended after {positions:?}");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("json");
+        positions.push(event["position"].as_u64().expect("position"));
+    }
+    positions
+}
+
+fn terminate(child: &mut Child) {
+    std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill -TERM");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "graceful stop exits 0, got {status}");
+}
+
+/// The subscription as `reel subscriptions list --json` shows it (`Null` before it exists).
+fn subscription(cli: &Cli, id: &str) -> serde_json::Value {
+    lines(&cli.ok(&["subscriptions", "list", "--json", "--id", id])).into_iter().next().unwrap_or_default()
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn print_consumer_follows_live_and_saves_its_position() {
+    let cli = Cli::new();
+    append(&cli, 3);
+    let (mut child, mut out) = spawn_consumer(&cli, &["c1", "--print"]);
+    assert_eq!(read_positions(&mut out, 3), vec![1, 2, 3]);
+    append(&cli, 2);
+    assert_eq!(read_positions(&mut out, 2), vec![4, 5]);
+    terminate(&mut child);
+    let s = subscription(&cli, "c1");
+    assert_eq!((s["status"].as_str(), s["position"].as_u64(), s["lag"].as_u64()), (Some("active"), Some(5), Some(0)));
+    assert!(s["lease_owner"].is_null(), "lease released on SIGTERM");
+    // A restart resumes after the saved position.
+    append(&cli, 1);
+    let (mut child, mut out) = spawn_consumer(&cli, &["c1", "--print"]);
+    assert_eq!(read_positions(&mut out, 1), vec![6]);
+    terminate(&mut child);
+}
+
+#[test]
+fn a_failing_command_puts_the_subscription_in_error_with_its_message() {
+    let cli = Cli::new();
+    append(&cli, 2);
+    let out = cli
+        .command()
+        .args(["consume", "ok_1", "--mode", "once", "--", "sh", "-c", "cat > seen.ndjson"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seen = std::fs::read_to_string(cli.path("seen.ndjson")).unwrap();
+    assert_eq!(lines(&seen).len(), 2, "the command got the batch as NDJSON on stdin");
+    assert_eq!(subscription(&cli, "ok_1")["status"], "finished");
+
+    let (mut child, _out) = spawn_consumer(&cli, &["bad_1", "--", "sh", "-c", "echo database is down >&2; exit 3"]);
+    wait_until("the failure to be recorded", || subscription(&cli, "bad_1")["status"] == "error");
+    terminate(&mut child);
+    let s = subscription(&cli, "bad_1");
+    let error = s["last_error"].as_str().unwrap();
+    assert!(error.contains("exited with 3: database is down"), "{error}");
+    assert_eq!(s["position"], 0, "a failed batch is never skipped");
+
+    let (mut child, _out) = spawn_consumer(&cli, &["missing_1", "--", "/no/such/program"]);
+    wait_until("the start failure", || subscription(&cli, "missing_1")["status"] == "error");
+    terminate(&mut child);
+    assert!(subscription(&cli, "missing_1")["last_error"].as_str().unwrap().contains("cannot start /no/such/program"));
+
+    let err = cli.fails(&["subscriptions", "pause", "--id", "nobody"], 5);
+    assert!(err.contains("nobody"), "{err}");
+    cli.fails(&["consume", "x", "--mode", "sometimes", "--print"], 2);
+    cli.fails(&["consume", "has space", "--print"], 2);
+    cli.fails(&["consume", "x"], 2);
+}
+
+#[test]
+fn pause_and_reactivate_from_another_terminal() {
+    let cli = Cli::new();
+    append(&cli, 1);
+    let (mut child, mut out) = spawn_consumer(&cli, &["p1", "--print"]);
+    assert_eq!(read_positions(&mut out, 1), vec![1]);
+    cli.ok(&["subscriptions", "pause", "--id", "p1"]);
+    append(&cli, 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(subscription(&cli, "p1")["position"], 1, "paused: nothing processed");
+    cli.ok(&["subscriptions", "reset", "--id", "p1", "--to-beginning"]);
+    cli.ok(&["subscriptions", "reactivate", "--id", "p1"]);
+    assert_eq!(read_positions(&mut out, 3), vec![1, 2, 3], "reset replays from the start once reactivated");
+    terminate(&mut child);
+}
+
+#[test]
+fn a_standby_consumer_takes_over_after_kill_9() {
+    let cli = Cli::new();
+    append(&cli, 3);
+    let (mut first, mut first_out) = spawn_consumer(&cli, &["shared", "--print", "--lease-ttl", "1", "--batch", "1"]);
+    let mut seen = read_positions(&mut first_out, 3);
+    let (mut second, mut second_out) = spawn_consumer(&cli, &["shared", "--print", "--lease-ttl", "1", "--batch", "1"]);
+    first.kill().expect("kill -9");
+    first.wait().unwrap();
+    // Lines the first one printed before dying still count.
+    let mut rest = String::new();
+    while first_out.read_line(&mut rest).unwrap_or(0) > 0 {}
+    seen.extend(
+        rest.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["position"].as_u64()),
+    );
+    append(&cli, 3);
+    // At least once: a batch printed but not yet saved when the first died is delivered again
+    // (with --batch 1, at most the one event); nothing is skipped.
+    let mut taken_over = read_positions(&mut second_out, 1);
+    while taken_over.last() != Some(&6) {
+        taken_over.extend(read_positions(&mut second_out, 1));
+    }
+    terminate(&mut second);
+    assert!(taken_over[0] == 3 || taken_over[0] == 4, "resumed at the saved position: {taken_over:?}");
+    assert_eq!(taken_over, (taken_over[0]..=6).collect::<Vec<_>>(), "in order, nothing skipped");
+    assert_eq!(seen, vec![1, 2, 3]);
+}
+
+fn signal(child: &Child, name: &str) {
+    std::process::Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().expect("kill");
+}
+
+#[test]
+fn a_consumer_that_lost_its_lease_while_frozen_does_not_process_again() {
+    let cli = Cli::new();
+    append(&cli, 3);
+    let (mut first, mut first_out) = spawn_consumer(&cli, &["solo", "--print", "--lease-ttl", "1", "--batch", "1"]);
+    assert_eq!(read_positions(&mut first_out, 3), vec![1, 2, 3]);
+    // Freeze the first consumer past its lease; a second one takes over.
+    signal(&first, "STOP");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut second, mut second_out) = spawn_consumer(&cli, &["solo", "--print", "--lease-ttl", "1", "--batch", "1"]);
+    wait_until("the takeover", || {
+        subscription(&cli, "solo")["lease_owner"].as_str().is_some_and(|o| o.contains(&second.id().to_string()))
+    });
+    append(&cli, 3);
+    assert_eq!(read_positions(&mut second_out, 3), vec![4, 5, 6]);
+    // Thawed, the first one finds its lease gone and stands by.
+    signal(&first, "CONT");
+    append(&cli, 3);
+    assert_eq!(read_positions(&mut second_out, 3), vec![7, 8, 9]);
+    std::thread::sleep(Duration::from_millis(1500));
+    terminate(&mut first);
+    terminate(&mut second);
+    let mut rest = String::new();
+    while first_out.read_line(&mut rest).unwrap_or(0) > 0 {}
+    assert_eq!(rest, "", "the consumer that lost its lease delivered nothing more");
+}
