@@ -97,6 +97,20 @@ pub enum ReelError {
         /// The subscription.
         id: String,
     },
+    /// A subscription is in `Error` (reported by the strict engine decorator and by waits).
+    #[error("subscription {id} failed: {message}")]
+    SubscriptionFailed {
+        /// The subscription.
+        id: String,
+        /// Its last error.
+        message: String,
+    },
+    /// A wait ran out of time.
+    #[error("timed out {what}")]
+    TimedOut {
+        /// What was being waited for.
+        what: String,
+    },
     /// The store is closed or shutting down.
     #[error("the store is closed")]
     Closed,
@@ -130,6 +144,8 @@ impl ReelError {
             ReelError::SubscriptionNotFound { .. } => "subscription_not_found",
             ReelError::LeaseLost { .. } => "lease_lost",
             ReelError::SubscriptionChanged { .. } => "subscription_changed",
+            ReelError::SubscriptionFailed { .. } => "subscription_failed",
+            ReelError::TimedOut { .. } => "timed_out",
             ReelError::Closed => "closed",
             ReelError::Storage { .. } => "storage",
         }

@@ -76,6 +76,9 @@ pub struct SubscriptionEngine {
     batch_size: usize,
     /// Set when a worker runs the engine: saves need the lease, and work stops when it lapses.
     lease: Option<LeaseHolder>,
+    /// One lock per subscription: concurrent calls on one engine (run-after-append from several
+    /// callers) never hand the same events to a subscriber twice.
+    locks: Arc<std::sync::Mutex<BTreeMap<SubscriptionId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// The lease a worker holds while it runs a subscription, and its stop signal.
@@ -121,6 +124,7 @@ impl SubscriptionEngine {
             clock: Arc::new(SystemClock),
             batch_size: 1000,
             lease: None,
+            locks: Arc::default(),
         })
     }
 
@@ -193,9 +197,11 @@ impl SubscriptionEngine {
     pub async fn boot(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
         let mut report = self.start(criteria).await?;
         self.retry_failed(criteria, Booting).await?;
-        for mut subscription in self.with_status(criteria, &[Booting]).await? {
-            let Some(subscriber) = self.subscribers.get(&subscription.id).cloned() else { continue };
-            if self.catch_up(&mut subscription, subscriber.as_ref(), &mut report).await? == CatchUp::Reached {
+        for found in self.with_status(criteria, &[Booting]).await? {
+            let Some(subscriber) = self.subscribers.get(&found.id).cloned() else { continue };
+            let _guard = self.lock(&found.id).await;
+            let Some(mut subscription) = self.reload(&found.id, Booting).await? else { continue };
+            if self.catch_up(&mut subscription, subscriber.as_ref(), &mut report, None).await? == CatchUp::Reached {
                 let next = if subscription.run_mode == RunMode::Once { Finished } else { Active };
                 subscription.transition(next)?;
                 subscription.retry_attempt = 0;
@@ -208,6 +214,15 @@ impl SubscriptionEngine {
     /// Brings `Active` subscriptions up to the head, marks subscriptions whose subscriber is gone
     /// as `Detached`, and finishes `Once` subscriptions that reached the head.
     pub async fn run(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
+        self.run_with_limit(criteria, None).await
+    }
+
+    /// `run`, handing each subscription at most about `limit` events (whole batches) this time.
+    pub async fn run_with_limit(
+        &self,
+        criteria: &SubscriptionCriteria,
+        limit: Option<u64>,
+    ) -> Result<EngineReport, ReelError> {
         let mut report = self.start(criteria).await?;
         for mut subscription in self.with_status(criteria, &[Active, Paused, Finished]).await? {
             if !self.subscribers.contains_key(&subscription.id) {
@@ -216,10 +231,12 @@ impl SubscriptionEngine {
             }
         }
         self.retry_failed(criteria, Active).await?;
-        for mut subscription in self.with_status(criteria, &[Active]).await? {
-            let Some(subscriber) = self.subscribers.get(&subscription.id).cloned() else { continue };
+        for found in self.with_status(criteria, &[Active]).await? {
+            let Some(subscriber) = self.subscribers.get(&found.id).cloned() else { continue };
+            let _guard = self.lock(&found.id).await;
+            let Some(mut subscription) = self.reload(&found.id, Active).await? else { continue };
             let before = subscription.clone();
-            if self.catch_up(&mut subscription, subscriber.as_ref(), &mut report).await? == CatchUp::Reached {
+            if self.catch_up(&mut subscription, subscriber.as_ref(), &mut report, limit).await? == CatchUp::Reached {
                 if subscription.run_mode == RunMode::Once {
                     subscription.transition(Finished)?;
                 }
@@ -360,6 +377,20 @@ impl SubscriptionEngine {
         Ok(report)
     }
 
+    /// Holds this engine's lock on one subscription.
+    async fn lock(&self, id: &SubscriptionId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = match self.locks.lock() {
+            Ok(mut locks) => locks.entry(id.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        lock.lock_owned().await
+    }
+
+    /// The subscription as stored now, if it is still in `status` (someone may have moved it).
+    async fn reload(&self, id: &SubscriptionId, status: SubscriptionStatus) -> Result<Option<Subscription>, ReelError> {
+        Ok(self.store.get(id).await?.filter(|s| s.status == status))
+    }
+
     async fn report_unmatched(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
         let mut report = EngineReport::default();
         for id in &criteria.ids {
@@ -406,7 +437,9 @@ impl SubscriptionEngine {
         subscription: &mut Subscription,
         subscriber: &dyn Subscriber,
         report: &mut EngineReport,
+        limit: Option<u64>,
     ) -> Result<CatchUp, ReelError> {
+        let handled_before = report.handled;
         let spec = subscriber.spec();
         let filter = ReadAllFilter {
             event_types: spec.event_types.clone().unwrap_or_default(),
@@ -435,7 +468,8 @@ impl SubscriptionEngine {
             report.handled += events.len() as u64;
             subscription.position = Position(reader.position().0 - 1);
             self.save(subscription, report).await?;
-            if self.lease.as_ref().is_some_and(|l| *l.stop.borrow()) {
+            let stopping = self.lease.as_ref().is_some_and(|l| *l.stop.borrow());
+            if stopping || limit.is_some_and(|limit| report.handled - handled_before >= limit) {
                 return Ok(CatchUp::Interrupted);
             }
         }

@@ -35,12 +35,14 @@
 //! # });
 //! ```
 
+mod decorators;
 mod engine;
 mod guard;
 mod retry;
 mod subscriber;
 mod worker;
 
+pub use decorators::{CatchUpSubscriptionEngine, EngineOperations, RunAfterAppend, ThrowOnErrorSubscriptionEngine};
 pub use engine::{EngineError, EngineReport, ResetTo, SubscriptionEngine};
 pub use retry::{Clock, ClockBasedRetryStrategy, ManualClock, NoRetry, RetryStrategy, SystemClock};
 pub use subscriber::{BatchFailure, HandlerError, Message, Subscriber, SubscriberSpec};

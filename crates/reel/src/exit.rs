@@ -32,7 +32,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             ReelError::Closed
             | ReelError::Storage { .. }
             | ReelError::LeaseLost { .. }
-            | ReelError::SubscriptionChanged { .. },
+            | ReelError::SubscriptionChanged { .. }
+            | ReelError::SubscriptionFailed { .. }
+            | ReelError::TimedOut { .. },
         ) => 1,
         None if error.chain().any(|e| e.downcast_ref::<InvalidInput>().is_some()) => 2,
         None => 1,
