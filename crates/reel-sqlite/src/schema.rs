@@ -100,6 +100,15 @@ pub fn open_connection(path: &Path, read_only: bool) -> Result<Connection, ReelE
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), ReelError> {
     let err = storage(path, "migrating");
+    // An up-to-date store opens without taking the write lock (another process may hold it).
+    let current = |conn: &Connection| -> rusqlite::Result<bool> {
+        let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+        let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        Ok(app_id == APPLICATION_ID && version == SCHEMA_VERSION)
+    };
+    if current(conn).map_err(&err)? {
+        return Ok(());
+    }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(&err)?;
     let app_id: i32 = tx.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(&err)?;
     let version: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(&err)?;

@@ -85,7 +85,6 @@ pub struct SubscriptionEngine {
 #[derive(Clone)]
 pub(crate) struct LeaseHolder {
     pub owner: String,
-    pub ttl: std::time::Duration,
     /// Expiry of the lease as last taken, in Unix microseconds.
     pub expires_at: Arc<std::sync::atomic::AtomicI64>,
     pub stop: tokio::sync::watch::Receiver<bool>,
@@ -478,24 +477,13 @@ impl SubscriptionEngine {
         Ok(CatchUp::Reached)
     }
 
-    /// Under a worker: renews the lease when half of it is used up, and refuses to go on
-    /// without one (so a slow worker never processes alongside the one that took over).
+    /// Under a worker: refuses to go on once the lease (kept alive by the worker's heartbeat)
+    /// has lapsed, so a stalled worker never processes alongside the one that took over.
     async fn keep_lease(&self, subscription: &Subscription) -> Result<(), ReelError> {
         let Some(lease) = &self.lease else { return Ok(()) };
-        let now = self.clock.now();
-        let expires = lease.expires_at.load(std::sync::atomic::Ordering::SeqCst);
-        let half = lease.ttl.as_micros() as i64 / 2;
-        if expires - now.unix_micros() > half {
-            return Ok(());
+        if self.clock.now().unix_micros() >= lease.expires_at.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ReelError::LeaseLost { id: subscription.id.to_string() });
         }
-        let lost = || ReelError::LeaseLost { id: subscription.id.to_string() };
-        if now.unix_micros() >= expires {
-            return Err(lost());
-        }
-        if !self.store.acquire_lease(&subscription.id, &lease.owner, now, lease.ttl).await? {
-            return Err(lost());
-        }
-        lease.expires_at.store(now.unix_micros() + lease.ttl.as_micros() as i64, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 

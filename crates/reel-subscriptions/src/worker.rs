@@ -89,16 +89,11 @@ async fn run_subscription(
     options: WorkerOptions,
     mut stop: watch::Receiver<bool>,
 ) {
-    let criteria = SubscriptionCriteria::ids([id.clone()]);
     let store = engine.store.clone();
     let mut head = engine.events.watch_head();
     let expires_at = Arc::new(AtomicI64::new(0));
-    let leased = engine.leased(LeaseHolder {
-        owner: options.owner.clone(),
-        ttl: options.lease_ttl,
-        expires_at: expires_at.clone(),
-        stop: stop.clone(),
-    });
+    let leased =
+        engine.leased(LeaseHolder { owner: options.owner.clone(), expires_at: expires_at.clone(), stop: stop.clone() });
     // Operator changes (pause, reactivate, reset) are noticed within this pace.
     let pace = (options.lease_ttl / 3).min(Duration::from_secs(1));
     let ttl_micros = options.lease_ttl.as_micros() as i64;
@@ -128,7 +123,7 @@ async fn run_subscription(
         }
         if held {
             match needs_round(&store, &id, seen, last_round).await {
-                Ok(Some(revision)) => match run_steps(&leased, &criteria).await {
+                Ok(Some(revision)) => match with_heartbeat(&leased, &id, &options, &expires_at).await {
                     Ok(()) => last_round = store.get(&id).await.ok().flatten().map(|s| (seen, s.revision)),
                     Err(ReelError::LeaseLost { .. }) => {
                         tracing::warn!(%id, "lost the subscription lease; standing by");
@@ -175,6 +170,38 @@ async fn needs_round(
     );
     let unchanged = last_round == Some((head, subscription.revision));
     Ok((!(settled && unchanged)).then_some(subscription.revision))
+}
+
+/// Runs the steps while a heartbeat renews the lease every third of its TTL, so a long batch
+/// (a slow handler, a big rebuild) keeps it. When a renewal fails the lease is marked lapsed and
+/// the steps stop before their next batch.
+async fn with_heartbeat(
+    leased: &SubscriptionEngine,
+    id: &SubscriptionId,
+    options: &WorkerOptions,
+    expires_at: &AtomicI64,
+) -> Result<(), ReelError> {
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(options.lease_ttl / 3).await;
+            let now = leased.clock.now();
+            match leased.store.acquire_lease(id, &options.owner, now, options.lease_ttl).await {
+                Ok(true) => {
+                    expires_at.store(now.unix_micros() + options.lease_ttl.as_micros() as i64, Ordering::SeqCst)
+                }
+                Ok(false) => {
+                    expires_at.store(0, Ordering::SeqCst);
+                    return std::future::pending::<()>().await;
+                }
+                Err(e) => tracing::warn!(%id, error = %e, "could not renew the subscription lease"),
+            }
+        }
+    };
+    let criteria = SubscriptionCriteria::ids([id.clone()]);
+    tokio::select! {
+        result = run_steps(leased, &criteria) => result,
+        _ = heartbeat => Ok(()),
+    }
 }
 
 async fn run_steps(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria) -> Result<(), ReelError> {
