@@ -32,49 +32,57 @@ impl SqliteSubscriptionStore {
         lease: Option<(String, Timestamp)>,
     ) -> Result<(), ReelError> {
         let row = values(subscription);
-        let (id, revision) = (subscription.id.to_string(), subscription.revision as i64);
+        let revision = subscription.revision;
         let leased = lease.is_some();
-        let written = self
-            .run("saving a subscription", move |conn| {
-                let mut params: Vec<rusqlite::types::Value> = row.into();
-                params.push(revision.into());
-                let condition = match lease {
-                    None => "",
-                    Some((owner, now)) => {
-                        params.push(owner.into());
-                        params.push(now.unix_micros().into());
-                        " AND lease_owner = ?12 AND lease_expires_at > ?13"
-                    }
-                };
-                let updated = conn
-                    .prepare_cached(&format!(
-                        "UPDATE subscriptions SET group_name = ?2, run_mode = ?3, status = ?4, position = ?5,
-                           retry_attempt = ?6, error_message = ?7, error_previous_status = ?8, paused_from = ?9,
-                           last_saved_at = ?10, revision = revision + 1
-                         WHERE id = ?1 AND revision = ?11{condition}"
-                    ))?
-                    .execute(rusqlite::params_from_iter(params))?;
-                if updated == 1 {
-                    return Ok(None);
+        let written = self.run("saving a subscription", move |conn| write_state_on(conn, row, revision, lease)).await?;
+        written_or_why(subscription, leased, written)
+    }
+
+    /// Runs `work` and saves `subscription` in one transaction: a projection's rows and its
+    /// checkpoint commit together or not at all (exactly-once effects). `work` failing rolls
+    /// everything back and comes back as `SubscriptionFailed`; a stale revision or a lost lease
+    /// (with `lease_owner`) rolls back too and comes back as `SubscriptionChanged` / `LeaseLost`.
+    pub async fn save_with<F>(
+        &self,
+        subscription: &mut Subscription,
+        lease_owner: Option<&str>,
+        now: Timestamp,
+        work: F,
+    ) -> Result<(), ReelError>
+    where
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let row = values(subscription);
+        let revision = subscription.revision;
+        let lease = lease_owner.map(|owner| (owner.to_string(), now));
+        let leased = lease.is_some();
+        let id = subscription.id.to_string();
+        let outcome = self
+            .run("saving a projection batch", move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                if let Err(error) = work(&tx) {
+                    return Ok(Err(error.to_string()));
                 }
-                let stored: Option<i64> = conn
-                    .prepare_cached("SELECT revision FROM subscriptions WHERE id = ?1")?
-                    .query_row(params![id], |r| r.get(0))
-                    .optional()?;
-                Ok(Some(stored))
+                let written = write_state_on(&tx, row, revision, lease)?;
+                if written.is_none() {
+                    tx.commit()?;
+                }
+                Ok(Ok(written))
             })
             .await?;
-        let id = subscription.id.to_string();
-        match written {
-            None => {
-                subscription.revision += 1;
-                Ok(())
-            }
-            Some(None) => Err(ReelError::SubscriptionNotFound { id }),
-            Some(Some(stored)) if stored != revision => Err(ReelError::SubscriptionChanged { id }),
-            Some(Some(_)) if leased => Err(ReelError::LeaseLost { id }),
-            Some(Some(_)) => Err(ReelError::SubscriptionChanged { id }),
+        match outcome {
+            Ok(written) => written_or_why(subscription, leased, written),
+            Err(message) => Err(ReelError::SubscriptionFailed { id, message }),
         }
+    }
+
+    /// Runs `work` on this store's connection (create a projection's tables, query them).
+    pub async fn with_connection<T, F>(&self, work: F) -> Result<T, ReelError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.run("running a projection query", work).await
     }
 
     /// Opens the subscription table of an already opened (and migrated) store file.
@@ -94,6 +102,62 @@ impl SqliteSubscriptionStore {
         })
         .await
         .map_err(|e| ReelError::storage(what, e))?
+    }
+}
+
+/// The state UPDATE, compare-and-swap on the revision (and the lease). `None`: written;
+/// `Some(stored revision, or None when the row is gone)`: not written.
+fn write_state_on(
+    conn: &Connection,
+    row: [rusqlite::types::Value; 10],
+    revision: u64,
+    lease: Option<(String, Timestamp)>,
+) -> rusqlite::Result<Option<Option<i64>>> {
+    let mut params: Vec<rusqlite::types::Value> = row.into();
+    params.push((revision as i64).into());
+    let condition = match lease {
+        None => "",
+        Some((owner, now)) => {
+            params.push(owner.into());
+            params.push(now.unix_micros().into());
+            " AND lease_owner = ?12 AND lease_expires_at > ?13"
+        }
+    };
+    let id = params[0].clone();
+    let updated = conn
+        .prepare_cached(&format!(
+            "UPDATE subscriptions SET group_name = ?2, run_mode = ?3, status = ?4, position = ?5,
+               retry_attempt = ?6, error_message = ?7, error_previous_status = ?8, paused_from = ?9,
+               last_saved_at = ?10, revision = revision + 1
+             WHERE id = ?1 AND revision = ?11{condition}"
+        ))?
+        .execute(rusqlite::params_from_iter(params))?;
+    if updated == 1 {
+        return Ok(None);
+    }
+    let stored: Option<i64> = conn
+        .prepare_cached("SELECT revision FROM subscriptions WHERE id = ?1")?
+        .query_row(params![id], |r| r.get(0))
+        .optional()?;
+    Ok(Some(stored))
+}
+
+/// Bumps the in-memory revision after a write, or says why there was none.
+fn written_or_why(
+    subscription: &mut Subscription,
+    leased: bool,
+    written: Option<Option<i64>>,
+) -> Result<(), ReelError> {
+    let id = subscription.id.to_string();
+    match written {
+        None => {
+            subscription.revision += 1;
+            Ok(())
+        }
+        Some(None) => Err(ReelError::SubscriptionNotFound { id }),
+        Some(Some(stored)) if stored as u64 != subscription.revision => Err(ReelError::SubscriptionChanged { id }),
+        Some(Some(_)) if leased => Err(ReelError::LeaseLost { id }),
+        Some(Some(_)) => Err(ReelError::SubscriptionChanged { id }),
     }
 }
 

@@ -9,7 +9,7 @@ use reel_core::{
 };
 
 use crate::guard::{catch_panic, guarded};
-use crate::{BatchFailure, Clock, ClockBasedRetryStrategy, RetryStrategy, Subscriber, SystemClock};
+use crate::{BatchFailure, Checkpoint, Clock, ClockBasedRetryStrategy, RetryStrategy, Subscriber, SystemClock};
 
 use SubscriptionStatus::*;
 
@@ -448,25 +448,41 @@ impl SubscriptionEngine {
         let mut reader = AllReader::new(self.events.clone(), subscription.position.next(), filter, self.batch_size);
         while let Some(events) = reader.next_page().await? {
             self.keep_lease(subscription).await?;
-            let outcome = catch_panic(subscriber.handle_batch(&events)).await;
-            let failure = match outcome {
-                Ok(Ok(())) => None,
-                Ok(Err(BatchFailure { index, error })) => Some((index.min(events.len() - 1), error.to_string())),
-                Err(panic) => Some((0, panic)),
-            };
-            if let Some((index, message)) = failure {
-                report.handled += index as u64;
-                let event = &events[index];
-                // Everything before the failing event is done; the failing one is not.
-                subscription.position = Position(event.position.0 - 1);
-                let message =
-                    format!("{message} (event {} {} at position {})", event.event_type, event.id, event.position);
-                self.fail(subscription, message, report).await?;
-                return Ok(CatchUp::Failed);
+            let scanned_to = Position(reader.position().0 - 1);
+            if subscriber.saves_own_checkpoint() {
+                if let Some(failure) =
+                    self.handle_transactional(subscription, subscriber, &events, scanned_to, report).await?
+                {
+                    let (index, message) = failure;
+                    // The whole batch was rolled back: the position stays before it.
+                    subscription.position = Position(events[0].position.0 - 1);
+                    let event = &events[index];
+                    let message =
+                        format!("{message} (event {} {} at position {})", event.event_type, event.id, event.position);
+                    self.fail(subscription, message, report).await?;
+                    return Ok(CatchUp::Failed);
+                }
+            } else {
+                let outcome = catch_panic(subscriber.handle_batch(&events)).await;
+                let failure = match outcome {
+                    Ok(Ok(())) => None,
+                    Ok(Err(BatchFailure { index, error })) => Some((index.min(events.len() - 1), error.to_string())),
+                    Err(panic) => Some((0, panic)),
+                };
+                if let Some((index, message)) = failure {
+                    report.handled += index as u64;
+                    let event = &events[index];
+                    // Everything before the failing event is done; the failing one is not.
+                    subscription.position = Position(event.position.0 - 1);
+                    let message =
+                        format!("{message} (event {} {} at position {})", event.event_type, event.id, event.position);
+                    self.fail(subscription, message, report).await?;
+                    return Ok(CatchUp::Failed);
+                }
+                report.handled += events.len() as u64;
+                subscription.position = scanned_to;
+                self.save(subscription, report).await?;
             }
-            report.handled += events.len() as u64;
-            subscription.position = Position(reader.position().0 - 1);
-            self.save(subscription, report).await?;
             let stopping = self.lease.as_ref().is_some_and(|l| *l.stop.borrow());
             if stopping || limit.is_some_and(|limit| report.handled - handled_before >= limit) {
                 return Ok(CatchUp::Interrupted);
@@ -475,6 +491,47 @@ impl SubscriptionEngine {
         // A filtered reader may have skipped past events it did not deliver: move past them too.
         subscription.position = subscription.position.max(Position(reader.position().0 - 1));
         Ok(CatchUp::Reached)
+    }
+
+    /// One batch for a subscriber that commits its writes and checkpoint together. Returns the
+    /// failing index and message when the batch was rolled back; lease and revision conflicts
+    /// come back as errors (the worker stands by or reloads).
+    async fn handle_transactional(
+        &self,
+        subscription: &mut Subscription,
+        subscriber: &dyn Subscriber,
+        events: &[reel_core::RecordedEvent],
+        scanned_to: Position,
+        report: &mut EngineReport,
+    ) -> Result<Option<(usize, String)>, ReelError> {
+        let now = self.clock.now();
+        let mut next = subscription.clone();
+        next.position = scanned_to;
+        next.last_saved_at = now;
+        let mut checkpoint =
+            Checkpoint { subscription: next, lease_owner: self.lease.as_ref().map(|l| l.owner.clone()), now };
+        match catch_panic(subscriber.handle_batch_with_checkpoint(events, &mut checkpoint)).await {
+            Ok(Ok(())) => {
+                *subscription = checkpoint.subscription;
+                report.handled += events.len() as u64;
+                if !report.changed.contains(&subscription.id) {
+                    report.changed.push(subscription.id.clone());
+                }
+                Ok(None)
+            }
+            Ok(Err(BatchFailure { index, error })) => match error.downcast_ref::<ReelError>() {
+                Some(
+                    e @ (ReelError::LeaseLost { .. }
+                    | ReelError::SubscriptionChanged { .. }
+                    | ReelError::Storage { .. }),
+                ) => Err(e.clone()),
+                Some(ReelError::SubscriptionFailed { message, .. }) => {
+                    Ok(Some((index.min(events.len() - 1), message.clone())))
+                }
+                _ => Ok(Some((index.min(events.len() - 1), error.to_string()))),
+            },
+            Err(panic) => Ok(Some((0, panic))),
+        }
     }
 
     /// Under a worker: refuses to go on once the lease (kept alive by the worker's heartbeat)

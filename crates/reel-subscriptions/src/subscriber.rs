@@ -169,6 +169,22 @@ pub trait Subscriber: Send + Sync + 'static {
     /// Handles one event of a type it subscribed to.
     async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError>;
 
+    /// True for a subscriber that saves its checkpoint itself, in the same transaction as its
+    /// writes (exactly-once effects); the engine then calls [`Subscriber::handle_batch_with_checkpoint`].
+    fn saves_own_checkpoint(&self) -> bool {
+        false
+    }
+
+    /// Handles a batch and saves `checkpoint.subscription` in the same transaction (e.g. with
+    /// `SqliteSubscriptionStore::save_with`). On failure nothing of the batch may persist.
+    async fn handle_batch_with_checkpoint(
+        &self,
+        _batch: &[RecordedEvent],
+        _checkpoint: &mut Checkpoint,
+    ) -> Result<(), BatchFailure> {
+        Err(BatchFailure { index: 0, error: "handle_batch_with_checkpoint is not implemented".into() })
+    }
+
     /// Handles a batch of events in order; the position is saved after it. The default hands
     /// each event to `handle`. A failure names the first event not handled: those before it
     /// count as done, it and those after it will be delivered again.
@@ -183,6 +199,19 @@ pub trait Subscriber: Send + Sync + 'static {
         }
         Ok(())
     }
+}
+
+/// The subscription state to save together with a batch, for subscribers that commit their
+/// writes and their checkpoint in one transaction (see [`Subscriber::saves_own_checkpoint`]).
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// The state to save, its position already moved past the batch. The subscriber's store
+    /// call saves it (compare-and-swap on its revision) and bumps its revision.
+    pub subscription: reel_core::Subscription,
+    /// The worker's lease owner, when a worker runs the subscription: the save must require it.
+    pub lease_owner: Option<String>,
+    /// The time to record and to check the lease against.
+    pub now: Timestamp,
 }
 
 /// Where a batch failed and why.
