@@ -87,7 +87,13 @@ impl SqliteSubscriptionStore {
 
     /// Opens the subscription table of an already opened (and migrated) store file.
     pub(crate) fn open(path: &Path) -> Result<Self, ReelError> {
-        Ok(Self { conn: Arc::new(Mutex::new(open_connection(path, false)?)) })
+        let conn = open_connection(path, false)?;
+        // Checkpoints need consistency, not an fsync each: with NORMAL a power loss may forget the
+        // last few checkpoint saves (those events are delivered again: at-least-once), but a
+        // projection's rows and its checkpoint still commit or vanish together.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| ReelError::storage(format!("configuring {}", path.display()), e))?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
     async fn run<T: Send + 'static>(

@@ -231,21 +231,32 @@ impl SubscriptionEngine {
         }
         self.retry_failed(criteria, Active).await?;
         for found in self.with_status(criteria, &[Active]).await? {
-            let Some(subscriber) = self.subscribers.get(&found.id).cloned() else { continue };
-            let _guard = self.lock(&found.id).await;
-            let Some(mut subscription) = self.reload(&found.id, Active).await? else { continue };
-            let before = subscription.clone();
-            if self.catch_up(&mut subscription, subscriber.as_ref(), &mut report, limit).await? == CatchUp::Reached {
-                if subscription.run_mode == RunMode::Once {
-                    subscription.transition(Finished)?;
-                }
-                subscription.retry_attempt = 0;
-                if subscription != before {
-                    self.save(&mut subscription, &mut report).await?;
-                }
-            }
+            self.run_active(&found.id, limit, &mut report).await?;
         }
         Ok(report)
+    }
+
+    /// Brings one `Active` subscription up to the head (the worker's path for a live subscription).
+    pub(crate) async fn run_active(
+        &self,
+        id: &SubscriptionId,
+        limit: Option<u64>,
+        report: &mut EngineReport,
+    ) -> Result<(), ReelError> {
+        let Some(subscriber) = self.subscribers.get(id).cloned() else { return Ok(()) };
+        let _guard = self.lock(id).await;
+        let Some(mut subscription) = self.reload(id, Active).await? else { return Ok(()) };
+        let before = subscription.clone();
+        if self.catch_up(&mut subscription, subscriber.as_ref(), report, limit).await? == CatchUp::Reached {
+            if subscription.run_mode == RunMode::Once {
+                subscription.transition(Finished)?;
+            }
+            subscription.retry_attempt = 0;
+            if subscription != before {
+                self.save(&mut subscription, report).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes `Detached` subscriptions, calling their subscriber's `teardown` when it still exists.

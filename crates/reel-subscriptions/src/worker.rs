@@ -123,7 +123,7 @@ async fn run_subscription(
         }
         if held {
             match needs_round(&store, &id, seen, last_round).await {
-                Ok(Some(revision)) => match with_heartbeat(&leased, &id, &options, &expires_at).await {
+                Ok(Some((revision, live))) => match with_heartbeat(&leased, &id, &options, &expires_at, live).await {
                     Ok(()) => last_round = store.get(&id).await.ok().flatten().map(|s| (seen, s.revision)),
                     Err(ReelError::LeaseLost { .. }) => {
                         tracing::warn!(%id, "lost the subscription lease; standing by");
@@ -153,14 +153,15 @@ async fn run_subscription(
 
 /// Whether the steps must run: the head moved, someone changed the subscription, or it is in a
 /// status the steps move on from by themselves (new, booting, failed and maybe due for a retry).
-/// Returns the current revision when they must.
+/// Returns the current revision when they must, and whether the subscription is simply active
+/// (then only the catch-up runs).
 async fn needs_round(
     store: &Arc<dyn reel_core::SubscriptionStore>,
     id: &SubscriptionId,
     head: reel_core::Position,
     last_round: Option<(reel_core::Position, u64)>,
-) -> Result<Option<u64>, ReelError> {
-    let Some(subscription) = store.get(id).await? else { return Ok(Some(0)) };
+) -> Result<Option<(u64, bool)>, ReelError> {
+    let Some(subscription) = store.get(id).await? else { return Ok(Some((0, false))) };
     let settled = matches!(
         subscription.status,
         SubscriptionStatus::Active
@@ -169,7 +170,8 @@ async fn needs_round(
             | SubscriptionStatus::Detached
     );
     let unchanged = last_round == Some((head, subscription.revision));
-    Ok((!(settled && unchanged)).then_some(subscription.revision))
+    let live = subscription.status == SubscriptionStatus::Active;
+    Ok((!(settled && unchanged)).then_some((subscription.revision, live)))
 }
 
 /// Runs the steps while a heartbeat renews the lease every third of its TTL, so a long batch
@@ -180,6 +182,7 @@ async fn with_heartbeat(
     id: &SubscriptionId,
     options: &WorkerOptions,
     expires_at: &AtomicI64,
+    live: bool,
 ) -> Result<(), ReelError> {
     let heartbeat = async {
         loop {
@@ -198,8 +201,15 @@ async fn with_heartbeat(
         }
     };
     let criteria = SubscriptionCriteria::ids([id.clone()]);
+    let steps = async {
+        if live {
+            leased.run_active(id, None, &mut crate::EngineReport::default()).await
+        } else {
+            run_steps(leased, &criteria).await
+        }
+    };
     tokio::select! {
-        result = run_steps(leased, &criteria) => result,
+        result = steps => result,
         _ = heartbeat => Ok(()),
     }
 }

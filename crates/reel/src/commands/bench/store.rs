@@ -1,143 +1,31 @@
-//! `reel bench append|read`: throughput against baselines measured in the same run.
-//!
-//! Each bench creates its own stores in `--dir` (removed afterwards), prints a table and writes
-//! JSON. Nothing here asserts a figure; docs/BENCHMARKS.md records them.
+//! Store benches: appends (batched, concurrent, group commit on and off) and full scans, each
+//! against a plain rusqlite baseline and the disk's own limits.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
-use reel_core::{AllReader, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, StreamName, StreamVersion};
+use anyhow::Result;
+use reel_core::{AllReader, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, StreamVersion};
 use reel_sqlite::{SqliteOptions, SqliteStore};
 use rusqlite::params;
-use serde::Serialize;
 
-use super::transfer::progress;
-use crate::Cli;
+use super::{
+    bench_stream, measure, measure_async, payload, populate, progress, reset_peak_rss, rss_kib, run_tasks, with_ratio,
+    with_ratio_named, Row,
+};
 
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub command: BenchCommand,
-    /// Directory for the bench stores (on the disk you want to measure); removed afterwards.
-    #[arg(long, global = true, default_value = "./reel-data/bench")]
-    pub dir: PathBuf,
-    /// Where to write the JSON results (default bench-results/<bench>.json).
-    #[arg(long, global = true)]
-    pub json: Option<PathBuf>,
-    /// Bytes of data per event.
-    #[arg(long, global = true, default_value_t = 256)]
-    pub event_size: usize,
+pub(super) struct AppendPlan {
+    pub(super) events: u64,
+    pub(super) batch: u64,
+    pub(super) concurrency: u64,
+    pub(super) single_events: u64,
+    pub(super) disk_mib: u64,
+    pub(super) event_size: usize,
 }
 
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Batched appends, concurrent single appends (group commit on and off), raw SQLite baselines, disk limits.
-    Append {
-        /// Events for the batched runs.
-        #[arg(long, default_value_t = 200_000)]
-        events: u64,
-        /// Events per batch.
-        #[arg(long, default_value_t = 100)]
-        batch: u64,
-        /// Concurrent single-event appenders.
-        #[arg(long, default_value_t = 64)]
-        concurrency: u64,
-        /// Events for the single-event runs.
-        #[arg(long, default_value_t = 20_000)]
-        single_events: u64,
-        /// MiB written for the disk bandwidth probe.
-        #[arg(long, default_value_t = 256)]
-        disk_mib: u64,
-    },
-    /// Full `read_all` scan against a raw SQLite scan of the same file, with peak memory.
-    Read {
-        /// Events to write first and then read.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-        /// Events per `read_all` page.
-        #[arg(long, default_value_t = 1_000)]
-        page: usize,
-    },
-}
-
-/// One line of the results table.
-#[derive(Serialize, Debug)]
-struct Row {
-    name: String,
-    events: u64,
-    seconds: f64,
-    events_per_sec: f64,
-    /// Bytes the process caused to be written to storage, per event.
-    disk_bytes_per_event: Option<f64>,
-    note: String,
-}
-
-#[derive(Serialize)]
-struct Report {
-    bench: String,
-    date: String,
-    machine: Machine,
-    rows: Vec<Row>,
-    extra: serde_json::Value,
-}
-
-#[derive(Serialize)]
-struct Machine {
-    cpus: usize,
-    cpu_model: String,
-    kernel: String,
-    dir: String,
-}
-
-pub async fn run(_cli: &Cli, args: &BenchArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
-    let dir = tempdir_in(&args.dir)?;
-    let result = match &args.command {
-        BenchCommand::Append { events, batch, concurrency, single_events, disk_mib } => {
-            let plan = AppendPlan {
-                events: *events,
-                batch: (*batch).max(1),
-                concurrency: (*concurrency).max(1),
-                single_events: *single_events,
-                disk_mib: *disk_mib,
-                event_size: args.event_size,
-            };
-            bench_append(&dir, &plan).await.map(|(rows, extra)| ("append", rows, extra))
-        }
-        BenchCommand::Read { events, page } => {
-            bench_read(&dir, *events, (*page).clamp(1, reel_sqlite::MAX_READ_LIMIT), args.event_size)
-                .await
-                .map(|(rows, extra)| ("read", rows, extra))
-        }
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    let (name, rows, extra) = result?;
-    let report = Report { bench: name.into(), date: today(), machine: machine(&args.dir), rows, extra };
-    print_table(&report);
-    let path = args.json.clone().unwrap_or_else(|| crate::default_results_dir().join(format!("{name}.json")));
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("results written to {}", path.display());
-    Ok(())
-}
-
-struct AppendPlan {
-    events: u64,
-    batch: u64,
-    concurrency: u64,
-    single_events: u64,
-    disk_mib: u64,
-    event_size: usize,
-}
-
-async fn bench_append(dir: &Path, plan: &AppendPlan) -> Result<(Vec<Row>, serde_json::Value)> {
+pub(super) async fn bench_append(dir: &Path, plan: &AppendPlan) -> Result<(Vec<Row>, serde_json::Value)> {
     let mut rows = Vec::new();
     let (bandwidth, fsyncs_per_sec) = disk_limits(dir, plan.disk_mib)?;
     let payload = payload(plan.event_size);
@@ -233,31 +121,17 @@ async fn bench_append(dir: &Path, plan: &AppendPlan) -> Result<(Vec<Row>, serde_
     Ok((rows, extra))
 }
 
-async fn bench_read(dir: &Path, events: u64, page: usize, event_size: usize) -> Result<(Vec<Row>, serde_json::Value)> {
+pub(super) async fn bench_read(
+    dir: &Path,
+    events: u64,
+    page: usize,
+    event_size: usize,
+) -> Result<(Vec<Row>, serde_json::Value)> {
     let path = dir.join("reel-read.db");
     let store = SqliteStore::open(&path)?;
     let payload = payload(event_size);
     let bar = progress(events, "writing");
-    let mut written = 0u64;
-    let mut stream = 0u64;
-    while written < events {
-        // Ten appends of up to 1,000 events per group commit.
-        let mut requests = Vec::new();
-        while requests.len() < 10 && written < events {
-            let n = (events - written).min(1000);
-            requests.push(reel_core::AppendRequest {
-                stream: bench_stream(stream % 1000),
-                expected: ExpectedVersion::Any,
-                events: (0..n).map(|_| NewEvent::new("Bench", payload.clone())).collect(),
-            });
-            written += n;
-            stream += 1;
-        }
-        for result in store.append_many(requests).await {
-            let r = result?;
-            bar.inc(r.last_position.0 - r.first_position.0 + 1);
-        }
-    }
+    populate(&store, events, &payload, &bar).await?;
     bar.finish_and_clear();
     let total = store.head().await?.0;
     let mut rows = Vec::new();
@@ -293,36 +167,11 @@ async fn bench_read(dir: &Path, events: u64, page: usize, event_size: usize) -> 
     });
     Ok((rows, extra))
 }
-
-/// Runs `count` tasks made by `task` at once and waits for all of them.
-async fn run_tasks<F, Fut>(count: u64, task: F) -> Result<()>
-where
-    F: Fn(u64) -> Fut,
-    Fut: std::future::Future<Output = Result<(), reel_core::ReelError>> + Send + 'static,
-{
-    let handles: Vec<_> = (0..count).map(|t| tokio::spawn(task(t))).collect();
-    for handle in handles {
-        handle.await??;
-    }
-    Ok(())
-}
-
 fn open(dir: &Path, name: &str, group_commit: bool) -> Result<SqliteStore> {
     let options = SqliteOptions { group_commit, ..SqliteOptions::default() };
     Ok(SqliteStore::open_with(dir.join(name), options)?)
 }
 
-fn bench_stream(i: u64) -> StreamName {
-    StreamName::new(format!("bench-{i}")).expect("bench stream names are valid")
-}
-
-/// A JSON payload of exactly `size` bytes (at least 12).
-fn payload(size: usize) -> Vec<u8> {
-    let pad = size.saturating_sub(10).max(1);
-    format!("{{\"pad\":\"{}\"}}", "x".repeat(pad)).into_bytes()
-}
-
-/// Event ids in the raw baseline.
 #[derive(Clone, Copy, PartialEq)]
 enum IdIndex {
     /// Time-ordered UUIDv7 ids, no index on them (what Reel does).
@@ -420,101 +269,4 @@ fn disk_limits(dir: &Path, mib: u64) -> Result<(f64, f64)> {
     let rate = f64::from(syncs) / started.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
     Ok((bandwidth, rate))
-}
-
-fn measure(name: String, events: u64, work: impl FnOnce() -> Result<()>) -> Result<Row> {
-    let io_before = write_bytes();
-    let started = Instant::now();
-    work().with_context(|| format!("bench {name}"))?;
-    Ok(row(name, events, started.elapsed(), io_before))
-}
-
-async fn measure_async(name: String, events: u64, work: impl std::future::Future<Output = Result<()>>) -> Result<Row> {
-    let io_before = write_bytes();
-    let started = Instant::now();
-    work.await.with_context(|| format!("bench {name}"))?;
-    Ok(row(name, events, started.elapsed(), io_before))
-}
-
-fn row(name: String, events: u64, elapsed: Duration, io_before: Option<u64>) -> Row {
-    let seconds = elapsed.as_secs_f64();
-    let disk = io_before.zip(write_bytes()).map(|(a, b)| b.saturating_sub(a) as f64 / events.max(1) as f64);
-    Row {
-        name,
-        events,
-        seconds,
-        events_per_sec: events as f64 / seconds,
-        disk_bytes_per_event: disk,
-        note: String::new(),
-    }
-}
-
-fn with_ratio(row: Row, baseline: f64) -> Row {
-    with_ratio_named(row, baseline, "baseline")
-}
-
-fn with_ratio_named(mut row: Row, baseline: f64, what: &str) -> Row {
-    row.note = format!("{:.2}× {what}", row.events_per_sec / baseline);
-    row
-}
-
-/// `write_bytes` of /proc/self/io: bytes this process caused to be sent to storage.
-fn write_bytes() -> Option<u64> {
-    let io = std::fs::read_to_string("/proc/self/io").ok()?;
-    io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
-}
-
-fn rss_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Resets the peak-RSS counter (VmHWM) so the scan's own peak is measured.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn tempdir_in(parent: &Path) -> Result<PathBuf> {
-    let dir = parent.join(format!("run-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
-fn today() -> String {
-    let now = reel_core::Timestamp::now().to_string();
-    now.get(..10).unwrap_or(&now).to_string()
-}
-
-fn machine(dir: &Path) -> Machine {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
-        .unwrap_or_else(|| "unknown".into());
-    Machine {
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        cpu_model,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
-        dir: dir.display().to_string(),
-    }
-}
-
-fn print_table(report: &Report) {
-    println!(
-        "reel bench {} — {} — {} CPUs, {}",
-        report.bench, report.date, report.machine.cpus, report.machine.cpu_model
-    );
-    println!("{:<72} {:>10} {:>8} {:>12} {:>10}  vs", "run", "events", "seconds", "events/s", "disk B/ev");
-    for row in &report.rows {
-        println!(
-            "{:<72} {:>10} {:>8.2} {:>12.0} {:>10}  {}",
-            row.name,
-            row.events,
-            row.seconds,
-            row.events_per_sec,
-            row.disk_bytes_per_event.map_or("-".into(), |b| format!("{b:.0}")),
-            row.note
-        );
-    }
 }

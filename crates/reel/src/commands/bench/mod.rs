@@ -1,0 +1,309 @@
+//! `reel bench append|read|subscriptions`: throughput against baselines measured in the same run.
+//!
+//! Each bench creates its own stores in `--dir` (removed afterwards), prints a table and writes
+//! JSON. Nothing here asserts a figure; docs/BENCHMARKS.md records them.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use reel_core::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StreamName};
+use reel_sqlite::SqliteStore;
+use serde::Serialize;
+
+use super::transfer::progress;
+use crate::Cli;
+
+mod store;
+mod subscriptions;
+
+use store::{bench_append, bench_read, AppendPlan};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+    /// Directory for the bench stores (on the disk you want to measure); removed afterwards.
+    #[arg(long, global = true, default_value = "./reel-data/bench")]
+    pub dir: PathBuf,
+    /// Where to write the JSON results (default bench-results/<bench>.json).
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+    /// Bytes of data per event.
+    #[arg(long, global = true, default_value_t = 256)]
+    pub event_size: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Batched appends, concurrent single appends (group commit on and off), raw SQLite baselines, disk limits.
+    Append {
+        /// Events for the batched runs.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Events per batch.
+        #[arg(long, default_value_t = 100)]
+        batch: u64,
+        /// Concurrent single-event appenders.
+        #[arg(long, default_value_t = 64)]
+        concurrency: u64,
+        /// Events for the single-event runs.
+        #[arg(long, default_value_t = 20_000)]
+        single_events: u64,
+        /// MiB written for the disk bandwidth probe.
+        #[arg(long, default_value_t = 256)]
+        disk_mib: u64,
+    },
+    /// Subscriptions: catch-up, transactional SQL rebuild, live latency, idle worker CPU.
+    Subscriptions {
+        /// Events to write first.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Events per subscription batch.
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Seconds of live appends for the latency run.
+        #[arg(long, default_value_t = 5)]
+        live_seconds: u64,
+        /// Appends per second in the latency run.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u64,
+        /// Active subscriptions held by the idle worker.
+        #[arg(long, default_value_t = 20)]
+        idle_subscriptions: usize,
+        /// Seconds the idle worker is measured.
+        #[arg(long, default_value_t = 30)]
+        idle_seconds: u64,
+    },
+    /// Full `read_all` scan against a raw SQLite scan of the same file, with peak memory.
+    Read {
+        /// Events to write first and then read.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Events per `read_all` page.
+        #[arg(long, default_value_t = 1_000)]
+        page: usize,
+    },
+}
+
+/// One line of the results table.
+#[derive(Serialize, Debug)]
+struct Row {
+    name: String,
+    events: u64,
+    seconds: f64,
+    events_per_sec: f64,
+    /// Bytes the process caused to be written to storage, per event.
+    disk_bytes_per_event: Option<f64>,
+    note: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    bench: String,
+    date: String,
+    machine: Machine,
+    rows: Vec<Row>,
+    extra: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct Machine {
+    cpus: usize,
+    cpu_model: String,
+    kernel: String,
+    dir: String,
+}
+
+pub async fn run(_cli: &Cli, args: &BenchArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = tempdir_in(&args.dir)?;
+    let result = match &args.command {
+        BenchCommand::Append { events, batch, concurrency, single_events, disk_mib } => {
+            let plan = AppendPlan {
+                events: *events,
+                batch: (*batch).max(1),
+                concurrency: (*concurrency).max(1),
+                single_events: *single_events,
+                disk_mib: *disk_mib,
+                event_size: args.event_size,
+            };
+            bench_append(&dir, &plan).await.map(|(rows, extra)| ("append", rows, extra))
+        }
+        BenchCommand::Subscriptions { events, batch, live_seconds, rate, idle_subscriptions, idle_seconds } => {
+            let plan = subscriptions::SubscriptionPlan {
+                events: *events,
+                batch: (*batch).clamp(1, reel_sqlite::MAX_READ_LIMIT),
+                event_size: args.event_size,
+                live_seconds: *live_seconds,
+                rate: (*rate).clamp(1, 100_000),
+                idle_subscriptions: *idle_subscriptions,
+                idle_seconds: *idle_seconds,
+            };
+            subscriptions::bench_subscriptions(&dir, &plan).await.map(|(rows, extra)| ("subscriptions", rows, extra))
+        }
+        BenchCommand::Read { events, page } => {
+            bench_read(&dir, *events, (*page).clamp(1, reel_sqlite::MAX_READ_LIMIT), args.event_size)
+                .await
+                .map(|(rows, extra)| ("read", rows, extra))
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let (name, rows, extra) = result?;
+    let report = Report { bench: name.into(), date: today(), machine: machine(&args.dir), rows, extra };
+    print_table(&report);
+    let path = args.json.clone().unwrap_or_else(|| crate::default_results_dir().join(format!("{name}.json")));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("results written to {}", path.display());
+    Ok(())
+}
+
+/// Writes `events` events of `payload` in appends of up to 1,000, ten appends per group commit.
+async fn populate(store: &SqliteStore, events: u64, payload: &[u8], bar: &indicatif::ProgressBar) -> Result<()> {
+    let mut written = 0u64;
+    let mut stream = 0u64;
+    while written < events {
+        let mut requests = Vec::new();
+        while requests.len() < 10 && written < events {
+            let n = (events - written).min(1000);
+            requests.push(AppendRequest {
+                stream: bench_stream(stream % 1000),
+                expected: ExpectedVersion::Any,
+                events: (0..n).map(|_| NewEvent::new("Bench", payload.to_vec())).collect(),
+            });
+            written += n;
+            stream += 1;
+        }
+        for result in store.append_many(requests).await {
+            let r = result?;
+            bar.inc(r.last_position.0 - r.first_position.0 + 1);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `count` tasks made by `task` at once and waits for all of them.
+async fn run_tasks<F, Fut>(count: u64, task: F) -> Result<()>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), reel_core::ReelError>> + Send + 'static,
+{
+    let handles: Vec<_> = (0..count).map(|t| tokio::spawn(task(t))).collect();
+    for handle in handles {
+        handle.await??;
+    }
+    Ok(())
+}
+
+fn bench_stream(i: u64) -> StreamName {
+    StreamName::new(format!("bench-{i}")).expect("bench stream names are valid")
+}
+
+/// A JSON payload of exactly `size` bytes (at least 12).
+fn payload(size: usize) -> Vec<u8> {
+    let pad = size.saturating_sub(10).max(1);
+    format!("{{\"pad\":\"{}\"}}", "x".repeat(pad)).into_bytes()
+}
+
+/// Event ids in the raw baseline.
+fn measure(name: String, events: u64, work: impl FnOnce() -> Result<()>) -> Result<Row> {
+    let io_before = write_bytes();
+    let started = Instant::now();
+    work().with_context(|| format!("bench {name}"))?;
+    Ok(row(name, events, started.elapsed(), io_before))
+}
+
+async fn measure_async(name: String, events: u64, work: impl std::future::Future<Output = Result<()>>) -> Result<Row> {
+    let io_before = write_bytes();
+    let started = Instant::now();
+    work.await.with_context(|| format!("bench {name}"))?;
+    Ok(row(name, events, started.elapsed(), io_before))
+}
+
+fn row(name: String, events: u64, elapsed: Duration, io_before: Option<u64>) -> Row {
+    let seconds = elapsed.as_secs_f64();
+    let disk = io_before.zip(write_bytes()).map(|(a, b)| b.saturating_sub(a) as f64 / events.max(1) as f64);
+    Row {
+        name,
+        events,
+        seconds,
+        events_per_sec: events as f64 / seconds,
+        disk_bytes_per_event: disk,
+        note: String::new(),
+    }
+}
+
+fn with_ratio(row: Row, baseline: f64) -> Row {
+    with_ratio_named(row, baseline, "baseline")
+}
+
+fn with_ratio_named(mut row: Row, baseline: f64, what: &str) -> Row {
+    row.note = format!("{:.2}× {what}", row.events_per_sec / baseline);
+    row
+}
+
+/// `write_bytes` of /proc/self/io: bytes this process caused to be sent to storage.
+fn write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
+}
+
+fn rss_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resets the peak-RSS counter (VmHWM) so the scan's own peak is measured.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn tempdir_in(parent: &Path) -> Result<PathBuf> {
+    let dir = parent.join(format!("run-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn today() -> String {
+    let now = reel_core::Timestamp::now().to_string();
+    now.get(..10).unwrap_or(&now).to_string()
+}
+
+fn machine(dir: &Path) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cpu_model,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        dir: dir.display().to_string(),
+    }
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "reel bench {} — {} — {} CPUs, {}",
+        report.bench, report.date, report.machine.cpus, report.machine.cpu_model
+    );
+    println!("{:<72} {:>10} {:>8} {:>12} {:>10}  vs", "run", "events", "seconds", "events/s", "disk B/ev");
+    for row in &report.rows {
+        println!(
+            "{:<72} {:>10} {:>8.2} {:>12.0} {:>10}  {}",
+            row.name,
+            row.events,
+            row.seconds,
+            row.events_per_sec,
+            row.disk_bytes_per_event.map_or("-".into(), |b| format!("{b:.0}")),
+            row.note
+        );
+    }
+}
