@@ -35,7 +35,7 @@ pub use position::{ExpectedVersion, Position, StreamVersion};
 pub use store::{AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats, StreamInfo};
 pub use stream_name::StreamName;
 pub use subscription::{
-    Lease, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId, SubscriptionStatus,
-    SubscriptionStore,
+    Lease, ParkedEvent, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,
+    SubscriptionStatus, SubscriptionStore,
 };
 pub use timestamp::Timestamp;

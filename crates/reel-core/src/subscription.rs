@@ -175,6 +175,25 @@ pub struct SubscriptionError {
     pub message: String,
     /// Status before the error.
     pub previous_status: SubscriptionStatus,
+    /// Position of the event whose handling failed, when an event failed (not setup).
+    pub failed_at: Option<Position>,
+}
+
+/// An event a subscription skipped after its handler kept failing, kept for inspection and replay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedEvent {
+    /// The subscription that parked it.
+    pub subscription: SubscriptionId,
+    /// The event's position.
+    pub position: Position,
+    /// The event's id.
+    pub event_id: crate::EventId,
+    /// The event's type.
+    pub event_type: String,
+    /// The last error handling it.
+    pub error: String,
+    /// When it was parked (or last replayed without success).
+    pub parked_at: Timestamp,
 }
 
 /// Which worker holds a subscription, and until when.
@@ -249,6 +268,11 @@ impl Subscription {
 
     /// Moves to `Error`, remembering the message and the status to return to.
     pub fn fail(&mut self, message: impl Into<String>) -> Result<(), ReelError> {
+        self.fail_at(message, None)
+    }
+
+    /// Like [`fail`](Self::fail), noting the position of the event that failed.
+    pub fn fail_at(&mut self, message: impl Into<String>, failed_at: Option<Position>) -> Result<(), ReelError> {
         let previous_status = match (&self.error, self.status) {
             (Some(error), SubscriptionStatus::Error) => error.previous_status,
             (_, status) => status,
@@ -256,7 +280,7 @@ impl Subscription {
         if self.status != SubscriptionStatus::Error {
             self.transition(SubscriptionStatus::Error)?;
         }
-        self.error = Some(SubscriptionError { message: message.into(), previous_status });
+        self.error = Some(SubscriptionError { message: message.into(), previous_status, failed_at });
         Ok(())
     }
 }
@@ -314,6 +338,12 @@ pub trait SubscriptionStore: Send + Sync {
     ) -> Result<bool, ReelError>;
     /// Gives the lease up if `owner` holds it.
     async fn release_lease(&self, id: &SubscriptionId, owner: &str) -> Result<(), ReelError>;
+    /// Records a parked event (replacing an earlier record of the same position).
+    async fn park(&self, parked: &ParkedEvent) -> Result<(), ReelError>;
+    /// The subscription's parked events, by position.
+    async fn parked(&self, id: &SubscriptionId) -> Result<Vec<ParkedEvent>, ReelError>;
+    /// Forgets a parked event (it was replayed successfully).
+    async fn unpark(&self, id: &SubscriptionId, position: Position) -> Result<(), ReelError>;
     /// `update`, only while `owner` holds an unexpired lease at `now`; otherwise `LeaseLost` and nothing changes.
     async fn update_leased(
         &self,

@@ -45,7 +45,17 @@ const MIGRATIONS: &[&str] = &[
         last_saved_at         INTEGER NOT NULL,
         lease_owner           TEXT,
         lease_expires_at      INTEGER,
-        revision              INTEGER NOT NULL DEFAULT 0
+        revision              INTEGER NOT NULL DEFAULT 0,
+        error_position        INTEGER
+     );
+     CREATE TABLE parked_events (
+        subscription_id TEXT NOT NULL,
+        position        INTEGER NOT NULL,
+        event_id        BLOB NOT NULL,
+        event_type      TEXT NOT NULL,
+        error           TEXT NOT NULL,
+        parked_at       INTEGER NOT NULL,
+        PRIMARY KEY (subscription_id, position)
      );",
 ];
 

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use reel_core::{
-    Lease, Position, ReelError, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,
-    SubscriptionStatus, SubscriptionStore, Timestamp,
+    Lease, ParkedEvent, Position, ReelError, RunMode, Subscription, SubscriptionCriteria, SubscriptionError,
+    SubscriptionId, SubscriptionStatus, SubscriptionStore, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -19,7 +19,7 @@ pub struct SqliteSubscriptionStore {
 }
 
 const COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message,
-    error_previous_status, paused_from, last_saved_at";
+    error_previous_status, paused_from, last_saved_at, error_position";
 /// Read with `COLUMNS`; leases are written only by the lease methods, the revision by every save.
 const LEASE_COLUMNS: &str = "lease_owner, lease_expires_at, revision";
 
@@ -115,7 +115,7 @@ impl SqliteSubscriptionStore {
 /// `Some(stored revision, or None when the row is gone)`: not written.
 fn write_state_on(
     conn: &Connection,
-    row: [rusqlite::types::Value; 10],
+    row: [rusqlite::types::Value; 11],
     revision: u64,
     lease: Option<(String, Timestamp)>,
 ) -> rusqlite::Result<Option<Option<i64>>> {
@@ -126,7 +126,7 @@ fn write_state_on(
         Some((owner, now)) => {
             params.push(owner.into());
             params.push(now.unix_micros().into());
-            " AND lease_owner = ?12 AND lease_expires_at > ?13"
+            " AND lease_owner = ?13 AND lease_expires_at > ?14"
         }
     };
     let id = params[0].clone();
@@ -134,8 +134,8 @@ fn write_state_on(
         .prepare_cached(&format!(
             "UPDATE subscriptions SET group_name = ?2, run_mode = ?3, status = ?4, position = ?5,
                retry_attempt = ?6, error_message = ?7, error_previous_status = ?8, paused_from = ?9,
-               last_saved_at = ?10, revision = revision + 1
-             WHERE id = ?1 AND revision = ?11{condition}"
+               last_saved_at = ?10, error_position = ?11, revision = revision + 1
+             WHERE id = ?1 AND revision = ?12{condition}"
         ))?
         .execute(rusqlite::params_from_iter(params))?;
     if updated == 1 {
@@ -178,9 +178,10 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<Subscription, ReelError>> 
     let retry_attempt: i64 = row.get(5)?;
     let group: String = row.get(1)?;
     let last_saved_at: i64 = row.get(9)?;
-    let lease_owner: Option<String> = row.get(10)?;
-    let lease_expires_at: Option<i64> = row.get(11)?;
-    let revision: i64 = row.get(12)?;
+    let error_position: Option<i64> = row.get(10)?;
+    let lease_owner: Option<String> = row.get(11)?;
+    let lease_expires_at: Option<i64> = row.get(12)?;
+    let revision: i64 = row.get(13)?;
     Ok((|| {
         Ok(Subscription {
             id: SubscriptionId::new(id)?,
@@ -190,9 +191,11 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<Subscription, ReelError>> 
             position: Position(position as u64),
             retry_attempt: retry_attempt as u32,
             error: match (error_message, error_previous) {
-                (Some(message), Some(previous)) => {
-                    Some(SubscriptionError { message, previous_status: previous.parse::<SubscriptionStatus>()? })
-                }
+                (Some(message), Some(previous)) => Some(SubscriptionError {
+                    message,
+                    previous_status: previous.parse::<SubscriptionStatus>()?,
+                    failed_at: error_position.map(|p| Position(p as u64)),
+                }),
                 _ => None,
             },
             paused_from: paused_from.map(|p| p.parse()).transpose()?,
@@ -205,7 +208,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<Subscription, ReelError>> 
     })())
 }
 
-fn values(s: &Subscription) -> [rusqlite::types::Value; 10] {
+fn values(s: &Subscription) -> [rusqlite::types::Value; 11] {
     use rusqlite::types::Value;
     let text = |t: &str| Value::Text(t.to_string());
     let optional = |t: Option<&str>| t.map_or(Value::Null, text);
@@ -220,6 +223,7 @@ fn values(s: &Subscription) -> [rusqlite::types::Value; 10] {
         optional(s.error.as_ref().map(|e| e.previous_status.as_str())),
         optional(s.paused_from.map(SubscriptionStatus::as_str)),
         Value::Integer(s.last_saved_at.unix_micros()),
+        s.error.as_ref().and_then(|e| e.failed_at).map_or(Value::Null, |p| Value::Integer(p.0 as i64)),
     ]
 }
 
@@ -231,7 +235,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
         let inserted = self
             .run("adding a subscription", move |conn| {
                 conn.prepare_cached(&format!(
-                    "INSERT INTO subscriptions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                    "INSERT INTO subscriptions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT (id) DO NOTHING"
                 ))?
                 .execute(rusqlite::params_from_iter(row))
@@ -292,7 +296,63 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     async fn remove(&self, id: &SubscriptionId) -> Result<(), ReelError> {
         let id = id.to_string();
         self.run("removing a subscription", move |conn| {
-            conn.prepare_cached("DELETE FROM subscriptions WHERE id = ?1")?.execute(params![id])
+            let tx = conn.unchecked_transaction()?;
+            tx.prepare_cached("DELETE FROM parked_events WHERE subscription_id = ?1")?.execute(params![id])?;
+            tx.prepare_cached("DELETE FROM subscriptions WHERE id = ?1")?.execute(params![id])?;
+            tx.commit()
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn park(&self, parked: &ParkedEvent) -> Result<(), ReelError> {
+        let p = parked.clone();
+        self.run("parking an event", move |conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO parked_events (subscription_id, position, event_id, event_type, error, parked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                p.subscription.as_str(),
+                p.position.0 as i64,
+                &p.event_id.as_bytes()[..],
+                p.event_type,
+                p.error,
+                p.parked_at.unix_micros()
+            ])
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn parked(&self, id: &SubscriptionId) -> Result<Vec<ParkedEvent>, ReelError> {
+        let subscription = id.clone();
+        let key = id.to_string();
+        self.run("listing parked events", move |conn| {
+            conn.prepare_cached(
+                "SELECT position, event_id, event_type, error, parked_at FROM parked_events
+                 WHERE subscription_id = ?1 ORDER BY position",
+            )?
+            .query_map(params![key], |r| {
+                Ok(ParkedEvent {
+                    subscription: subscription.clone(),
+                    position: Position(r.get::<_, i64>(0)? as u64),
+                    event_id: reel_core::EventId::from_bytes(r.get(1)?),
+                    event_type: r.get(2)?,
+                    error: r.get(3)?,
+                    parked_at: Timestamp::from_unix_micros(r.get(4)?),
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn unpark(&self, id: &SubscriptionId, position: Position) -> Result<(), ReelError> {
+        let id = id.to_string();
+        self.run("unparking an event", move |conn| {
+            conn.prepare_cached("DELETE FROM parked_events WHERE subscription_id = ?1 AND position = ?2")?
+                .execute(params![id, position.0 as i64])
         })
         .await?;
         Ok(())

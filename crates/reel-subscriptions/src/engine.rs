@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use reel_core::{
-    AllReader, EventStore, Position, ReadAllFilter, ReelError, RunMode, Subscription, SubscriptionCriteria,
-    SubscriptionId, SubscriptionStatus, SubscriptionStore,
+    AllReader, EventStore, ParkedEvent, Position, ReadAllFilter, ReelError, RunMode, Subscription,
+    SubscriptionCriteria, SubscriptionId, SubscriptionStatus, SubscriptionStore,
 };
 
 use crate::guard::{catch_panic, guarded};
@@ -173,7 +173,9 @@ impl SubscriptionEngine {
         for mut subscription in self.with_status(criteria, &[New]).await? {
             let Some(subscriber) = self.subscribers.get(&subscription.id) else { continue };
             match guarded(subscriber.setup()).await {
-                Err(message) => self.fail(&mut subscription, format!("setup failed: {message}"), &mut report).await?,
+                Err(message) => {
+                    self.fail(&mut subscription, format!("setup failed: {message}"), None, &mut report).await?
+                }
                 Ok(()) => {
                     let next = if subscription.run_mode == RunMode::FromNow {
                         subscription.position = self.events.head().await?;
@@ -422,21 +424,83 @@ impl SubscriptionEngine {
     }
 
     /// Puts failed subscriptions of step `step` back into it when the retry strategy says so.
+    /// When retries are used up and the subscriber parks failures, the failing event is parked
+    /// and the subscription goes on after it.
     async fn retry_failed(&self, criteria: &SubscriptionCriteria, step: SubscriptionStatus) -> Result<(), ReelError> {
         let now = self.clock.now();
         for mut subscription in self.with_status(criteria, &[Error]).await? {
-            let failed_in = subscription.error.as_ref().map(|e| e.previous_status);
-            if failed_in == Some(step)
-                && self.subscribers.contains_key(&subscription.id)
-                && self.retry.should_retry(&subscription, now)
-            {
+            let Some(error) = subscription.error.clone().filter(|e| e.previous_status == step) else { continue };
+            let Some(subscriber) = self.subscribers.get(&subscription.id) else { continue };
+            if self.retry.should_retry(&subscription, now) {
                 subscription.transition(step)?;
                 subscription.retry_attempt += 1;
                 tracing::info!(id = %subscription.id, attempt = subscription.retry_attempt, "retrying subscription");
                 self.save(&mut subscription, &mut EngineReport::default()).await?;
+            } else if let (true, true, Some(failed_at)) =
+                (subscriber.spec().park_failures, self.retry.exhausted(&subscription), error.failed_at)
+            {
+                self.park(&mut subscription, failed_at, error.message, step).await?;
             }
         }
         Ok(())
+    }
+
+    /// Records the event at `failed_at` as parked and moves the subscription past it.
+    async fn park(
+        &self,
+        subscription: &mut Subscription,
+        failed_at: Position,
+        message: String,
+        step: SubscriptionStatus,
+    ) -> Result<(), ReelError> {
+        let page = self.events.read_all(failed_at, &ReadAllFilter::default(), 1).await?;
+        let Some(event) = page.events.into_iter().find(|e| e.position == failed_at) else { return Ok(()) };
+        let parked = ParkedEvent {
+            subscription: subscription.id.clone(),
+            position: failed_at,
+            event_id: event.id,
+            event_type: event.event_type,
+            error: message,
+            parked_at: self.clock.now(),
+        };
+        self.store.park(&parked).await?;
+        tracing::warn!(id = %subscription.id, position = %failed_at, "parked an event that kept failing; going on after it");
+        subscription.position = subscription.position.max(failed_at);
+        subscription.transition(step)?;
+        subscription.retry_attempt = 0;
+        self.save(subscription, &mut EngineReport::default()).await
+    }
+
+    /// Hands each parked event of the matching subscriptions to its subscriber again; those
+    /// handled are forgotten, the others stay parked with their new error.
+    pub async fn replay_parked(&self, criteria: &SubscriptionCriteria) -> Result<EngineReport, ReelError> {
+        let mut report = self.report_unmatched(criteria).await?;
+        for subscription in self.store.find(criteria).await? {
+            let Some(subscriber) = self.subscribers.get(&subscription.id).cloned() else { continue };
+            let _guard = self.lock(&subscription.id).await;
+            for mut parked in self.store.parked(&subscription.id).await? {
+                let page = self.events.read_all(parked.position, &ReadAllFilter::default(), 1).await?;
+                let Some(event) = page.events.into_iter().find(|e| e.position == parked.position) else { continue };
+                match catch_panic(subscriber.handle_batch(std::slice::from_ref(&event))).await {
+                    Ok(Ok(())) => {
+                        self.store.unpark(&subscription.id, parked.position).await?;
+                        report.handled += 1;
+                    }
+                    Ok(Err(failure)) => {
+                        parked.error = failure.error.to_string();
+                        parked.parked_at = self.clock.now();
+                        self.store.park(&parked).await?;
+                        report.errors.push(EngineError { id: subscription.id.clone(), message: parked.error.clone() });
+                    }
+                    Err(panic) => {
+                        parked.error = panic;
+                        self.store.park(&parked).await?;
+                        report.errors.push(EngineError { id: subscription.id.clone(), message: parked.error.clone() });
+                    }
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// Hands every event after the subscription's position to the subscriber, saving the
@@ -465,12 +529,24 @@ impl SubscriptionEngine {
                     self.handle_transactional(subscription, subscriber, &events, scanned_to, report).await?
                 {
                     let (index, message) = failure;
-                    // The whole batch was rolled back: the position stays before it.
+                    // The whole batch was rolled back. Commit the events before the failing one on
+                    // their own, so the subscription stops right before it (and could park it).
+                    let mut failed_at = None;
                     subscription.position = Position(events[0].position.0 - 1);
+                    if index > 0 {
+                        let prefix = &events[..index];
+                        let before = Position(events[index].position.0 - 1);
+                        if self.handle_transactional(subscription, subscriber, prefix, before, report).await?.is_none()
+                        {
+                            failed_at = Some(events[index].position);
+                        }
+                    } else {
+                        failed_at = Some(events[0].position);
+                    }
                     let event = &events[index];
                     let message =
                         format!("{message} (event {} {} at position {})", event.event_type, event.id, event.position);
-                    self.fail(subscription, message, report).await?;
+                    self.fail(subscription, message, failed_at, report).await?;
                     return Ok(CatchUp::Failed);
                 }
             } else {
@@ -487,7 +563,7 @@ impl SubscriptionEngine {
                     subscription.position = Position(event.position.0 - 1);
                     let message =
                         format!("{message} (event {} {} at position {})", event.event_type, event.id, event.position);
-                    self.fail(subscription, message, report).await?;
+                    self.fail(subscription, message, Some(event.position), report).await?;
                     return Ok(CatchUp::Failed);
                 }
                 report.handled += events.len() as u64;
@@ -559,10 +635,11 @@ impl SubscriptionEngine {
         &self,
         subscription: &mut Subscription,
         message: String,
+        failed_at: Option<Position>,
         report: &mut EngineReport,
     ) -> Result<(), ReelError> {
         tracing::warn!(id = %subscription.id, %message, "subscription failed");
-        subscription.fail(message.clone())?;
+        subscription.fail_at(message.clone(), failed_at)?;
         self.save(subscription, report).await?;
         report.errors.push(EngineError { id: subscription.id.clone(), message });
         Ok(())

@@ -49,6 +49,9 @@ impl Clock for ManualClock {
 pub trait RetryStrategy: Send + Sync {
     /// True when `subscription` (in `Error`) should retry the step that failed.
     fn should_retry(&self, subscription: &Subscription, now: Timestamp) -> bool;
+
+    /// True when no retry will ever come (then a subscriber that parks failures parks the event).
+    fn exhausted(&self, subscription: &Subscription) -> bool;
 }
 
 /// Retry after `base_delay × delay_factor^attempt`, at most `max_attempts` times.
@@ -77,6 +80,10 @@ impl ClockBasedRetryStrategy {
 }
 
 impl RetryStrategy for ClockBasedRetryStrategy {
+    fn exhausted(&self, subscription: &Subscription) -> bool {
+        subscription.retry_attempt >= self.max_attempts
+    }
+
     fn should_retry(&self, subscription: &Subscription, now: Timestamp) -> bool {
         if subscription.retry_attempt >= self.max_attempts {
             return false;
@@ -91,6 +98,10 @@ impl RetryStrategy for ClockBasedRetryStrategy {
 pub struct NoRetry;
 
 impl RetryStrategy for NoRetry {
+    fn exhausted(&self, _: &Subscription) -> bool {
+        true
+    }
+
     fn should_retry(&self, _: &Subscription, _: Timestamp) -> bool {
         false
     }

@@ -21,6 +21,9 @@ pub struct SubscriberSpec {
     pub event_types: Option<Vec<String>>,
     /// Stream categories it handles; empty means all.
     pub categories: Vec<String>,
+    /// When handling an event fails and retries are used up: `false` (default) stops in
+    /// `Error`; `true` parks the event (listed, replayable) and goes on after it.
+    pub park_failures: bool,
 }
 
 impl SubscriberSpec {
@@ -32,6 +35,7 @@ impl SubscriberSpec {
             run_mode,
             event_types: None,
             categories: vec![],
+            park_failures: false,
         })
     }
 
@@ -69,6 +73,12 @@ impl SubscriberSpec {
         S: Into<String>,
     {
         self.categories = categories.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Parks an event that still fails after the retries, instead of stopping at it.
+    pub fn park_failures(mut self) -> Self {
+        self.park_failures = true;
         self
     }
 

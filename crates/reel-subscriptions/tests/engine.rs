@@ -433,3 +433,52 @@ async fn reset_replays_from_the_beginning_a_position_or_a_time() {
     assert_eq!(projector.handled(), vec![1, 2, 3, 4, 5, 6, 4, 5, 6, 6, 1, 2, 3, 4, 5, 6]);
     assert!(engine.reset(&all(), ResetTo::Position(Position(99))).await.is_err(), "outside the log");
 }
+
+#[tokio::test]
+async fn a_parking_subscriber_parks_what_keeps_failing_and_replays_it_later() {
+    let f = Fixture::new();
+    f.append("unit-1", "Opened", 5).await;
+    let projector = Recorder::new(SubscriberSpec::projector("p_1").unwrap().park_failures());
+    *projector.fail_at.lock().unwrap() = Some(3);
+    let engine = f.engine(vec![projector.clone()]).with_retry_strategy(NoRetry);
+    engine.setup(&all(), true).await.unwrap();
+    engine.run(&all()).await.unwrap();
+    let s = f.subscriptions.get(&sid("p_1")).await.unwrap().unwrap();
+    assert_eq!((s.status, s.position), (SubscriptionStatus::Error, Position(2)));
+    assert_eq!(s.error.unwrap().failed_at, Some(Position(3)));
+
+    // Retries are used up (none): the event is parked, visibly, and the subscription goes on.
+    engine.run(&all()).await.unwrap();
+    assert_eq!(f.status("p_1").await, (SubscriptionStatus::Active, Position(5)));
+    assert_eq!(projector.handled(), vec![1, 2, 4, 5]);
+    let parked = f.subscriptions.parked(&sid("p_1")).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!((parked[0].position, parked[0].event_type.as_str()), (Position(3), "Opened"));
+    assert!(parked[0].error.contains("refused 3"), "{:?}", parked[0]);
+
+    // Still broken: replay keeps it parked. Fixed: replay handles it and forgets it.
+    let report = engine.replay_parked(&all()).await.unwrap();
+    assert_eq!(report.errors.len(), 1);
+    assert_eq!(f.subscriptions.parked(&sid("p_1")).await.unwrap().len(), 1);
+    *projector.fail_at.lock().unwrap() = None;
+    let report = engine.replay_parked(&all()).await.unwrap();
+    assert_eq!(report.handled, 1);
+    assert!(f.subscriptions.parked(&sid("p_1")).await.unwrap().is_empty());
+    assert_eq!(projector.handled(), vec![1, 2, 4, 5, 3]);
+}
+
+#[tokio::test]
+async fn without_parking_a_failure_is_never_skipped() {
+    let f = Fixture::new();
+    f.append("unit-1", "Opened", 3).await;
+    let projector = Recorder::new(SubscriberSpec::projector("p_1").unwrap());
+    *projector.fail_at.lock().unwrap() = Some(2);
+    let engine = f.engine(vec![projector.clone()]).with_retry_strategy(NoRetry);
+    engine.setup(&all(), true).await.unwrap();
+    for _ in 0..3 {
+        engine.run(&all()).await.unwrap();
+    }
+    assert_eq!(f.status("p_1").await, (SubscriptionStatus::Error, Position(1)));
+    assert!(f.subscriptions.parked(&sid("p_1")).await.unwrap().is_empty());
+    assert_eq!(projector.handled(), vec![1]);
+}

@@ -103,8 +103,11 @@ async fn rows_and_checkpoint_commit_together_and_a_failed_batch_leaves_nothing()
     assert!(report.errors[0].message.contains("refused position 7"), "{:?}", report.errors);
     let id = SubscriptionId::new("doors_1").unwrap();
     let s = store.get(&id).await.unwrap().unwrap();
-    assert_eq!((s.status, s.position), (SubscriptionStatus::Error, Position(4)), "batch 5..8 rolled back whole");
-    assert_eq!(counts(&store).await, vec![("0".into(), 2), ("1".into(), 2)], "only the first batch's rows exist");
+    // Batch 5..8 was rolled back whole; then 5 and 6 were committed on their own, so the
+    // subscription stops right before the failing event with no row of it or after it.
+    assert_eq!((s.status, s.position), (SubscriptionStatus::Error, Position(6)));
+    assert_eq!(s.error.unwrap().failed_at, Some(Position(7)));
+    assert_eq!(counts(&store).await, vec![("0".into(), 3), ("1".into(), 3)], "rows of positions 1..6 only");
 
     fail_at.store(0, Ordering::SeqCst);
     engine.reactivate(&SubscriptionCriteria::all()).await.unwrap();

@@ -22,8 +22,11 @@ pub async fn round_trips_every_field(store: Store) {
     s.status = SubscriptionStatus::Error;
     s.position = Position(1234);
     s.retry_attempt = 3;
-    s.error =
-        Some(SubscriptionError { message: "boom\nsecond line".into(), previous_status: SubscriptionStatus::Booting });
+    s.error = Some(SubscriptionError {
+        message: "boom\nsecond line".into(),
+        previous_status: SubscriptionStatus::Booting,
+        failed_at: Some(Position(77)),
+    });
     s.paused_from = Some(SubscriptionStatus::Active);
     s.last_saved_at = Timestamp::from_unix_micros(99);
     store.update(&mut s).await.unwrap();
@@ -94,11 +97,38 @@ pub async fn leases_are_exclusive_until_expiry(store: Store) {
     assert!(!store.acquire_lease(&id("unknown"), "worker-a", t0, ttl).await.unwrap());
 }
 
+/// Parked events are listed by position, replaced by position, removed one by one and with
+/// their subscription.
+pub async fn parks_and_unparks_events(store: Store) {
+    use reel_core::{EventId, ParkedEvent};
+    let s = Subscription::new(id("parker"), "g", RunMode::FromBeginning, Timestamp::now());
+    store.add(&s).await.unwrap();
+    let parked = |position: u64, error: &str| ParkedEvent {
+        subscription: s.id.clone(),
+        position: Position(position),
+        event_id: EventId::new_v7(),
+        event_type: "Broken".into(),
+        error: error.into(),
+        parked_at: Timestamp::from_unix_micros(position as i64),
+    };
+    store.park(&parked(9, "first")).await.unwrap();
+    store.park(&parked(4, "other")).await.unwrap();
+    let again = parked(9, "second");
+    store.park(&again).await.unwrap();
+    let listed = store.parked(&s.id).await.unwrap();
+    assert_eq!(listed.iter().map(|p| p.position.0).collect::<Vec<_>>(), [4, 9]);
+    assert_eq!(listed[1], again, "parking a position again replaces it");
+    store.unpark(&s.id, Position(4)).await.unwrap();
+    assert_eq!(store.parked(&s.id).await.unwrap().len(), 1);
+    store.remove(&s.id).await.unwrap();
+    assert!(store.parked(&s.id).await.unwrap().is_empty(), "removing a subscription forgets its parked events");
+}
+
 /// Generates one test per clause. `$factory().await` returns `(Arc<dyn SubscriptionStore>, guard)`.
 #[macro_export]
 macro_rules! subscription_store_conformance_tests {
     ($factory:expr) => {
-        $crate::subscription_store_conformance_tests!(@tests $factory; round_trips_every_field, add_update_remove, find_by_criteria, leases_are_exclusive_until_expiry);
+        $crate::subscription_store_conformance_tests!(@tests $factory; round_trips_every_field, add_update_remove, find_by_criteria, leases_are_exclusive_until_expiry, parks_and_unparks_events);
     };
     (@tests $factory:expr; $($name:ident),*) => {
         $(

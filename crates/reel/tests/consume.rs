@@ -174,3 +174,25 @@ fn a_slow_batch_keeps_its_lease_and_is_never_processed_twice() {
     terminate(&mut second);
     assert_eq!(delivered(), vec![1, 2, 3, 4, 5, 6], "every event delivered exactly once");
 }
+
+#[test]
+fn a_poison_event_is_parked_listed_and_replayed() {
+    let cli = Cli::new();
+    append(&cli, 3); // data {"i":0}, {"i":1}, {"i":2}
+    let poisoned = ["--", "sh", "-c", "if grep -q '\"i\":1'; then echo cannot handle >&2; exit 1; fi"];
+    let args =
+        |extra: &[&'static str]| [&["poison", "--batch", "1", "--retries", "0", "--park-failures"][..], extra].concat();
+    let (mut child, _) = spawn_consumer(&cli, &args(&poisoned));
+    wait_until("the rest of the log", || subscription(&cli, "poison")["position"] == 3);
+    terminate(&mut child);
+    let s = subscription(&cli, "poison");
+    assert_eq!((s["status"].as_str(), s["parked"].as_u64()), (Some("active"), Some(1)));
+    let parked = lines(&cli.ok(&["subscriptions", "parked", "--id", "poison"]));
+    assert_eq!(parked[0]["position"], 2);
+    assert!(parked[0]["error"].as_str().unwrap().contains("cannot handle"), "{parked:?}");
+
+    let fixed = ["--", "sh", "-c", "cat > /dev/null"];
+    let (mut child, _) = spawn_consumer(&cli, &args(&[&["--replay-parked"][..], &fixed[..]].concat()));
+    wait_until("the replay", || subscription(&cli, "poison")["parked"] == 0);
+    terminate(&mut child);
+}

@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use clap::Args;
 use reel_core::{RecordedEvent, RunMode, SubscriptionCriteria, SubscriptionId, SubscriptionStatus};
 use reel_subscriptions::{
-    BatchFailure, HandlerError, Message, Subscriber, SubscriberSpec, SubscriptionEngine, Worker, WorkerOptions,
+    BatchFailure, ClockBasedRetryStrategy, HandlerError, Message, Subscriber, SubscriberSpec, SubscriptionEngine,
+    Worker, WorkerOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -47,6 +48,18 @@ pub struct ConsumeArgs {
     /// Seconds a command may run per batch before it is killed (a failed batch).
     #[arg(long, default_value_t = 60.0)]
     pub timeout: f64,
+    /// Retries of a failed batch before it stays failed (or is parked).
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// Seconds before the first retry; each further retry waits twice as long.
+    #[arg(long, default_value_t = 5.0)]
+    pub retry_delay: f64,
+    /// After the retries, park an event that keeps failing (see `reel subscriptions parked`) and go on.
+    #[arg(long)]
+    pub park_failures: bool,
+    /// Hand the parked events to the command again before following the log.
+    #[arg(long)]
+    pub replay_parked: bool,
     /// Write each batch to stdout as NDJSON; the position is saved after each written batch.
     #[arg(long, conflicts_with = "command")]
     pub print: bool,
@@ -69,10 +82,18 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
         }
     };
     let (lease_ttl, timeout) = (seconds(args.lease_ttl, "--lease-ttl")?, seconds(args.timeout, "--timeout")?);
+    let retry = ClockBasedRetryStrategy {
+        base_delay: seconds(args.retry_delay, "--retry-delay")?,
+        delay_factor: 2.0,
+        max_attempts: args.retries,
+    };
     let mut spec =
         SubscriberSpec::new(id.as_str(), mode)?.in_group(args.group.clone()).in_categories(args.category.clone());
     if !args.types.is_empty() {
         spec = spec.handling(args.types.clone());
+    }
+    if args.park_failures {
+        spec = spec.park_failures();
     }
     let subscriber: Arc<dyn Subscriber> = if args.print {
         Arc::new(PrintSubscriber { spec })
@@ -81,7 +102,12 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
     };
     let stores = store::open_with_subscriptions(cli)?;
     let engine = SubscriptionEngine::new(stores.events, stores.subscriptions.clone(), vec![subscriber])?
-        .with_batch_size(args.batch.clamp(1, reel_sqlite::MAX_READ_LIMIT));
+        .with_batch_size(args.batch.clamp(1, reel_sqlite::MAX_READ_LIMIT))
+        .with_retry_strategy(retry);
+    if args.replay_parked {
+        let report = engine.replay_parked(&SubscriptionCriteria::ids([id.clone()])).await?;
+        eprintln!("replayed {} parked event(s); {} still failing", report.handled, report.errors.len());
+    }
     let options =
         WorkerOptions { criteria: SubscriptionCriteria::ids([id.clone()]), lease_ttl, ..WorkerOptions::default() };
     let subscriptions = stores.subscriptions;

@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use reel_core::{Position, SubscriptionCriteria, SubscriptionId, Timestamp};
+use reel_core::{Position, SubscriptionCriteria, SubscriptionId, SubscriptionStore, Timestamp};
 use reel_subscriptions::{EngineReport, ResetTo, SubscriptionEngine};
 
 use crate::exit::InvalidInput;
@@ -43,6 +43,8 @@ pub enum SubscriptionsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print parked events (skipped after their handler kept failing) as NDJSON.
+    Parked(Selection),
     /// Stop processing; the position is kept.
     Pause(Selection),
     /// Resume: failed ones where they failed, paused ones where they were paused, detached or finished ones as active.
@@ -68,11 +70,12 @@ pub enum SubscriptionsCommand {
 pub async fn run(cli: &Cli, args: &SubscriptionsArgs) -> Result<()> {
     let stores = store::open_with_subscriptions(cli)?;
     // No subscribers are registered here: operations act on the stored subscriptions only.
-    let engine = SubscriptionEngine::new(stores.events.clone(), stores.subscriptions, vec![])?;
+    let engine = SubscriptionEngine::new(stores.events.clone(), stores.subscriptions.clone(), vec![])?;
     match &args.command {
         SubscriptionsCommand::List { selection, json } => {
-            list(&engine, stores.events.head().await?, selection, *json).await
+            list(&engine, stores.subscriptions.as_ref(), stores.events.head().await?, selection, *json).await
         }
+        SubscriptionsCommand::Parked(selection) => parked(&engine, stores.subscriptions.as_ref(), selection).await,
         SubscriptionsCommand::Pause(selection) => finish(engine.pause(&selection.criteria()?).await?),
         SubscriptionsCommand::Reactivate(selection) => finish(engine.reactivate(&selection.criteria()?).await?),
         SubscriptionsCommand::Remove(selection) => finish(engine.remove(&selection.criteria()?).await?),
@@ -91,11 +94,34 @@ pub async fn run(cli: &Cli, args: &SubscriptionsArgs) -> Result<()> {
     }
 }
 
-async fn list(engine: &SubscriptionEngine, head: Position, selection: &Selection, json: bool) -> Result<()> {
+async fn parked(engine: &SubscriptionEngine, store: &dyn SubscriptionStore, selection: &Selection) -> Result<()> {
+    let mut out = Ndjson::stdout();
+    for s in engine.subscriptions(&selection.criteria()?).await.context("listing subscriptions")? {
+        for event in store.parked(&s.id).await? {
+            if !out.line(&event)? {
+                return Ok(());
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn list(
+    engine: &SubscriptionEngine,
+    store: &dyn SubscriptionStore,
+    head: Position,
+    selection: &Selection,
+    json: bool,
+) -> Result<()> {
     let subscriptions = engine.subscriptions(&selection.criteria()?).await.context("listing subscriptions")?;
+    let mut parked = Vec::with_capacity(subscriptions.len());
+    for s in &subscriptions {
+        parked.push(store.parked(&s.id).await?.len());
+    }
     if json {
         let mut out = Ndjson::stdout();
-        for s in &subscriptions {
+        for (s, parked) in subscriptions.iter().zip(&parked) {
             out.line(&serde_json::json!({
                 "id": s.id,
                 "group": s.group,
@@ -104,6 +130,7 @@ async fn list(engine: &SubscriptionEngine, head: Position, selection: &Selection
                 "position": s.position,
                 "lag": head.0.saturating_sub(s.position.0),
                 "retries": s.retry_attempt,
+                "parked": parked,
                 "last_error": s.error.as_ref().map(|e| &e.message),
                 "lease_owner": s.lease.as_ref().map(|l| &l.owner),
                 "last_saved_at": s.last_saved_at,
@@ -113,13 +140,13 @@ async fn list(engine: &SubscriptionEngine, head: Position, selection: &Selection
         return Ok(());
     }
     println!(
-        "{:<28} {:<12} {:<15} {:<9} {:>10} {:>10} {:>7}  last error",
-        "id", "group", "mode", "status", "position", "lag", "retries"
+        "{:<28} {:<12} {:<15} {:<9} {:>10} {:>10} {:>7} {:>6}  last error",
+        "id", "group", "mode", "status", "position", "lag", "retries", "parked"
     );
-    for s in &subscriptions {
+    for (s, parked) in subscriptions.iter().zip(&parked) {
         let error = s.error.as_ref().map(|e| e.message.lines().next().unwrap_or("").to_string()).unwrap_or_default();
         println!(
-            "{:<28} {:<12} {:<15} {:<9} {:>10} {:>10} {:>7}  {}",
+            "{:<28} {:<12} {:<15} {:<9} {:>10} {:>10} {:>7} {:>6}  {}",
             s.id.as_str(),
             s.group,
             s.run_mode.as_str(),
@@ -127,6 +154,7 @@ async fn list(engine: &SubscriptionEngine, head: Position, selection: &Selection
             s.position.0,
             head.0.saturating_sub(s.position.0),
             s.retry_attempt,
+            parked,
             error.chars().take(80).collect::<String>()
         );
     }
