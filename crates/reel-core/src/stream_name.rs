@@ -45,10 +45,33 @@ impl StreamName {
         self.0.split_once('-').map_or(&self.0, |(category, _)| category)
     }
 
+    /// The partition of this stream among `16^digits` partitions: the first `digits` hex digits
+    /// of a stable hash of the name. Going from 16 to 256 partitions splits each partition into
+    /// 16 and moves no stream across the old boundaries. `digits` is 1 to 4.
+    pub fn partition(&self, digits: u8) -> u32 {
+        let digits = u32::from(digits.clamp(1, 4));
+        (stable_hash(self.0.as_bytes()) >> (64 - 4 * digits)) as u32
+    }
+
     /// Text after the first `-`, if any.
     pub fn id_part(&self) -> Option<&str> {
         self.0.split_once('-').map(|(_, id)| id)
     }
+}
+
+/// 64-bit FNV-1a followed by MurmurHash3's 64-bit finalizer: both fixed by their
+/// specifications, so partitions never move between versions or machines (a std `Hasher` gives
+/// no such promise); the finalizer spreads similar names over the top bits the partition uses.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    let fnv = bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3));
+    let mut h = fnv;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// A short, escaped form of untrusted text for error messages.
@@ -100,6 +123,22 @@ mod tests {
         let plain = StreamName::new("settings").unwrap();
         assert_eq!(plain.category(), "settings");
         assert_eq!(plain.id_part(), None);
+    }
+
+    #[test]
+    fn partitions_are_stable_and_split_cleanly() {
+        // Fixed values: a change here would move streams between partitions of running systems.
+        assert_eq!(stable_hash(b"unit-PL-1001"), 0xbb884ab08ed9ded0);
+        for i in 0..2000 {
+            let s = StreamName::new(format!("unit-PL-{i}")).unwrap();
+            let p16 = s.partition(1);
+            let p256 = s.partition(2);
+            assert!(p16 < 16 && p256 < 256);
+            assert_eq!(p256 >> 4, p16, "a 256-way partition lies inside its 16-way parent");
+        }
+        let spread: std::collections::HashSet<u32> =
+            (0..2000).map(|i| StreamName::new(format!("unit-{i}")).unwrap().partition(1)).collect();
+        assert_eq!(spread.len(), 16, "all 16 partitions get streams");
     }
 
     #[test]

@@ -102,14 +102,15 @@ enum CatchUp {
 }
 
 impl SubscriptionEngine {
-    /// An engine for `subscribers`; ids must be unique.
+    /// An engine for `subscribers`; ids must be unique. Partitioned subscribers run as one
+    /// subscription per partition (`{id}:{hex}`).
     pub fn new(
         events: Arc<dyn EventStore>,
         store: Arc<dyn SubscriptionStore>,
         subscribers: Vec<Arc<dyn Subscriber>>,
     ) -> Result<Self, ReelError> {
         let mut by_id = BTreeMap::new();
-        for subscriber in subscribers {
+        for subscriber in crate::partition::expand(subscribers)? {
             let id = subscriber.spec().id.clone();
             if by_id.insert(id.clone(), subscriber).is_some() {
                 return Err(ReelError::InvalidArgument(format!("subscriber id {id} is registered twice")));

@@ -38,6 +38,7 @@
 mod decorators;
 mod engine;
 mod guard;
+mod partition;
 mod retry;
 mod subscriber;
 mod worker;

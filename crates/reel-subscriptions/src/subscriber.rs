@@ -24,6 +24,8 @@ pub struct SubscriberSpec {
     /// When handling an event fails and retries are used up: `false` (default) stops in
     /// `Error`; `true` parks the event (listed, replayable) and goes on after it.
     pub park_failures: bool,
+    /// `k` for `16^k` partitions (0: not partitioned). See [`SubscriberSpec::partitioned`].
+    pub partition_digits: u8,
 }
 
 impl SubscriberSpec {
@@ -36,6 +38,7 @@ impl SubscriberSpec {
             event_types: None,
             categories: vec![],
             park_failures: false,
+            partition_digits: 0,
         })
     }
 
@@ -74,6 +77,21 @@ impl SubscriberSpec {
     {
         self.categories = categories.into_iter().map(Into::into).collect();
         self
+    }
+
+    /// Splits the subscriber into `16^digits` partitioned subscriptions (`digits` 1–3: 16, 256 or
+    /// 4,096), ids `{id}:{partition in hex}`. Each stream belongs to one partition (by a stable
+    /// hash of its name), so per-stream order is kept while partitions run in parallel, each with
+    /// its own position and lease. `setup`/`teardown` run once per partition: keep them idempotent.
+    /// To repartition, bump the id (`doors_1` → `doors_2`) with the new count: it rebuilds.
+    pub fn partitioned(mut self, digits: u8) -> Result<Self, ReelError> {
+        if !(1..=3).contains(&digits) {
+            return Err(ReelError::InvalidArgument(format!(
+                "partition digits must be 1, 2 or 3 (16, 256 or 4096 partitions), got {digits}"
+            )));
+        }
+        self.partition_digits = digits;
+        Ok(self)
     }
 
     /// Parks an event that still fails after the retries, instead of stopping at it.

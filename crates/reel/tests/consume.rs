@@ -196,3 +196,31 @@ fn a_poison_event_is_parked_listed_and_replayed() {
     wait_until("the replay", || subscription(&cli, "poison")["parked"] == 0);
     terminate(&mut child);
 }
+
+#[test]
+fn partitions_split_the_work_and_together_cover_the_log_once() {
+    let cli = Cli::new();
+    for unit in 0..20 {
+        cli.ok(&["append", &format!("unit-{unit}"), "--type", "Tick", "--data", "{}"]);
+    }
+    let run = |extra: &[&str]| {
+        let out = cli
+            .command()
+            .args([&["consume", "parts", "--mode", "once", "--partitions", "16", "--print"][..], extra].concat())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        lines(&String::from_utf8(out.stdout).unwrap())
+            .iter()
+            .map(|e| e["position"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let mut seen = run(&["--partition", "3"]);
+    let one_partition = seen.len();
+    seen.extend(run(&[]));
+    seen.sort();
+    assert!(one_partition < 20, "one partition holds only some streams");
+    assert_eq!(seen, (1..=20).collect::<Vec<_>>(), "all partitions together: every event once");
+    cli.fails(&["consume", "parts", "--partitions", "17", "--print"], 2);
+    cli.fails(&["consume", "parts", "--partitions", "16", "--partition", "16", "--print"], 2);
+}

@@ -48,6 +48,13 @@ pub struct ConsumeArgs {
     /// Seconds a command may run per batch before it is killed (a failed batch).
     #[arg(long, default_value_t = 60.0)]
     pub timeout: f64,
+    /// Split the subscription into 16, 256 or 4096 partitions by stream (per-stream order kept);
+    /// several consumers share the partitions through their leases.
+    #[arg(long)]
+    pub partitions: Option<u32>,
+    /// Run only this partition (0-based; needs --partitions).
+    #[arg(long, requires = "partitions")]
+    pub partition: Option<u32>,
     /// Retries of a failed batch before it stays failed (or is parked).
     #[arg(long, default_value_t = 5)]
     pub retries: u32,
@@ -95,6 +102,23 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
     if args.park_failures {
         spec = spec.park_failures();
     }
+    let mut run_ids = vec![id.clone()];
+    if let Some(count) = args.partitions {
+        let digits = match count {
+            16 => 1,
+            256 => 2,
+            4096 => 3,
+            _ => bail!(InvalidInput(format!("--partitions must be 16, 256 or 4096, got {count}"))),
+        };
+        spec = spec.partitioned(digits)?;
+        run_ids = match args.partition {
+            Some(p) if p < count => vec![SubscriptionId::new(format!("{id}:{p:0width$x}", width = digits as usize))?],
+            Some(p) => bail!(InvalidInput(format!("--partition must be below {count}, got {p}"))),
+            None => (0..count)
+                .map(|p| SubscriptionId::new(format!("{id}:{p:0width$x}", width = digits as usize)))
+                .collect::<Result<_, _>>()?,
+        };
+    }
     let subscriber: Arc<dyn Subscriber> = if args.print {
         Arc::new(PrintSubscriber { spec })
     } else {
@@ -105,17 +129,17 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
         .with_batch_size(args.batch.clamp(1, reel_sqlite::MAX_READ_LIMIT))
         .with_retry_strategy(retry);
     if args.replay_parked {
-        let report = engine.replay_parked(&SubscriptionCriteria::ids([id.clone()])).await?;
+        let report = engine.replay_parked(&SubscriptionCriteria::ids(run_ids.clone())).await?;
         eprintln!("replayed {} parked event(s); {} still failing", report.handled, report.errors.len());
     }
     let options =
-        WorkerOptions { criteria: SubscriptionCriteria::ids([id.clone()]), lease_ttl, ..WorkerOptions::default() };
+        WorkerOptions { criteria: SubscriptionCriteria::ids(run_ids.clone()), lease_ttl, ..WorkerOptions::default() };
     let subscriptions = stores.subscriptions;
     let finished = async move {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Ok(Some(s)) = subscriptions.get(&id).await {
-                if s.status == SubscriptionStatus::Finished {
+            if let Ok(found) = subscriptions.find(&SubscriptionCriteria::ids(run_ids.clone())).await {
+                if found.len() == run_ids.len() && found.iter().all(|s| s.status == SubscriptionStatus::Finished) {
                     return;
                 }
             }
