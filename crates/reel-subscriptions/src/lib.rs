@@ -35,6 +35,8 @@
 //! # });
 //! ```
 
+#[cfg(feature = "cli")]
+pub mod cli;
 mod decorators;
 mod engine;
 mod guard;

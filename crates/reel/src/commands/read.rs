@@ -6,6 +6,7 @@ use reel_core::{AllReader, Direction, Position, ReadAllFilter, StreamName, Strea
 
 use crate::output::Ndjson;
 use crate::{store, Cli};
+pub use reel_subscriptions::cli::shutdown_signal;
 
 /// Events fetched per page (large pages make catch-up fast; see docs/BENCHMARKS.md).
 const PAGE: usize = 5000;
@@ -120,27 +121,4 @@ pub async fn read_all(cli: &Cli, args: &ReadAllArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
