@@ -48,5 +48,5 @@ mod worker;
 pub use decorators::{CatchUpSubscriptionEngine, EngineOperations, RunAfterAppend, ThrowOnErrorSubscriptionEngine};
 pub use engine::{EngineError, EngineReport, ResetTo, SubscriptionEngine};
 pub use retry::{Clock, ClockBasedRetryStrategy, ManualClock, NoRetry, RetryStrategy, SystemClock};
-pub use subscriber::{BatchFailure, Checkpoint, HandlerError, Message, Subscriber, SubscriberSpec};
+pub use subscriber::{BatchFailure, Checkpoint, EventPayload, HandlerError, Message, Subscriber, SubscriberSpec};
 pub use worker::{Worker, WorkerOptions};

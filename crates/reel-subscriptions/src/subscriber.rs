@@ -8,6 +8,15 @@ use crate::guard::catch_panic;
 /// Error a handler, setup or teardown returns. Any error type converts into it with `?`.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A payload type and the stored event types it decodes from, so a subscriber can ask for its
+/// own type: `SubscriberSpec::for_events::<DoorOpened>()` delivers only those events, and
+/// `message.event::<DoorOpened>()` decodes them. Type names are explicit, so renaming the Rust
+/// type never changes what is stored.
+pub trait EventPayload: serde::de::DeserializeOwned {
+    /// The stored event types this payload decodes from.
+    const EVENT_TYPES: &'static [&'static str];
+}
+
 /// Who a subscriber is and what it wants.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubscriberSpec {
@@ -92,6 +101,11 @@ impl SubscriberSpec {
         }
         self.partition_digits = digits;
         Ok(self)
+    }
+
+    /// Delivers only the event types `E` decodes from.
+    pub fn for_events<E: EventPayload>(self) -> Self {
+        self.handling(E::EVENT_TYPES.iter().copied())
     }
 
     /// Parks an event that still fails after the retries, instead of stopping at it.

@@ -482,3 +482,43 @@ async fn without_parking_a_failure_is_never_skipped() {
     assert!(f.subscriptions.parked(&sid("p_1")).await.unwrap().is_empty());
     assert_eq!(projector.handled(), vec![1]);
 }
+
+#[tokio::test]
+async fn a_typed_subscriber_gets_only_its_own_event_types_decoded() {
+    #[derive(serde::Deserialize)]
+    struct DoorOpened {
+        door: u32,
+    }
+    impl reel_subscriptions::EventPayload for DoorOpened {
+        const EVENT_TYPES: &'static [&'static str] = &["DoorOpened", "DoorOpenedV1"];
+    }
+    struct Doors(SubscriberSpec, Mutex<Vec<u32>>);
+    #[async_trait::async_trait]
+    impl Subscriber for Doors {
+        fn spec(&self) -> &SubscriberSpec {
+            &self.0
+        }
+        async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {
+            let opened: DoorOpened = message.event()?;
+            self.1.lock().unwrap().push(opened.door);
+            Ok(())
+        }
+    }
+    let f = Fixture::new();
+    let unit = StreamName::new("unit-1").unwrap();
+    let events = vec![
+        NewEvent::json("DoorOpened", &serde_json::json!({ "door": 1 })).unwrap(),
+        NewEvent::json("PowerLost", &serde_json::json!({ "volts": 0 })).unwrap(),
+        NewEvent::json("DoorOpenedV1", &serde_json::json!({ "door": 2 })).unwrap(),
+    ];
+    f.events.append(&unit, ExpectedVersion::Any, events).await.unwrap();
+    let doors =
+        Arc::new(Doors(SubscriberSpec::projector("doors_1").unwrap().for_events::<DoorOpened>(), Mutex::default()));
+    let subscribers: Vec<Arc<dyn Subscriber>> = vec![doors.clone()];
+    let engine = SubscriptionEngine::new(f.events.clone(), f.subscriptions.clone(), subscribers).unwrap();
+    engine.setup(&all(), true).await.unwrap();
+    let report = engine.run(&all()).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(*doors.1.lock().unwrap(), vec![1, 2], "PowerLost was never delivered");
+    assert_eq!(f.status("doors_1").await, (SubscriptionStatus::Active, Position(3)));
+}
