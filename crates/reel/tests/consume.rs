@@ -224,3 +224,74 @@ fn partitions_split_the_work_and_together_cover_the_log_once() {
     cli.fails(&["consume", "parts", "--partitions", "17", "--print"], 2);
     cli.fails(&["consume", "parts", "--partitions", "16", "--partition", "16", "--print"], 2);
 }
+
+/// A one-thread HTTP server on 127.0.0.1 that answers every request with `status` and hands the
+/// request bodies to the test.
+fn webhook_server(status: u16) -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (bodies, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 8192];
+            let body = loop {
+                let n = stream.read(&mut buffer).unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                request.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break Some(String::from_utf8_lossy(&request[end + 4..end + 4 + length]).to_string());
+                    }
+                }
+            };
+            let reason = if status < 300 { "OK" } else { "Server Error" };
+            let _ = write!(stream, "HTTP/1.1 {status} {reason}\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope");
+            if let Some(body) = body {
+                if bodies.send(body).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (url, received)
+}
+
+#[test]
+fn webhook_consumer_posts_batches_and_a_refusal_is_a_failure() {
+    let cli = Cli::new();
+    append(&cli, 3);
+    let (url, bodies) = webhook_server(200);
+    let (mut child, _) = spawn_consumer(&cli, &["hook_1", "--webhook", &url, "--batch", "2"]);
+    let mut positions = Vec::new();
+    while positions.len() < 3 {
+        let body: serde_json::Value =
+            serde_json::from_str(&bodies.recv_timeout(Duration::from_secs(30)).expect("a POST")).unwrap();
+        assert_eq!(body["subscription"], "hook_1");
+        positions.extend(body["events"].as_array().unwrap().iter().map(|e| e["position"].as_u64().unwrap()));
+    }
+    assert_eq!(positions, vec![1, 2, 3]);
+    wait_until("the position", || subscription(&cli, "hook_1")["position"] == 3);
+    terminate(&mut child);
+
+    let (url, _bodies) = webhook_server(500);
+    let (mut child, _) = spawn_consumer(&cli, &["hook_2", "--webhook", &url]);
+    wait_until("the failure", || subscription(&cli, "hook_2")["status"] == "error");
+    terminate(&mut child);
+    let error = subscription(&cli, "hook_2")["last_error"].as_str().unwrap().to_string();
+    assert!(error.contains("webhook answered 500"), "{error}");
+    cli.fails(&["consume", "x", "--webhook", "https://example.com/hook"], 2);
+}

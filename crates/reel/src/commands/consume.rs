@@ -68,8 +68,12 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub replay_parked: bool,
     /// Write each batch to stdout as NDJSON; the position is saved after each written batch.
-    #[arg(long, conflicts_with = "command")]
+    #[arg(long, conflicts_with_all = ["command", "webhook"])]
     pub print: bool,
+    /// POST each batch as JSON (`{"subscription", "events": [...]}`) to this http:// URL; a 2xx
+    /// answer means handled.
+    #[arg(long, conflicts_with = "command")]
+    pub webhook: Option<String>,
     /// The command to run per batch, events as NDJSON on its stdin; exit 0 means handled.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -78,8 +82,17 @@ pub struct ConsumeArgs {
 pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
     let mode: RunMode = args.mode.parse()?;
     let id = SubscriptionId::new(args.id.clone())?;
-    if !args.print && args.command.is_empty() {
-        bail!(InvalidInput("give --print or a command after --, e.g. reel consume my_sub -- ./handle.sh".into()));
+    if !args.print && args.webhook.is_none() && args.command.is_empty() {
+        bail!(InvalidInput(
+            "give --print, --webhook URL or a command after --, e.g. reel consume my_sub -- ./handle.sh".into()
+        ));
+    }
+    if let Some(url) = &args.webhook {
+        if !url.starts_with("http://") || url.len() <= "http://".len() {
+            bail!(InvalidInput(format!(
+                "--webhook must be an http:// URL (https is not supported by this build), got {url:?}"
+            )));
+        }
     }
     let seconds = |value: f64, flag: &str| {
         if value.is_finite() && value > 0.0 && value < 86_400.0 {
@@ -121,6 +134,8 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
     }
     let subscriber: Arc<dyn Subscriber> = if args.print {
         Arc::new(PrintSubscriber { spec })
+    } else if let Some(url) = &args.webhook {
+        Arc::new(WebhookSubscriber { spec, url: url.clone(), timeout })
     } else {
         Arc::new(CommandSubscriber { spec, command: args.command.clone(), timeout })
     };
@@ -238,5 +253,45 @@ impl Subscriber for CommandSubscriber {
         let last_line = errors.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
         let how = status.code().map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with {c}"));
         Err(fail(if last_line.is_empty() { format!("command {how}") } else { format!("command {how}: {last_line}") }))
+    }
+}
+
+/// POSTs batches to an HTTP endpoint.
+struct WebhookSubscriber {
+    spec: SubscriberSpec,
+    url: String,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl Subscriber for WebhookSubscriber {
+    fn spec(&self) -> &SubscriberSpec {
+        &self.spec
+    }
+
+    async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {
+        self.handle_batch(std::slice::from_ref(message.record())).await.map_err(|f| f.error)
+    }
+
+    async fn handle_batch(&self, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+        let fail = |message: String| BatchFailure { index: 0, error: message.into() };
+        let body = serde_json::to_string(&serde_json::json!({ "subscription": self.spec.id, "events": batch }))
+            .map_err(|e| fail(e.to_string()))?;
+        let (url, timeout) = (self.url.clone(), self.timeout);
+        let outcome = tokio::task::spawn_blocking(move || {
+            let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+            agent.post(&url).set("Content-Type", "application/json").send_string(&body)
+        })
+        .await
+        .map_err(|e| fail(format!("webhook call did not complete: {e}")))?;
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(ureq::Error::Status(code, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                let text: String = text.lines().next().unwrap_or("").chars().take(200).collect();
+                Err(fail(format!("webhook answered {code}: {text}")))
+            }
+            Err(ureq::Error::Transport(e)) => Err(fail(format!("webhook unreachable: {e}"))),
+        }
     }
 }
