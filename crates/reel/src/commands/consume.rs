@@ -280,18 +280,18 @@ impl Subscriber for WebhookSubscriber {
         let (url, timeout) = (self.url.clone(), self.timeout);
         let outcome = tokio::task::spawn_blocking(move || {
             let agent = ureq::AgentBuilder::new().timeout(timeout).build();
-            agent.post(&url).set("Content-Type", "application/json").send_string(&body)
+            match agent.post(&url).set("Content-Type", "application/json").send_string(&body) {
+                Ok(_) => Ok(()),
+                Err(ureq::Error::Status(code, response)) => {
+                    let text = response.into_string().unwrap_or_default();
+                    let text: String = text.lines().next().unwrap_or("").chars().take(200).collect();
+                    Err(format!("webhook answered {code}: {text}"))
+                }
+                Err(ureq::Error::Transport(e)) => Err(format!("webhook unreachable: {e}")),
+            }
         })
         .await
         .map_err(|e| fail(format!("webhook call did not complete: {e}")))?;
-        match outcome {
-            Ok(_) => Ok(()),
-            Err(ureq::Error::Status(code, response)) => {
-                let text = response.into_string().unwrap_or_default();
-                let text: String = text.lines().next().unwrap_or("").chars().take(200).collect();
-                Err(fail(format!("webhook answered {code}: {text}")))
-            }
-            Err(ureq::Error::Transport(e)) => Err(fail(format!("webhook unreachable: {e}"))),
-        }
+        outcome.map_err(fail)
     }
 }
