@@ -132,12 +132,12 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
                 .collect::<Result<_, _>>()?,
         };
     }
-    let subscriber: Arc<dyn Subscriber> = if args.print {
-        Arc::new(PrintSubscriber { spec })
+    let subscriber = if args.print {
+        SinkSubscriber::new(spec, PrintSink)
     } else if let Some(url) = &args.webhook {
-        Arc::new(WebhookSubscriber { spec, url: url.clone(), timeout })
+        SinkSubscriber::new(spec, WebhookSink { url: url.clone(), timeout })
     } else {
-        Arc::new(CommandSubscriber { spec, command: args.command.clone(), timeout })
+        SinkSubscriber::new(spec, CommandSink { command: args.command.clone(), timeout })
     };
     let stores = store::open_with_subscriptions(cli)?;
     let engine = SubscriptionEngine::new(stores.events, stores.subscriptions.clone(), vec![subscriber])?
@@ -170,55 +170,69 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes batches to stdout.
-struct PrintSubscriber {
+/// Where `reel consume` delivers whole batches; a failure fails the whole batch.
+#[async_trait]
+trait BatchSink: Send + Sync + 'static {
+    async fn deliver(&self, subscription: &SubscriptionId, batch: &[RecordedEvent]) -> Result<(), String>;
+}
+
+/// A subscriber that hands whole batches to a sink.
+struct SinkSubscriber<S> {
     spec: SubscriberSpec,
+    sink: S,
+}
+
+impl<S: BatchSink> SinkSubscriber<S> {
+    fn new(spec: SubscriberSpec, sink: S) -> Arc<dyn Subscriber> {
+        Arc::new(Self { spec, sink })
+    }
 }
 
 #[async_trait]
-impl Subscriber for PrintSubscriber {
+impl<S: BatchSink> Subscriber for SinkSubscriber<S> {
     fn spec(&self) -> &SubscriberSpec {
         &self.spec
     }
 
     async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {
-        self.handle_batch(std::slice::from_ref(message.record())).await.map_err(|f| f.error)
+        Ok(self.sink.deliver(&self.spec.id, std::slice::from_ref(message.record())).await?)
     }
 
     async fn handle_batch(&self, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+        self.sink
+            .deliver(&self.spec.id, batch)
+            .await
+            .map_err(|message| BatchFailure { index: 0, error: message.into() })
+    }
+}
+
+/// Writes batches to stdout.
+struct PrintSink;
+
+#[async_trait]
+impl BatchSink for PrintSink {
+    async fn deliver(&self, _: &SubscriptionId, batch: &[RecordedEvent]) -> Result<(), String> {
         let mut out = std::io::stdout().lock();
         let written = batch.iter().try_for_each(|event| {
             serde_json::to_writer(&mut out, event)?;
             out.write_all(b"\n")
         });
-        written
-            .and_then(|_| out.flush())
-            .map_err(|e| BatchFailure { index: 0, error: format!("writing to stdout: {e}").into() })
+        written.and_then(|_| out.flush()).map_err(|e| format!("writing to stdout: {e}"))
     }
 }
 
 /// Runs a command per batch with the events as NDJSON on its stdin.
-struct CommandSubscriber {
-    spec: SubscriberSpec,
+struct CommandSink {
     command: Vec<String>,
     timeout: Duration,
 }
 
 #[async_trait]
-impl Subscriber for CommandSubscriber {
-    fn spec(&self) -> &SubscriberSpec {
-        &self.spec
-    }
-
-    async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {
-        self.handle_batch(std::slice::from_ref(message.record())).await.map_err(|f| f.error)
-    }
-
-    async fn handle_batch(&self, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
-        let fail = |message: String| BatchFailure { index: 0, error: message.into() };
+impl BatchSink for CommandSink {
+    async fn deliver(&self, _: &SubscriptionId, batch: &[RecordedEvent]) -> Result<(), String> {
         let mut input = Vec::with_capacity(batch.len() * 512);
         for event in batch {
-            serde_json::to_writer(&mut input, event).map_err(|e| fail(e.to_string()))?;
+            serde_json::to_writer(&mut input, event).map_err(|e| e.to_string())?;
             input.push(b'\n');
         }
         let mut child = tokio::process::Command::new(&self.command[0])
@@ -228,9 +242,9 @@ impl Subscriber for CommandSubscriber {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| fail(format!("cannot start {}: {e}", self.command[0])))?;
-        let mut stdin = child.stdin.take().ok_or_else(|| fail("no stdin".into()))?;
-        let mut stderr = child.stderr.take().ok_or_else(|| fail("no stderr".into()))?;
+            .map_err(|e| format!("cannot start {}: {e}", self.command[0]))?;
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        let mut stderr = child.stderr.take().ok_or("no stderr")?;
         let run = async {
             // A command that does not read its input is not an error by itself; its exit code decides.
             let _ = stdin.write_all(&input).await;
@@ -241,44 +255,34 @@ impl Subscriber for CommandSubscriber {
         };
         let (status, errors) = tokio::time::timeout(self.timeout, run)
             .await
-            .map_err(|_| fail(format!("command timed out after {:?} and was killed", self.timeout)))?;
+            .map_err(|_| format!("command timed out after {:?} and was killed", self.timeout))?;
         let errors = String::from_utf8_lossy(&errors);
         if !errors.is_empty() {
             eprint!("{errors}");
         }
-        let status = status.map_err(|e| fail(format!("waiting for the command: {e}")))?;
+        let status = status.map_err(|e| format!("waiting for the command: {e}"))?;
         if status.success() {
             return Ok(());
         }
         let last_line = errors.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
         let how = status.code().map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with {c}"));
-        Err(fail(if last_line.is_empty() { format!("command {how}") } else { format!("command {how}: {last_line}") }))
+        Err(if last_line.is_empty() { format!("command {how}") } else { format!("command {how}: {last_line}") })
     }
 }
 
 /// POSTs batches to an HTTP endpoint.
-struct WebhookSubscriber {
-    spec: SubscriberSpec,
+struct WebhookSink {
     url: String,
     timeout: Duration,
 }
 
 #[async_trait]
-impl Subscriber for WebhookSubscriber {
-    fn spec(&self) -> &SubscriberSpec {
-        &self.spec
-    }
-
-    async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {
-        self.handle_batch(std::slice::from_ref(message.record())).await.map_err(|f| f.error)
-    }
-
-    async fn handle_batch(&self, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
-        let fail = |message: String| BatchFailure { index: 0, error: message.into() };
-        let body = serde_json::to_string(&serde_json::json!({ "subscription": self.spec.id, "events": batch }))
-            .map_err(|e| fail(e.to_string()))?;
+impl BatchSink for WebhookSink {
+    async fn deliver(&self, subscription: &SubscriptionId, batch: &[RecordedEvent]) -> Result<(), String> {
+        let body = serde_json::to_string(&serde_json::json!({ "subscription": subscription, "events": batch }))
+            .map_err(|e| e.to_string())?;
         let (url, timeout) = (self.url.clone(), self.timeout);
-        let outcome = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let agent = ureq::AgentBuilder::new().timeout(timeout).build();
             match agent.post(&url).set("Content-Type", "application/json").send_string(&body) {
                 Ok(_) => Ok(()),
@@ -291,7 +295,6 @@ impl Subscriber for WebhookSubscriber {
             }
         })
         .await
-        .map_err(|e| fail(format!("webhook call did not complete: {e}")))?;
-        outcome.map_err(fail)
+        .map_err(|e| format!("webhook call did not complete: {e}"))?
     }
 }
