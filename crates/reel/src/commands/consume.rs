@@ -133,11 +133,11 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
         };
     }
     let subscriber = if args.print {
-        SinkSubscriber::new(spec, PrintSink)
+        SinkSubscriber::shared(spec, PrintSink)
     } else if let Some(url) = &args.webhook {
-        SinkSubscriber::new(spec, WebhookSink { url: url.clone(), timeout })
+        SinkSubscriber::shared(spec, WebhookSink { url: url.clone(), timeout })
     } else {
-        SinkSubscriber::new(spec, CommandSink { command: args.command.clone(), timeout })
+        SinkSubscriber::shared(spec, CommandSink { command: args.command.clone(), timeout })
     };
     let stores = store::open_with_subscriptions(cli)?;
     let engine = SubscriptionEngine::new(stores.events, stores.subscriptions.clone(), vec![subscriber])?
@@ -183,7 +183,7 @@ struct SinkSubscriber<S> {
 }
 
 impl<S: BatchSink> SinkSubscriber<S> {
-    fn new(spec: SubscriberSpec, sink: S) -> Arc<dyn Subscriber> {
+    fn shared(spec: SubscriberSpec, sink: S) -> Arc<dyn Subscriber> {
         Arc::new(Self { spec, sink })
     }
 }
