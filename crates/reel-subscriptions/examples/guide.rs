@@ -2,7 +2,10 @@
 //! table with exactly-once checkpoints, a processor reacting to new events only, and a
 //! once-subscriber writing a report, all run by one worker.
 //!
-//! Run with `cargo run -p reel-subscriptions --example guide`.
+//! Run with `cargo run -p reel-subscriptions --features cli --example guide`. With arguments it
+//! mounts the subscription command set instead, e.g.
+//! `cargo run -p reel-subscriptions --features cli --example guide -- --store app.db setup`,
+//! then `… run --worker`, `… status`, `… pause --id notify_customer`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,8 +113,38 @@ impl Subscriber for CountReport {
     }
 }
 
+/// The application's own command line, with the subscription commands mounted in it.
+#[derive(clap::Parser)]
+struct AppCli {
+    /// The application's store.
+    #[arg(long, default_value = "app.db")]
+    store: std::path::PathBuf,
+    #[command(subcommand)]
+    subscriptions: reel_subscriptions::cli::SubscriptionCommand,
+}
+
+/// The application's subscribers, registered explicitly.
+fn subscribers(db: &SqliteSubscriptionStore) -> Result<Vec<Arc<dyn Subscriber>>, reel_core::ReelError> {
+    Ok(vec![
+        Arc::new(ReservationsPerUnit {
+            spec: SubscriberSpec::projector("reservations_per_unit_1")?.handling(["LockerReserved"]),
+            db: db.clone(),
+        }),
+        Arc::new(NotifyCustomer { spec: SubscriberSpec::processor("notify_customer")?.handling(["LockerReserved"]) }),
+    ])
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().len() > 1 {
+        let cli = <AppCli as clap::Parser>::parse();
+        let store = SqliteStore::open(&cli.store)?;
+        let subscriptions = store.subscription_store()?;
+        let engine =
+            SubscriptionEngine::new(Arc::new(store), Arc::new(subscriptions.clone()), subscribers(&subscriptions)?)?;
+        cli.subscriptions.run(&engine).await?;
+        return Ok(());
+    }
     let dir = tempfile::tempdir()?;
     let store = SqliteStore::open(dir.path().join("reel.db"))?;
     let subscriptions = store.subscription_store()?;

@@ -295,3 +295,21 @@ fn webhook_consumer_posts_batches_and_a_refusal_is_a_failure() {
     assert!(error.contains("webhook answered 500"), "{error}");
     cli.fails(&["consume", "x", "--webhook", "https://example.com/hook"], 2);
 }
+
+#[test]
+fn a_hanging_or_killed_command_fails_its_batch() {
+    let cli = Cli::new();
+    append(&cli, 1);
+    let (mut child, _) = spawn_consumer(&cli, &["hang_1", "--timeout", "0.5", "--", "sleep", "30"]);
+    wait_until("the timeout", || subscription(&cli, "hang_1")["status"] == "error");
+    terminate(&mut child);
+    let error = subscription(&cli, "hang_1")["last_error"].as_str().unwrap().to_string();
+    assert!(error.contains("timed out"), "{error}");
+    assert_eq!(subscription(&cli, "hang_1")["position"], 0);
+
+    let (mut child, _) = spawn_consumer(&cli, &["killed_1", "--", "sh", "-c", "kill -9 $$"]);
+    wait_until("the failure", || subscription(&cli, "killed_1")["status"] == "error");
+    terminate(&mut child);
+    let error = subscription(&cli, "killed_1")["last_error"].as_str().unwrap().to_string();
+    assert!(error.contains("killed by a signal"), "{error}");
+}
