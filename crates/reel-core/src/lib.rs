@@ -21,10 +21,12 @@ mod event;
 mod head;
 mod limits;
 mod position;
+mod snapshot;
 mod store;
 mod stream_name;
 mod subscription;
 mod timestamp;
+mod upcast;
 
 pub use all_reader::AllReader;
 pub use error::{ReelError, Result};
@@ -32,6 +34,7 @@ pub use event::{EventId, NewEvent, RecordedEvent};
 pub use head::{HeadNotifier, HeadWatch};
 pub use limits::AppendLimits;
 pub use position::{ExpectedVersion, Position, StreamVersion};
+pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats, StreamInfo};
 pub use stream_name::StreamName;
 pub use subscription::{
@@ -39,3 +42,4 @@ pub use subscription::{
     SubscriptionStatus, SubscriptionStore,
 };
 pub use timestamp::Timestamp;
+pub use upcast::{UpcastFn, Upcasters};

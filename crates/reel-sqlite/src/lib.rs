@@ -20,6 +20,7 @@
 mod queries;
 mod reader;
 mod schema;
+mod snapshots;
 mod subscriptions;
 mod writer;
 
@@ -39,6 +40,7 @@ use tokio::sync::oneshot;
 
 pub use reader::MAX_READ_LIMIT;
 pub use schema::SCHEMA_VERSION;
+pub use snapshots::SqliteSnapshotStore;
 pub use subscriptions::SqliteSubscriptionStore;
 pub use writer::RECENT_ID_WINDOW;
 
@@ -128,6 +130,11 @@ impl SqliteStore {
     /// The store file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The aggregate snapshot store kept in the same file.
+    pub fn snapshot_store(&self) -> Result<SqliteSnapshotStore, ReelError> {
+        SqliteSnapshotStore::open(&self.inner.path)
     }
 
     /// The subscription store kept in the same file.

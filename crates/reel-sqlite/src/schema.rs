@@ -57,6 +57,14 @@ const MIGRATIONS: &[&str] = &[
         parked_at       INTEGER NOT NULL,
         PRIMARY KEY (subscription_id, position)
      );",
+    // 3: the latest aggregate snapshot per stream.
+    "CREATE TABLE snapshots (
+        stream         TEXT PRIMARY KEY,
+        version        INTEGER NOT NULL,
+        schema_version INTEGER NOT NULL,
+        data           BLOB NOT NULL,
+        taken_at       INTEGER NOT NULL
+     );",
 ];
 
 /// Newest schema version this build knows.

@@ -1,0 +1,74 @@
+//! Aggregate snapshots in the same SQLite file as the events.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use reel_core::{ReelError, Snapshot, SnapshotStore, StreamName, StreamVersion, Timestamp};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::schema::open_connection;
+
+/// Snapshots of one store file. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteSnapshotStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteSnapshotStore {
+    pub(crate) fn open(path: &Path) -> Result<Self, ReelError> {
+        let conn = open_connection(path, false)?;
+        // A lost snapshot only costs a longer load: no fsync per snapshot.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| ReelError::storage(format!("configuring {}", path.display()), e))?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, ReelError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().map_err(|_| ReelError::storage(what, "connection lock poisoned"))?;
+            work(&conn).map_err(|e| ReelError::storage(what, e))
+        })
+        .await
+        .map_err(|e| ReelError::storage(what, e))?
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for SqliteSnapshotStore {
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), ReelError> {
+        let s = snapshot.clone();
+        self.run("saving a snapshot", move |conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO snapshots (stream, version, schema_version, data, taken_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![s.stream.as_str(), s.version.0 as i64, s.schema_version, s.data, s.taken_at.unix_micros()])
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, ReelError> {
+        let name = stream.as_str().to_string();
+        let stream = stream.clone();
+        self.run("loading a snapshot", move |conn| {
+            conn.prepare_cached("SELECT version, schema_version, data, taken_at FROM snapshots WHERE stream = ?1")?
+                .query_row(params![name], |r| {
+                    Ok(Snapshot {
+                        stream: stream.clone(),
+                        version: StreamVersion(r.get::<_, i64>(0)? as u64),
+                        schema_version: r.get(1)?,
+                        data: r.get(2)?,
+                        taken_at: Timestamp::from_unix_micros(r.get(3)?),
+                    })
+                })
+                .optional()
+        })
+        .await
+    }
+}
