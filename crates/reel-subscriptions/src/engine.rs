@@ -74,6 +74,8 @@ pub struct SubscriptionEngine {
     retry: Arc<dyn RetryStrategy>,
     pub(crate) clock: Arc<dyn Clock>,
     batch_size: usize,
+    /// Old event shapes become current ones before subscribers see them.
+    upcasters: Arc<reel_core::Upcasters>,
     /// Set when a worker runs the engine: saves need the lease, and work stops when it lapses.
     lease: Option<LeaseHolder>,
     /// One lock per subscription: concurrent calls on one engine (run-after-append from several
@@ -123,6 +125,7 @@ impl SubscriptionEngine {
             retry: Arc::new(ClockBasedRetryStrategy::default()),
             clock: Arc::new(SystemClock),
             batch_size: 1000,
+            upcasters: Arc::default(),
             lease: None,
             locks: Arc::default(),
         })
@@ -152,6 +155,12 @@ impl SubscriptionEngine {
     /// Replaces the clock (tests use a `ManualClock`).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Upcasts old event shapes before subscribers see them (the same registry repositories use).
+    pub fn with_upcasters(mut self, upcasters: Arc<reel_core::Upcasters>) -> Self {
+        self.upcasters = upcasters;
         self
     }
 
@@ -517,13 +526,22 @@ impl SubscriptionEngine {
         let handled_before = report.handled;
         let spec = subscriber.spec();
         let filter = ReadAllFilter {
-            event_types: spec.event_types.clone().unwrap_or_default(),
+            // Old shapes of the handled types are fetched too, and upcast below.
+            event_types: self.upcasters.stored_types_of(&spec.event_types.clone().unwrap_or_default()),
             categories: spec.categories.clone(),
             ..Default::default()
         };
         let mut reader = AllReader::new(self.events.clone(), subscription.position.next(), filter, self.batch_size);
-        while let Some(events) = reader.next_page().await? {
+        while let Some(stored) = reader.next_page().await? {
             self.keep_lease(subscription).await?;
+            let events = match self.upcast_batch(stored) {
+                Ok(events) => events,
+                Err((position, message)) => {
+                    subscription.position = Position(position.0 - 1);
+                    self.fail(subscription, message, Some(position), report).await?;
+                    return Ok(CatchUp::Failed);
+                }
+            };
             let scanned_to = Position(reader.position().0 - 1);
             if subscriber.saves_own_checkpoint() {
                 if let Some(failure) =
@@ -620,6 +638,23 @@ impl SubscriptionEngine {
             },
             Err(panic) => Ok(Some((0, panic))),
         }
+    }
+
+    /// The batch in current shapes; an event that cannot be upcast fails the subscription there.
+    fn upcast_batch(
+        &self,
+        events: Vec<reel_core::RecordedEvent>,
+    ) -> Result<Vec<reel_core::RecordedEvent>, (Position, String)> {
+        if self.upcasters.is_empty() {
+            return Ok(events);
+        }
+        events
+            .into_iter()
+            .map(|event| {
+                let position = event.position;
+                self.upcasters.upcast(event).map_err(|e| (position, e.to_string()))
+            })
+            .collect()
     }
 
     /// Under a worker: refuses to go on once the lease (kept alive by the worker's heartbeat)
