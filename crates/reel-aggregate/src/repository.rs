@@ -121,46 +121,72 @@ impl<A: Aggregate> Repository<A> {
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, AggregateError<A::Error>> {
         let stream = self.stream(id)?;
         let mut loaded = Loaded { id: id.to_string(), state: A::default(), version: None, from_snapshot: false };
-        if let Some(snapshot) = self.usable_snapshot(&stream).await {
-            match serde_json::from_slice::<A>(&snapshot.data) {
-                Ok(state) => {
-                    loaded.state = state;
-                    loaded.version = Some(snapshot.version);
-                    loaded.from_snapshot = true;
-                }
-                Err(e) => {
-                    tracing::warn!(%stream, error = %e, "ignoring a snapshot that does not decode; rebuilding from events")
-                }
-            }
-        }
-        let mut next = loaded.version.map_or(0, |v| v.0 + 1);
+        let mut next = 0;
+        // A snapshot can only exist once the stream has `SNAPSHOT_EVERY` events: the first read
+        // asks for that many, and only a full first page looks a snapshot up. Short aggregates
+        // (most of them) never pay for the lookup.
+        let snapshot_after = match (&self.snapshots, A::SNAPSHOT_EVERY) {
+            (Some(_), Some(every)) => Some(every.clamp(1, PAGE as u64) as usize),
+            _ => None,
+        };
+        let mut first_page = snapshot_after.is_some();
         loop {
-            let page = match self.store.read_stream(&stream, StreamVersion(next), Direction::Forward, PAGE).await {
+            let limit = if first_page { snapshot_after.unwrap_or(PAGE) } else { PAGE };
+            let page = match self.store.read_stream(&stream, StreamVersion(next), Direction::Forward, limit).await {
                 Ok(page) => page,
                 Err(ReelError::StreamNotFound { .. }) => return Ok(loaded),
                 Err(e) => return Err(e.into()),
             };
-            for stored in &page {
-                let stored = self.upcasters.upcast(stored.clone())?;
-                loaded.version = Some(stored.stream_version);
-                if !A::Event::EVENT_TYPES.contains(&stored.event_type.as_str()) {
-                    if A::TOLERATES_UNKNOWN_EVENTS {
-                        continue;
+            if first_page && page.len() == limit {
+                first_page = false;
+                if let Some(snapshot) = self.usable_snapshot(&stream).await {
+                    match serde_json::from_slice::<A>(&snapshot.data) {
+                        Ok(state) => {
+                            loaded.state = state;
+                            loaded.version = Some(snapshot.version);
+                            loaded.from_snapshot = true;
+                            next = snapshot.version.0 + 1;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%stream, error = %e, "ignoring a snapshot that does not decode; rebuilding from events")
+                        }
                     }
-                    return Err(AggregateError::UnknownEventType {
-                        stream,
-                        event_type: stored.event_type,
-                        position: stored.position.0,
-                    });
                 }
-                let event = decode::<A>(&stream, &stored)?;
-                loaded.state.apply(&event);
             }
-            if page.len() < PAGE {
+            first_page = false;
+            for stored in &page {
+                self.apply_stored(&stream, &mut loaded, stored)?;
+            }
+            if page.len() < limit {
                 return Ok(loaded);
             }
             next = page.last().map_or(next, |e| e.stream_version.0 + 1);
         }
+    }
+
+    /// Upcasts, decodes and applies one stored event (or skips an unknown one when tolerated).
+    fn apply_stored(
+        &self,
+        stream: &StreamName,
+        loaded: &mut Loaded<A>,
+        stored: &reel_core::RecordedEvent,
+    ) -> Result<(), AggregateError<A::Error>> {
+        let stored = self.upcasters.upcast(stored.clone())?;
+        loaded.version = Some(stored.stream_version);
+        if !A::Event::EVENT_TYPES.contains(&stored.event_type.as_str()) {
+            if A::TOLERATES_UNKNOWN_EVENTS {
+                return Ok(());
+            }
+            return Err(AggregateError::UnknownEventType {
+                stream: stream.clone(),
+                event_type: stored.event_type,
+                position: stored.position.0,
+            });
+        }
+        let event = decode::<A>(stream, &stored)?;
+        loaded.state.apply(&event);
+        Ok(())
     }
 
     /// Appends `events` to aggregate `id` if it is still at `expected` (`None`: not created yet),

@@ -134,7 +134,7 @@ impl SqliteStore {
 
     /// The aggregate snapshot store kept in the same file.
     pub fn snapshot_store(&self) -> Result<SqliteSnapshotStore, ReelError> {
-        SqliteSnapshotStore::open(&self.inner.path)
+        SqliteSnapshotStore::open(&self.inner.path, Arc::clone(&self.inner.readers))
     }
 
     /// The subscription store kept in the same file.

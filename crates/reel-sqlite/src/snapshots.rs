@@ -7,21 +7,24 @@ use async_trait::async_trait;
 use reel_core::{ReelError, Snapshot, SnapshotStore, StreamName, StreamVersion, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::reader::ReaderPool;
 use crate::schema::open_connection;
 
-/// Snapshots of one store file. Cheap to clone.
+/// Snapshots of one store file. Cheap to clone. Loads use the store's reader pool (they happen
+/// on every aggregate load, concurrently); saves use a connection of their own.
 #[derive(Clone)]
 pub struct SqliteSnapshotStore {
     conn: Arc<Mutex<Connection>>,
+    readers: Arc<ReaderPool>,
 }
 
 impl SqliteSnapshotStore {
-    pub(crate) fn open(path: &Path) -> Result<Self, ReelError> {
+    pub(crate) fn open(path: &Path, readers: Arc<ReaderPool>) -> Result<Self, ReelError> {
         let conn = open_connection(path, false)?;
         // A lost snapshot only costs a longer load: no fsync per snapshot.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| ReelError::storage(format!("configuring {}", path.display()), e))?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), readers })
     }
 
     async fn run<T: Send + 'static>(
@@ -56,19 +59,23 @@ impl SnapshotStore for SqliteSnapshotStore {
     async fn load_snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, ReelError> {
         let name = stream.as_str().to_string();
         let stream = stream.clone();
-        self.run("loading a snapshot", move |conn| {
-            conn.prepare_cached("SELECT version, schema_version, data, taken_at FROM snapshots WHERE stream = ?1")?
-                .query_row(params![name], |r| {
-                    Ok(Snapshot {
-                        stream: stream.clone(),
-                        version: StreamVersion(r.get::<_, i64>(0)? as u64),
-                        schema_version: r.get(1)?,
-                        data: r.get(2)?,
-                        taken_at: Timestamp::from_unix_micros(r.get(3)?),
+        self.readers
+            .run(move |_, conn| {
+                conn.prepare_cached("SELECT version, schema_version, data, taken_at FROM snapshots WHERE stream = ?1")
+                    .and_then(|mut s| {
+                        s.query_row(params![name], |r| {
+                            Ok(Snapshot {
+                                stream: stream.clone(),
+                                version: StreamVersion(r.get::<_, i64>(0)? as u64),
+                                schema_version: r.get(1)?,
+                                data: r.get(2)?,
+                                taken_at: Timestamp::from_unix_micros(r.get(3)?),
+                            })
+                        })
+                        .optional()
                     })
-                })
-                .optional()
-        })
-        .await
+                    .map_err(|e| ReelError::storage("loading a snapshot", e))
+            })
+            .await
     }
 }

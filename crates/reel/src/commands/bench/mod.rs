@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::transfer::progress;
 use crate::Cli;
 
+mod aggregates;
 mod store;
 mod subscriptions;
 
@@ -54,6 +55,21 @@ pub enum BenchCommand {
         /// MiB written for the disk bandwidth probe.
         #[arg(long, default_value_t = 256)]
         disk_mib: u64,
+    },
+    /// Aggregates: load with and without snapshots, command throughput, conflicts on a hot aggregate.
+    Aggregates {
+        /// Events in the aggregate that is loaded.
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 32)]
+        callers: u64,
+        /// Commands on distinct aggregates.
+        #[arg(long, default_value_t = 20_000)]
+        commands: u64,
+        /// Commands on the one hot aggregate.
+        #[arg(long, default_value_t = 2_000)]
+        hot_commands: u64,
     },
     /// Subscriptions: catch-up, transactional SQL rebuild, live latency, idle worker CPU.
     Subscriptions {
@@ -142,6 +158,15 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> Result<()> {
                 idle_seconds: *idle_seconds,
             };
             subscriptions::bench_subscriptions(&dir, &plan).await.map(|(rows, extra)| ("subscriptions", rows, extra))
+        }
+        BenchCommand::Aggregates { events, callers, commands, hot_commands } => {
+            let plan = aggregates::AggregatePlan {
+                events: (*events).max(1),
+                callers: (*callers).clamp(1, 1024),
+                commands: *commands,
+                hot_commands: *hot_commands,
+            };
+            aggregates::bench_aggregates(&dir, &plan).await.map(|(rows, extra)| ("aggregates", rows, extra))
         }
         BenchCommand::Read { events, page } => {
             bench_read(&dir, *events, (*page).clamp(1, reel_sqlite::MAX_READ_LIMIT), args.event_size)
