@@ -19,6 +19,7 @@ mod all_reader;
 mod error;
 mod event;
 mod head;
+pub mod idempotency;
 mod limits;
 mod position;
 mod snapshot;

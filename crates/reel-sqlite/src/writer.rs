@@ -13,17 +13,17 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
 use reel_core::{
-    AppendRequest, AppendResult, EventId, ExpectedVersion, HeadNotifier, NewEvent, Position, ReelError, StreamName,
-    StreamVersion, Timestamp,
+    AppendRequest, AppendResult, EventId, HeadNotifier, NewEvent, Position, ReelError, StreamName, StreamVersion,
+    Timestamp,
 };
 use rusqlite::{params, Connection};
+
+use reel_core::idempotency::{check_recent, retry_start, same_append, RecentIds, StoredForRetry};
 
 use crate::queries;
 use tokio::sync::oneshot;
 
-/// How many of a stream's latest events a retry is recognised among (when its expected version
-/// no longer says where the events sit).
-pub const RECENT_ID_WINDOW: u64 = 1_000;
+pub use reel_core::idempotency::RECENT_ID_WINDOW;
 
 /// Appends submitted together, answered together.
 pub struct WriteJob {
@@ -193,12 +193,7 @@ fn append_one(
     let actual = row.map(|(_, v)| StreamVersion(v));
 
     if !request.expected.is_satisfied_by(actual) {
-        let retry_start = match request.expected {
-            ExpectedVersion::Exact(v) => v.0.checked_add(1),
-            ExpectedVersion::NoStream => Some(0),
-            _ => None,
-        };
-        if let (Some(found), Some(start)) = (row, retry_start) {
+        if let (Some(found), Some(start)) = (row, retry_start(request.expected)) {
             if let Some(result) = earlier_append_at(conn, stream, found.0, start, events)? {
                 return Ok((result, found));
             }
@@ -277,38 +272,40 @@ fn metadata_text(event: &NewEvent) -> Option<String> {
     (!event.metadata.is_empty()).then(|| serde_json::Value::Object(event.metadata.clone()).to_string())
 }
 
-/// A stored event, as far as retry detection needs it.
-struct StoredEvent {
-    position: Position,
-    version: u64,
-    id: EventId,
-    event_type: String,
-    data: Vec<u8>,
-    metadata: Option<String>,
-}
-
 /// The stream's events from version `start` on, at most `limit`.
-fn stored_from(conn: &Connection, stream_id: i64, start: u64, limit: usize) -> Result<Vec<StoredEvent>, ReelError> {
+fn stored_from(conn: &Connection, stream_id: i64, start: u64, limit: usize) -> Result<Vec<StoredForRetry>, ReelError> {
+    let err = |e| ReelError::storage("checking for a retried append", e);
     let mut statement = conn
         .prepare_cached(
             "SELECT position, stream_version, event_id, event_type, data, metadata FROM events
              WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3",
         )
-        .map_err(|e| ReelError::storage("checking for a retried append", e))?;
+        .map_err(err)?;
     let rows = statement
         .query_map(params![stream_id, start as i64, limit as i64], |r| {
-            Ok(StoredEvent {
-                position: Position(r.get::<_, i64>(0)? as u64),
-                version: r.get::<_, i64>(1)? as u64,
-                id: EventId::from_bytes(r.get::<_, [u8; 16]>(2)?),
-                event_type: r.get(3)?,
-                data: r.get(4)?,
-                metadata: r.get(5)?,
-            })
+            let metadata: Option<String> = r.get(5)?;
+            Ok((
+                Position(r.get::<_, i64>(0)? as u64),
+                r.get::<_, i64>(1)? as u64,
+                EventId::from_bytes(r.get::<_, [u8; 16]>(2)?),
+                r.get::<_, String>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                metadata,
+            ))
         })
         .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ReelError::storage("checking for a retried append", e))?;
-    Ok(rows)
+        .map_err(err)?;
+    rows.into_iter()
+        .map(|(position, version, id, event_type, data, metadata)| {
+            let metadata = match metadata {
+                None => Default::default(),
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|e| ReelError::storage("decoding stored metadata", e))?
+                }
+            };
+            Ok(StoredForRetry { position, version, id, event_type, data, metadata })
+        })
+        .collect()
 }
 
 /// When the stream holds events from `start` on and the first is `events[0]`, this append was
@@ -346,51 +343,11 @@ fn earlier_append_among_recent(
         })
         .and_then(|rows| rows.collect())
         .map_err(|e| ReelError::storage("checking recent event ids", e))?;
-    let first_known = events.iter().enumerate().find_map(|(i, e)| Some((i, e.id?, *recent.get(&e.id?)?)));
-    match first_known {
-        None => Ok(None),
-        Some((0, _, version)) => {
+    match check_recent(stream, &recent, events)? {
+        RecentIds::New => Ok(None),
+        RecentIds::RetryFrom(version) => {
             let stored = stored_from(conn, stream_id, version, events.len())?;
             same_append(stream, &stored, events).map(Some)
         }
-        Some((index, id, version)) => Err(ReelError::DuplicateEventId {
-            stream: stream.clone(),
-            id,
-            reason: format!(
-                "event #{index} is already stored at version {version}, but the batch is not a retry of that append"
-            ),
-        }),
     }
-}
-
-/// `stored` must be exactly `events`, same ids in the same order with the same content.
-fn same_append(stream: &StreamName, stored: &[StoredEvent], events: &[NewEvent]) -> Result<AppendResult, ReelError> {
-    for (index, event) in events.iter().enumerate() {
-        let duplicate =
-            |id: EventId, reason: String| ReelError::DuplicateEventId { stream: stream.clone(), id, reason };
-        let Some(s) = stored.get(index) else {
-            let id = event.id.unwrap_or(stored[0].id);
-            return Err(duplicate(
-                id,
-                format!("only the first {} events of this batch were stored by the earlier append", stored.len()),
-            ));
-        };
-        if event.id != Some(s.id) {
-            return Err(duplicate(
-                s.id,
-                format!("the earlier append stored a different event at version {}", s.version),
-            ));
-        }
-        let same_metadata = metadata_text(event) == s.metadata
-            || s.metadata.as_deref().and_then(|m| serde_json::from_str(m).ok()).as_ref() == Some(&event.metadata);
-        if event.event_type != s.event_type || event.data != s.data || !same_metadata {
-            return Err(duplicate(s.id, format!("already stored at version {} with different content", s.version)));
-        }
-    }
-    let last = &stored[events.len() - 1];
-    Ok(AppendResult {
-        first_position: stored[0].position,
-        last_position: last.position,
-        next_version: StreamVersion(last.version),
-    })
 }
