@@ -1,0 +1,232 @@
+//! Reel's PostgreSQL event store: the same contract as the embedded store, for many servers and
+//! workers sharing one database.
+//!
+//! Positions come from a single head row locked inside each append transaction (taken once per
+//! group commit), so they are gap-free and commit-ordered; followers are woken by LISTEN/NOTIFY
+//! with a slow fallback poll, and the listening connection reconnects by itself.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reel_core::ReelError> {
+//! use reel_core::{EventStore, ExpectedVersion, NewEvent, StreamName};
+//! let store = reel_postgres::PostgresStore::connect("postgres://postgres@127.0.0.1:5432/test", "reel").await?;
+//! let stream = StreamName::new("unit-PL-1001")?;
+//! store.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("DoorOpened", "{}")]).await?;
+//! # Ok(()) }
+//! ```
+
+mod listener;
+mod reader;
+mod schema;
+mod writer;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use reel_core::{
+    AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadNotifier,
+    HeadWatch, NewEvent, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
+    StreamVersion,
+};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_postgres::{Client, NoTls};
+
+pub use schema::SCHEMA_VERSION;
+
+/// Largest page a single read returns.
+pub const MAX_READ_LIMIT: usize = 100_000;
+
+/// The PostgreSQL store. Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    schema: String,
+    limits: AppendLimits,
+    jobs: mpsc::Sender<writer::WriteJob>,
+    reader: Mutex<Arc<Client>>,
+    head: Arc<HeadNotifier>,
+    _listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self._listener.abort();
+    }
+}
+
+/// A connection and its driver.
+pub(crate) type Connection = tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
+
+/// Opens a connection named `application_name` (visible in `pg_stat_activity`); the error names
+/// the URL (without its password).
+pub(crate) async fn connect_client(url: &str, application_name: &str) -> Result<(Client, Connection), ReelError> {
+    let fail = |e: tokio_postgres::Error| ReelError::storage(format!("connecting to {}", redact(url)), e);
+    let mut config: tokio_postgres::Config = url.parse().map_err(fail)?;
+    config.application_name(application_name);
+    config.connect(NoTls).await.map_err(fail)
+}
+
+/// A client whose connection runs in the background.
+async fn spawn_client(url: &str) -> Result<Client, ReelError> {
+    let (client, connection) = connect_client(url, "reel").await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The URL with any password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl PostgresStore {
+    /// Connects, creates or migrates `schema`, and starts the writer and the listener.
+    pub async fn connect(url: &str, schema: &str) -> Result<Self, ReelError> {
+        Self::connect_with(url, schema, AppendLimits::default()).await
+    }
+
+    /// As [`connect`](Self::connect), with append limits.
+    pub async fn connect_with(url: &str, schema: &str, limits: AppendLimits) -> Result<Self, ReelError> {
+        schema::validate_schema(schema)?;
+        let mut setup = spawn_client(url).await?;
+        schema::migrate(&mut setup, schema).await?;
+        let reader = Arc::new(spawn_client(url).await?);
+        let head = Arc::new(HeadNotifier::new(reader::head(&reader, schema).await?));
+        let (jobs, receiver) = mpsc::channel(4096);
+        let writer_url = url.to_string();
+        tokio::spawn(writer::run_writer(setup, schema.to_string(), receiver, head.clone(), move || {
+            let url = writer_url.clone();
+            async move { spawn_client(&url).await }
+        }));
+        let listener = tokio::spawn(listener::run(url.to_string(), schema.to_string(), head.clone()));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                url: url.to_string(),
+                schema: schema.to_string(),
+                limits,
+                jobs,
+                reader: Mutex::new(reader),
+                head,
+                _listener: listener,
+            }),
+        })
+    }
+
+    /// The schema this store lives in.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// The reader connection, reconnected when it was lost.
+    async fn reader(&self) -> Result<Arc<Client>, ReelError> {
+        let mut reader = self.inner.reader.lock().await;
+        if reader.is_closed() {
+            *reader = Arc::new(spawn_client(&self.inner.url).await?);
+        }
+        Ok(reader.clone())
+    }
+
+    async fn submit(&self, requests: Vec<AppendRequest>) -> Result<Vec<Result<AppendResult, ReelError>>, ReelError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.jobs.send(writer::WriteJob { requests, reply }).await.map_err(|_| ReelError::Closed)?;
+        answer.await.map_err(|_| ReelError::Closed)
+    }
+}
+
+fn check_limit(limit: usize) -> Result<(), ReelError> {
+    if limit == 0 || limit > MAX_READ_LIMIT {
+        return Err(ReelError::InvalidArgument(format!("limit must be between 1 and {MAX_READ_LIMIT}, got {limit}")));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, ReelError> {
+        self.inner.limits.validate(&events)?;
+        let request = AppendRequest { stream: stream.clone(), expected, events };
+        self.submit(vec![request]).await?.pop().unwrap_or(Err(ReelError::Closed))
+    }
+
+    async fn append_many(&self, requests: Vec<AppendRequest>) -> Vec<Result<AppendResult, ReelError>> {
+        let checks: Vec<Result<(), ReelError>> =
+            requests.iter().map(|r| self.inner.limits.validate(&r.events)).collect();
+        let valid: Vec<AppendRequest> =
+            requests.into_iter().zip(&checks).filter(|(_, c)| c.is_ok()).map(|(r, _)| r).collect();
+        let mut stored = match self.submit(valid).await {
+            Ok(results) => results.into_iter(),
+            Err(e) => return checks.iter().map(|_| Err(e.clone())).collect(),
+        };
+        checks
+            .into_iter()
+            .map(|check| match check {
+                Ok(()) => stored.next().unwrap_or(Err(ReelError::Closed)),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: StreamVersion,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, ReelError> {
+        check_limit(limit)?;
+        reader::read_stream(&*self.reader().await?, &self.inner.schema, stream, from, direction, limit).await
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Option<StreamVersion>, ReelError> {
+        reader::stream_version(&*self.reader().await?, &self.inner.schema, stream).await
+    }
+
+    async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
+        check_limit(limit)?;
+        reader::read_all(&*self.reader().await?, &self.inner.schema, from, filter, limit).await
+    }
+
+    async fn head(&self) -> Result<Position, ReelError> {
+        let head = reader::head(&*self.reader().await?, &self.inner.schema).await?;
+        self.inner.head.advance(head);
+        Ok(head)
+    }
+
+    fn watch_head(&self) -> HeadWatch {
+        self.inner.head.watch()
+    }
+
+    async fn streams(
+        &self,
+        category: Option<&str>,
+        after: Option<&StreamName>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>, ReelError> {
+        check_limit(limit)?;
+        reader::streams(&*self.reader().await?, &self.inner.schema, category, after, limit).await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, ReelError> {
+        reader::stats(&*self.reader().await?, &self.inner.schema).await
+    }
+}

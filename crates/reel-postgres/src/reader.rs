@@ -1,0 +1,193 @@
+//! Read queries.
+
+use reel_core::{
+    AllPage, Direction, EventId, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
+    StreamVersion, Timestamp,
+};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
+
+/// How many positions a filtered `read_all` scans before it returns a (possibly empty) page.
+const FILTERED_SCAN_WINDOW: i64 = 65_536;
+
+fn err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> ReelError {
+    move |e| ReelError::storage(what, e)
+}
+
+const EVENT_COLUMNS: &str =
+    "e.position, s.name, e.stream_version, e.event_id, e.event_type, e.data, e.metadata, e.recorded_at";
+
+fn event(row: &Row) -> Result<RecordedEvent, ReelError> {
+    Ok(RecordedEvent {
+        position: Position(row.get::<_, i64>(0) as u64),
+        stream: StreamName::new(row.get::<_, String>(1))?,
+        stream_version: StreamVersion(row.get::<_, i64>(2) as u64),
+        id: EventId(row.get(3)),
+        event_type: row.get(4),
+        data: row.get(5),
+        metadata: match row.get::<_, Option<serde_json::Value>>(6) {
+            Some(serde_json::Value::Object(map)) => map,
+            _ => Default::default(),
+        },
+        recorded_at: Timestamp::from_unix_micros(row.get(7)),
+    })
+}
+
+pub async fn head(client: &Client, schema: &str) -> Result<Position, ReelError> {
+    let row = client
+        .query_one(&format!("SELECT position FROM {schema}.head"), &[])
+        .await
+        .map_err(err("reading the head position"))?;
+    Ok(Position(row.get::<_, i64>(0) as u64))
+}
+
+pub async fn stream_version(
+    client: &Client,
+    schema: &str,
+    stream: &StreamName,
+) -> Result<Option<StreamVersion>, ReelError> {
+    let row = client
+        .query_opt(&format!("SELECT version FROM {schema}.streams WHERE name = $1"), &[&stream.as_str()])
+        .await
+        .map_err(err("looking up a stream"))?;
+    Ok(row.map(|r| StreamVersion(r.get::<_, i64>(0) as u64)))
+}
+
+pub async fn read_stream(
+    client: &Client,
+    schema: &str,
+    stream: &StreamName,
+    from: StreamVersion,
+    direction: Direction,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, ReelError> {
+    let Some(row) = client
+        .query_opt(&format!("SELECT stream_id FROM {schema}.streams WHERE name = $1"), &[&stream.as_str()])
+        .await
+        .map_err(err("looking up a stream"))?
+    else {
+        return Err(ReelError::StreamNotFound { stream: stream.clone() });
+    };
+    let stream_id: i64 = row.get(0);
+    let from = from.0.min(i64::MAX as u64) as i64;
+    let (comparison, order) = match direction {
+        Direction::Forward => (">=", "ASC"),
+        Direction::Backward => ("<=", "DESC"),
+    };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id
+                 WHERE e.stream_id = $1 AND e.stream_version {comparison} $2 ORDER BY e.stream_version {order} LIMIT $3"
+            ),
+            &[&stream_id, &from, &(limit as i64)],
+        )
+        .await
+        .map_err(err("reading a stream"))?;
+    rows.iter().map(event).collect()
+}
+
+pub async fn read_all(
+    client: &Client,
+    schema: &str,
+    from: Position,
+    filter: &ReadAllFilter,
+    limit: usize,
+) -> Result<AllPage, ReelError> {
+    let from = from.0.max(1) as i64;
+    if filter.is_empty() {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id
+                     WHERE e.position >= $1 ORDER BY e.position LIMIT $2"
+                ),
+                &[&from, &(limit as i64)],
+            )
+            .await
+            .map_err(err("reading events"))?;
+        let events = rows.iter().map(event).collect::<Result<Vec<_>, _>>()?;
+        let next = events.last().map_or(Position(from as u64), |e| e.position.next());
+        return Ok(AllPage { events, next });
+    }
+    // The window ends at the head as read in the same statement, so `next` never passes an
+    // event that is not visible yet.
+    let head = head(client, schema).await?.0 as i64;
+    let window_end = (from + FILTERED_SCAN_WINDOW).min(head + 1).max(from);
+    let categories: Vec<&str> = filter.categories.iter().map(String::as_str).collect();
+    let types: Vec<&str> = filter.event_types.iter().map(String::as_str).collect();
+    let prefix = filter.stream_prefix.clone().unwrap_or_default();
+    let params: [&(dyn ToSql + Sync); 7] =
+        [&from, &window_end, &types, &categories, &prefix, &(limit as i64), &(prefix.len() as i32)];
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id
+                 WHERE e.position >= $1 AND e.position < $2
+                   AND (cardinality($3::text[]) = 0 OR e.event_type = ANY($3))
+                   AND (cardinality($4::text[]) = 0 OR s.category = ANY($4))
+                   AND ($7 = 0 OR left(s.name, $7) = $5)
+                 ORDER BY e.position LIMIT $6"
+            ),
+            &params,
+        )
+        .await
+        .map_err(err("reading events"))?;
+    let events = rows.iter().map(event).collect::<Result<Vec<_>, _>>()?;
+    let next = if events.len() == limit {
+        events.last().map_or(Position(window_end as u64), |e| e.position.next())
+    } else {
+        Position(window_end as u64)
+    };
+    Ok(AllPage { events, next })
+}
+
+pub async fn streams(
+    client: &Client,
+    schema: &str,
+    category: Option<&str>,
+    after: Option<&StreamName>,
+    limit: usize,
+) -> Result<Vec<StreamInfo>, ReelError> {
+    let after = after.map_or("", |a| a.as_str());
+    let rows = client
+        .query(
+            &format!(
+                "SELECT name, version FROM {schema}.streams WHERE ($1::text IS NULL OR category = $1) AND name > $2
+                 ORDER BY name LIMIT $3"
+            ),
+            &[&category, &after, &(limit as i64)],
+        )
+        .await
+        .map_err(err("listing streams"))?;
+    rows.iter()
+        .map(|r| {
+            Ok(StreamInfo {
+                stream: StreamName::new(r.get::<_, String>(0))?,
+                version: StreamVersion(r.get::<_, i64>(1) as u64),
+            })
+        })
+        .collect()
+}
+
+pub async fn stats(client: &Client, schema: &str) -> Result<StoreStats, ReelError> {
+    let head = head(client, schema).await?;
+    let row = client
+        .query_one(&format!("SELECT count(*) FROM {schema}.streams"), &[])
+        .await
+        .map_err(err("reading statistics"))?;
+    let size = client
+        .query_one(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind = 'r'",
+            &[&schema],
+        )
+        .await
+        .map_err(err("reading statistics"))?;
+    Ok(StoreStats {
+        event_count: head.0,
+        stream_count: row.get::<_, i64>(0) as u64,
+        head,
+        storage_bytes: Some(size.get::<_, i64>(0) as u64),
+    })
+}
