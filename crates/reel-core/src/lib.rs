@@ -39,7 +39,7 @@ pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats, StreamInfo};
 pub use stream_name::StreamName;
 pub use subscription::{
-    Lease, ParkedEvent, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,
+    refused_save, Lease, ParkedEvent, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,
     SubscriptionStatus, SubscriptionStore,
 };
 pub use timestamp::Timestamp;

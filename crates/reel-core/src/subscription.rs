@@ -285,6 +285,18 @@ impl Subscription {
     }
 }
 
+/// Why a compare-and-swap save of `subscription` was not written, given the revision now stored
+/// (`None`: the row is gone) and whether the save required a lease.
+pub fn refused_save(subscription: &Subscription, stored_revision: Option<u64>, leased: bool) -> ReelError {
+    let id = subscription.id.to_string();
+    match stored_revision {
+        None => ReelError::SubscriptionNotFound { id },
+        Some(stored) if stored != subscription.revision => ReelError::SubscriptionChanged { id },
+        Some(_) if leased => ReelError::LeaseLost { id },
+        Some(_) => ReelError::SubscriptionChanged { id },
+    }
+}
+
 /// Which subscriptions an operation applies to: OR within a list, AND across lists; empty lists match all.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubscriptionCriteria {

@@ -17,6 +17,7 @@
 mod listener;
 mod reader;
 mod schema;
+mod subscriptions;
 mod writer;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::{Client, NoTls};
 
 pub use schema::SCHEMA_VERSION;
+pub use subscriptions::{PostgresSubscriptionStore, ProjectionWork};
 
 /// Largest page a single read returns.
 pub const MAX_READ_LIMIT: usize = 100_000;
@@ -70,7 +72,7 @@ pub(crate) async fn connect_client(url: &str, application_name: &str) -> Result<
 }
 
 /// A client whose connection runs in the background.
-async fn spawn_client(url: &str) -> Result<Client, ReelError> {
+pub(crate) async fn spawn_client(url: &str) -> Result<Client, ReelError> {
     let (client, connection) = connect_client(url, "reel").await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -80,8 +82,8 @@ async fn spawn_client(url: &str) -> Result<Client, ReelError> {
     Ok(client)
 }
 
-/// The URL with any password replaced, for messages.
-fn redact(url: &str) -> String {
+/// The URL with any password replaced, for messages and output.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let credentials = &url[scheme + 3..at];
@@ -125,6 +127,11 @@ impl PostgresStore {
                 _listener: listener,
             }),
         })
+    }
+
+    /// The subscription store in the same schema.
+    pub async fn subscription_store(&self) -> Result<PostgresSubscriptionStore, ReelError> {
+        PostgresSubscriptionStore::connect(&self.inner.url, &self.inner.schema).await
     }
 
     /// The schema this store lives in.

@@ -31,6 +31,32 @@ const MIGRATIONS: &[&str] = &[
         position  bigint NOT NULL
      );
      INSERT INTO {s}.head (singleton, position) VALUES (true, 0);",
+    // 2: subscriptions (leases and compare-and-swap revisions) and parked events.
+    "CREATE TABLE {s}.subscriptions (
+        id                    text PRIMARY KEY,
+        group_name            text NOT NULL,
+        run_mode              text NOT NULL,
+        status                text NOT NULL,
+        position              bigint NOT NULL,
+        retry_attempt         integer NOT NULL,
+        error_message         text,
+        error_previous_status text,
+        paused_from           text,
+        last_saved_at         bigint NOT NULL,
+        error_position        bigint,
+        lease_owner           text,
+        lease_expires_at      bigint,
+        revision              bigint NOT NULL DEFAULT 0
+     );
+     CREATE TABLE {s}.parked_events (
+        subscription_id text NOT NULL,
+        position        bigint NOT NULL,
+        event_id        uuid NOT NULL,
+        event_type      text NOT NULL,
+        error           text NOT NULL,
+        parked_at       bigint NOT NULL,
+        PRIMARY KEY (subscription_id, position)
+     );",
 ];
 
 /// Newest schema version this build knows.

@@ -154,16 +154,12 @@ fn written_or_why(
     leased: bool,
     written: Option<Option<i64>>,
 ) -> Result<(), ReelError> {
-    let id = subscription.id.to_string();
     match written {
         None => {
             subscription.revision += 1;
             Ok(())
         }
-        Some(None) => Err(ReelError::SubscriptionNotFound { id }),
-        Some(Some(stored)) if stored as u64 != subscription.revision => Err(ReelError::SubscriptionChanged { id }),
-        Some(Some(_)) if leased => Err(ReelError::LeaseLost { id }),
-        Some(Some(_)) => Err(ReelError::SubscriptionChanged { id }),
+        Some(stored) => Err(reel_core::refused_save(subscription, stored.map(|r| r as u64), leased)),
     }
 }
 

@@ -18,9 +18,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "reel", version, about, long_about = None)]
 pub struct Cli {
-    /// Store to use: a file path or sqlite://PATH (created on first use).
+    /// Store to use: a file path or sqlite://PATH (created on first use), or postgres://…
     #[arg(long, global = true, env = "REEL_STORE", default_value = "./reel-data/reel.db")]
     pub store: String,
+    /// PostgreSQL schema of the store (several stores can share one database).
+    #[arg(long, global = true, env = "REEL_SCHEMA", default_value = "reel")]
+    pub schema: String,
     /// Largest event accepted, in bytes (type + data + metadata).
     #[arg(long, global = true, env = "REEL_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
     pub max_event_bytes: usize,
@@ -43,6 +46,8 @@ pub enum Command {
     Streams(commands::info::StreamsArgs),
     /// Print event count, stream count, head position and file size.
     Stats,
+    /// Create or upgrade the store's schema (also done on first use) and print its version.
+    Migrate,
     /// Write the log (from a position) to stdout as NDJSON.
     Export(commands::transfer::ExportArgs),
     /// Append the events of an export file; importing the same file twice stores nothing new.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use reel_core::{AppendLimits, EventStore, SubscriptionStore};
+use reel_postgres::PostgresStore;
 use reel_sqlite::{SqliteOptions, SqliteStore};
 
 use crate::exit::InvalidInput;
@@ -15,6 +16,8 @@ use crate::Cli;
 pub enum Dsn {
     /// The embedded SQLite file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://…` or `postgresql://…`).
+    Postgres(String),
 }
 
 impl Dsn {
@@ -26,9 +29,12 @@ impl Dsn {
             }
             return Ok(Dsn::Sqlite(PathBuf::from(path)));
         }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(Dsn::Postgres(text.to_string()));
+        }
         if let Some((scheme, _)) = text.split_once("://") {
             bail!(InvalidInput(format!(
-                "--store scheme {scheme}:// is not supported by this build (use a file path or sqlite://PATH)"
+                "--store scheme {scheme}:// is not supported (use a file path, sqlite://PATH or postgres://…)"
             )));
         }
         if text.is_empty() {
@@ -53,9 +59,16 @@ pub struct Stores {
 }
 
 /// Opens the event store and its subscription store.
-pub fn open_with_subscriptions(cli: &Cli) -> Result<Stores> {
+pub async fn open_with_subscriptions(cli: &Cli) -> Result<Stores> {
     let options = SqliteOptions { limits: limits(cli)?, ..SqliteOptions::default() };
     match Dsn::parse(&cli.store)? {
+        Dsn::Postgres(url) => {
+            let store = PostgresStore::connect_with(&url, &cli.schema, options.limits)
+                .await
+                .with_context(|| format!("opening schema {} of the PostgreSQL store", cli.schema))?;
+            let subscriptions = store.subscription_store().await.context("opening the subscription store")?;
+            Ok(Stores { events: Arc::new(store), subscriptions: Arc::new(subscriptions) })
+        }
         Dsn::Sqlite(path) => {
             let store =
                 SqliteStore::open_with(&path, options).with_context(|| format!("opening store {}", path.display()))?;
@@ -66,8 +79,8 @@ pub fn open_with_subscriptions(cli: &Cli) -> Result<Stores> {
 }
 
 /// Opens the event store for a command.
-pub fn open(cli: &Cli) -> Result<Arc<dyn EventStore>> {
-    Ok(open_with_subscriptions(cli)?.events)
+pub async fn open(cli: &Cli) -> Result<Arc<dyn EventStore>> {
+    Ok(open_with_subscriptions(cli).await?.events)
 }
 
 #[cfg(test)]
@@ -79,6 +92,7 @@ mod tests {
         assert_eq!(Dsn::parse("sqlite://a/b.db").unwrap(), Dsn::Sqlite("a/b.db".into()));
         assert_eq!(Dsn::parse("./x.db").unwrap(), Dsn::Sqlite("./x.db".into()));
         assert!(Dsn::parse("mysql://host/db").is_err());
+        assert_eq!(Dsn::parse("postgres://u@h/db").unwrap(), Dsn::Postgres("postgres://u@h/db".into()));
         assert!(Dsn::parse("sqlite://").is_err());
         assert!(Dsn::parse("").is_err());
     }

@@ -45,7 +45,7 @@ pub async fn run(cli: &Cli, args: &AppendArgs) -> Result<()> {
         None => vec![single_event(args)?],
     };
     store::limits(cli)?.validate(&events)?;
-    let store = store::open(cli)?;
+    let store = store::open(cli).await?;
     let result = store.append(&stream, expected, events).await.with_context(|| format!("appending to {stream}"))?;
     output::print_json(&result)
 }

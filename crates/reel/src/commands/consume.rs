@@ -139,7 +139,7 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
     } else {
         SinkSubscriber::shared(spec, CommandSink { command: args.command.clone(), timeout })
     };
-    let stores = store::open_with_subscriptions(cli)?;
+    let stores = store::open_with_subscriptions(cli).await?;
     let engine = SubscriptionEngine::new(stores.events, stores.subscriptions.clone(), vec![subscriber])?
         .with_batch_size(args.batch.clamp(1, reel_sqlite::MAX_READ_LIMIT))
         .with_retry_strategy(retry);

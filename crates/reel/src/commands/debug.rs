@@ -37,7 +37,7 @@ pub async fn run(cli: &Cli, args: &DebugArgs) -> Result<()> {
 }
 
 async fn append_loop(cli: &Cli, writers: usize, max_batch: usize) -> Result<()> {
-    let store = store::open(cli)?;
+    let store = store::open(cli).await?;
     let out = Arc::new(Mutex::new(Ndjson::stdout()));
     let mut tasks = Vec::new();
     for writer in 0..writers {

@@ -14,7 +14,7 @@ pub struct StreamsArgs {
 }
 
 pub async fn streams(cli: &Cli, args: &StreamsArgs) -> Result<()> {
-    let store = store::open(cli)?;
+    let store = store::open(cli).await?;
     let mut out = Ndjson::stdout();
     let mut after = None;
     loop {
@@ -34,13 +34,23 @@ pub async fn streams(cli: &Cli, args: &StreamsArgs) -> Result<()> {
 }
 
 pub async fn stats(cli: &Cli) -> Result<()> {
-    let store = store::open(cli)?;
+    let store = store::open(cli).await?;
     let stats = store.stats().await.context("reading statistics")?;
     print_json(&serde_json::json!({
         "event_count": stats.event_count,
         "stream_count": stats.stream_count,
         "head": stats.head,
         "file_bytes": stats.storage_bytes,
-        "store": cli.store,
+        "store": reel_postgres::redact(&cli.store),
     }))
+}
+
+pub async fn migrate(cli: &Cli) -> Result<()> {
+    // Opening a store creates or upgrades its schema (and refuses one from a newer version).
+    store::open(cli).await?;
+    let version = match store::Dsn::parse(&cli.store)? {
+        store::Dsn::Sqlite(_) => reel_sqlite::SCHEMA_VERSION as i64,
+        store::Dsn::Postgres(_) => i64::from(reel_postgres::SCHEMA_VERSION),
+    };
+    print_json(&serde_json::json!({ "store": reel_postgres::redact(&cli.store), "schema_version": version }))
 }

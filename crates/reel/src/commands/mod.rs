@@ -22,6 +22,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::ReadAll(args) => read::read_all(&cli, args).await,
         Command::Streams(args) => info::streams(&cli, args).await,
         Command::Stats => info::stats(&cli).await,
+        Command::Migrate => info::migrate(&cli).await,
         Command::Export(args) => transfer::export(&cli, args).await,
         Command::Import(args) => transfer::import(&cli, args).await,
         Command::Bench(args) => bench::run(&cli, args).await,

@@ -50,7 +50,7 @@ pub struct ReadAllArgs {
 
 pub async fn read_stream(cli: &Cli, args: &ReadArgs) -> Result<()> {
     let stream = StreamName::new(args.stream.clone())?;
-    let store = store::open(cli)?;
+    let store = store::open(cli).await?;
     let direction = if args.backward { Direction::Backward } else { Direction::Forward };
     let mut next = args.from.unwrap_or(if args.backward { u64::MAX } else { 0 });
     let mut remaining = args.limit.unwrap_or(u64::MAX);
@@ -82,7 +82,7 @@ pub async fn read_stream(cli: &Cli, args: &ReadArgs) -> Result<()> {
 }
 
 pub async fn read_all(cli: &Cli, args: &ReadAllArgs) -> Result<()> {
-    let store = store::open(cli)?;
+    let store = store::open(cli).await?;
     let filter = ReadAllFilter {
         categories: args.category.clone(),
         event_types: args.event_type.clone(),

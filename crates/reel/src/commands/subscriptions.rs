@@ -15,7 +15,7 @@ pub struct SubscriptionsArgs {
 }
 
 pub async fn run(cli: &Cli, args: &SubscriptionsArgs) -> Result<()> {
-    let stores = store::open_with_subscriptions(cli)?;
+    let stores = store::open_with_subscriptions(cli).await?;
     // No subscribers are registered here: only commands that act on stored state are offered.
     let engine = SubscriptionEngine::new(stores.events, stores.subscriptions, vec![])?;
     args.command.run(&engine).await?;

@@ -37,7 +37,7 @@ pub fn progress(total: u64, what: &str) -> ProgressBar {
 }
 
 pub async fn export(cli: &Cli, args: &ExportArgs) -> Result<()> {
-    let store = store::open(cli)?;
+    let store = store::open(cli).await?;
     let head = store.head().await?;
     let bar = progress(head.0.saturating_sub(args.from.saturating_sub(1)), "exporting");
     let mut out = Ndjson::stdout();
@@ -72,7 +72,7 @@ pub async fn import(cli: &Cli, args: &ImportArgs) -> Result<()> {
     if total == 0 {
         bail!(InvalidInput(format!("{} has no events", args.file.display())));
     }
-    let store = store::open(cli)?;
+    let store = store::open(cli).await?;
     let mut import = Import {
         store,
         head_before: Position(0),

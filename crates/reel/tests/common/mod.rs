@@ -5,22 +5,36 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// A temporary store file and a way to run `reel` on it.
+/// A temporary store (a SQLite file, or a fresh PostgreSQL schema) and a way to run `reel` on it.
 pub struct Cli {
     pub dir: tempfile::TempDir,
     pub store: PathBuf,
+    /// `(url, schema)` when the store is PostgreSQL.
+    pub postgres: Option<(String, String)>,
 }
 
 impl Cli {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = dir.path().join("reel.db");
-        Self { dir, store }
+        Self { dir, store, postgres: None }
+    }
+
+    /// A store in a new schema of the PostgreSQL at DATABASE_URL (default the local server).
+    pub fn postgres() -> Self {
+        let url =
+            std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        Self { postgres: Some((url, schema)), ..Self::new() }
     }
 
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_reel"));
-        command.env("REEL_STORE", &self.store).current_dir(self.dir.path());
+        match &self.postgres {
+            Some((url, schema)) => command.env("REEL_STORE", url).env("REEL_SCHEMA", schema),
+            None => command.env("REEL_STORE", &self.store),
+        };
+        command.current_dir(self.dir.path());
         command
     }
 

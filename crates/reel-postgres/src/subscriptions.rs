@@ -1,0 +1,347 @@
+//! Subscriptions in the same schema as the events: leases are conditional row updates (only the
+//! holder, or anyone once expired, can take one), saves are compare-and-swap on a revision.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reel_core::{
+    refused_save, EventId, Lease, ParkedEvent, Position, ReelError, RunMode, Subscription, SubscriptionCriteria,
+    SubscriptionError, SubscriptionId, SubscriptionStatus, SubscriptionStore, Timestamp,
+};
+use tokio::sync::Mutex;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
+
+use crate::spawn_client;
+
+/// The work a projection does inside its checkpoint transaction.
+pub type ProjectionWork<'t> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send + 't>,
+>;
+
+/// Subscriptions of one schema. Projections may commit their rows with their checkpoint through
+/// [`PostgresSubscriptionStore::save_with`].
+pub struct PostgresSubscriptionStore {
+    url: String,
+    schema: String,
+    client: Mutex<Client>,
+}
+
+const COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message, error_previous_status,
+    paused_from, last_saved_at, error_position, lease_owner, lease_expires_at, revision";
+
+fn err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> ReelError {
+    move |e| ReelError::storage(what, e)
+}
+
+impl PostgresSubscriptionStore {
+    /// Connects to the (already migrated) schema of a `PostgresStore`.
+    pub async fn connect(url: &str, schema: &str) -> Result<Self, ReelError> {
+        crate::schema::validate_schema(schema)?;
+        Ok(Self { url: url.to_string(), schema: schema.to_string(), client: Mutex::new(spawn_client(url).await?) })
+    }
+
+    /// The connection, reconnected when it was lost.
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, ReelError> {
+        let mut client = self.client.lock().await;
+        if client.is_closed() {
+            *client = spawn_client(&self.url).await?;
+        }
+        Ok(client)
+    }
+
+    /// Runs `work` in a transaction and saves `subscription` in it (compare-and-swap, and the
+    /// lease when `lease_owner` is given): a projection's rows and its checkpoint commit together
+    /// or not at all. `work` failing rolls back and comes back as `SubscriptionFailed`.
+    pub async fn save_with<F>(
+        &self,
+        subscription: &mut Subscription,
+        lease_owner: Option<&str>,
+        now: Timestamp,
+        work: F,
+    ) -> Result<(), ReelError>
+    where
+        F: for<'t> FnOnce(&'t tokio_postgres::Transaction<'t>) -> ProjectionWork<'t> + Send,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err("starting a projection transaction"))?;
+        if let Err(e) = work(&tx).await {
+            return Err(ReelError::SubscriptionFailed { id: subscription.id.to_string(), message: e.to_string() });
+        }
+        let written = write_state(&tx, &self.schema, subscription, lease_owner.map(|o| (o, now))).await?;
+        match written {
+            None => {
+                tx.commit().await.map_err(err("committing a projection batch"))?;
+                subscription.revision += 1;
+                Ok(())
+            }
+            Some(stored) => Err(refused_save(subscription, stored, lease_owner.is_some())),
+        }
+    }
+}
+
+/// The compare-and-swap UPDATE. `None`: written; `Some(stored revision or None)`: not written.
+async fn write_state<C: tokio_postgres::GenericClient>(
+    client: &C,
+    schema: &str,
+    s: &Subscription,
+    lease: Option<(&str, Timestamp)>,
+) -> Result<Option<Option<u64>>, ReelError> {
+    let e = err("saving a subscription");
+    let (owner, now) = lease.map_or((None, 0), |(o, t)| (Some(o), t.unix_micros()));
+    let error_message = s.error.as_ref().map(|e| e.message.as_str());
+    let error_previous = s.error.as_ref().map(|e| e.previous_status.as_str());
+    let error_position = s.error.as_ref().and_then(|e| e.failed_at).map(|p| p.0 as i64);
+    let params: [&(dyn ToSql + Sync); 14] = [
+        &s.id.as_str(),
+        &s.group,
+        &s.run_mode.as_str(),
+        &s.status.as_str(),
+        &(s.position.0 as i64),
+        &(s.retry_attempt as i32),
+        &error_message,
+        &error_previous,
+        &s.paused_from.map(SubscriptionStatus::as_str),
+        &s.last_saved_at.unix_micros(),
+        &error_position,
+        &(s.revision as i64),
+        &owner,
+        &now,
+    ];
+    let updated = client
+        .execute(
+            &format!(
+                "UPDATE {schema}.subscriptions SET group_name = $2, run_mode = $3, status = $4, position = $5,
+                   retry_attempt = $6, error_message = $7, error_previous_status = $8, paused_from = $9,
+                   last_saved_at = $10, error_position = $11, revision = revision + 1
+                 WHERE id = $1 AND revision = $12
+                   AND ($13::text IS NULL OR (lease_owner = $13 AND lease_expires_at > $14))"
+            ),
+            &params,
+        )
+        .await
+        .map_err(&e)?;
+    if updated == 1 {
+        return Ok(None);
+    }
+    let stored = client
+        .query_opt(&format!("SELECT revision FROM {schema}.subscriptions WHERE id = $1"), &[&s.id.as_str()])
+        .await
+        .map_err(&e)?;
+    Ok(Some(stored.map(|r| r.get::<_, i64>(0) as u64)))
+}
+
+fn from_row(row: &Row) -> Result<Subscription, ReelError> {
+    let error_message: Option<String> = row.get(6);
+    let error_previous: Option<String> = row.get(7);
+    let paused_from: Option<String> = row.get(8);
+    let error_position: Option<i64> = row.get(10);
+    let lease_owner: Option<String> = row.get(11);
+    let lease_expires: Option<i64> = row.get(12);
+    Ok(Subscription {
+        id: SubscriptionId::new(row.get::<_, String>(0))?,
+        group: row.get(1),
+        run_mode: row.get::<_, String>(2).parse::<RunMode>()?,
+        status: row.get::<_, String>(3).parse()?,
+        position: Position(row.get::<_, i64>(4) as u64),
+        retry_attempt: row.get::<_, i32>(5) as u32,
+        error: match (error_message, error_previous) {
+            (Some(message), Some(previous)) => Some(SubscriptionError {
+                message,
+                previous_status: previous.parse()?,
+                failed_at: error_position.map(|p| Position(p as u64)),
+            }),
+            _ => None,
+        },
+        paused_from: paused_from.map(|p| p.parse()).transpose()?,
+        last_saved_at: Timestamp::from_unix_micros(row.get(9)),
+        lease: lease_owner
+            .zip(lease_expires)
+            .map(|(owner, expires)| Lease { owner, expires_at: Timestamp::from_unix_micros(expires) }),
+        revision: row.get::<_, i64>(13) as u64,
+    })
+}
+
+#[async_trait]
+impl SubscriptionStore for PostgresSubscriptionStore {
+    async fn add(&self, s: &Subscription) -> Result<(), ReelError> {
+        let schema = &self.schema;
+        let inserted = self
+            .client()
+            .await?
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.subscriptions (id, group_name, run_mode, status, position, retry_attempt, last_saved_at, revision)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
+                ),
+                &[&s.id.as_str(), &s.group, &s.run_mode.as_str(), &s.status.as_str(), &(s.position.0 as i64), &(s.retry_attempt as i32), &s.last_saved_at.unix_micros(), &(s.revision as i64)],
+            )
+            .await
+            .map_err(err("adding a subscription"))?;
+        if inserted == 0 {
+            return Err(ReelError::InvalidArgument(format!("subscription {} already exists", s.id)));
+        }
+        Ok(())
+    }
+
+    async fn update(&self, subscription: &mut Subscription) -> Result<(), ReelError> {
+        match write_state(&*self.client().await?, &self.schema, subscription, None).await? {
+            None => {
+                subscription.revision += 1;
+                Ok(())
+            }
+            Some(stored) => Err(refused_save(subscription, stored, false)),
+        }
+    }
+
+    async fn update_leased(
+        &self,
+        subscription: &mut Subscription,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<(), ReelError> {
+        match write_state(&*self.client().await?, &self.schema, subscription, Some((owner, now))).await? {
+            None => {
+                subscription.revision += 1;
+                Ok(())
+            }
+            Some(stored) => Err(refused_save(subscription, stored, true)),
+        }
+    }
+
+    async fn remove(&self, id: &SubscriptionId) -> Result<(), ReelError> {
+        let schema = &self.schema;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err("removing a subscription"))?;
+        tx.execute(&format!("DELETE FROM {schema}.parked_events WHERE subscription_id = $1"), &[&id.as_str()])
+            .await
+            .map_err(err("removing a subscription"))?;
+        tx.execute(&format!("DELETE FROM {schema}.subscriptions WHERE id = $1"), &[&id.as_str()])
+            .await
+            .map_err(err("removing a subscription"))?;
+        tx.commit().await.map_err(err("removing a subscription"))
+    }
+
+    async fn get(&self, id: &SubscriptionId) -> Result<Option<Subscription>, ReelError> {
+        let schema = &self.schema;
+        let row = self
+            .client()
+            .await?
+            .query_opt(&format!("SELECT {COLUMNS} FROM {schema}.subscriptions WHERE id = $1"), &[&id.as_str()])
+            .await
+            .map_err(err("reading a subscription"))?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    async fn find(&self, criteria: &SubscriptionCriteria) -> Result<Vec<Subscription>, ReelError> {
+        let schema = &self.schema;
+        let rows = self
+            .client()
+            .await?
+            .query(&format!("SELECT {COLUMNS} FROM {schema}.subscriptions ORDER BY id"), &[])
+            .await
+            .map_err(err("listing subscriptions"))?;
+        let mut found = Vec::new();
+        for row in &rows {
+            let s = from_row(row)?;
+            if criteria.matches(&s.id, &s.group) {
+                found.push(s);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &SubscriptionId,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, ReelError> {
+        let schema = &self.schema;
+        let expires = now.unix_micros() + ttl.as_micros() as i64;
+        let taken = self
+            .client()
+            .await?
+            .execute(
+                &format!(
+                    "UPDATE {schema}.subscriptions SET lease_owner = $2, lease_expires_at = $3
+                     WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at <= $4)"
+                ),
+                &[&id.as_str(), &owner, &expires, &now.unix_micros()],
+            )
+            .await
+            .map_err(err("taking a subscription lease"))?;
+        Ok(taken == 1)
+    }
+
+    async fn release_lease(&self, id: &SubscriptionId, owner: &str) -> Result<(), ReelError> {
+        let schema = &self.schema;
+        self.client()
+            .await?
+            .execute(
+                &format!("UPDATE {schema}.subscriptions SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2"),
+                &[&id.as_str(), &owner],
+            )
+            .await
+            .map_err(err("releasing a subscription lease"))?;
+        Ok(())
+    }
+
+    async fn park(&self, p: &ParkedEvent) -> Result<(), ReelError> {
+        let schema = &self.schema;
+        self.client()
+            .await?
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.parked_events (subscription_id, position, event_id, event_type, error, parked_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (subscription_id, position) DO UPDATE SET event_id = $3, event_type = $4, error = $5, parked_at = $6"
+                ),
+                &[&p.subscription.as_str(), &(p.position.0 as i64), &p.event_id.0, &p.event_type, &p.error, &p.parked_at.unix_micros()],
+            )
+            .await
+            .map_err(err("parking an event"))?;
+        Ok(())
+    }
+
+    async fn parked(&self, id: &SubscriptionId) -> Result<Vec<ParkedEvent>, ReelError> {
+        let schema = &self.schema;
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT position, event_id, event_type, error, parked_at FROM {schema}.parked_events
+                     WHERE subscription_id = $1 ORDER BY position"
+                ),
+                &[&id.as_str()],
+            )
+            .await
+            .map_err(err("listing parked events"))?;
+        Ok(rows
+            .iter()
+            .map(|r| ParkedEvent {
+                subscription: id.clone(),
+                position: Position(r.get::<_, i64>(0) as u64),
+                event_id: EventId(r.get(1)),
+                event_type: r.get(2),
+                error: r.get(3),
+                parked_at: Timestamp::from_unix_micros(r.get(4)),
+            })
+            .collect())
+    }
+
+    async fn unpark(&self, id: &SubscriptionId, position: Position) -> Result<(), ReelError> {
+        let schema = &self.schema;
+        self.client()
+            .await?
+            .execute(
+                &format!("DELETE FROM {schema}.parked_events WHERE subscription_id = $1 AND position = $2"),
+                &[&id.as_str(), &(position.0 as i64)],
+            )
+            .await
+            .map_err(err("unparking an event"))?;
+        Ok(())
+    }
+}
