@@ -109,3 +109,122 @@ async fn a_schema_of_a_newer_version_and_bad_names_are_refused() {
     let err = PostgresStore::connect("postgres://nobody@127.0.0.1:1/none", "x").await.err().expect("unreachable");
     assert!(err.to_string().contains("127.0.0.1:1"), "the error names the server: {err}");
 }
+
+/// 8 writers × 5,000 events (single and batched appends; a quarter of them with `Exact` to
+/// shared streams, retried on conflicts) while 3 followers tail the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_writers_and_three_followers_see_one_gap_free_order() {
+    const WRITERS: u64 = 8;
+    const EVENTS_PER_WRITER: u64 = 5_000;
+    let schema = fresh_schema();
+    let store: Arc<dyn EventStore> = Arc::new(connect(&schema).await);
+    let total = WRITERS * EVENTS_PER_WRITER;
+    let followers: Vec<_> = (0..3)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut watch = store.watch_head();
+                let mut reader = AllReader::new(store.clone(), Position(1), ReadAllFilter::default(), 1000);
+                let mut seen: Vec<u64> = Vec::with_capacity(total as usize);
+                while (seen.len() as u64) < total {
+                    match reader.next_page().await.unwrap() {
+                        Some(events) => seen.extend(events.into_iter().map(|e| e.position.0)),
+                        None => {
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(2),
+                                watch.wait_past(Position(reader.position().0 - 1)),
+                            )
+                            .await;
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let own = StreamName::new(format!("own-{w}")).unwrap();
+                let mut written = 0;
+                let mut round = 0u64;
+                while written < EVENTS_PER_WRITER {
+                    round += 1;
+                    if round % 4 == 0 {
+                        let shared = StreamName::new(format!("shared-{}", round % 3)).unwrap();
+                        loop {
+                            let expected = store
+                                .stream_version(&shared)
+                                .await
+                                .unwrap()
+                                .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                            match store.append(&shared, expected, vec![NewEvent::new("Shared", "{}")]).await {
+                                Ok(_) => break,
+                                Err(ReelError::WrongExpectedVersion { .. }) => continue,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                        written += 1;
+                    } else {
+                        let n = (1 + round % 50).min(EVENTS_PER_WRITER - written);
+                        let batch = (0..n).map(|_| NewEvent::new("Own", "{}")).collect();
+                        store.append(&own, ExpectedVersion::Any, batch).await.unwrap();
+                        written += n;
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for follower in followers {
+        let seen = tokio::time::timeout(Duration::from_secs(120), follower).await.expect("follower finished").unwrap();
+        assert_eq!(seen.len() as u64, total);
+        assert!(
+            seen.iter().enumerate().all(|(i, p)| *p == i as u64 + 1),
+            "a follower saw positions out of order or with a gap"
+        );
+    }
+    assert_eq!(store.head().await.unwrap(), Position(total));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_commits_its_rows_with_its_checkpoint() {
+    use reel_core::{RunMode, Subscription, SubscriptionId, SubscriptionStore, Timestamp};
+    let schema = fresh_schema();
+    let store = connect(&schema).await;
+    let subscriptions = store.subscription_store().await.unwrap();
+    let admin = admin().await;
+    admin.execute(&format!("CREATE TABLE {schema}.counts (n integer NOT NULL)"), &[]).await.unwrap();
+    let mut s =
+        Subscription::new(SubscriptionId::new("p_1").unwrap(), "projector", RunMode::FromBeginning, Timestamp::now());
+    subscriptions.add(&s).await.unwrap();
+    s.position = Position(10);
+    let table = format!("{schema}.counts");
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+    subscriptions
+        .save_with(&mut s, None, Timestamp::now(), move |tx| {
+            Box::pin(async move {
+                tx.execute(insert.as_str(), &[]).await?;
+                Ok(())
+            })
+        })
+        .await
+        .unwrap();
+    s.position = Position(20);
+    let insert = format!("INSERT INTO {table} VALUES (2)");
+    let failed = subscriptions
+        .save_with(&mut s, None, Timestamp::now(), move |tx| {
+            Box::pin(async move {
+                tx.execute(insert.as_str(), &[]).await?;
+                Err("the projection refused the batch".into())
+            })
+        })
+        .await;
+    assert!(matches!(failed, Err(ReelError::SubscriptionFailed { .. })), "{failed:?}");
+    let rows: i64 = admin.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+    assert_eq!(rows, 1, "the failed batch left no row");
+    assert_eq!(subscriptions.get(&s.id).await.unwrap().unwrap().position, Position(10), "and no checkpoint");
+}
