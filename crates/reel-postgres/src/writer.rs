@@ -25,6 +25,23 @@ pub struct WriteJob {
 /// Most jobs in one transaction.
 const MAX_GROUP: usize = 512;
 
+/// Statements prepared on the writer's connection, by SQL text: each statement then costs one
+/// round trip instead of two (prepare, execute).
+type Statements = HashMap<String, tokio_postgres::Statement>;
+
+async fn prepared(
+    tx: &Transaction<'_>,
+    cache: &mut Statements,
+    sql: String,
+) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    if let Some(statement) = cache.get(&sql) {
+        return Ok(statement.clone());
+    }
+    let statement = tx.prepare(&sql).await?;
+    cache.insert(sql, statement.clone());
+    Ok(statement)
+}
+
 /// Runs until every sender is dropped. Reconnects with `connect` when the connection is lost.
 pub async fn run_writer<C, F>(
     mut client: Client,
@@ -36,6 +53,7 @@ pub async fn run_writer<C, F>(
     C: Fn() -> F,
     F: std::future::Future<Output = Result<Client, ReelError>>,
 {
+    let mut statements = Statements::new();
     while let Some(first) = jobs.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -46,7 +64,10 @@ pub async fn run_writer<C, F>(
         }
         if client.is_closed() {
             match connect().await {
-                Ok(fresh) => client = fresh,
+                Ok(fresh) => {
+                    client = fresh;
+                    statements.clear();
+                }
                 Err(e) => {
                     for job in group {
                         let _ = job.reply.send(job.requests.iter().map(|_| Err(e.clone())).collect());
@@ -56,7 +77,7 @@ pub async fn run_writer<C, F>(
             }
         }
         let requests: Vec<&AppendRequest> = group.iter().flat_map(|job| job.requests.iter()).collect();
-        let mut results = commit_group(&mut client, &schema, &requests, &head).await.into_iter();
+        let mut results = commit_group(&mut client, &mut statements, &schema, &requests, &head).await.into_iter();
         for job in group {
             let answers: Vec<_> = results.by_ref().take(job.requests.len()).collect();
             let _ = job.reply.send(answers);
@@ -66,6 +87,7 @@ pub async fn run_writer<C, F>(
 
 async fn commit_group(
     client: &mut Client,
+    statements: &mut Statements,
     schema: &str,
     requests: &[&AppendRequest],
     notifier: &HeadNotifier,
@@ -77,7 +99,8 @@ async fn commit_group(
         Ok(tx) => tx,
         Err(e) => return fail_all(storage("starting an append transaction", e)),
     };
-    let head = match tx.query_one(&format!("SELECT position FROM {schema}.head FOR UPDATE"), &[]).await {
+    let lock = prepared(&tx, statements, format!("SELECT position FROM {schema}.head FOR UPDATE")).await;
+    let head = match async { tx.query_one(&lock?, &[]).await }.await {
         Ok(row) => Position(row.get::<_, i64>(0) as u64),
         Err(e) => return fail_all(storage("locking the head", e)),
     };
@@ -86,17 +109,21 @@ async fn commit_group(
     let mut rows: HashMap<StreamName, (i64, u64)> = HashMap::new();
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
-        match append_one(&tx, schema, request, &mut rows, &mut head_after, now).await {
+        match append_one(&tx, statements, schema, request, &mut rows, &mut head_after, now).await {
             Ok(result) => results.push(Ok(result)),
             Err(Rejected::Check(e)) => results.push(Err(e)),
             Err(Rejected::Write(e)) => return fail_all(e),
         }
     }
     if head_after != head {
-        let update = tx.execute(&format!("UPDATE {schema}.head SET position = $1"), &[&(head_after.0 as i64)]).await;
-        // Delivered at commit, to every listener on this schema's channel.
-        let notify = tx.execute("SELECT pg_notify($1, $2)", &[&channel(schema), &head_after.0.to_string()]).await;
-        if let Err(e) = update.and(notify) {
+        let moved = async {
+            let update = prepared(&tx, statements, format!("UPDATE {schema}.head SET position = $1")).await?;
+            tx.execute(&update, &[&(head_after.0 as i64)]).await?;
+            // Delivered at commit, to every listener on this schema's channel.
+            let notify = prepared(&tx, statements, "SELECT pg_notify($1, $2)".to_string()).await?;
+            tx.execute(&notify, &[&channel(schema), &head_after.0.to_string()]).await
+        };
+        if let Err(e) = moved.await {
             return fail_all(storage("moving the head", e));
         }
     }
@@ -125,6 +152,7 @@ impl From<ReelError> for Rejected {
 
 async fn append_one(
     tx: &Transaction<'_>,
+    statements: &mut Statements,
     schema: &str,
     request: &AppendRequest,
     rows: &mut HashMap<StreamName, (i64, u64)>,
@@ -136,17 +164,22 @@ async fn append_one(
     let err = |e: tokio_postgres::Error| ReelError::storage(format!("appending to {stream}"), e);
     let row = match rows.get(stream) {
         Some(row) => Some(*row),
-        None => tx
-            .query_opt(&format!("SELECT stream_id, version FROM {schema}.streams WHERE name = $1"), &[&stream.as_str()])
-            .await
-            .map_err(err)?
-            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1) as u64)),
+        None => {
+            let lookup =
+                prepared(tx, statements, format!("SELECT stream_id, version FROM {schema}.streams WHERE name = $1"))
+                    .await
+                    .map_err(err)?;
+            tx.query_opt(&lookup, &[&stream.as_str()])
+                .await
+                .map_err(err)?
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1) as u64))
+        }
     };
     let actual = row.map(|(_, v)| StreamVersion(v));
     if !request.expected.is_satisfied_by(actual) {
         if let (Some((stream_id, _)), Some(start), Some(first_id)) = (row, retry_start(request.expected), events[0].id)
         {
-            let stored = stored_from(tx, schema, stream_id, start, events.len()).await?;
+            let stored = stored_from(tx, statements, schema, stream_id, start, events.len()).await?;
             if stored.first().map(|s| s.id) == Some(first_id) {
                 return Ok(same_append(stream, &stored, events)?);
             }
@@ -158,20 +191,24 @@ async fn append_one(
     if let Some((stream_id, version)) = row {
         if events.iter().any(|e| e.id.is_some()) {
             let start = version.saturating_sub(RECENT_ID_WINDOW - 1) as i64;
+            let recent_sql = format!(
+                "SELECT event_id, stream_version FROM {schema}.events WHERE stream_id = $1 AND stream_version >= $2"
+            );
+            let recent_statement = prepared(tx, statements, recent_sql).await.map_err(err)?;
             let recent: HashMap<EventId, u64> = tx
-                .query(&format!("SELECT event_id, stream_version FROM {schema}.events WHERE stream_id = $1 AND stream_version >= $2"), &[&stream_id, &start])
+                .query(&recent_statement, &[&stream_id, &start])
                 .await
                 .map_err(err)?
                 .iter()
                 .map(|r| (EventId(r.get(0)), r.get::<_, i64>(1) as u64))
                 .collect();
             if let RecentIds::RetryFrom(from) = check_recent(stream, &recent, events)? {
-                let stored = stored_from(tx, schema, stream_id, from, events.len()).await?;
+                let stored = stored_from(tx, statements, schema, stream_id, from, events.len()).await?;
                 return Ok(same_append(stream, &stored, events)?);
             }
         }
     }
-    insert(tx, schema, stream, row, events, head, now)
+    insert(tx, statements, schema, stream, row, events, head, now)
         .await
         .map(|(result, row)| {
             rows.insert(stream.clone(), row);
@@ -180,8 +217,10 @@ async fn append_one(
         .map_err(Rejected::Write)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn insert(
     tx: &Transaction<'_>,
+    statements: &mut Statements,
     schema: &str,
     stream: &StreamName,
     row: Option<(i64, u64)>,
@@ -225,11 +264,13 @@ async fn insert(
         .map(|e| (!e.metadata.is_empty()).then(|| serde_json::Value::Object(e.metadata.clone())))
         .collect();
     // One round trip for the whole batch.
+    let sql = format!(
+        "INSERT INTO {schema}.events (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at)
+         SELECT p, $2, v, i, t, d, m, $8 FROM UNNEST($1::bigint[], $3::bigint[], $4::uuid[], $5::text[], $6::bytea[], $7::jsonb[]) AS x(p, v, i, t, d, m)"
+    );
+    let insert_events = prepared(tx, statements, sql).await.map_err(err)?;
     tx.execute(
-        &format!(
-            "INSERT INTO {schema}.events (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at)
-             SELECT p, $2, v, i, t, d, m, $8 FROM UNNEST($1::bigint[], $3::bigint[], $4::uuid[], $5::text[], $6::bytea[], $7::jsonb[]) AS x(p, v, i, t, d, m)"
-        ),
+        &insert_events,
         &[&positions, &stream_id, &versions, &ids, &types, &data, &metadata, &now.unix_micros()],
     )
     .await
@@ -241,21 +282,19 @@ async fn insert(
 
 async fn stored_from(
     tx: &Transaction<'_>,
+    statements: &mut Statements,
     schema: &str,
     stream_id: i64,
     start: u64,
     limit: usize,
 ) -> Result<Vec<StoredForRetry>, ReelError> {
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT position, stream_version, event_id, event_type, data, metadata FROM {schema}.events
-                 WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
-            ),
-            &[&stream_id, &(start as i64), &(limit as i64)],
-        )
-        .await
-        .map_err(|e| ReelError::storage("checking for a retried append", e))?;
+    let sql = format!(
+        "SELECT position, stream_version, event_id, event_type, data, metadata FROM {schema}.events
+         WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
+    );
+    let fail = |e| ReelError::storage("checking for a retried append", e);
+    let statement = prepared(tx, statements, sql).await.map_err(fail)?;
+    let rows = tx.query(&statement, &[&stream_id, &(start as i64), &(limit as i64)]).await.map_err(fail)?;
     Ok(rows
         .iter()
         .map(|r| StoredForRetry {

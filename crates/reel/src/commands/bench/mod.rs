@@ -16,6 +16,7 @@ use super::transfer::progress;
 use crate::Cli;
 
 mod aggregates;
+mod postgres;
 mod store;
 mod subscriptions;
 
@@ -70,6 +71,21 @@ pub enum BenchCommand {
         /// Commands on the one hot aggregate.
         #[arg(long, default_value_t = 2_000)]
         hot_commands: u64,
+    },
+    /// The PostgreSQL store (at --store postgres://…, in a new schema) against plain SQL inserts.
+    Postgres {
+        /// Concurrent single-event appenders.
+        #[arg(long, default_value_t = 64)]
+        concurrency: u64,
+        /// Events for the single-event runs.
+        #[arg(long, default_value_t = 20_000)]
+        single_events: u64,
+        /// Batches of 100 events.
+        #[arg(long, default_value_t = 1_000)]
+        batches: u64,
+        /// Seconds of appends at 1,000 events/s for the follower latency.
+        #[arg(long, default_value_t = 5)]
+        latency_seconds: u64,
     },
     /// Subscriptions: catch-up, transactional SQL rebuild, live latency, idle worker CPU.
     Subscriptions {
@@ -132,7 +148,7 @@ struct Machine {
     dir: String,
 }
 
-pub async fn run(_cli: &Cli, args: &BenchArgs) -> Result<()> {
+pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = tempdir_in(&args.dir)?;
     let result = match &args.command {
@@ -158,6 +174,23 @@ pub async fn run(_cli: &Cli, args: &BenchArgs) -> Result<()> {
                 idle_seconds: *idle_seconds,
             };
             subscriptions::bench_subscriptions(&dir, &plan).await.map(|(rows, extra)| ("subscriptions", rows, extra))
+        }
+        BenchCommand::Postgres { concurrency, single_events, batches, latency_seconds } => {
+            let url = match crate::store::Dsn::parse(&cli.store)? {
+                crate::store::Dsn::Postgres(url) => url,
+                crate::store::Dsn::Sqlite(_) => anyhow::bail!(crate::exit::InvalidInput(
+                    "reel bench postgres needs --store postgres://… (a scratch schema is created and dropped)".into()
+                )),
+            };
+            let plan = postgres::PostgresPlan {
+                url,
+                concurrency: (*concurrency).clamp(1, 512),
+                single_events: *single_events,
+                batches: (*batches).max(1),
+                event_size: args.event_size,
+                latency_seconds: (*latency_seconds).max(1),
+            };
+            postgres::bench_postgres(&plan).await.map(|(rows, extra)| ("postgres", rows, extra))
         }
         BenchCommand::Aggregates { events, callers, commands, hot_commands } => {
             let plan = aggregates::AggregatePlan {

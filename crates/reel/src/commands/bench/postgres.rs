@@ -1,0 +1,193 @@
+//! `reel bench postgres --store postgres://…`: the PostgreSQL store against a plain-SQL baseline
+//! measured in the same run (one INSERT per event into a bigserial table, no ordering guarantee).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use reel_core::{AllReader, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, StreamVersion};
+use reel_postgres::PostgresStore;
+
+use super::{bench_stream, measure_async, payload, run_tasks, with_ratio, with_ratio_named, Row};
+
+/// What to measure.
+pub(super) struct PostgresPlan {
+    pub(super) url: String,
+    pub(super) concurrency: u64,
+    pub(super) single_events: u64,
+    pub(super) batches: u64,
+    pub(super) event_size: usize,
+    pub(super) latency_seconds: u64,
+}
+
+async fn client(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {}", reel_postgres::redact(url)))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+pub(super) async fn bench_postgres(plan: &PostgresPlan) -> Result<(Vec<Row>, serde_json::Value)> {
+    let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    let admin = client(&plan.url).await?;
+    let data = payload(plan.event_size);
+    let mut rows = Vec::new();
+
+    // Baseline: `concurrency` connections, one autocommit INSERT per event into a bigserial table.
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; CREATE TABLE {schema}.plain (position bigserial PRIMARY KEY, stream text NOT NULL, data bytea NOT NULL)"
+        ))
+        .await?;
+    let per_task = (plan.single_events / plan.concurrency).max(1);
+    let total = per_task * plan.concurrency;
+    let baseline = measure_async(
+        format!("baseline: {} connections, one INSERT per event, bigserial", plan.concurrency),
+        total,
+        async {
+            let mut clients = Vec::new();
+            for _ in 0..plan.concurrency {
+                clients.push(Arc::new(client(&plan.url).await?));
+            }
+            let clients = Arc::new(clients);
+            run_tasks(plan.concurrency, |t| {
+                let (clients, data, schema) = (clients.clone(), data.clone(), schema.clone());
+                async move {
+                    let client = &clients[t as usize];
+                    let sql = format!("INSERT INTO {schema}.plain (stream, data) VALUES ($1, $2)");
+                    for _ in 0..per_task {
+                        client
+                            .execute(sql.as_str(), &[&format!("bench-{t}"), &data])
+                            .await
+                            .map_err(|e| reel_core::ReelError::storage("baseline insert", e))?;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+        },
+    )
+    .await?;
+    let baseline_rate = baseline.events_per_sec;
+    rows.push(baseline);
+
+    let store = PostgresStore::connect(&plan.url, &schema).await?;
+    let row = measure_async(
+        format!("reel, {} concurrent single-event appends with Exact versions", plan.concurrency),
+        total,
+        async {
+            run_tasks(plan.concurrency, |t| {
+                let (store, data) = (store.clone(), data.clone());
+                async move {
+                    let stream = bench_stream(t);
+                    for v in 0..per_task {
+                        let expected = v
+                            .checked_sub(1)
+                            .map_or(ExpectedVersion::NoStream, |v| ExpectedVersion::Exact(StreamVersion(v)));
+                        store.append(&stream, expected, vec![NewEvent::new("Bench", data.clone())]).await?;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+        },
+    )
+    .await?;
+    rows.push(with_ratio(row, baseline_rate));
+
+    let batch_total = plan.batches * 100;
+    let batches = plan.batches;
+    let row = measure_async("reel, batched appends of 100 events (8 in flight)".to_string(), batch_total, async {
+        run_tasks(8, |t| {
+            let (store, data) = (store.clone(), data.clone());
+            async move {
+                for i in (t..batches).step_by(8) {
+                    let events = (0..100).map(|_| NewEvent::new("Bench", data.clone())).collect();
+                    store.append(&bench_stream(1000 + i % 100), ExpectedVersion::Any, events).await?;
+                }
+                Ok(())
+            }
+        })
+        .await
+    })
+    .await?;
+    rows.push(with_ratio_named(row, baseline_rate, "baseline (single inserts)"));
+
+    let head = store.head().await?.0;
+    let events: Arc<dyn EventStore> = Arc::new(store.clone());
+    let row = measure_async("reel, read_all catch-up of the whole log, pages of 5,000".to_string(), head, async {
+        let mut reader = AllReader::new(events.clone(), Position(1), ReadAllFilter::default(), 5000);
+        let mut seen = 0;
+        while let Some(page) = reader.next_page().await? {
+            seen += page.len() as u64;
+        }
+        anyhow::ensure!(seen == head, "read {seen} of {head}");
+        Ok(())
+    })
+    .await?;
+    rows.push(row);
+
+    let (p50, p99, measured) = follower_latency(&store, plan).await?;
+    println!("append → follower latency at 1,000 events/s: p50 {p50:.2} ms, p99 {p99:.2} ms over {measured} events");
+    let _ = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
+    Ok((
+        rows,
+        serde_json::json!({ "latency_p50_ms": p50, "latency_p99_ms": p99, "latency_events": measured, "concurrency": plan.concurrency }),
+    ))
+}
+
+/// A follower on a second store instance (another "server") wakes through LISTEN/NOTIFY.
+async fn follower_latency(store: &PostgresStore, plan: &PostgresPlan) -> Result<(f64, f64, usize)> {
+    let follower = PostgresStore::connect(&plan.url, store.schema()).await?;
+    let sent: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let count = (plan.latency_seconds * 1000) as usize;
+    let start = follower.head().await?;
+    let watcher = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut watch = follower.watch_head();
+            let mut latencies = Vec::with_capacity(count);
+            let mut seen = start;
+            while latencies.len() < count {
+                let Ok(Ok(head)) = tokio::time::timeout(Duration::from_secs(5), watch.wait_past(seen)).await else {
+                    break;
+                };
+                let now = Instant::now();
+                let sent = sent.lock().map(|s| s.clone()).unwrap_or_default();
+                for (position, at) in sent.iter().filter(|(p, _)| *p > seen.0 && *p <= head.0) {
+                    let _ = position;
+                    latencies.push(now.saturating_duration_since(*at));
+                }
+                seen = head;
+            }
+            latencies
+        })
+    };
+    // Appends are started on schedule, 1 ms apart, without waiting for the previous one.
+    let began = Instant::now();
+    let mut appends = Vec::with_capacity(count);
+    for i in 0..count {
+        if let Some(wait) = (began + Duration::from_millis(i as u64)).checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let (store, sent) = (store.clone(), sent.clone());
+        appends.push(tokio::spawn(async move {
+            let at = Instant::now();
+            let stream = bench_stream(9_999 + (i as u64 % 8));
+            let result = store.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("Ping", "{}")]).await?;
+            if let Ok(mut sent) = sent.lock() {
+                sent.push((result.first_position.0, at));
+            }
+            Ok::<(), reel_core::ReelError>(())
+        }));
+    }
+    for append in appends {
+        append.await??;
+    }
+    let mut latencies = watcher.await?;
+    anyhow::ensure!(!latencies.is_empty(), "the follower saw nothing");
+    latencies.sort();
+    let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+    Ok((quantile(0.5), quantile(0.99), latencies.len()))
+}
