@@ -33,7 +33,7 @@ pub use all_reader::AllReader;
 pub use error::{ReelError, Result};
 pub use event::{EventId, NewEvent, RecordedEvent};
 pub use head::{HeadNotifier, HeadWatch};
-pub use limits::AppendLimits;
+pub use limits::{append_many_with, AppendLimits};
 pub use position::{ExpectedVersion, Position, StreamVersion};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats, StreamInfo};

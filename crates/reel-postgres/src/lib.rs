@@ -176,21 +176,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn append_many(&self, requests: Vec<AppendRequest>) -> Vec<Result<AppendResult, ReelError>> {
-        let checks: Vec<Result<(), ReelError>> =
-            requests.iter().map(|r| self.inner.limits.validate(&r.events)).collect();
-        let valid: Vec<AppendRequest> =
-            requests.into_iter().zip(&checks).filter(|(_, c)| c.is_ok()).map(|(r, _)| r).collect();
-        let mut stored = match self.submit(valid).await {
-            Ok(results) => results.into_iter(),
-            Err(e) => return checks.iter().map(|_| Err(e.clone())).collect(),
-        };
-        checks
-            .into_iter()
-            .map(|check| match check {
-                Ok(()) => stored.next().unwrap_or(Err(ReelError::Closed)),
-                Err(e) => Err(e),
-            })
-            .collect()
+        reel_core::append_many_with(&self.inner.limits, requests, |valid| self.submit(valid)).await
     }
 
     async fn read_stream(

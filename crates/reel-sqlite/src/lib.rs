@@ -17,6 +17,7 @@
 //! # });
 //! ```
 
+mod connection;
 mod queries;
 mod reader;
 mod schema;
@@ -152,10 +153,6 @@ impl SqliteStore {
         self.inner.jobs.send(writer::WriteJob { requests, reply }).map_err(|_| ReelError::Closed)?;
         answer.await.map_err(|_| ReelError::Closed)
     }
-
-    fn validate(&self, events: &[NewEvent]) -> Result<(), ReelError> {
-        self.inner.limits.validate(events)
-    }
 }
 
 /// Wakes head watchers when another process appends. `PRAGMA data_version` changes when any
@@ -193,26 +190,13 @@ impl EventStore for SqliteStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, ReelError> {
-        self.validate(&events)?;
+        self.inner.limits.validate(&events)?;
         let request = AppendRequest { stream: stream.clone(), expected, events };
         self.submit(vec![request]).await?.pop().unwrap_or(Err(ReelError::Closed))
     }
 
     async fn append_many(&self, requests: Vec<AppendRequest>) -> Vec<Result<AppendResult, ReelError>> {
-        let checks: Vec<Result<(), ReelError>> = requests.iter().map(|r| self.validate(&r.events)).collect();
-        let valid: Vec<AppendRequest> =
-            requests.into_iter().zip(&checks).filter(|(_, c)| c.is_ok()).map(|(r, _)| r).collect();
-        let mut stored = match self.submit(valid).await {
-            Ok(results) => results.into_iter(),
-            Err(e) => return checks.iter().map(|_| Err(e.clone())).collect(),
-        };
-        checks
-            .into_iter()
-            .map(|check| match check {
-                Ok(()) => stored.next().unwrap_or(Err(ReelError::Closed)),
-                Err(e) => Err(e),
-            })
-            .collect()
+        reel_core::append_many_with(&self.inner.limits, requests, |valid| self.submit(valid)).await
     }
 
     async fn read_stream(

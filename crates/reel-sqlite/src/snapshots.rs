@@ -1,44 +1,27 @@
 //! Aggregate snapshots in the same SQLite file as the events.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use reel_core::{ReelError, Snapshot, SnapshotStore, StreamName, StreamVersion, Timestamp};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
 
+use crate::connection::SharedConnection;
 use crate::reader::ReaderPool;
-use crate::schema::open_connection;
 
 /// Snapshots of one store file. Cheap to clone. Loads use the store's reader pool (they happen
 /// on every aggregate load, concurrently); saves use a connection of their own.
 #[derive(Clone)]
 pub struct SqliteSnapshotStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: SharedConnection,
     readers: Arc<ReaderPool>,
 }
 
 impl SqliteSnapshotStore {
     pub(crate) fn open(path: &Path, readers: Arc<ReaderPool>) -> Result<Self, ReelError> {
-        let conn = open_connection(path, false)?;
         // A lost snapshot only costs a longer load: no fsync per snapshot.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| ReelError::storage(format!("configuring {}", path.display()), e))?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), readers })
-    }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        what: &'static str,
-        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, ReelError> {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().map_err(|_| ReelError::storage(what, "connection lock poisoned"))?;
-            work(&conn).map_err(|e| ReelError::storage(what, e))
-        })
-        .await
-        .map_err(|e| ReelError::storage(what, e))?
+        Ok(Self { conn: SharedConnection::open(path)?, readers })
     }
 }
 
@@ -46,7 +29,7 @@ impl SqliteSnapshotStore {
 impl SnapshotStore for SqliteSnapshotStore {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), ReelError> {
         let s = snapshot.clone();
-        self.run("saving a snapshot", move |conn| {
+        self.conn.run("saving a snapshot", move |conn| {
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO snapshots (stream, version, schema_version, data, taken_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?

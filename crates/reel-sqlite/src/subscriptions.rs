@@ -1,7 +1,6 @@
 //! The subscription store in the same SQLite file as the events.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use reel_core::{
@@ -10,12 +9,12 @@ use reel_core::{
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::schema::open_connection;
+use crate::connection::SharedConnection;
 
 /// Subscriptions of one store file. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteSubscriptionStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: SharedConnection,
 }
 
 const COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message,
@@ -87,13 +86,10 @@ impl SqliteSubscriptionStore {
 
     /// Opens the subscription table of an already opened (and migrated) store file.
     pub(crate) fn open(path: &Path) -> Result<Self, ReelError> {
-        let conn = open_connection(path, false)?;
-        // Checkpoints need consistency, not an fsync each: with NORMAL a power loss may forget the
-        // last few checkpoint saves (those events are delivered again: at-least-once), but a
-        // projection's rows and its checkpoint still commit or vanish together.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| ReelError::storage(format!("configuring {}", path.display()), e))?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        // Checkpoints need consistency, not an fsync each: a power loss may forget the last few
+        // checkpoint saves (those events are delivered again: at-least-once), but a projection's
+        // rows and its checkpoint still commit or vanish together.
+        Ok(Self { conn: SharedConnection::open(path)? })
     }
 
     async fn run<T: Send + 'static>(
@@ -101,13 +97,7 @@ impl SqliteSubscriptionStore {
         what: &'static str,
         work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, ReelError> {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().map_err(|_| ReelError::storage(what, "connection lock poisoned"))?;
-            work(&conn).map_err(|e| ReelError::storage(what, e))
-        })
-        .await
-        .map_err(|e| ReelError::storage(what, e))?
+        self.conn.run(what, work).await
     }
 }
 
