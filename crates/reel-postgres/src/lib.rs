@@ -71,9 +71,9 @@ pub(crate) async fn connect_client(url: &str, application_name: &str) -> Result<
     config.connect(NoTls).await.map_err(fail)
 }
 
-/// A client whose connection runs in the background.
-pub(crate) async fn spawn_client(url: &str) -> Result<Client, ReelError> {
-    let (client, connection) = connect_client(url, "reel").await?;
+/// A client whose connection runs in the background, named `application_name`.
+pub(crate) async fn spawn_client(url: &str, application_name: &str) -> Result<Client, ReelError> {
+    let (client, connection) = connect_client(url, application_name).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL connection ended");
@@ -105,15 +105,17 @@ impl PostgresStore {
     /// As [`connect`](Self::connect), with append limits.
     pub async fn connect_with(url: &str, schema: &str, limits: AppendLimits) -> Result<Self, ReelError> {
         schema::validate_schema(schema)?;
-        let mut setup = spawn_client(url).await?;
+        // The writer's connection carries its own name (`reel-writer-<schema>`), visible to operators.
+        let writer_name = format!("reel-writer-{schema}");
+        let mut setup = spawn_client(url, &writer_name).await?;
         schema::migrate(&mut setup, schema).await?;
-        let reader = Arc::new(spawn_client(url).await?);
+        let reader = Arc::new(spawn_client(url, "reel").await?);
         let head = Arc::new(HeadNotifier::new(reader::head(&reader, schema).await?));
         let (jobs, receiver) = mpsc::channel(4096);
         let writer_url = url.to_string();
         tokio::spawn(writer::run_writer(setup, schema.to_string(), receiver, head.clone(), move || {
-            let url = writer_url.clone();
-            async move { spawn_client(&url).await }
+            let (url, name) = (writer_url.clone(), writer_name.clone());
+            async move { spawn_client(&url, &name).await }
         }));
         let listener = tokio::spawn(listener::run(url.to_string(), schema.to_string(), head.clone()));
         Ok(Self {
@@ -143,7 +145,7 @@ impl PostgresStore {
     async fn reader(&self) -> Result<Arc<Client>, ReelError> {
         let mut reader = self.inner.reader.lock().await;
         if reader.is_closed() {
-            *reader = Arc::new(spawn_client(&self.inner.url).await?);
+            *reader = Arc::new(spawn_client(&self.inner.url, "reel").await?);
         }
         Ok(reader.clone())
     }

@@ -38,14 +38,18 @@ impl PostgresSubscriptionStore {
     /// Connects to the (already migrated) schema of a `PostgresStore`.
     pub async fn connect(url: &str, schema: &str) -> Result<Self, ReelError> {
         crate::schema::validate_schema(schema)?;
-        Ok(Self { url: url.to_string(), schema: schema.to_string(), client: Mutex::new(spawn_client(url).await?) })
+        Ok(Self {
+            url: url.to_string(),
+            schema: schema.to_string(),
+            client: Mutex::new(spawn_client(url, "reel").await?),
+        })
     }
 
     /// The connection, reconnected when it was lost.
     async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, ReelError> {
         let mut client = self.client.lock().await;
         if client.is_closed() {
-            *client = spawn_client(&self.url).await?;
+            *client = spawn_client(&self.url, "reel").await?;
         }
         Ok(client)
     }

@@ -228,3 +228,34 @@ async fn a_projection_commits_its_rows_with_its_checkpoint() {
     assert_eq!(rows, 1, "the failed batch left no row");
     assert_eq!(subscriptions.get(&s.id).await.unwrap().unwrap().position, Position(10), "and no checkpoint");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_during_append_is_an_error_and_the_retry_is_idempotent() {
+    use reel_core::EventId;
+    let schema = fresh_schema();
+    let store = connect(&schema).await;
+    let stream = StreamName::new("unit-1").unwrap();
+    store.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("First", "{}")]).await.unwrap();
+    let admin = admin().await;
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("reel-writer-{schema}")],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let batch: Vec<NewEvent> =
+        (0..3).map(|i| NewEvent::new("Tick", format!("{{\"i\":{i}}}")).with_id(EventId::new_v7())).collect();
+    // The caller learns of the lost connection (or the writer already reconnected); either way a
+    // retry with the same ids stores the batch exactly once.
+    let first = store.append(&stream, ExpectedVersion::Exact(reel_core::StreamVersion(0)), batch.clone()).await;
+    if let Err(e) = &first {
+        assert!(matches!(e, ReelError::Storage { .. }), "{e:?}");
+    }
+    let retried =
+        store.append(&stream, ExpectedVersion::Exact(reel_core::StreamVersion(0)), batch.clone()).await.unwrap();
+    let again = store.append(&stream, ExpectedVersion::Exact(reel_core::StreamVersion(0)), batch).await.unwrap();
+    assert_eq!(retried, again, "a retry returns the original result");
+    assert_eq!(store.head().await.unwrap(), Position(4), "the batch is stored once");
+}
