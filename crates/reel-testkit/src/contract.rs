@@ -172,6 +172,27 @@ pub async fn same_id_with_other_content_is_rejected(store: Store) {
     store.append(&stream("dup-2"), ExpectedVersion::Any, vec![batch[0].clone()]).await.unwrap();
 }
 
+/// The same append sent many times at once (a client retrying before the first answer came
+/// back) is stored once; every caller gets the same result.
+pub async fn concurrent_identical_retries_store_once(store: Store) {
+    let s = stream("retry-storm-1");
+    store.append(&s, ExpectedVersion::Any, events("Before", 1)).await.unwrap();
+    let batch = events("Once", 3);
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let (store, s, batch) = (store.clone(), s.clone(), batch.clone());
+            let expected = if i % 2 == 0 { ExpectedVersion::Any } else { ExpectedVersion::Exact(StreamVersion(0)) };
+            tokio::spawn(async move { store.append(&s, expected, batch).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task").expect("every identical retry succeeds"));
+    }
+    assert!(results.windows(2).all(|w| w[0] == w[1]), "every caller got the original result: {results:?}");
+    assert_eq!(head(&store).await, Position(4), "the batch is stored once");
+}
+
 /// A retry is still recognised after 999 later events in the same stream.
 pub async fn retry_recognised_within_recent_window(store: Store) {
     let s = stream("window-1");

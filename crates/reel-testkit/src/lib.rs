@@ -48,6 +48,7 @@ macro_rules! store_conformance_tests {
             retry_with_any_version_is_idempotent,
             same_id_with_other_content_is_rejected,
             retry_recognised_within_recent_window,
+            concurrent_identical_retries_store_once,
             positions_are_gap_free_and_ordered,
             read_all_filters_and_skips_ahead,
             read_stream_pages_both_ways,
