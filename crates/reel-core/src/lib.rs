@@ -36,7 +36,10 @@ pub use head::{HeadNotifier, HeadWatch};
 pub use limits::{append_many_with, AppendLimits};
 pub use position::{ExpectedVersion, Position, StreamVersion};
 pub use snapshot::{Snapshot, SnapshotStore};
-pub use store::{AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats, StreamInfo};
+pub use store::{
+    check_read_limit, AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats,
+    StreamInfo, MAX_READ_LIMIT,
+};
 pub use stream_name::StreamName;
 pub use subscription::{
     refused_save, Lease, ParkedEvent, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,

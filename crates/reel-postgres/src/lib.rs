@@ -34,8 +34,7 @@ use tokio_postgres::{Client, NoTls};
 pub use schema::SCHEMA_VERSION;
 pub use subscriptions::{PostgresSubscriptionStore, ProjectionWork};
 
-/// Largest page a single read returns.
-pub const MAX_READ_LIMIT: usize = 100_000;
+pub use reel_core::MAX_READ_LIMIT;
 
 /// The PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
@@ -157,13 +156,6 @@ impl PostgresStore {
     }
 }
 
-fn check_limit(limit: usize) -> Result<(), ReelError> {
-    if limit == 0 || limit > MAX_READ_LIMIT {
-        return Err(ReelError::InvalidArgument(format!("limit must be between 1 and {MAX_READ_LIMIT}, got {limit}")));
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl EventStore for PostgresStore {
     async fn append(
@@ -188,7 +180,7 @@ impl EventStore for PostgresStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, ReelError> {
-        check_limit(limit)?;
+        reel_core::check_read_limit(limit)?;
         reader::read_stream(&*self.reader().await?, &self.inner.schema, stream, from, direction, limit).await
     }
 
@@ -197,7 +189,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
-        check_limit(limit)?;
+        reel_core::check_read_limit(limit)?;
         reader::read_all(&*self.reader().await?, &self.inner.schema, from, filter, limit).await
     }
 
@@ -217,7 +209,7 @@ impl EventStore for PostgresStore {
         after: Option<&StreamName>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>, ReelError> {
-        check_limit(limit)?;
+        reel_core::check_read_limit(limit)?;
         reader::streams(&*self.reader().await?, &self.inner.schema, category, after, limit).await
     }
 

@@ -39,7 +39,7 @@ use reel_core::{
 };
 use tokio::sync::oneshot;
 
-pub use reader::MAX_READ_LIMIT;
+pub use reel_core::MAX_READ_LIMIT;
 pub use schema::SCHEMA_VERSION;
 pub use snapshots::SqliteSnapshotStore;
 pub use subscriptions::SqliteSubscriptionStore;
@@ -206,7 +206,7 @@ impl EventStore for SqliteStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, ReelError> {
-        reader::check_limit(limit)?;
+        reel_core::check_read_limit(limit)?;
         let stream = stream.clone();
         self.inner.readers.run(move |pool, conn| reader::read_stream(pool, conn, &stream, from, direction, limit)).await
     }
@@ -217,7 +217,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
-        reader::check_limit(limit)?;
+        reel_core::check_read_limit(limit)?;
         let filter = filter.clone();
         self.inner.readers.run(move |pool, conn| reader::read_all(pool, conn, from, &filter, limit)).await
     }
@@ -238,7 +238,7 @@ impl EventStore for SqliteStore {
         after: Option<&StreamName>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>, ReelError> {
-        reader::check_limit(limit)?;
+        reel_core::check_read_limit(limit)?;
         let category = category.map(str::to_string);
         let after = after.cloned();
         self.inner.readers.run(move |_, conn| reader::streams(conn, category.as_deref(), after.as_ref(), limit)).await

@@ -14,9 +14,6 @@ use tokio::sync::Semaphore;
 use crate::queries::{head, stream_row};
 use crate::schema::open_connection;
 
-/// Largest page a single read returns.
-pub const MAX_READ_LIMIT: usize = 100_000;
-
 /// How many positions a filtered `read_all` scans before it returns a (possibly empty) page.
 const FILTERED_SCAN_WINDOW: u64 = 65_536;
 
@@ -119,14 +116,6 @@ impl ReaderPool {
 }
 
 const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at";
-
-/// Checks a caller's page size.
-pub fn check_limit(limit: usize) -> Result<(), ReelError> {
-    if limit == 0 || limit > MAX_READ_LIMIT {
-        return Err(ReelError::InvalidArgument(format!("limit must be between 1 and {MAX_READ_LIMIT}, got {limit}")));
-    }
-    Ok(())
-}
 
 pub fn read_stream(
     pool: &ReaderPool,
