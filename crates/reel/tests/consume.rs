@@ -15,10 +15,17 @@ fn append(cli: &Cli, count: usize) {
 }
 
 fn spawn_consumer(cli: &Cli, args: &[&str]) -> (Child, BufReader<ChildStdout>) {
-    let mut child =
-        cli.command().arg("consume").args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
+    // Its log goes to a file named after its pid, shown when it does not stop cleanly.
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let (file, path) = log.keep().expect("keep log file");
+    let mut child = cli.command().arg("consume").args(args).stdout(Stdio::piped()).stderr(file).spawn().expect("spawn");
+    std::fs::rename(&path, consumer_log(&child)).expect("name log file");
     let stdout = BufReader::new(child.stdout.take().expect("stdout"));
     (child, stdout)
+}
+
+fn consumer_log(child: &Child) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("reel-consumer-{}.log", child.id()))
 }
 
 fn read_positions(reader: &mut BufReader<ChildStdout>, count: usize) -> Vec<u64> {
@@ -36,7 +43,9 @@ fn read_positions(reader: &mut BufReader<ChildStdout>, count: usize) -> Vec<u64>
 fn terminate(child: &mut Child) {
     std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill -TERM");
     let status = child.wait().expect("wait");
-    assert!(status.success(), "graceful stop exits 0, got {status}");
+    let log = std::fs::read_to_string(consumer_log(child)).unwrap_or_default();
+    let _ = std::fs::remove_file(consumer_log(child));
+    assert!(status.success(), "graceful stop exits 0, got {status}; its log:\n{log}");
 }
 
 /// The subscription as `reel subscriptions list --json` shows it (`Null` before it exists).

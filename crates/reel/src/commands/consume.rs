@@ -80,6 +80,8 @@ pub struct ConsumeArgs {
 }
 
 pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
+    // Installed before anything starts, so an early SIGTERM still stops gracefully.
+    let signal = shutdown_signal();
     let mode: RunMode = args.mode.parse()?;
     let id = SubscriptionId::new(args.id.clone())?;
     if !args.print && args.webhook.is_none() && args.command.is_empty() {
@@ -162,7 +164,7 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
     };
     let stop = async move {
         tokio::select! {
-            _ = shutdown_signal() => {}
+            _ = signal => {}
             _ = finished, if mode == RunMode::Once => {}
         }
     };
