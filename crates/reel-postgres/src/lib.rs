@@ -3,7 +3,8 @@
 //!
 //! Positions come from a single head row locked inside each append transaction (taken once per
 //! group commit), so they are gap-free and commit-ordered; followers are woken by LISTEN/NOTIFY
-//! with a slow fallback poll, and the listening connection reconnects by itself.
+//! with a slow fallback poll, and the listening connection reconnects by itself. The store is
+//! also a `SnapshotStore` for aggregates.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), reel_core::ReelError> {
@@ -17,6 +18,7 @@
 mod listener;
 mod reader;
 mod schema;
+mod snapshots;
 mod subscriptions;
 mod writer;
 

@@ -57,6 +57,14 @@ const MIGRATIONS: &[&str] = &[
         parked_at       bigint NOT NULL,
         PRIMARY KEY (subscription_id, position)
      );",
+    // 3: the latest aggregate snapshot per stream.
+    "CREATE TABLE {s}.snapshots (
+        stream         text PRIMARY KEY,
+        version        bigint NOT NULL,
+        schema_version integer NOT NULL,
+        data           bytea NOT NULL,
+        taken_at       bigint NOT NULL
+     );",
 ];
 
 /// Newest schema version this build knows.

@@ -259,3 +259,22 @@ async fn a_lost_connection_during_append_is_an_error_and_the_retry_is_idempotent
     assert_eq!(retried, again, "a retry returns the original result");
     assert_eq!(store.head().await.unwrap(), Position(4), "the batch is stored once");
 }
+
+#[tokio::test]
+async fn snapshots_are_kept_per_stream_and_replaced() {
+    use reel_core::{Snapshot, SnapshotStore, StreamVersion, Timestamp};
+    let store = connect(&fresh_schema()).await;
+    let stream = StreamName::new("locker-L1").unwrap();
+    assert_eq!(store.load_snapshot(&stream).await.unwrap(), None);
+    let first = Snapshot {
+        stream: stream.clone(),
+        version: StreamVersion(99),
+        schema_version: 1,
+        data: b"{}".to_vec(),
+        taken_at: Timestamp::from_unix_micros(1),
+    };
+    store.save_snapshot(&first).await.unwrap();
+    let second = Snapshot { version: StreamVersion(199), data: br#"{"n":2}"#.to_vec(), ..first.clone() };
+    store.save_snapshot(&second).await.unwrap();
+    assert_eq!(store.load_snapshot(&stream).await.unwrap(), Some(second));
+}
