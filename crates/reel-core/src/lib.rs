@@ -42,7 +42,7 @@ pub use store::{
 };
 pub use stream_name::StreamName;
 pub use subscription::{
-    refused_save, Lease, ParkedEvent, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,
+    settle_save, Lease, ParkedEvent, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,
     SubscriptionStatus, SubscriptionStore,
 };
 pub use timestamp::Timestamp;

@@ -285,15 +285,24 @@ impl Subscription {
     }
 }
 
-/// Why a compare-and-swap save of `subscription` was not written, given the revision now stored
-/// (`None`: the row is gone) and whether the save required a lease.
-pub fn refused_save(subscription: &Subscription, stored_revision: Option<u64>, leased: bool) -> ReelError {
+/// The outcome of a backend's compare-and-swap save: `refused` is `None` when the row was
+/// written (the in-memory revision is bumped to match), or the revision now stored (`None`: the
+/// row is gone) when it was not, which says why. `leased`: the save required a lease.
+pub fn settle_save(
+    subscription: &mut Subscription,
+    refused: Option<Option<u64>>,
+    leased: bool,
+) -> Result<(), ReelError> {
     let id = subscription.id.to_string();
-    match stored_revision {
-        None => ReelError::SubscriptionNotFound { id },
-        Some(stored) if stored != subscription.revision => ReelError::SubscriptionChanged { id },
-        Some(_) if leased => ReelError::LeaseLost { id },
-        Some(_) => ReelError::SubscriptionChanged { id },
+    match refused {
+        None => {
+            subscription.revision += 1;
+            Ok(())
+        }
+        Some(None) => Err(ReelError::SubscriptionNotFound { id }),
+        Some(Some(stored)) if stored != subscription.revision => Err(ReelError::SubscriptionChanged { id }),
+        Some(Some(_)) if leased => Err(ReelError::LeaseLost { id }),
+        Some(Some(_)) => Err(ReelError::SubscriptionChanged { id }),
     }
 }
 

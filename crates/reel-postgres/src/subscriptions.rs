@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reel_core::{
-    refused_save, EventId, Lease, ParkedEvent, Position, ReelError, RunMode, Subscription, SubscriptionCriteria,
+    settle_save, EventId, Lease, ParkedEvent, Position, ReelError, RunMode, Subscription, SubscriptionCriteria,
     SubscriptionError, SubscriptionId, SubscriptionStatus, SubscriptionStore, Timestamp,
 };
 use tokio::sync::Mutex;
@@ -72,15 +72,11 @@ impl PostgresSubscriptionStore {
         if let Err(e) = work(&tx).await {
             return Err(ReelError::SubscriptionFailed { id: subscription.id.to_string(), message: e.to_string() });
         }
-        let written = write_state(&tx, &self.schema, subscription, lease_owner.map(|o| (o, now))).await?;
-        match written {
-            None => {
-                tx.commit().await.map_err(err("committing a projection batch"))?;
-                subscription.revision += 1;
-                Ok(())
-            }
-            Some(stored) => Err(refused_save(subscription, stored, lease_owner.is_some())),
+        let refused = write_state(&tx, &self.schema, subscription, lease_owner.map(|o| (o, now))).await?;
+        if refused.is_none() {
+            tx.commit().await.map_err(err("committing a projection batch"))?;
         }
+        settle_save(subscription, refused, lease_owner.is_some())
     }
 }
 
@@ -189,13 +185,8 @@ impl SubscriptionStore for PostgresSubscriptionStore {
     }
 
     async fn update(&self, subscription: &mut Subscription) -> Result<(), ReelError> {
-        match write_state(&*self.client().await?, &self.schema, subscription, None).await? {
-            None => {
-                subscription.revision += 1;
-                Ok(())
-            }
-            Some(stored) => Err(refused_save(subscription, stored, false)),
-        }
+        let refused = write_state(&*self.client().await?, &self.schema, subscription, None).await?;
+        settle_save(subscription, refused, false)
     }
 
     async fn update_leased(
@@ -204,13 +195,8 @@ impl SubscriptionStore for PostgresSubscriptionStore {
         owner: &str,
         now: Timestamp,
     ) -> Result<(), ReelError> {
-        match write_state(&*self.client().await?, &self.schema, subscription, Some((owner, now))).await? {
-            None => {
-                subscription.revision += 1;
-                Ok(())
-            }
-            Some(stored) => Err(refused_save(subscription, stored, true)),
-        }
+        let refused = write_state(&*self.client().await?, &self.schema, subscription, Some((owner, now))).await?;
+        settle_save(subscription, refused, true)
     }
 
     async fn remove(&self, id: &SubscriptionId) -> Result<(), ReelError> {

@@ -34,7 +34,7 @@ impl SqliteSubscriptionStore {
         let revision = subscription.revision;
         let leased = lease.is_some();
         let written = self.run("saving a subscription", move |conn| write_state_on(conn, row, revision, lease)).await?;
-        written_or_why(subscription, leased, written)
+        reel_core::settle_save(subscription, written.map(|stored| stored.map(|r| r as u64)), leased)
     }
 
     /// Runs `work` and saves `subscription` in one transaction: a projection's rows and its
@@ -70,7 +70,7 @@ impl SqliteSubscriptionStore {
             })
             .await?;
         match outcome {
-            Ok(written) => written_or_why(subscription, leased, written),
+            Ok(written) => reel_core::settle_save(subscription, written.map(|stored| stored.map(|r| r as u64)), leased),
             Err(message) => Err(ReelError::SubscriptionFailed { id, message }),
         }
     }
@@ -136,21 +136,6 @@ fn write_state_on(
         .query_row(params![id], |r| r.get(0))
         .optional()?;
     Ok(Some(stored))
-}
-
-/// Bumps the in-memory revision after a write, or says why there was none.
-fn written_or_why(
-    subscription: &mut Subscription,
-    leased: bool,
-    written: Option<Option<i64>>,
-) -> Result<(), ReelError> {
-    match written {
-        None => {
-            subscription.revision += 1;
-            Ok(())
-        }
-        Some(stored) => Err(reel_core::refused_save(subscription, stored.map(|r| r as u64), leased)),
-    }
 }
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<Subscription, ReelError>> {
