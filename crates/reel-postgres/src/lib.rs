@@ -50,6 +50,7 @@ struct Inner {
     limits: AppendLimits,
     jobs: mpsc::Sender<writer::WriteJob>,
     reader: Mutex<Arc<Client>>,
+    names: reader::StreamNames,
     head: Arc<HeadNotifier>,
     _listener: tokio::task::JoinHandle<()>,
 }
@@ -66,10 +67,28 @@ pub(crate) type Connection = tokio_postgres::Connection<tokio_postgres::Socket, 
 /// Opens a connection named `application_name` (visible in `pg_stat_activity`); the error names
 /// the URL (without its password).
 pub(crate) async fn connect_client(url: &str, application_name: &str) -> Result<(Client, Connection), ReelError> {
-    let fail = |e: tokio_postgres::Error| ReelError::storage(format!("connecting to {}", redact(url)), e);
+    let fail = |e: tokio_postgres::Error| storage_error(format!("connecting to {}", redact(url)), e);
     let mut config: tokio_postgres::Config = url.parse().map_err(fail)?;
     config.application_name(application_name);
     config.connect(NoTls).await.map_err(fail)
+}
+
+/// A storage error for a failed PostgreSQL call. The driver's own text for a server error is
+/// just "db error"; this carries the server's message and SQLSTATE so an operator can act on it.
+pub(crate) fn storage_error(context: impl Into<String>, e: tokio_postgres::Error) -> ReelError {
+    let message = match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            message
+        }
+    };
+    ReelError::storage(context, message)
 }
 
 /// A client whose connection runs in the background, named `application_name`.
@@ -126,6 +145,7 @@ impl PostgresStore {
                 limits,
                 jobs,
                 reader: Mutex::new(reader),
+                names: reader::StreamNames::default(),
                 head,
                 _listener: listener,
             }),
@@ -192,7 +212,7 @@ impl EventStore for PostgresStore {
 
     async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
         reel_core::check_read_limit(limit)?;
-        reader::read_all(&*self.reader().await?, &self.inner.schema, from, filter, limit).await
+        reader::read_all(&*self.reader().await?, &self.inner.schema, &self.inner.names, from, filter, limit).await
     }
 
     async fn head(&self) -> Result<Position, ReelError> {

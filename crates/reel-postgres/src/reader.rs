@@ -4,6 +4,8 @@ use reel_core::{
     AllPage, Direction, EventId, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
     StreamVersion, Timestamp,
 };
+use std::collections::HashMap;
+
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
@@ -11,7 +13,7 @@ use tokio_postgres::{Client, Row};
 const FILTERED_SCAN_WINDOW: i64 = 65_536;
 
 fn err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> ReelError {
-    move |e| ReelError::storage(what, e)
+    move |e| crate::storage_error(what, e)
 }
 
 const EVENT_COLUMNS: &str =
@@ -25,12 +27,16 @@ fn event(row: &Row) -> Result<RecordedEvent, ReelError> {
         id: EventId(row.get(3)),
         event_type: row.get(4),
         data: row.get(5),
-        metadata: match row.get::<_, Option<serde_json::Value>>(6) {
-            Some(serde_json::Value::Object(map)) => map,
-            _ => Default::default(),
-        },
+        metadata: metadata(row, 6),
         recorded_at: Timestamp::from_unix_micros(row.get(7)),
     })
+}
+
+fn metadata(row: &Row, index: usize) -> serde_json::Map<String, serde_json::Value> {
+    match row.get::<_, Option<serde_json::Value>>(index) {
+        Some(serde_json::Value::Object(map)) => map,
+        _ => Default::default(),
+    }
 }
 
 pub async fn head(client: &Client, schema: &str) -> Result<Position, ReelError> {
@@ -87,26 +93,87 @@ pub async fn read_stream(
     rows.iter().map(event).collect()
 }
 
+/// Stream names by id, cached for the store's life (a stream's name never changes), so catch-up
+/// reads need no join: a page costs one index range scan plus, for streams not seen yet, one
+/// lookup of their names.
+#[derive(Default)]
+pub struct StreamNames {
+    names: std::sync::RwLock<HashMap<i64, StreamName>>,
+}
+
+/// Names kept at most; past this the cache starts over (it only saves lookups).
+const MAX_CACHED_NAMES: usize = 200_000;
+
+impl StreamNames {
+    async fn resolve(&self, client: &Client, schema: &str, ids: &[i64]) -> Result<Vec<StreamName>, ReelError> {
+        let mut missing: Vec<i64> = {
+            let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+            ids.iter().copied().filter(|id| !names.contains_key(id)).collect()
+        };
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            let rows = client
+                .query(&format!("SELECT stream_id, name FROM {schema}.streams WHERE stream_id = ANY($1)"), &[&missing])
+                .await
+                .map_err(err("looking up stream names"))?;
+            let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
+            if names.len() + rows.len() > MAX_CACHED_NAMES {
+                names.clear();
+            }
+            for row in &rows {
+                names.insert(row.get(0), StreamName::new(row.get::<_, String>(1))?);
+            }
+        }
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        ids.iter()
+            .map(|id| {
+                names
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| ReelError::storage("looking up stream names", format!("no stream row with id {id}")))
+            })
+            .collect()
+    }
+}
+
 pub async fn read_all(
     client: &Client,
     schema: &str,
+    names: &StreamNames,
     from: Position,
     filter: &ReadAllFilter,
     limit: usize,
 ) -> Result<AllPage, ReelError> {
     let from = from.0.max(1) as i64;
     if filter.is_empty() {
+        // Positions are gap-free, so the page is exactly the range [from, from + limit).
         let rows = client
             .query(
                 &format!(
-                    "SELECT {EVENT_COLUMNS} FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id
-                     WHERE e.position >= $1 ORDER BY e.position LIMIT $2"
+                    "SELECT position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at
+                     FROM {schema}.events WHERE position >= $1 AND position < $2 ORDER BY position"
                 ),
-                &[&from, &(limit as i64)],
+                &[&from, &(from.saturating_add(limit as i64))],
             )
             .await
             .map_err(err("reading events"))?;
-        let events = rows.iter().map(event).collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+        let streams = names.resolve(client, schema, &ids).await?;
+        let events = rows
+            .iter()
+            .zip(streams)
+            .map(|(row, stream)| RecordedEvent {
+                position: Position(row.get::<_, i64>(0) as u64),
+                stream,
+                stream_version: StreamVersion(row.get::<_, i64>(2) as u64),
+                id: EventId(row.get(3)),
+                event_type: row.get(4),
+                data: row.get(5),
+                metadata: metadata(row, 6),
+                recorded_at: Timestamp::from_unix_micros(row.get(7)),
+            })
+            .collect::<Vec<_>>();
         let next = events.last().map_or(Position(from as u64), |e| e.position.next());
         return Ok(AllPage { events, next });
     }

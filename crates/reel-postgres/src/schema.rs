@@ -87,7 +87,7 @@ pub fn validate_schema(name: &str) -> Result<(), ReelError> {
 
 /// Creates the schema if needed and applies missing migrations; refuses a newer schema.
 pub async fn migrate(client: &mut Client, schema: &str) -> Result<(), ReelError> {
-    let err = |e: tokio_postgres::Error| ReelError::storage(format!("migrating schema {schema}"), e);
+    let err = |e: tokio_postgres::Error| crate::storage_error(format!("migrating schema {schema}"), e);
     let tx = client.transaction().await.map_err(err)?;
     // One migrator at a time, whichever process starts first.
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("reel:{schema}")]).await.map_err(err)?;

@@ -19,7 +19,7 @@ impl SnapshotStore for PostgresStore {
                 &[&s.stream.as_str(), &(s.version.0 as i64), &(s.schema_version as i32), &s.data, &s.taken_at.unix_micros()],
             )
             .await
-            .map_err(|e| ReelError::storage("saving a snapshot", e))?;
+            .map_err(|e| crate::storage_error("saving a snapshot", e))?;
         Ok(())
     }
 
@@ -33,7 +33,7 @@ impl SnapshotStore for PostgresStore {
                 &[&stream.as_str()],
             )
             .await
-            .map_err(|e| ReelError::storage("loading a snapshot", e))?;
+            .map_err(|e| crate::storage_error("loading a snapshot", e))?;
         Ok(row.map(|r| Snapshot {
             stream: stream.clone(),
             version: StreamVersion(r.get::<_, i64>(0) as u64),

@@ -31,7 +31,7 @@ const COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt
     paused_from, last_saved_at, error_position, lease_owner, lease_expires_at, revision";
 
 fn err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> ReelError {
-    move |e| ReelError::storage(what, e)
+    move |e| crate::storage_error(what, e)
 }
 
 impl PostgresSubscriptionStore {

@@ -85,6 +85,13 @@ pub async fn run_writer<C, F>(
     }
 }
 
+/// One group in one transaction, in four round trips whatever its size: `BEGIN`; the head lock
+/// pipelined with the stream lookup (and, for appends that carry ids, their streams' recent ids);
+/// one statement writing every stream row, every event and the head; `COMMIT`.
+///
+/// The decisions (expected version, retry or duplicate id) are made in memory in submission
+/// order, over the stored state plus what earlier appends of the same group have added, so a
+/// retry that lands in the same group as its original is still recognised.
 async fn commit_group(
     client: &mut Client,
     statements: &mut Statements,
@@ -93,48 +100,291 @@ async fn commit_group(
     notifier: &HeadNotifier,
 ) -> Vec<Result<AppendResult, ReelError>> {
     let fail_all = |e: ReelError| requests.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
-    let storage = |what: &str, e: tokio_postgres::Error| ReelError::storage(what.to_string(), e);
     let now = Timestamp::now();
     let tx = match client.transaction().await {
         Ok(tx) => tx,
-        Err(e) => return fail_all(storage("starting an append transaction", e)),
+        Err(e) => return fail_all(crate::storage_error("starting an append transaction", e)),
     };
-    let lock = prepared(&tx, statements, format!("SELECT position FROM {schema}.head FOR UPDATE")).await;
-    let head = match async { tx.query_one(&lock?, &[]).await }.await {
-        Ok(row) => Position(row.get::<_, i64>(0) as u64),
-        Err(e) => return fail_all(storage("locking the head", e)),
+    let (head, mut streams) = match lock_and_load(&tx, statements, schema, requests).await {
+        Ok(loaded) => loaded,
+        Err(e) => return fail_all(e),
     };
+    let mut group = GroupWrite::default();
     let mut head_after = head;
-    // Rows changed by earlier requests of this group.
-    let mut rows: HashMap<StreamName, (i64, u64)> = HashMap::new();
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
-        match append_one(&tx, statements, schema, request, &mut rows, &mut head_after, now).await {
-            Ok(result) => results.push(Ok(result)),
+        let state = streams.get_mut(request.stream.as_str()).expect("every stream of the group was looked up");
+        match decide(&tx, statements, schema, request, state).await {
+            Ok(Decision::Append) => results.push(Ok(group.add(request, state, &mut head_after))),
+            Ok(Decision::Retried(result)) => results.push(Ok(result)),
             Err(Rejected::Check(e)) => results.push(Err(e)),
             Err(Rejected::Write(e)) => return fail_all(e),
         }
     }
     if head_after != head {
-        let moved = async {
-            let update = prepared(&tx, statements, format!("UPDATE {schema}.head SET position = $1")).await?;
-            tx.execute(&update, &[&(head_after.0 as i64)]).await?;
-            // Delivered at commit, to every listener on this schema's channel.
-            let notify = prepared(&tx, statements, "SELECT pg_notify($1, $2)".to_string()).await?;
-            tx.execute(&notify, &[&channel(schema), &head_after.0.to_string()]).await
-        };
-        if let Err(e) = moved.await {
-            return fail_all(storage("moving the head", e));
+        if let Err(e) = group.write(&tx, statements, schema, &streams, head_after, now).await {
+            return fail_all(e);
         }
     }
     if let Err(e) = tx.commit().await {
-        return fail_all(storage("committing appends", e));
+        return fail_all(crate::storage_error("committing appends", e));
     }
     notifier.advance(head_after);
     results
 }
 
-/// The LISTEN/NOTIFY channel of a schema.
+/// A stream as the group sees it: stored state plus this group's appends so far.
+struct StreamState<'a> {
+    name: &'a StreamName,
+    /// `None` while the stream is not stored (it may still be created by this group).
+    stream_id: Option<i64>,
+    /// Version before the group.
+    stored_version: Option<u64>,
+    /// Version after the group's appends so far.
+    version: Option<u64>,
+    /// Recent ids (stored window plus this group's), loaded only for streams appended with ids.
+    recent: HashMap<EventId, u64>,
+    /// This group's events for the stream, in version order.
+    pending: Vec<Pending<'a>>,
+}
+
+struct Pending<'a> {
+    position: Position,
+    version: u64,
+    id: EventId,
+    event: &'a NewEvent,
+}
+
+/// Locks the head (which serialises appenders of every process), then reads each stream of the
+/// group; the three statements are pipelined and run in order on the server.
+async fn lock_and_load<'a>(
+    tx: &Transaction<'_>,
+    statements: &mut Statements,
+    schema: &str,
+    requests: &[&'a AppendRequest],
+) -> Result<(Position, HashMap<&'a str, StreamState<'a>>), ReelError> {
+    let storage = |what: &'static str| move |e: tokio_postgres::Error| crate::storage_error(what, e);
+    let mut names: Vec<&str> = requests.iter().map(|r| r.stream.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut with_ids: Vec<&str> =
+        requests.iter().filter(|r| r.events.iter().any(|e| e.id.is_some())).map(|r| r.stream.as_str()).collect();
+    with_ids.sort_unstable();
+    with_ids.dedup();
+
+    let lock = prepared(tx, statements, format!("SELECT position FROM {schema}.head FOR UPDATE"));
+    let lock = lock.await.map_err(storage("locking the head"))?;
+    let lookup_sql = format!("SELECT name, stream_id, version FROM {schema}.streams WHERE name = ANY($1)");
+    let lookup = prepared(tx, statements, lookup_sql).await.map_err(storage("looking up streams"))?;
+    let recent_sql = format!(
+        "SELECT s.name, e.event_id, e.stream_version FROM {schema}.streams s
+         JOIN {schema}.events e ON e.stream_id = s.stream_id AND e.stream_version >= s.version - {}
+         WHERE s.name = ANY($1)",
+        RECENT_ID_WINDOW - 1
+    );
+    let recent = prepared(tx, statements, recent_sql).await.map_err(storage("reading recent event ids"))?;
+    // Joined, not try-joined: when the lock fails, the later statements fail too ("transaction is
+    // aborted"), and the lock's error is the one that says why.
+    let (head, found, recent) = tokio::join!(
+        async { tx.query_one(&lock, &[]).await.map_err(storage("locking the head")) },
+        async { tx.query(&lookup, &[&names]).await.map_err(storage("looking up streams")) },
+        async {
+            if with_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            tx.query(&recent, &[&with_ids]).await.map_err(storage("reading recent event ids"))
+        },
+    );
+    let (head, found, recent) = (head?, found?, recent?);
+
+    let mut streams: HashMap<&'a str, StreamState<'a>> = HashMap::with_capacity(names.len());
+    for request in requests {
+        streams.entry(request.stream.as_str()).or_insert_with(|| StreamState {
+            name: &request.stream,
+            stream_id: None,
+            stored_version: None,
+            version: None,
+            recent: HashMap::new(),
+            pending: Vec::new(),
+        });
+    }
+    for row in &found {
+        if let Some(state) = streams.get_mut(row.get::<_, &str>(0)) {
+            let version = row.get::<_, i64>(2) as u64;
+            state.stream_id = Some(row.get(1));
+            state.stored_version = Some(version);
+            state.version = Some(version);
+        }
+    }
+    for row in &recent {
+        if let Some(state) = streams.get_mut(row.get::<_, &str>(0)) {
+            state.recent.insert(EventId(row.get(1)), row.get::<_, i64>(2) as u64);
+        }
+    }
+    Ok((Position(head.get::<_, i64>(0) as u64), streams))
+}
+
+enum Decision {
+    Append,
+    Retried(AppendResult),
+}
+
+/// Expected version and idempotency for one append, against the stream as the group sees it.
+async fn decide(
+    tx: &Transaction<'_>,
+    statements: &mut Statements,
+    schema: &str,
+    request: &AppendRequest,
+    state: &StreamState<'_>,
+) -> Result<Decision, Rejected> {
+    let stream = &request.stream;
+    let events = &request.events;
+    let actual = state.version.map(StreamVersion);
+    if !request.expected.is_satisfied_by(actual) {
+        if let (Some(_), Some(start), Some(first_id)) = (state.version, retry_start(request.expected), events[0].id) {
+            let stored = stored_from(tx, statements, schema, state, start, events.len()).await?;
+            if stored.first().map(|s| s.id) == Some(first_id) {
+                return Ok(Decision::Retried(same_append(stream, &stored, events)?));
+            }
+        }
+        return Err(
+            ReelError::WrongExpectedVersion { stream: stream.clone(), expected: request.expected, actual }.into()
+        );
+    }
+    if state.version.is_some() && events.iter().any(|e| e.id.is_some()) {
+        if let RecentIds::RetryFrom(from) = check_recent(stream, &state.recent, events)? {
+            let stored = stored_from(tx, statements, schema, state, from, events.len()).await?;
+            return Ok(Decision::Retried(same_append(stream, &stored, events)?));
+        }
+    }
+    Ok(Decision::Append)
+}
+
+/// The group's accepted appends, written by one statement.
+#[derive(Default)]
+struct GroupWrite<'a> {
+    positions: Vec<i64>,
+    names: Vec<&'a str>,
+    versions: Vec<i64>,
+    ids: Vec<uuid::Uuid>,
+    types: Vec<&'a str>,
+    data: Vec<&'a [u8]>,
+    metadata: Vec<Option<serde_json::Value>>,
+}
+
+impl<'a> GroupWrite<'a> {
+    /// Places the request's events after the group's head and the stream's version.
+    fn add(&mut self, request: &'a AppendRequest, state: &mut StreamState<'a>, head: &mut Position) -> AppendResult {
+        let first_position = head.next();
+        let first_version = state.version.map_or(0, |v| v + 1);
+        for (i, event) in request.events.iter().enumerate() {
+            let (position, version) = (Position(first_position.0 + i as u64), first_version + i as u64);
+            let id = event.id.unwrap_or_else(EventId::new_v7);
+            self.positions.push(position.0 as i64);
+            self.names.push(request.stream.as_str());
+            self.versions.push(version as i64);
+            self.ids.push(id.0);
+            self.types.push(event.event_type.as_str());
+            self.data.push(event.data.as_slice());
+            self.metadata.push((!event.metadata.is_empty()).then(|| serde_json::Value::Object(event.metadata.clone())));
+            state.recent.insert(id, version);
+            state.pending.push(Pending { position, version, id, event });
+        }
+        let n = request.events.len() as u64;
+        let last_version = first_version + n - 1;
+        state.version = Some(last_version);
+        *head = Position(head.0 + n);
+        AppendResult { first_position, last_position: *head, next_version: StreamVersion(last_version) }
+    }
+
+    /// Stream rows (updated or created), events and the head in one statement; the head's new
+    /// position is announced on the schema's channel, delivered at commit.
+    async fn write(
+        &self,
+        tx: &Transaction<'_>,
+        statements: &mut Statements,
+        schema: &str,
+        streams: &HashMap<&str, StreamState<'_>>,
+        head: Position,
+        now: Timestamp,
+    ) -> Result<(), ReelError> {
+        let (mut updated_ids, mut updated_versions) = (Vec::new(), Vec::new());
+        let (mut created, mut created_categories, mut created_versions) = (Vec::new(), Vec::new(), Vec::new());
+        for state in streams.values() {
+            let Some(version) = state.version.filter(|v| Some(*v) != state.stored_version) else { continue };
+            match state.stream_id {
+                Some(id) => {
+                    updated_ids.push(id);
+                    updated_versions.push(version as i64);
+                }
+                None => {
+                    created.push(state.name.as_str());
+                    created_categories.push(state.name.category());
+                    created_versions.push(version as i64);
+                }
+            }
+        }
+        let sql = format!(
+            "WITH updated AS (
+                UPDATE {schema}.streams s SET version = u.version
+                FROM UNNEST($1::bigint[], $2::bigint[]) AS u(stream_id, version)
+                WHERE s.stream_id = u.stream_id RETURNING s.stream_id, s.name),
+             created AS (
+                INSERT INTO {schema}.streams (name, category, version)
+                SELECT * FROM UNNEST($3::text[], $4::text[], $5::bigint[]) RETURNING stream_id, name),
+             touched AS (SELECT * FROM updated UNION ALL SELECT * FROM created),
+             inserted AS (
+                INSERT INTO {schema}.events
+                    (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at)
+                SELECT x.p, t.stream_id, x.v, x.i, x.t, x.d, x.m, $13
+                FROM UNNEST($6::bigint[], $7::text[], $8::bigint[], $9::uuid[], $10::text[], $11::bytea[], $12::jsonb[])
+                    AS x(p, n, v, i, t, d, m)
+                JOIN touched t ON t.name = x.n
+                ORDER BY x.p
+                RETURNING 1),
+             moved AS (UPDATE {schema}.head SET position = $14)
+             SELECT (SELECT count(*) FROM inserted), pg_notify($15, $16)"
+        );
+        let fail = |e| crate::storage_error("writing appended events", e);
+        let statement = prepared(tx, statements, sql).await.map_err(fail)?;
+        let row = tx
+            .query_one(
+                &statement,
+                &[
+                    &updated_ids,
+                    &updated_versions,
+                    &created,
+                    &created_categories,
+                    &created_versions,
+                    &self.positions,
+                    &self.names,
+                    &self.versions,
+                    &self.ids,
+                    &self.types,
+                    &self.data,
+                    &self.metadata,
+                    &now.unix_micros(),
+                    &(head.0 as i64),
+                    &channel(schema),
+                    &head.0.to_string(),
+                ],
+            )
+            .await
+            .map_err(fail)?;
+        let inserted = row.get::<_, i64>(0) as usize;
+        if inserted != self.positions.len() {
+            // Cannot happen while every appender holds the head lock; refusing to commit keeps
+            // positions gap-free if it ever did.
+            return Err(ReelError::storage(
+                "writing appended events",
+                format!("{inserted} of {} events matched a stream row", self.positions.len()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The channel of a schema's head announcements.
 pub fn channel(schema: &str) -> String {
     format!("reel_head_{schema}")
 }
@@ -150,163 +400,47 @@ impl From<ReelError> for Rejected {
     }
 }
 
-async fn append_one(
-    tx: &Transaction<'_>,
-    statements: &mut Statements,
-    schema: &str,
-    request: &AppendRequest,
-    rows: &mut HashMap<StreamName, (i64, u64)>,
-    head: &mut Position,
-    now: Timestamp,
-) -> Result<AppendResult, Rejected> {
-    let stream = &request.stream;
-    let events = &request.events;
-    let err = |e: tokio_postgres::Error| ReelError::storage(format!("appending to {stream}"), e);
-    let row = match rows.get(stream) {
-        Some(row) => Some(*row),
-        None => {
-            let lookup =
-                prepared(tx, statements, format!("SELECT stream_id, version FROM {schema}.streams WHERE name = $1"))
-                    .await
-                    .map_err(err)?;
-            tx.query_opt(&lookup, &[&stream.as_str()])
-                .await
-                .map_err(err)?
-                .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1) as u64))
-        }
-    };
-    let actual = row.map(|(_, v)| StreamVersion(v));
-    if !request.expected.is_satisfied_by(actual) {
-        if let (Some((stream_id, _)), Some(start), Some(first_id)) = (row, retry_start(request.expected), events[0].id)
-        {
-            let stored = stored_from(tx, statements, schema, stream_id, start, events.len()).await?;
-            if stored.first().map(|s| s.id) == Some(first_id) {
-                return Ok(same_append(stream, &stored, events)?);
-            }
-        }
-        return Err(
-            ReelError::WrongExpectedVersion { stream: stream.clone(), expected: request.expected, actual }.into()
-        );
-    }
-    if let Some((stream_id, version)) = row {
-        if events.iter().any(|e| e.id.is_some()) {
-            let start = version.saturating_sub(RECENT_ID_WINDOW - 1) as i64;
-            let recent_sql = format!(
-                "SELECT event_id, stream_version FROM {schema}.events WHERE stream_id = $1 AND stream_version >= $2"
-            );
-            let recent_statement = prepared(tx, statements, recent_sql).await.map_err(err)?;
-            let recent: HashMap<EventId, u64> = tx
-                .query(&recent_statement, &[&stream_id, &start])
-                .await
-                .map_err(err)?
-                .iter()
-                .map(|r| (EventId(r.get(0)), r.get::<_, i64>(1) as u64))
-                .collect();
-            if let RecentIds::RetryFrom(from) = check_recent(stream, &recent, events)? {
-                let stored = stored_from(tx, statements, schema, stream_id, from, events.len()).await?;
-                return Ok(same_append(stream, &stored, events)?);
-            }
-        }
-    }
-    insert(tx, statements, schema, stream, row, events, head, now)
-        .await
-        .map(|(result, row)| {
-            rows.insert(stream.clone(), row);
-            result
-        })
-        .map_err(Rejected::Write)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn insert(
-    tx: &Transaction<'_>,
-    statements: &mut Statements,
-    schema: &str,
-    stream: &StreamName,
-    row: Option<(i64, u64)>,
-    events: &[NewEvent],
-    head: &mut Position,
-    now: Timestamp,
-) -> Result<(AppendResult, (i64, u64)), ReelError> {
-    let err = |e: tokio_postgres::Error| ReelError::storage(format!("appending to {stream}"), e);
-    let n = events.len() as u64;
-    let first_version = row.map_or(0, |(_, v)| v + 1);
-    let last_version = first_version + n - 1;
-    let stream_id: i64 = match row {
-        Some((id, _)) => {
-            tx.execute(
-                &format!("UPDATE {schema}.streams SET version = $1 WHERE stream_id = $2"),
-                &[&(last_version as i64), &id],
-            )
-            .await
-            .map_err(err)?;
-            id
-        }
-        None => tx
-            .query_one(
-                &format!(
-                    "INSERT INTO {schema}.streams (name, category, version) VALUES ($1, $2, $3) RETURNING stream_id"
-                ),
-                &[&stream.as_str(), &stream.category(), &(last_version as i64)],
-            )
-            .await
-            .map_err(err)?
-            .get(0),
-    };
-    let first_position = head.next();
-    let positions: Vec<i64> = (0..n).map(|i| (first_position.0 + i) as i64).collect();
-    let versions: Vec<i64> = (0..n).map(|i| (first_version + i) as i64).collect();
-    let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.id.unwrap_or_else(EventId::new_v7).0).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let data: Vec<&[u8]> = events.iter().map(|e| e.data.as_slice()).collect();
-    let metadata: Vec<Option<serde_json::Value>> = events
-        .iter()
-        .map(|e| (!e.metadata.is_empty()).then(|| serde_json::Value::Object(e.metadata.clone())))
-        .collect();
-    // One round trip for the whole batch.
-    let sql = format!(
-        "INSERT INTO {schema}.events (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at)
-         SELECT p, $2, v, i, t, d, m, $8 FROM UNNEST($1::bigint[], $3::bigint[], $4::uuid[], $5::text[], $6::bytea[], $7::jsonb[]) AS x(p, v, i, t, d, m)"
-    );
-    let insert_events = prepared(tx, statements, sql).await.map_err(err)?;
-    tx.execute(
-        &insert_events,
-        &[&positions, &stream_id, &versions, &ids, &types, &data, &metadata, &now.unix_micros()],
-    )
-    .await
-    .map_err(err)?;
-    *head = Position(head.0 + n);
-    let result = AppendResult { first_position, last_position: *head, next_version: StreamVersion(last_version) };
-    Ok((result, (stream_id, last_version)))
-}
-
+/// The stream's events from version `start` on, at most `limit`: stored ones first, then this
+/// group's.
 async fn stored_from(
     tx: &Transaction<'_>,
     statements: &mut Statements,
     schema: &str,
-    stream_id: i64,
+    state: &StreamState<'_>,
     start: u64,
     limit: usize,
-) -> Result<Vec<StoredForRetry>, ReelError> {
-    let sql = format!(
-        "SELECT position, stream_version, event_id, event_type, data, metadata FROM {schema}.events
-         WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
-    );
-    let fail = |e| ReelError::storage("checking for a retried append", e);
-    let statement = prepared(tx, statements, sql).await.map_err(fail)?;
-    let rows = tx.query(&statement, &[&stream_id, &(start as i64), &(limit as i64)]).await.map_err(fail)?;
-    Ok(rows
-        .iter()
-        .map(|r| StoredForRetry {
-            position: Position(r.get::<_, i64>(0) as u64),
-            version: r.get::<_, i64>(1) as u64,
-            id: EventId(r.get(2)),
-            event_type: r.get(3),
-            data: r.get(4),
-            metadata: match r.get::<_, Option<serde_json::Value>>(5) {
-                Some(serde_json::Value::Object(map)) => map,
-                _ => Default::default(),
-            },
-        })
-        .collect())
+) -> Result<Vec<StoredForRetry>, Rejected> {
+    let mut found = Vec::with_capacity(limit);
+    if let (Some(stream_id), Some(stored_version)) = (state.stream_id, state.stored_version) {
+        if start <= stored_version {
+            let sql = format!(
+                "SELECT position, stream_version, event_id, event_type, data, metadata FROM {schema}.events
+                 WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
+            );
+            let fail = |e| Rejected::Write(crate::storage_error("checking for a retried append", e));
+            let statement = prepared(tx, statements, sql).await.map_err(fail)?;
+            let rows = tx.query(&statement, &[&stream_id, &(start as i64), &(limit as i64)]).await.map_err(fail)?;
+            found.extend(rows.iter().map(|r| StoredForRetry {
+                position: Position(r.get::<_, i64>(0) as u64),
+                version: r.get::<_, i64>(1) as u64,
+                id: EventId(r.get(2)),
+                event_type: r.get(3),
+                data: r.get(4),
+                metadata: match r.get::<_, Option<serde_json::Value>>(5) {
+                    Some(serde_json::Value::Object(map)) => map,
+                    _ => Default::default(),
+                },
+            }));
+        }
+    }
+    let more = limit - found.len();
+    found.extend(state.pending.iter().filter(|p| p.version >= start).take(more).map(|p| StoredForRetry {
+        position: p.position,
+        version: p.version,
+        id: p.id,
+        event_type: p.event.event_type.clone(),
+        data: p.event.data.clone(),
+        metadata: p.event.metadata.clone(),
+    }));
+    Ok(found)
 }

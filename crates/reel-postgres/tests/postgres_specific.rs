@@ -278,3 +278,50 @@ async fn snapshots_are_kept_per_stream_and_replaced() {
     store.save_snapshot(&second).await.unwrap();
     assert_eq!(store.load_snapshot(&stream).await.unwrap(), Some(second));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_role_or_unreachable_server_is_a_clear_error_naming_the_url() {
+    // Trust authentication here: an unknown role is what wrong credentials look like.
+    let url = "postgres://no_such_role:secret@127.0.0.1:5432/test";
+    let Err(e) = PostgresStore::connect(url, &fresh_schema()).await else { panic!("an unknown role connected") };
+    let message = e.to_string();
+    assert!(matches!(e, ReelError::Storage { .. }), "{e:?}");
+    assert!(message.contains("no_such_role:***@127.0.0.1:5432/test"), "names the URL: {message}");
+    assert!(!message.contains("secret"), "never shows the password: {message}");
+    assert!(message.contains("role \"no_such_role\" does not exist"), "gives the server's reason: {message}");
+
+    // A port nobody listens on.
+    let url = "postgres://postgres@127.0.0.1:1/test";
+    let Err(e) = PostgresStore::connect(url, &fresh_schema()).await else { panic!("connected to port 1") };
+    let message = e.to_string();
+    assert!(message.contains("127.0.0.1:1/test") && message.contains("refused"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_timeout_fails_the_append_changes_nothing_and_the_store_goes_on() {
+    let schema = fresh_schema();
+    let url = format!("{}?options=-c%20statement_timeout%3D300", database_url());
+    let store = PostgresStore::connect(&url, &schema).await.expect("connect with a statement timeout");
+    let stream = StreamName::new("unit-1").unwrap();
+    store.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("First", "{}")]).await.unwrap();
+
+    // Another session holds the head lock longer than the timeout allows an append to wait.
+    let mut admin = admin().await;
+    let blocker = admin.transaction().await.unwrap();
+    blocker.execute(&format!("SELECT position FROM {schema}.head FOR UPDATE"), &[]).await.unwrap();
+    let started = std::time::Instant::now();
+    let timed_out = store.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("Second", "{}")]).await;
+    let Err(e) = timed_out else { panic!("the append waited past the statement timeout") };
+    assert!(matches!(e, ReelError::Storage { .. }), "{e:?}");
+    assert!(e.to_string().contains("statement timeout"), "says why: {e}");
+    assert!(started.elapsed() < Duration::from_secs(10), "failed within the timeout, not after a hang");
+    blocker.rollback().await.unwrap();
+
+    assert_eq!(store.head().await.unwrap(), Position(1), "nothing of the timed-out append was stored");
+    assert_eq!(store.stream_version(&stream).await.unwrap(), Some(reel_core::StreamVersion(0)));
+    let next = store.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("Third", "{}")]).await.unwrap();
+    assert_eq!(next.first_position, Position(2), "the next append goes on with no gap");
+    let page = store.read_all(Position(1), &ReadAllFilter::default(), 10).await.unwrap();
+    let types: Vec<&str> = page.events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["First", "Third"]);
+}

@@ -162,7 +162,15 @@ fn a_standby_consumer_takes_over_after_kill_9() {
 
 #[test]
 fn a_slow_batch_keeps_its_lease_and_is_never_processed_twice() {
-    let cli = Cli::new();
+    slow_batch_is_processed_once(Cli::new());
+}
+
+#[test]
+fn a_slow_batch_keeps_its_lease_and_is_never_processed_twice_on_postgres() {
+    slow_batch_is_processed_once(Cli::postgres());
+}
+
+fn slow_batch_is_processed_once(cli: Cli) {
     append(&cli, 3);
     // Each batch takes longer than the lease: only the heartbeat keeps the lease alive.
     let handler = ["--", "sh", "-c", "cat >> deliveries.ndjson; sleep 2"];
@@ -182,6 +190,53 @@ fn a_slow_batch_keeps_its_lease_and_is_never_processed_twice() {
     terminate(&mut first);
     terminate(&mut second);
     assert_eq!(delivered(), vec![1, 2, 3, 4, 5, 6], "every event delivered exactly once");
+}
+
+#[test]
+fn a_frozen_worker_loses_its_lease_and_delivers_nothing_once_resumed() {
+    frozen_worker_delivers_nothing_after_takeover(Cli::new());
+}
+
+#[test]
+fn a_frozen_worker_loses_its_lease_and_delivers_nothing_once_resumed_on_postgres() {
+    frozen_worker_delivers_nothing_after_takeover(Cli::postgres());
+}
+
+/// `kill -STOP` stands for a stalled host (a long GC pause, a VM migration): the standby takes the
+/// lease once it lapses, and the stalled worker, resumed, must not deliver alongside it.
+fn frozen_worker_delivers_nothing_after_takeover(cli: Cli) {
+    append(&cli, 3);
+    // Each delivery line is tagged with the pid of the worker that delivered it.
+    let handler = ["--", "sh", "-c", "sed \"s/^/$PPID /\" >> deliveries.txt"];
+    let args = |extra: &[&'static str]| [&["frozen", "--lease-ttl", "1", "--batch", "1"][..], extra].concat();
+    let (mut first, _) = spawn_consumer(&cli, &args(&handler));
+    wait_until("the first worker to save 1..3", || subscription(&cli, "frozen")["position"] == 3);
+    let signal = |name: &str, child: &Child| {
+        let status = std::process::Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status();
+        assert!(status.expect("kill").success());
+    };
+    signal("STOP", &first);
+    let (mut second, _) = spawn_consumer(&cli, &args(&handler));
+    append(&cli, 3);
+    wait_until("the standby to take over and catch up", || subscription(&cli, "frozen")["position"] == 6);
+    signal("CONT", &first);
+    append(&cli, 3);
+    wait_until("the last events", || subscription(&cli, "frozen")["position"] == 9);
+    std::thread::sleep(Duration::from_millis(1500));
+    terminate(&mut first);
+    terminate(&mut second);
+    let deliveries: Vec<(u32, u64)> = std::fs::read_to_string(cli.path("deliveries.txt"))
+        .expect("deliveries")
+        .lines()
+        .map(|line| {
+            let (pid, event) = line.split_once(' ').expect("pid and event");
+            let event: serde_json::Value = serde_json::from_str(event).expect("event json");
+            (pid.parse().expect("pid"), event["position"].as_u64().expect("position"))
+        })
+        .collect();
+    let by = |pid: u32| deliveries.iter().filter(|(p, _)| *p == pid).map(|(_, position)| *position).collect::<Vec<_>>();
+    assert_eq!(by(first.id()), vec![1, 2, 3], "the frozen worker delivered nothing after its lease lapsed");
+    assert_eq!(by(second.id()), vec![4, 5, 6, 7, 8, 9], "the standby delivered the rest once each, in order");
 }
 
 #[test]

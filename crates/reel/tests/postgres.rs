@@ -33,6 +33,23 @@ fn commands_work_against_postgres() {
     assert_eq!(migrated["schema_version"], reel_postgres::SCHEMA_VERSION);
 }
 
+#[test]
+fn a_store_url_that_cannot_connect_is_one_line_naming_the_url_without_its_password() {
+    let cli = Cli::new();
+    let run = |url: &str| {
+        let out = cli.command().args(["stats"]).env("REEL_STORE", url).output().expect("run reel");
+        assert_eq!(out.status.code(), Some(1), "storage failures exit 1");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        stderr
+    };
+    let stderr = run("postgres://bob:hunter2@127.0.0.1:5432/test");
+    assert!(stderr.contains("postgres://bob:***@127.0.0.1:5432/test"), "{stderr}");
+    assert!(stderr.contains("role \"bob\" does not exist") && !stderr.contains("hunter2"), "{stderr}");
+    let stderr = run("postgres://postgres@127.0.0.1:5432/no_such_database");
+    assert!(stderr.contains("database \"no_such_database\" does not exist"), "{stderr}");
+}
+
 fn run_and_kill(cli: &Cli, acks_before_kill: usize) -> Vec<serde_json::Value> {
     let mut child = cli
         .command()

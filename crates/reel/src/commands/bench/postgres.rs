@@ -1,7 +1,8 @@
 //! `reel bench postgres --store postgres://…`: the PostgreSQL store against a plain-SQL baseline
 //! measured in the same run (one INSERT per event into a bigserial table, no ordering guarantee).
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -112,7 +113,31 @@ pub(super) async fn bench_postgres(plan: &PostgresPlan) -> Result<(Vec<Row>, ser
         .await
     })
     .await?;
+    let batched_rate = row.events_per_sec;
     rows.push(with_ratio_named(row, baseline_rate, "baseline (single inserts)"));
+
+    // Ceiling: what one backend inserts per second into a table of the events table's shape (same
+    // indexes) when the rows are made on the server: no network, no decoding, no ordering work.
+    // Appends under the head lock run on one backend at a time, so this bounds batched appends.
+    admin.batch_execute(&format!("CREATE TABLE {schema}.ceiling (LIKE {schema}.events INCLUDING INDEXES)")).await?;
+    let ceiling = measure_async(
+        "ceiling: one backend, the same rows made in-server (INSERT … SELECT generate_series)".to_string(),
+        batch_total,
+        async {
+            let sql = format!(
+                "INSERT INTO {schema}.ceiling SELECT g, g % 100, g, gen_random_uuid(), 'Bench', $1::bytea, NULL, 0
+                 FROM generate_series(1, $2::bigint) g"
+            );
+            admin.execute(&sql, &[&data, &(batch_total as i64)]).await?;
+            Ok(())
+        },
+    )
+    .await?;
+    let ceiling_rate = ceiling.events_per_sec;
+    rows.push(ceiling);
+    if let Some(batched) = rows.iter_mut().rev().nth(1) {
+        batched.note = format!("{}; {:.2}× ceiling", batched.note, batched_rate / ceiling_rate);
+    }
 
     let head = store.head().await?.0;
     let events: Arc<dyn EventStore> = Arc::new(store.clone());
@@ -137,33 +162,27 @@ pub(super) async fn bench_postgres(plan: &PostgresPlan) -> Result<(Vec<Row>, ser
     ))
 }
 
-/// A follower on a second store instance (another "server") wakes through LISTEN/NOTIFY.
+/// A follower on a second store instance (another "server") wakes through LISTEN/NOTIFY. It
+/// notes when each position arrived; latencies are computed afterwards against the times the
+/// appends were started, so an event that arrives before its append has returned still counts.
 async fn follower_latency(store: &PostgresStore, plan: &PostgresPlan) -> Result<(f64, f64, usize)> {
     let follower = PostgresStore::connect(&plan.url, store.schema()).await?;
-    let sent: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
     let count = (plan.latency_seconds * 1000) as usize;
     let start = follower.head().await?;
-    let watcher = {
-        let sent = sent.clone();
-        tokio::spawn(async move {
-            let mut watch = follower.watch_head();
-            let mut latencies = Vec::with_capacity(count);
-            let mut seen = start;
-            while latencies.len() < count {
-                let Ok(Ok(head)) = tokio::time::timeout(Duration::from_secs(5), watch.wait_past(seen)).await else {
-                    break;
-                };
-                let now = Instant::now();
-                let sent = sent.lock().map(|s| s.clone()).unwrap_or_default();
-                for (position, at) in sent.iter().filter(|(p, _)| *p > seen.0 && *p <= head.0) {
-                    let _ = position;
-                    latencies.push(now.saturating_duration_since(*at));
-                }
-                seen = head;
-            }
-            latencies
-        })
-    };
+    let watcher = tokio::spawn(async move {
+        let mut watch = follower.watch_head();
+        let mut arrivals: HashMap<u64, Instant> = HashMap::with_capacity(count);
+        let mut seen = start;
+        while arrivals.len() < count {
+            let Ok(Ok(head)) = tokio::time::timeout(Duration::from_secs(5), watch.wait_past(seen)).await else {
+                break;
+            };
+            let now = Instant::now();
+            arrivals.extend((seen.0 + 1..=head.0).map(|p| (p, now)));
+            seen = head;
+        }
+        arrivals
+    });
     // Appends are started on schedule, 1 ms apart, without waiting for the previous one.
     let began = Instant::now();
     let mut appends = Vec::with_capacity(count);
@@ -171,22 +190,22 @@ async fn follower_latency(store: &PostgresStore, plan: &PostgresPlan) -> Result<
         if let Some(wait) = (began + Duration::from_millis(i as u64)).checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;
         }
-        let (store, sent) = (store.clone(), sent.clone());
+        let store = store.clone();
         appends.push(tokio::spawn(async move {
             let at = Instant::now();
             let stream = bench_stream(9_999 + (i as u64 % 8));
             let result = store.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("Ping", "{}")]).await?;
-            if let Ok(mut sent) = sent.lock() {
-                sent.push((result.first_position.0, at));
-            }
-            Ok::<(), reel_core::ReelError>(())
+            Ok::<_, reel_core::ReelError>((result.first_position.0, at))
         }));
     }
+    let mut sent = Vec::with_capacity(count);
     for append in appends {
-        append.await??;
+        sent.push(append.await??);
     }
-    let mut latencies = watcher.await?;
-    anyhow::ensure!(!latencies.is_empty(), "the follower saw nothing");
+    let arrivals = watcher.await?;
+    let mut latencies: Vec<Duration> =
+        sent.iter().filter_map(|(p, at)| Some(arrivals.get(p)?.saturating_duration_since(*at))).collect();
+    anyhow::ensure!(latencies.len() == sent.len(), "the follower saw {} of {} events", latencies.len(), sent.len());
     latencies.sort();
     let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
     Ok((quantile(0.5), quantile(0.99), latencies.len()))
