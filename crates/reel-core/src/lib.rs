@@ -28,6 +28,7 @@ mod stream_name;
 mod subscription;
 mod timestamp;
 mod upcast;
+pub mod wire;
 
 pub use all_reader::AllReader;
 pub use error::{ReelError, Result};

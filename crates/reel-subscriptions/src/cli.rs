@@ -182,8 +182,7 @@ impl LifecycleCommand {
 }
 
 async fn list(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria, json: bool) -> Result<(), ReelError> {
-    let head = engine.events.head().await?;
-    let subscriptions = engine.subscriptions(criteria).await?;
+    let views = engine.overview(criteria).await?;
     let mut out = std::io::stdout().lock();
     if !json {
         let _ = writeln!(
@@ -192,37 +191,35 @@ async fn list(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria, json
             "id", "group", "mode", "status", "position", "lag", "retries", "parked"
         );
     }
-    for s in &subscriptions {
-        let parked = engine.store.parked(&s.id).await?.len();
-        let lag = head.0.saturating_sub(s.position.0);
+    for s in &views {
         if json {
             let line = serde_json::json!({
                 "id": s.id,
                 "group": s.group,
-                "mode": s.run_mode,
+                "mode": s.mode,
                 "status": s.status,
                 "position": s.position,
-                "lag": lag,
-                "retries": s.retry_attempt,
-                "parked": parked,
-                "last_error": s.error.as_ref().map(|e| &e.message),
-                "lease_owner": s.lease.as_ref().map(|l| &l.owner),
+                "lag": s.lag,
+                "retries": s.retries,
+                "parked": s.parked_count,
+                "last_error": s.last_error,
+                "lease_owner": s.lease_owner,
                 "last_saved_at": s.last_saved_at,
             });
             let _ = writeln!(out, "{line}");
         } else {
-            let error = s.error.as_ref().and_then(|e| e.message.lines().next()).unwrap_or("");
+            let error = s.last_error.as_deref().and_then(|e| e.lines().next()).unwrap_or("");
             let _ = writeln!(
                 out,
                 "{:<28} {:<12} {:<15} {:<9} {:>10} {:>10} {:>7} {:>6}  {}",
                 s.id.as_str(),
                 s.group,
-                s.run_mode.as_str(),
+                s.mode.as_str(),
                 s.status.as_str(),
                 s.position.0,
-                lag,
-                s.retry_attempt,
-                parked,
+                s.lag,
+                s.retries,
+                s.parked_count,
                 error.chars().take(80).collect::<String>()
             );
         }

@@ -64,6 +64,35 @@ pub struct EngineReport {
     pub unmatched: Vec<SubscriptionId>,
 }
 
+/// A subscription as operators see it (`reel subscriptions list`, `GET /subscriptions`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SubscriptionView {
+    /// Its id.
+    pub id: SubscriptionId,
+    /// Its group.
+    pub group: String,
+    /// How it runs.
+    pub mode: reel_core::RunMode,
+    /// Where it is in its lifecycle.
+    pub status: reel_core::SubscriptionStatus,
+    /// Last position handled.
+    pub position: Position,
+    /// Events between its position and the head.
+    pub lag: u64,
+    /// Failed attempts at the current batch.
+    pub retries: u32,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// The worker holding it, if any.
+    pub lease_owner: Option<String>,
+    /// When its state was last saved.
+    pub last_saved_at: reel_core::Timestamp,
+    /// How many events it parked.
+    pub parked_count: usize,
+    /// The events it parked.
+    pub parked: Vec<reel_core::ParkedEvent>,
+}
+
 /// Drives subscriptions through their lifecycle against an event store and a subscription store.
 /// Cheap to clone (shared stores and subscribers).
 #[derive(Clone)]
@@ -374,6 +403,31 @@ impl SubscriptionEngine {
             self.save(&mut subscription, &mut report).await?;
         }
         Ok(report)
+    }
+
+    /// What operators look at: each matching subscription with its lag behind the head, its
+    /// retries, last error and parked events.
+    pub async fn overview(&self, criteria: &SubscriptionCriteria) -> Result<Vec<SubscriptionView>, ReelError> {
+        let head = self.events.head().await?;
+        let mut views = Vec::new();
+        for s in self.subscriptions(criteria).await? {
+            let parked = self.store.parked(&s.id).await?;
+            views.push(SubscriptionView {
+                lag: head.0.saturating_sub(s.position.0),
+                parked_count: parked.len(),
+                parked,
+                id: s.id,
+                group: s.group,
+                mode: s.run_mode,
+                status: s.status,
+                position: s.position,
+                retries: s.retry_attempt,
+                last_error: s.error.map(|e| e.message),
+                lease_owner: s.lease.map(|l| l.owner),
+                last_saved_at: s.last_saved_at,
+            });
+        }
+        Ok(views)
     }
 
     /// The stored subscriptions matching `criteria`, ordered by id.

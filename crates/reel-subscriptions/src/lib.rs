@@ -46,7 +46,7 @@ mod subscriber;
 mod worker;
 
 pub use decorators::{CatchUpSubscriptionEngine, EngineOperations, RunAfterAppend, ThrowOnErrorSubscriptionEngine};
-pub use engine::{EngineError, EngineReport, ResetTo, SubscriptionEngine};
+pub use engine::{EngineError, EngineReport, ResetTo, SubscriptionEngine, SubscriptionView};
 pub use retry::{Clock, ClockBasedRetryStrategy, ManualClock, NoRetry, RetryStrategy, SystemClock};
 pub use subscriber::{BatchFailure, Checkpoint, EventPayload, HandlerError, Message, Subscriber, SubscriberSpec};
 pub use worker::{Worker, WorkerOptions};

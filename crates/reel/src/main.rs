@@ -56,6 +56,10 @@ pub enum Command {
     Subscriptions(commands::subscriptions::SubscriptionsArgs),
     /// Run a subscription whose handler is a command (events as NDJSON on stdin) or stdout.
     Consume(commands::consume::ConsumeArgs),
+    /// Serve the HTTP API, live streams and dashboard (default http://127.0.0.1:7311).
+    Serve(commands::serve::ServeArgs),
+    /// Create, list and revoke API tokens.
+    Token(commands::token::TokenArgs),
     /// Measure throughput; prints a table and writes JSON.
     Bench(commands::bench::BenchArgs),
     /// Internal tools used by the test suite.

@@ -78,6 +78,14 @@ pub async fn open_with_subscriptions(cli: &Cli) -> Result<Stores> {
     }
 }
 
+/// The store for messages: a path, or the URL without its password plus the schema.
+pub fn describe(cli: &Cli) -> String {
+    match Dsn::parse(&cli.store) {
+        Ok(Dsn::Postgres(url)) => format!("{} (schema {})", reel_postgres::redact(&url), cli.schema),
+        _ => cli.store.clone(),
+    }
+}
+
 /// Opens the event store for a command.
 pub async fn open(cli: &Cli) -> Result<Arc<dyn EventStore>> {
     Ok(open_with_subscriptions(cli).await?.events)

@@ -1,0 +1,180 @@
+//! `GET /all`: the global log from a position, filtered, with long polling (`wait`: answer as
+//! soon as a matching event past `from` exists, or with an empty page after `wait` seconds).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use reel_core::{Position, ReadAllFilter, RecordedEvent};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::streams::{encode_segment, RecordedEventDoc};
+use super::{forbidden, AppState, Params};
+use crate::error::{ApiError, ErrorBody};
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadAllQuery {
+    /// First position to return (default 1).
+    #[param(minimum = 0)]
+    pub from: Option<u64>,
+    /// Most events to return, 1 to 10,000 (default 100).
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<usize>,
+    /// Only streams of these categories (comma-separated).
+    pub category: Option<String>,
+    /// Only these event types (comma-separated).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub event_type: Option<String>,
+    /// Seconds to wait for a matching event when there is none yet (0 to the server's maximum).
+    #[param(minimum = 0)]
+    pub wait: Option<u64>,
+}
+
+fn list(text: &Option<String>) -> Vec<String> {
+    text.as_deref()
+        .map(|t| t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        .unwrap_or_default()
+}
+
+impl ReadAllQuery {
+    /// The filter, checked against the caller's scopes.
+    pub fn filter(&self) -> ReadAllFilter {
+        ReadAllFilter { categories: list(&self.category), event_types: list(&self.event_type), stream_prefix: None }
+    }
+}
+
+/// A page of the global log.
+#[derive(Serialize, ToSchema)]
+pub struct AllPageBody {
+    #[schema(value_type = Vec<RecordedEventDoc>)]
+    pub events: Vec<RecordedEvent>,
+    /// Where the next read starts (past events the filter skipped).
+    pub next_from: u64,
+    /// The head when the page was read.
+    pub head: u64,
+    pub links: super::streams::Links,
+}
+
+/// Read the global log.
+#[utoipa::path(
+    get, path = "/all", tag = "log",
+    params(ReadAllQuery),
+    responses(
+        (status = 200, description = "A page (empty when `wait` ran out)", body = AllPageBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Outside the token's scopes", body = ErrorBody),
+    )
+)]
+pub async fn read_all(
+    State(state): State<AppState>,
+    Params(query): Params<ReadAllQuery>,
+    headers: HeaderMap,
+) -> Result<Json<AllPageBody>, ApiError> {
+    let access = state.access(&headers).await?;
+    let filter = query.filter();
+    if !access.can_read_log(&filter.categories) {
+        return Err(forbidden("reading the whole log (filter with ?category= to the categories you may read)".into()));
+    }
+    let limit = query.limit.unwrap_or(100);
+    reel_core::check_read_limit(limit)?;
+    let wait = Duration::from_secs(query.wait.unwrap_or(0));
+    if wait > state.limits.max_wait {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("wait is at most {} seconds", state.limits.max_wait.as_secs()),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut from = Position(query.from.unwrap_or(1).clamp(1, i64::MAX as u64));
+    let mut watch = state.events.watch_head();
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let head = state.events.head().await?;
+        let page = state.events.read_all(from, &filter, limit).await?;
+        from = page.next;
+        let waiting = page.events.is_empty() && tokio::time::Instant::now() < deadline && !*shutdown.borrow();
+        if !waiting {
+            state.metrics.events_read.inc_by(page.events.len() as u64);
+            let mut next = format!("/all?from={}&limit={limit}", page.next.0);
+            for (name, values) in [("category", &filter.categories), ("type", &filter.event_types)] {
+                if !values.is_empty() {
+                    next.push_str(&format!("&{name}={}", encode_segment(&values.join(","))));
+                }
+            }
+            return Ok(Json(AllPageBody {
+                events: page.events,
+                next_from: page.next.0,
+                head: head.0.max(page.next.0.saturating_sub(1)),
+                links: super::streams::Links { next: Some(next) },
+            }));
+        }
+        if page.next.0 <= head.0 {
+            continue; // a filtered scan stopped short of the head: keep scanning
+        }
+        tokio::select! {
+            _ = watch.wait_past(head) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HeadQuery {
+    /// Wait until the head is past this position …
+    #[param(minimum = 0)]
+    after: Option<u64>,
+    /// … for at most this many seconds.
+    #[param(minimum = 0)]
+    wait: Option<u64>,
+}
+
+/// The head position.
+#[derive(Serialize, ToSchema)]
+pub struct HeadBody {
+    /// Position of the last event (0 when the log is empty).
+    pub head: u64,
+}
+
+/// The log's head position, optionally waiting for it to move.
+#[utoipa::path(
+    get, path = "/head", tag = "log",
+    params(HeadQuery),
+    responses(
+        (status = 200, description = "The head", body = HeadBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+    )
+)]
+pub async fn head(
+    State(state): State<AppState>,
+    Params(query): Params<HeadQuery>,
+    headers: HeaderMap,
+) -> Result<Json<HeadBody>, ApiError> {
+    state.access(&headers).await?;
+    let wait = Duration::from_secs(query.wait.unwrap_or(0));
+    if wait > state.limits.max_wait {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("wait is at most {} seconds", state.limits.max_wait.as_secs()),
+        ));
+    }
+    let head = state.events.head().await?;
+    if let Some(after) = query.after.filter(|a| head.0 <= *a && !wait.is_zero()) {
+        let mut watch = state.events.watch_head();
+        let mut shutdown = state.shutdown.clone();
+        tokio::select! {
+            _ = watch.wait_past(Position(after)) => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+        return Ok(Json(HeadBody { head: state.events.head().await?.0 }));
+    }
+    Ok(Json(HeadBody { head: head.0 }))
+}

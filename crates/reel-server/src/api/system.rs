@@ -1,0 +1,172 @@
+//! `GET /health`, `GET /metrics`, `GET /stats`, `GET /streams` and `GET /openapi.json`.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use reel_core::{StreamInfo, StreamName};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{forbidden, AppState, Params};
+use crate::error::{ApiError, ErrorBody};
+
+/// Liveness and store reachability.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable` when the store cannot be reached.
+    pub status: String,
+    /// Whether the store answered.
+    pub store: bool,
+    /// The head position, when the store answered.
+    pub head: Option<u64>,
+    /// Why the store did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Liveness and store reachability (no token needed).
+#[utoipa::path(
+    get, path = "/health", tag = "system",
+    responses(
+        (status = 200, description = "Serving", body = Health),
+        (status = 503, description = "The store cannot be reached", body = Health),
+    )
+)]
+pub async fn health(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), state.events.head()).await {
+        Ok(Ok(head)) => {
+            Json(Health { status: "ok".into(), store: true, head: Some(head.0), error: None }).into_response()
+        }
+        Ok(Err(e)) => unavailable(e.to_string()),
+        Err(_) => unavailable("the store did not answer within 5 s".into()),
+    }
+}
+
+fn unavailable(error: String) -> Response {
+    let body = Health { status: "unavailable".into(), store: false, head: None, error: Some(error) };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// Prometheus metrics (admin).
+#[utoipa::path(
+    get, path = "/metrics", tag = "system",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Needs the admin scope", body = ErrorBody),
+    )
+)]
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !state.access(&headers).await?.is_admin() {
+        return Err(forbidden("reading metrics (needs admin)".into()));
+    }
+    let head = state.events.head().await?;
+    state.metrics.subscription_position.clear();
+    state.metrics.subscription_lag.clear();
+    for s in state.engine.subscriptions(&reel_core::SubscriptionCriteria::all()).await? {
+        let label = crate::metrics::SubscriptionLabel { subscription: s.id.to_string() };
+        state.metrics.subscription_position.get_or_create(&label).set(s.position.0 as i64);
+        state.metrics.subscription_lag.get_or_create(&label).set(head.0.saturating_sub(s.position.0) as i64);
+    }
+    let body = state.metrics.encode();
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
+}
+
+/// Store statistics.
+#[derive(Serialize, ToSchema)]
+pub struct StatsBody {
+    pub event_count: u64,
+    pub stream_count: u64,
+    pub head: u64,
+    pub storage_bytes: Option<u64>,
+}
+
+/// Event and stream counts, head and size (admin).
+#[utoipa::path(
+    get, path = "/stats", tag = "system",
+    responses(
+        (status = 200, description = "Statistics", body = StatsBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Needs the admin scope", body = ErrorBody),
+    )
+)]
+pub async fn stats(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<StatsBody>, ApiError> {
+    if !state.access(&headers).await?.is_admin() {
+        return Err(forbidden("reading statistics (needs admin)".into()));
+    }
+    let s = state.events.stats().await?;
+    Ok(Json(StatsBody {
+        event_count: s.event_count,
+        stream_count: s.stream_count,
+        head: s.head.0,
+        storage_bytes: s.storage_bytes,
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamsQuery {
+    /// Only streams of this category.
+    category: Option<String>,
+    /// Streams named after this one (paging).
+    after: Option<String>,
+    /// Most streams to return, 1 to 10,000 (default 100).
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StreamEntry {
+    pub stream: String,
+    /// Version of its last event.
+    pub version: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StreamList {
+    pub streams: Vec<StreamEntry>,
+    pub links: super::streams::Links,
+}
+
+/// List streams by name, optionally of one category.
+#[utoipa::path(
+    get, path = "/streams", tag = "streams",
+    params(StreamsQuery),
+    responses(
+        (status = 200, description = "Streams the caller may read", body = StreamList),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+    )
+)]
+pub async fn streams(
+    State(state): State<AppState>,
+    Params(query): Params<StreamsQuery>,
+    headers: HeaderMap,
+) -> Result<Json<StreamList>, ApiError> {
+    let access = state.access(&headers).await?;
+    let limit = query.limit.unwrap_or(100);
+    reel_core::check_read_limit(limit)?;
+    let after = query.after.map(StreamName::new).transpose()?;
+    let found: Vec<StreamInfo> = state.events.streams(query.category.as_deref(), after.as_ref(), limit).await?;
+    let next = (found.len() == limit).then(|| found.last().map(|s| s.stream.to_string())).flatten();
+    let streams = found
+        .into_iter()
+        .filter(|s| access.can_read(s.stream.as_str()))
+        .map(|s| StreamEntry { stream: s.stream.to_string(), version: s.version.0 })
+        .collect();
+    let mut link = None;
+    if let Some(after) = next {
+        let mut url = format!("/streams?after={}&limit={limit}", super::streams::encode_segment(&after));
+        if let Some(category) = &query.category {
+            url.push_str(&format!("&category={}", super::streams::encode_segment(category)));
+        }
+        link = Some(url);
+    }
+    Ok(Json(StreamList { streams, links: super::streams::Links { next: link } }))
+}
+
+/// The OpenAPI document of this API.
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document()).into_response()
+}

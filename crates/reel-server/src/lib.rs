@@ -1,0 +1,177 @@
+//! Reel's HTTP server: the JSON API, live streams (SSE), tokens and scopes, Prometheus metrics,
+//! the OpenAPI document and the dashboard, over any [`EventStore`](reel_core::EventStore).
+//!
+//! ```no_run
+//! # async fn example(stores: (std::sync::Arc<dyn reel_core::EventStore>, std::sync::Arc<dyn reel_core::SubscriptionStore>)) -> Result<(), reel_core::ReelError> {
+//! use reel_server::{Server, ServerConfig};
+//!
+//! let engine = reel_subscriptions::SubscriptionEngine::new(stores.0.clone(), stores.1, Vec::new())?;
+//! let server = Server::start(stores.0, engine, ServerConfig::default()).await?;
+//! println!("listening on http://{}", server.local_addr());
+//! server.run(std::future::pending()).await
+//! # }
+//! ```
+
+mod api;
+mod config;
+mod dashboard;
+mod error;
+mod live;
+mod metrics;
+mod openapi;
+pub mod scopes;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use reel_core::{EventStore, ReelError};
+use reel_subscriptions::SubscriptionEngine;
+use tokio::net::TcpListener;
+
+pub use config::{RequestLimits, ServerConfig, DEFAULT_PORT};
+pub use error::ApiError;
+pub use openapi::document as openapi_document;
+
+use api::AppState;
+
+/// A bound, ready server.
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+    config: ServerConfig,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Server {
+    /// Binds `config.listen` and prepares the routes; refuses a non-loopback address without
+    /// tokens.
+    pub async fn start(
+        events: Arc<dyn EventStore>,
+        engine: SubscriptionEngine,
+        config: ServerConfig,
+    ) -> Result<Self, ReelError> {
+        config.check()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ReelError::InvalidArgument(format!("cannot listen on {}: {e}", config.listen)))?;
+        let tokens = config.require_tokens.then(|| Arc::new(tokens::TokenRegistry::new(events.clone())));
+        if let Some(tokens) = &tokens {
+            if tokens.active_count().await? == 0 {
+                tracing::warn!(
+                    "tokens are required but none exists yet: create one with `reel token create --scope admin`"
+                );
+            }
+        }
+        let (shutdown, watch) = tokio::sync::watch::channel(false);
+        let live = live::LiveTail::start(events.clone(), config.limits.live_buffer, watch.clone()).await?;
+        let state = AppState {
+            events,
+            engine,
+            tokens,
+            limits: config.limits.clone(),
+            metrics: Arc::new(metrics::Metrics::default()),
+            live,
+            shutdown: watch,
+        };
+        Ok(Self { listener, router: router(state), config, shutdown })
+    }
+
+    /// Where it listens (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, ends live streams and waits up to
+    /// the grace period for open requests.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ReelError> {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        http.http1().timer(TokioTimer::new()).header_read_timeout(self.config.limits.header_timeout);
+        let service = hyper_util::service::TowerToHyperService::new(self.router);
+        tokio::pin!(shutdown);
+        loop {
+            let (socket, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait rather than spin.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = socket.set_nodelay(true);
+            let connection = http.serve_connection_with_upgrades(TokioIo::new(socket), service.clone());
+            let connection = graceful.watch(connection.into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        tracing::info!("shutting down: no new connections; ending live streams");
+        let _ = self.shutdown.send(true);
+        if tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("open connections did not finish within the grace period");
+        }
+        Ok(())
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(dashboard::page))
+        .route("/streams", get(api::system::streams))
+        .route("/streams/{stream}", post(api::streams::append).get(api::streams::read))
+        .route("/streams/{stream}/live", get(api::live::stream_live))
+        .route("/all", get(api::all::read_all))
+        .route("/all/live", get(api::live::all_live))
+        .route("/head", get(api::all::head))
+        .route("/subscriptions", get(api::subscriptions::list))
+        .route("/subscriptions/{id}/pause", post(api::subscriptions::pause))
+        .route("/subscriptions/{id}/reactivate", post(api::subscriptions::reactivate))
+        .route("/subscriptions/{id}/remove", post(api::subscriptions::remove))
+        .route("/health", get(api::system::health))
+        .route("/metrics", get(api::system::metrics))
+        .route("/stats", get(api::system::stats))
+        .route("/openapi.json", get(api::system::openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this resource does not take that method")
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    state.metrics.http_requests.get_or_create(&metrics::StatusLabel { status }).inc();
+    tracing::debug!(%method, %path, status, "request");
+    response
+}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error::respond(self)
+    }
+}

@@ -1,0 +1,61 @@
+//! The live tail: one reader follows the log and broadcasts each new event to every live (SSE)
+//! client, so a thousand clients cost one read of the log, not a thousand. A client first catches
+//! up from the store (from `Last-Event-ID` or `from`), then switches to the broadcast; one that
+//! falls more than the buffer behind is dropped with a final `dropped` event telling it where to
+//! resume, instead of being buffered without bound.
+
+use std::sync::Arc;
+
+use reel_core::{AllReader, EventStore, Position, ReadAllFilter, RecordedEvent};
+use tokio::sync::broadcast;
+
+/// The shared tail of the log.
+#[derive(Clone)]
+pub struct LiveTail {
+    sender: broadcast::Sender<Arc<RecordedEvent>>,
+}
+
+impl LiveTail {
+    /// Starts following `store` from its current head; runs until `shutdown` fires.
+    pub async fn start(
+        store: Arc<dyn EventStore>,
+        buffer: usize,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Self, reel_core::ReelError> {
+        let (sender, _) = broadcast::channel(buffer);
+        let head = store.head().await?;
+        let tail = Self { sender: sender.clone() };
+        tokio::spawn(async move {
+            let mut reader = AllReader::new(store.clone(), head.next(), ReadAllFilter::default(), 1000);
+            let mut watch = store.watch_head();
+            loop {
+                match reader.next_page().await {
+                    Ok(Some(page)) if !page.is_empty() => {
+                        for event in page {
+                            // No receivers is fine: nobody is watching right now.
+                            let _ = sender.send(Arc::new(event));
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "live tail: reading the log failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                }
+                let known = reader.position();
+                tokio::select! {
+                    _ = watch.wait_past(Position(known.0.saturating_sub(1))) => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+        Ok(tail)
+    }
+
+    /// A receiver of events appended from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RecordedEvent>> {
+        self.sender.subscribe()
+    }
+}

@@ -1,0 +1,83 @@
+//! `reel serve`: the HTTP API, live streams and dashboard over the store, plus the worker runtime
+//! for the subscriptions registered with the server (none are built into the CLI; embed
+//! `reel_server` to add yours) unless `--no-worker`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use reel_server::{RequestLimits, Server, ServerConfig, DEFAULT_PORT};
+use reel_subscriptions::cli::shutdown_signal;
+use reel_subscriptions::{SubscriptionEngine, Worker, WorkerOptions};
+
+use crate::exit::InvalidInput;
+use crate::Cli;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but loopback needs --require-tokens.
+    #[arg(long, env = "REEL_LISTEN", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
+    pub listen: SocketAddr,
+    /// Require a bearer token on every request (create them with `reel token create`).
+    #[arg(long, env = "REEL_REQUIRE_TOKENS")]
+    pub require_tokens: bool,
+    /// Do not run the worker runtime in this process.
+    #[arg(long)]
+    pub no_worker: bool,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "REEL_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds a client has to send its request headers (and that an idle connection is kept).
+    #[arg(long, default_value_t = 30)]
+    pub header_timeout: u64,
+    /// Longest long-poll `wait`, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub max_wait: u64,
+    /// Events a live (SSE) client may fall behind before it is dropped.
+    #[arg(long, default_value_t = 10_000)]
+    pub live_buffer: usize,
+    /// Seconds between SSE heartbeats.
+    #[arg(long, default_value_t = 15)]
+    pub heartbeat: u64,
+}
+
+pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
+    if args.header_timeout == 0 || args.heartbeat == 0 {
+        anyhow::bail!(InvalidInput("--header-timeout and --heartbeat must be at least 1 second".into()));
+    }
+    let stores = crate::store::open_with_subscriptions(cli).await?;
+    let engine = SubscriptionEngine::new(stores.events.clone(), stores.subscriptions.clone(), Vec::new())?;
+    let config = ServerConfig {
+        listen: args.listen,
+        require_tokens: args.require_tokens,
+        limits: RequestLimits {
+            max_body_bytes: args.max_body_bytes,
+            header_timeout: Duration::from_secs(args.header_timeout),
+            max_wait: Duration::from_secs(args.max_wait),
+            live_buffer: args.live_buffer,
+            heartbeat: Duration::from_secs(args.heartbeat),
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start(stores.events, engine.clone(), config).await.context("starting the server")?;
+    let address = server.local_addr();
+    // One line on stdout that scripts (and tests) can wait for.
+    println!(
+        "{}",
+        serde_json::json!({ "listening": format!("http://{address}"), "store": crate::store::describe(cli) })
+    );
+    tracing::info!(%address, "serving");
+    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = (!args.no_worker && engine.subscriber_ids().next().is_some()).then(|| {
+        tokio::spawn(Worker::new(engine, WorkerOptions::default()).run(async {
+            let _ = worker_stopped.await;
+        }))
+    });
+    server.run(shutdown_signal()).await?;
+    let _ = stop_worker.send(());
+    if let Some(worker) = worker {
+        worker.await.context("worker task")??;
+    }
+    Ok(())
+}
