@@ -80,8 +80,7 @@ pub async fn read_all(
     if !access.can_read_log(&filter.categories) {
         return Err(forbidden("reading the whole log (filter with ?category= to the categories you may read)".into()));
     }
-    let limit = query.limit.unwrap_or(100);
-    reel_core::check_read_limit(limit)?;
+    let limit = super::page_limit(query.limit)?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0));
     if wait > state.limits.max_wait {
         return Err(ApiError::bad_request(

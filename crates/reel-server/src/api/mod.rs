@@ -59,6 +59,17 @@ impl AppState {
     }
 }
 
+/// Most events or streams one request returns: keeps every response small enough to buffer.
+pub const MAX_PAGE: usize = 10_000;
+
+/// The page size asked for (default 100), 1 to [`MAX_PAGE`].
+pub fn page_limit(asked: Option<usize>) -> Result<usize, ApiError> {
+    match asked.unwrap_or(100) {
+        limit @ 1..=MAX_PAGE => Ok(limit),
+        other => Err(ApiError::bad_request("invalid_query", format!("limit must be 1 to {MAX_PAGE}, got {other}"))),
+    }
+}
+
 /// 403 for a valid token without the scope.
 pub fn forbidden(what: String) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("the token's scopes do not allow {what}"))

@@ -401,8 +401,7 @@ pub async fn read(
     if !access.can_read(stream.as_str()) {
         return Err(forbidden(format!("reading {stream}")));
     }
-    let limit = query.limit.unwrap_or(100);
-    reel_core::check_read_limit(limit)?;
+    let limit = super::page_limit(query.limit)?;
     let backward = query.direction == Some(DirectionParam::Backward);
     let (direction, default_from) =
         if backward { (Direction::Backward, i64::MAX as u64) } else { (Direction::Forward, 0) };

@@ -76,17 +76,17 @@ macro_rules! operation {
     ($name:ident, $path:literal, $doc:literal) => {
         #[doc = $doc]
         #[utoipa::path(
-                    post, path = $path, tag = "subscriptions",
-                    params(("id" = String, Path, description = "Subscription id")),
-                    responses(
-                        (status = 200, description = "Done", body = OperationResult),
-                        (status = 400, description = "Invalid id", body = ErrorBody),
-                        (status = 401, description = "No valid token", body = ErrorBody),
-                        (status = 403, description = "Needs the admin scope", body = ErrorBody),
-                        (status = 404, description = "No such subscription", body = ErrorBody),
-                        (status = 409, description = "Not allowed in its current status", body = ErrorBody),
-                    )
-                )]
+                            post, path = $path, tag = "subscriptions",
+                            params(("id" = String, Path, description = "Subscription id")),
+                            responses(
+                                (status = 200, description = "Done", body = OperationResult),
+                                (status = 400, description = "Invalid id", body = ErrorBody),
+                                (status = 401, description = "No valid token", body = ErrorBody),
+                                (status = 403, description = "Needs the admin scope", body = ErrorBody),
+                                (status = 404, description = "No such subscription", body = ErrorBody),
+                                (status = 409, description = "Not allowed in its current status", body = ErrorBody),
+                            )
+                        )]
         pub async fn $name(
             State(state): State<AppState>,
             Segment(id): Segment,

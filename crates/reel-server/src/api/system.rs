@@ -145,8 +145,7 @@ pub async fn streams(
     headers: HeaderMap,
 ) -> Result<Json<StreamList>, ApiError> {
     let access = state.access(&headers).await?;
-    let limit = query.limit.unwrap_or(100);
-    reel_core::check_read_limit(limit)?;
+    let limit = super::page_limit(query.limit)?;
     let after = query.after.map(StreamName::new).transpose()?;
     let found: Vec<StreamInfo> = state.events.streams(query.category.as_deref(), after.as_ref(), limit).await?;
     let next = (found.len() == limit).then(|| found.last().map(|s| s.stream.to_string())).flatten();

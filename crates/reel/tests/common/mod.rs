@@ -90,3 +90,83 @@ pub fn lines(text: &str) -> Vec<serde_json::Value> {
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write file");
 }
+
+/// A `reel serve` process on a free port of 127.0.0.1, killed when dropped.
+pub struct Served {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Cli {
+    /// Starts `reel serve --listen 127.0.0.1:0 <args>` and waits for its address.
+    pub fn serve(&self, args: &[&str]) -> Served {
+        use std::io::BufRead;
+        let mut child = self
+            .command()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn reel serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read address");
+        let started: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("reel serve did not start ({e}): {line:?}"));
+        let base = started["listening"].as_str().expect("listening").to_string();
+        Served { child, base }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP answer: status and body (JSON when it parses, else a string).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub text: String,
+}
+
+impl Served {
+    /// Sends a request; 4xx and 5xx are answers, not errors.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+        token: Option<&str>,
+    ) -> Answer {
+        let mut request = ureq::request(method, &format!("{}{path}", self.base));
+        if let Some(content_type) = content_type {
+            request = request.set("content-type", content_type);
+        }
+        if let Some(token) = token {
+            request = request.set("authorization", &format!("Bearer {token}"));
+        }
+        let response = match if body.is_empty() && method == "GET" { request.call() } else { request.send_bytes(body) }
+        {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = response.status();
+        let text = response.into_string().expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text.clone()));
+        Answer { status, body, text }
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        self.call("GET", path, None, b"", None)
+    }
+
+    pub fn post_json(&self, path: &str, body: &str) -> Answer {
+        self.call("POST", path, Some("application/json"), body.as_bytes(), None)
+    }
+}
