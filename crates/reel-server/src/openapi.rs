@@ -25,6 +25,7 @@ use crate::api;
         api::system::metrics,
         api::system::stats,
     ),
+    components(schemas(api::streams::DirectionParam)),
     modifiers(&BearerToken),
     security(("token" = []))
 )]

@@ -1,0 +1,34 @@
+// Opens the dashboard in headless Chromium, finds a subscription, pauses it, sees the status
+// change, watches an appended event arrive in the live tail, and saves a screenshot.
+// Usage: node e2e/dashboard.mjs <base url> <screenshot.png> <append command...>
+import { chromium } from "playwright-core";
+import { execFileSync } from "node:child_process";
+
+const [base, screenshot, ...append] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.REEL_CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(base + "/");
+  const row = page.locator('#subscriptions tr[data-id="reporter"]');
+  await row.waitFor({ timeout: 10000 });
+  const status = row.locator("td.status");
+  if ((await status.textContent()) !== "active") throw new Error("expected reporter to be active, saw " + (await status.textContent()));
+  await row.getByRole("button", { name: "pause" }).click();
+  await page.waitForFunction(() => document.querySelector('#subscriptions tr[data-id="reporter"] td.status')?.textContent === "paused", null, { timeout: 10000 });
+  await row.getByRole("button", { name: "reactivate" }).waitFor({ timeout: 10000 });
+  execFileSync(append[0], append.slice(1));
+  await page.locator("#tail div", { hasText: "LiveFromTest" }).waitFor({ timeout: 10000 });
+  await page.locator("#streams li", { hasText: "unit-PL-1001" }).click();
+  await page.locator("#events div").first().click();
+  await page.locator("#detail").waitFor({ state: "visible", timeout: 10000 });
+  await page.screenshot({ path: screenshot, fullPage: true });
+  if (errors.length) throw new Error("page errors: " + errors.join("; "));
+  console.log("dashboard ok");
+} finally {
+  await browser.close();
+}
