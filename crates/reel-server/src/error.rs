@@ -67,6 +67,19 @@ impl From<ReelError> for ApiError {
                 map.insert("actual".into(), serde_json::json!(actual.map(|v| v.0)));
                 Some(map)
             }
+            ReelError::InvalidEvent { index, reason } => {
+                let mut map = serde_json::Map::new();
+                map.insert("index".into(), serde_json::json!(index));
+                map.insert("reason".into(), serde_json::json!(reason));
+                Some(map)
+            }
+            ReelError::TooLarge { what, size, limit } => {
+                let mut map = serde_json::Map::new();
+                map.insert("what".into(), serde_json::json!(what));
+                map.insert("size".into(), serde_json::json!(size));
+                map.insert("limit".into(), serde_json::json!(limit));
+                Some(map)
+            }
             _ => None,
         };
         if status.is_server_error() {

@@ -44,6 +44,11 @@ impl StreamPattern {
         }
     }
 
+    /// Whether every stream whose name starts with `prefix` matches.
+    pub fn covers_prefix(&self, prefix: &str) -> bool {
+        !prefix.starts_with('$') && self.text.strip_suffix('*').is_some_and(|own| prefix.starts_with(own))
+    }
+
     /// Whether it matches every stream.
     pub fn is_everything(&self) -> bool {
         self.text == "*"
@@ -117,12 +122,15 @@ impl Access {
         self.is_admin() || self.patterns(false).any(|p| p.matches(stream))
     }
 
-    /// May read the whole log filtered to `categories` (all of it when empty).
-    pub fn can_read_log(&self, categories: &[String]) -> bool {
+    /// May read the log filtered to `categories` and `prefix` (all of it when neither is set).
+    pub fn can_read_log(&self, categories: &[String], prefix: Option<&str>) -> bool {
         if self.is_admin() || self.patterns(true).any(StreamPattern::is_everything) {
             return true;
         }
-        !categories.is_empty() && categories.iter().all(|c| self.patterns(true).any(|p| p.covers_category(c)))
+        let by_prefix = prefix.is_some_and(|prefix| self.patterns(true).any(|p| p.covers_prefix(prefix)));
+        let by_category =
+            !categories.is_empty() && categories.iter().all(|c| self.patterns(true).any(|p| p.covers_category(c)));
+        by_prefix || by_category
     }
 
     fn patterns(&self, read: bool) -> impl Iterator<Item = &StreamPattern> {
@@ -152,8 +160,10 @@ mod tests {
         assert!(a.can_read("unitconfig-PL-1001") && a.can_read("unit-PL-7") && !a.can_read("unitconfig-PL-2"));
         assert!(!a.can_read("$tokens") && !access(&["read:*"]).can_read("$tokens"));
         assert!(access(&["admin"]).can_read("$tokens"));
-        assert!(a.can_read_log(&["unit".into()]) && !a.can_read_log(&[]) && !a.can_read_log(&["unitconfig".into()]));
-        assert!(access(&["read:*"]).can_read_log(&[]));
+        assert!(a.can_read_log(&["unit".into()], None) && !a.can_read_log(&[], None));
+        assert!(!a.can_read_log(&["unitconfig".into()], None));
+        assert!(a.can_read_log(&[], Some("unit-PL")) && !a.can_read_log(&[], Some("uni")));
+        assert!(access(&["read:*"]).can_read_log(&[], None));
         assert!(!a.is_admin());
     }
 

@@ -19,7 +19,10 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let run = Command::new("schemathesis")
         .args(["run", &format!("{}/openapi.json", server.base)])
         .args(["--exclude-path-regex", "/live$"])
-        .args(["--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"])
+        .args([
+            "--checks",
+            "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
+        ])
         .args(["--max-examples", "40", "--request-timeout", "10"])
         .env("NO_COLOR", "1")
         .output()

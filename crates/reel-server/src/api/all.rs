@@ -29,6 +29,8 @@ pub struct ReadAllQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub event_type: Option<String>,
+    /// Only streams whose names start with this.
+    pub prefix: Option<String>,
     /// Seconds to wait for a matching event when there is none yet (0 to the server's maximum).
     #[param(minimum = 0)]
     pub wait: Option<u64>,
@@ -43,7 +45,11 @@ fn list(text: &Option<String>) -> Vec<String> {
 impl ReadAllQuery {
     /// The filter, checked against the caller's scopes.
     pub fn filter(&self) -> ReadAllFilter {
-        ReadAllFilter { categories: list(&self.category), event_types: list(&self.event_type), stream_prefix: None }
+        ReadAllFilter {
+            categories: list(&self.category),
+            event_types: list(&self.event_type),
+            stream_prefix: self.prefix.clone().filter(|p| !p.is_empty()),
+        }
     }
 }
 
@@ -77,7 +83,7 @@ pub async fn read_all(
 ) -> Result<Json<AllPageBody>, ApiError> {
     let access = state.access(&headers).await?;
     let filter = query.filter();
-    if !access.can_read_log(&filter.categories) {
+    if !access.can_read_log(&filter.categories, filter.stream_prefix.as_deref()) {
         return Err(forbidden("reading the whole log (filter with ?category= to the categories you may read)".into()));
     }
     let limit = super::page_limit(query.limit)?;

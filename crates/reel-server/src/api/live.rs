@@ -29,10 +29,7 @@ impl Selection {
     fn wants(&self, event: &RecordedEvent) -> bool {
         match self {
             Selection::Stream(stream) => &event.stream == stream,
-            Selection::All(filter) => {
-                (filter.categories.is_empty() || filter.categories.iter().any(|c| c == event.stream.category()))
-                    && (filter.event_types.is_empty() || filter.event_types.contains(&event.event_type))
-            }
+            Selection::All(filter) => filter.matches(event),
         }
     }
 }
@@ -80,7 +77,7 @@ pub async fn all_live(
 ) -> Result<Response, ApiError> {
     let access = state.access(&headers).await?;
     let filter = query.filter();
-    if !access.can_read_log(&filter.categories) {
+    if !access.can_read_log(&filter.categories, filter.stream_prefix.as_deref()) {
         return Err(forbidden("reading the whole log (filter with ?category= to the categories you may read)".into()));
     }
     let from = start(&headers, query.from)?;

@@ -1,0 +1,287 @@
+//! An [`EventStore`] that talks to a `reel serve` over HTTP, so the subscription engine,
+//! repositories and the CLI (`--store http://…`) work against a remote server.
+//!
+//! Calls are retried with backoff when the server cannot be reached or answers 502/503/504.
+//! Appends are safe to retry because every event is sent with an id (one is assigned when the
+//! caller gave none), so a retried append is recognised and stored once.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reel_core::ReelError> {
+//! use reel_core::{EventStore, ExpectedVersion, NewEvent, StreamName};
+//!
+//! let store = reel_client::HttpStore::connect("http://127.0.0.1:7311", Some("reel_…".into())).await?;
+//! let stream = StreamName::new("unit-PL-1001")?;
+//! store.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("DoorOpened", r#"{"door":3}"#)]).await?;
+//! # Ok(()) }
+//! ```
+
+mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reel_core::{
+    AllPage, AppendResult, Direction, EventId, EventStore, ExpectedVersion, HeadNotifier, HeadWatch, NewEvent,
+    Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion,
+};
+use reqwest::{Method, StatusCode};
+
+/// How many times a call is tried when the server is unreachable or overloaded.
+const ATTEMPTS: u32 = 6;
+
+/// A remote store. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+    head: Arc<HeadNotifier>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+impl HttpStore {
+    /// Connects to the server at `base` (`http://host:port`), checking that it answers and that
+    /// the token (if any) is accepted.
+    pub async fn connect(base: &str, token: Option<String>) -> Result<Self, ReelError> {
+        let base = base.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") {
+            return Err(ReelError::InvalidArgument(format!(
+                "{base}: only http:// servers are supported (terminate TLS in a proxy in front of reel serve)"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(20))
+            .build()
+            .map_err(|e| ReelError::storage("building the HTTP client", e))?;
+        let client = Client { base: base.clone(), token: token.clone(), http: http.clone() };
+        let head: wire::Head = client.call(Method::GET, "/head", None, None).await?;
+        let notifier = Arc::new(HeadNotifier::new(Position(head.head)));
+        let follower = tokio::spawn(follow_head(client, notifier.clone()));
+        Ok(Self { inner: Arc::new(Inner { base, token, http, head: notifier, follower }) })
+    }
+
+    fn client(&self) -> Client {
+        Client { base: self.inner.base.clone(), token: self.inner.token.clone(), http: self.inner.http.clone() }
+    }
+}
+
+/// Long-polls `/head` so `watch_head` wakes followers without polling tightly.
+async fn follow_head(client: Client, notifier: Arc<HeadNotifier>) {
+    loop {
+        let after = notifier.current().0;
+        match client.call::<wire::Head>(Method::GET, &format!("/head?after={after}&wait=25"), None, None).await {
+            Ok(head) => notifier.advance(Position(head.head)),
+            Err(e) => {
+                tracing::warn!(error = %e, "following the remote head failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// One call, retried with backoff on transport errors and 502/503/504. `stream` names the
+    /// stream for errors that need it.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        stream: Option<&StreamName>,
+    ) -> Result<T, ReelError> {
+        let url = format!("{}{path}", self.base);
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=ATTEMPTS {
+            let mut request = self.http.request(method.clone(), &url).timeout(Duration::from_secs(60));
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let retry = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let bytes = response.bytes().await.map_err(|e| ReelError::storage(format!("reading {url}"), e))?;
+                    if status.is_success() {
+                        return serde_json::from_slice(&bytes)
+                            .map_err(|e| ReelError::storage(format!("decoding the answer of {url}"), e));
+                    }
+                    let error = wire::error(status, &bytes, stream);
+                    if !matches!(
+                        status,
+                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                    ) {
+                        return Err(error);
+                    }
+                    error
+                }
+                Err(e) => ReelError::storage(format!("calling {url}"), e),
+            };
+            if attempt == ATTEMPTS {
+                return Err(retry);
+            }
+            tracing::debug!(%url, attempt, error = %retry, "retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        unreachable!("the last attempt returns")
+    }
+}
+
+fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl EventStore for HttpStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, ReelError> {
+        // Every event gets an id before the first attempt, so a retry after a lost answer is
+        // recognised by the server and stored once.
+        let events: Vec<NewEvent> =
+            events.into_iter().map(|e| if e.id.is_some() { e } else { e.with_id(EventId::new_v7()) }).collect();
+        let body = wire::append_body(expected, &events);
+        let answer: wire::Appended = self
+            .client()
+            .call(Method::POST, &format!("/streams/{}", segment(stream.as_str())), Some(&body), Some(stream))
+            .await?;
+        Ok(AppendResult {
+            first_position: Position(answer.first_position),
+            last_position: Position(answer.last_position),
+            next_version: StreamVersion(answer.next_version),
+        })
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: StreamVersion,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, ReelError> {
+        reel_core::check_read_limit(limit)?;
+        let direction = match direction {
+            Direction::Forward => "forward",
+            Direction::Backward => "backward",
+        };
+        let mut events = Vec::new();
+        let mut from = from.0.min(i64::MAX as u64);
+        // The server pages at 10,000; larger reads take several calls.
+        while events.len() < limit {
+            let want = (limit - events.len()).min(10_000);
+            let path = format!("/streams/{}?from={from}&limit={want}&direction={direction}", segment(stream.as_str()));
+            let page: wire::StreamPage = self.client().call(Method::GET, &path, None, Some(stream)).await?;
+            let got = page.events.len();
+            for event in page.events {
+                events.push(event.into_recorded()?);
+            }
+            let Some(last) = events.last() else { break };
+            if got < want {
+                break;
+            }
+            from = match direction {
+                "forward" => last.stream_version.0 + 1,
+                _ if last.stream_version.0 == 0 => break,
+                _ => last.stream_version.0 - 1,
+            };
+        }
+        Ok(events)
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Option<StreamVersion>, ReelError> {
+        match self.read_stream(stream, StreamVersion(i64::MAX as u64), Direction::Backward, 1).await {
+            Ok(events) => Ok(events.first().map(|e| e.stream_version)),
+            Err(ReelError::StreamNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
+        reel_core::check_read_limit(limit)?;
+        let mut path = format!("/all?from={}&limit={}", from.0.max(1), limit.min(10_000));
+        for (name, values) in [("category", &filter.categories), ("type", &filter.event_types)] {
+            if !values.is_empty() {
+                path.push_str(&format!("&{name}={}", segment(&values.join(","))));
+            }
+        }
+        if let Some(prefix) = &filter.stream_prefix {
+            path.push_str(&format!("&prefix={}", segment(prefix)));
+        }
+        let page: wire::AllPage = self.client().call(Method::GET, &path, None, None).await?;
+        let events = page.events.into_iter().map(wire::Event::into_recorded).collect::<Result<Vec<_>, _>>()?;
+        Ok(AllPage { events, next: Position(page.next_from) })
+    }
+
+    async fn head(&self) -> Result<Position, ReelError> {
+        let head: wire::Head = self.client().call(Method::GET, "/head", None, None).await?;
+        self.inner.head.advance(Position(head.head));
+        Ok(Position(head.head))
+    }
+
+    fn watch_head(&self) -> HeadWatch {
+        self.inner.head.watch()
+    }
+
+    async fn streams(
+        &self,
+        category: Option<&str>,
+        after: Option<&StreamName>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>, ReelError> {
+        reel_core::check_read_limit(limit)?;
+        let mut path = format!("/streams?limit={}", limit.min(10_000));
+        if let Some(category) = category {
+            path.push_str(&format!("&category={}", segment(category)));
+        }
+        if let Some(after) = after {
+            path.push_str(&format!("&after={}", segment(after.as_str())));
+        }
+        let list: wire::StreamList = self.client().call(Method::GET, &path, None, None).await?;
+        list.streams
+            .into_iter()
+            .map(|s| Ok(StreamInfo { stream: StreamName::new(s.stream)?, version: StreamVersion(s.version) }))
+            .collect()
+    }
+
+    async fn stats(&self) -> Result<StoreStats, ReelError> {
+        let stats: wire::Stats = self.client().call(Method::GET, "/stats", None, None).await?;
+        Ok(StoreStats {
+            event_count: stats.event_count,
+            stream_count: stats.stream_count,
+            head: Position(stats.head),
+            storage_bytes: stats.storage_bytes,
+        })
+    }
+}

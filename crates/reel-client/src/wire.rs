@@ -1,0 +1,178 @@
+//! The API's JSON, as the client reads and writes it.
+
+use base64::Engine as _;
+use reel_core::{
+    EventId, ExpectedVersion, NewEvent, Position, RecordedEvent, ReelError, StreamName, StreamVersion, Timestamp,
+};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+#[derive(Deserialize)]
+pub struct Head {
+    pub head: u64,
+}
+
+#[derive(Deserialize)]
+pub struct Appended {
+    pub first_position: u64,
+    pub last_position: u64,
+    pub next_version: u64,
+}
+
+#[derive(Deserialize)]
+pub struct Event {
+    position: u64,
+    stream: String,
+    stream_version: u64,
+    id: uuid::Uuid,
+    #[serde(rename = "type")]
+    event_type: String,
+    data: Option<Box<RawValue>>,
+    data_base64: Option<String>,
+    #[serde(default)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+    recorded_at: Timestamp,
+}
+
+impl Event {
+    pub fn into_recorded(self) -> Result<RecordedEvent, ReelError> {
+        let data = match (self.data, self.data_base64) {
+            (Some(raw), _) => raw.get().as_bytes().to_vec(),
+            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| ReelError::storage("decoding an event from the server", e))?,
+            (None, None) => Vec::new(),
+        };
+        Ok(RecordedEvent {
+            position: Position(self.position),
+            stream: StreamName::new(self.stream)?,
+            stream_version: StreamVersion(self.stream_version),
+            id: EventId(self.id),
+            event_type: self.event_type,
+            data,
+            metadata: self.metadata,
+            recorded_at: self.recorded_at,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+pub struct StreamPage {
+    pub events: Vec<Event>,
+}
+
+#[derive(Deserialize)]
+pub struct AllPage {
+    pub events: Vec<Event>,
+    pub next_from: u64,
+}
+
+#[derive(Deserialize)]
+pub struct StreamEntry {
+    pub stream: String,
+    pub version: u64,
+}
+
+#[derive(Deserialize)]
+pub struct StreamList {
+    pub streams: Vec<StreamEntry>,
+}
+
+#[derive(Deserialize)]
+pub struct Stats {
+    pub event_count: u64,
+    pub stream_count: u64,
+    pub head: u64,
+    pub storage_bytes: Option<u64>,
+}
+
+/// The append body: JSON payloads go as `data`, anything else as `data_base64`.
+pub fn append_body(expected: ExpectedVersion, events: &[NewEvent]) -> serde_json::Value {
+    let events: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| {
+            let mut event = serde_json::Map::new();
+            event.insert("type".into(), e.event_type.clone().into());
+            match serde_json::from_slice::<serde_json::Value>(&e.data) {
+                // Sent as raw text so the stored bytes stay exactly the caller's.
+                Ok(_) => {
+                    let raw = RawValue::from_string(String::from_utf8_lossy(&e.data).into_owned())
+                        .map(|raw| serde_json::to_value(raw).unwrap_or_default())
+                        .unwrap_or_default();
+                    event.insert("data".into(), raw);
+                }
+                Err(_) => {
+                    event
+                        .insert("data_base64".into(), base64::engine::general_purpose::STANDARD.encode(&e.data).into());
+                }
+            }
+            if let Some(id) = e.id {
+                event.insert("id".into(), id.to_string().into());
+            }
+            if !e.metadata.is_empty() {
+                event.insert("metadata".into(), serde_json::Value::Object(e.metadata.clone()));
+            }
+            serde_json::Value::Object(event)
+        })
+        .collect();
+    serde_json::json!({ "expected_version": expected, "events": events })
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    message: String,
+    #[serde(default)]
+    expected: Option<serde_json::Value>,
+    #[serde(default)]
+    actual: Option<u64>,
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    what: Option<String>,
+    #[serde(default)]
+    size: Option<usize>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The typed error for an error answer.
+pub fn error(status: StatusCode, body: &[u8], stream: Option<&StreamName>) -> ReelError {
+    let Ok(body) = serde_json::from_slice::<ErrorBody>(body) else {
+        return ReelError::storage(
+            format!("calling the server (HTTP {status})"),
+            String::from_utf8_lossy(body).chars().take(200).collect::<String>(),
+        );
+    };
+    let stream = || stream.cloned().unwrap_or_else(|| StreamName::new("unknown").expect("valid"));
+    match body.error.as_str() {
+        "wrong_expected_version" => ReelError::WrongExpectedVersion {
+            stream: stream(),
+            expected: match body.expected {
+                Some(serde_json::Value::Number(n)) => ExpectedVersion::Exact(StreamVersion(n.as_u64().unwrap_or(0))),
+                Some(serde_json::Value::String(s)) => s.parse().unwrap_or(ExpectedVersion::Any),
+                _ => ExpectedVersion::Any,
+            },
+            actual: body.actual.map(StreamVersion),
+        },
+        "duplicate_event_id" => {
+            ReelError::DuplicateEventId { stream: stream(), id: EventId(uuid::Uuid::nil()), reason: body.message }
+        }
+        "stream_not_found" => ReelError::StreamNotFound { stream: stream() },
+        "subscription_not_found" => ReelError::SubscriptionNotFound { id: body.message },
+        "invalid_stream_name" => ReelError::InvalidStreamName { name: stream().to_string(), reason: body.message },
+        "invalid_event" => ReelError::InvalidEvent { index: body.index, reason: body.reason.unwrap_or(body.message) },
+        "too_large" => ReelError::TooLarge {
+            what: body.what.unwrap_or(body.message),
+            size: body.size.unwrap_or(0),
+            limit: body.limit.unwrap_or(0),
+        },
+        _ if status.is_client_error() => {
+            ReelError::InvalidArgument(format!("the server refused the call ({status}): {}", body.message))
+        }
+        _ => ReelError::storage(format!("calling the server (HTTP {status})"), body.message),
+    }
+}
