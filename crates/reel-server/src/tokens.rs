@@ -211,7 +211,10 @@ impl TokenRegistry {
             return Ok(Err(AuthFailure::Invalid));
         };
         let mut state = self.state.lock().await;
-        if state.1.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
+        // Refresh when stale, and at once for an id not seen yet (a token just created). The
+        // refresh reads only `$tokens` events past the last one seen: usually none.
+        let stale = state.1.is_none_or(|at| at.elapsed() >= REFRESH_EVERY);
+        if stale || !state.0.by_id.contains_key(id) {
             state.0.catch_up(&*self.store).await?;
             state.1 = Some(Instant::now());
         }

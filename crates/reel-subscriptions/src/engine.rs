@@ -597,6 +597,16 @@ impl SubscriptionEngine {
                 }
             };
             let scanned_to = Position(reader.position().0 - 1);
+            // Streams named `$…` are Reel's own (API tokens); a subscriber sees them only when it
+            // names their category.
+            let wants_reserved = spec.categories.iter().any(|c| c.starts_with('$'));
+            let events: Vec<_> =
+                events.into_iter().filter(|e| wants_reserved || !e.stream.as_str().starts_with('$')).collect();
+            if events.is_empty() {
+                subscription.position = scanned_to;
+                self.save(subscription, report).await?;
+                continue;
+            }
             if subscriber.saves_own_checkpoint() {
                 if let Some(failure) =
                     self.handle_transactional(subscription, subscriber, &events, scanned_to, report).await?

@@ -18,12 +18,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "reel", version, about, long_about = None)]
 pub struct Cli {
-    /// Store to use: a file path or sqlite://PATH (created on first use), or postgres://…
+    /// Store to use: a file path or sqlite://PATH (created on first use), postgres://…, or a server at http://…
     #[arg(long, global = true, env = "REEL_STORE", default_value = "./reel-data/reel.db")]
     pub store: String,
     /// PostgreSQL schema of the store (several stores can share one database).
     #[arg(long, global = true, env = "REEL_SCHEMA", default_value = "reel")]
     pub schema: String,
+    /// Bearer token for an http:// store (see `reel token create`).
+    #[arg(long, global = true, env = "REEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where subscription positions are kept when the store is a remote http:// server.
+    #[arg(long, global = true, env = "REEL_SUBSCRIPTION_STORE", default_value = "./reel-data/subscriptions.db")]
+    pub subscription_store: PathBuf,
     /// Largest event accepted, in bytes (type + data + metadata).
     #[arg(long, global = true, env = "REEL_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
     pub max_event_bytes: usize,

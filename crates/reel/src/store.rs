@@ -18,6 +18,8 @@ pub enum Dsn {
     Sqlite(PathBuf),
     /// A PostgreSQL database (`postgres://…` or `postgresql://…`).
     Postgres(String),
+    /// A `reel serve` (`http://host:port`).
+    Http(String),
 }
 
 impl Dsn {
@@ -32,9 +34,12 @@ impl Dsn {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             return Ok(Dsn::Postgres(text.to_string()));
         }
+        if text.starts_with("http://") {
+            return Ok(Dsn::Http(text.to_string()));
+        }
         if let Some((scheme, _)) = text.split_once("://") {
             bail!(InvalidInput(format!(
-                "--store scheme {scheme}:// is not supported (use a file path, sqlite://PATH or postgres://…)"
+                "--store scheme {scheme}:// is not supported (use a file path, sqlite://PATH, postgres://… or http://…)"
             )));
         }
         if text.is_empty() {
@@ -69,6 +74,17 @@ pub async fn open_with_subscriptions(cli: &Cli) -> Result<Stores> {
             let subscriptions = store.subscription_store().await.context("opening the subscription store")?;
             Ok(Stores { events: Arc::new(store), subscriptions: Arc::new(subscriptions) })
         }
+        Dsn::Http(url) => {
+            let store = reel_client::HttpStore::connect(&url, cli.token.clone())
+                .await
+                .with_context(|| format!("connecting to the Reel server at {url}"))?;
+            // Subscription positions of a remote store are kept locally, in their own file.
+            let path = &cli.subscription_store;
+            let local = SqliteStore::open_with(path, options)
+                .with_context(|| format!("opening subscription store {}", path.display()))?;
+            let subscriptions = local.subscription_store().context("opening the subscription store")?;
+            Ok(Stores { events: Arc::new(store), subscriptions: Arc::new(subscriptions) })
+        }
         Dsn::Sqlite(path) => {
             let store =
                 SqliteStore::open_with(&path, options).with_context(|| format!("opening store {}", path.display()))?;
@@ -100,6 +116,7 @@ mod tests {
         assert_eq!(Dsn::parse("sqlite://a/b.db").unwrap(), Dsn::Sqlite("a/b.db".into()));
         assert_eq!(Dsn::parse("./x.db").unwrap(), Dsn::Sqlite("./x.db".into()));
         assert!(Dsn::parse("mysql://host/db").is_err());
+        assert_eq!(Dsn::parse("http://h:1").unwrap(), Dsn::Http("http://h:1".into()));
         assert_eq!(Dsn::parse("postgres://u@h/db").unwrap(), Dsn::Postgres("postgres://u@h/db".into()));
         assert!(Dsn::parse("sqlite://").is_err());
         assert!(Dsn::parse("").is_err());

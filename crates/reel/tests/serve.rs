@@ -284,6 +284,16 @@ fn tokens_scopes_and_revocation() {
     assert_eq!(get("/health", None).status, 200, "health needs no token");
     let forbidden = get("/all", Some(&unit));
     assert_eq!(forbidden.body["error"], "forbidden");
+    let (reader, _) = token(&["read:*"]);
+    let everything = get("/all", Some(&reader));
+    assert_eq!(everything.status, 200, "{}", everything.text);
+    let streams: Vec<&str> =
+        everything.body["events"].as_array().unwrap().iter().map(|e| e["stream"].as_str().unwrap()).collect();
+    assert!(
+        !streams.is_empty() && streams.iter().all(|s| !s.starts_with('$')),
+        "read:* never shows $tokens: {streams:?}"
+    );
+    assert!(get("/all", Some(&admin)).text.contains("$tokens"), "admin sees everything");
 
     cli.ok(&["token", "revoke", &unit_id]);
     cli.fails(&["token", "revoke", &unit_id], 2);
@@ -432,4 +442,52 @@ fn a_cloudevents_batch_is_stored_once_even_when_redelivered() {
     assert_eq!(event["metadata"]["cloudevents"]["source"], "/lockers/PL-1001");
     assert_eq!(event["metadata"]["cloudevents"]["time"], "2026-11-23T10:00:00Z");
     assert_eq!(stored.body["events"][1]["data_base64"], "AAE=");
+}
+
+#[test]
+fn the_cli_works_against_a_remote_server_with_a_token() {
+    let server_side = Cli::new();
+    let created: serde_json::Value =
+        serde_json::from_str(&server_side.ok(&["token", "create", "--scope", "admin", "--name", "ops"])).unwrap();
+    let token = created["token"].as_str().unwrap().to_string();
+    let server = server_side.serve(&["--require-tokens"]);
+
+    let remote = Cli::new();
+    let run = |args: &[&str]| {
+        let out =
+            remote.command().env("REEL_STORE", &server.base).env("REEL_TOKEN", &token).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = run(&["append", "unit-PL-1001", "--type", "DoorOpened", "--data", r#"{"door":3}"#]);
+    assert_eq!(code, Some(0), "{err}");
+    // Position 1 is the token's own event, in the reserved `$tokens` stream.
+    assert!(out.contains(r#""first_position":2"#), "{out}");
+    let (code, _, err) = run(&["append", "unit-PL-1001", "--type", "X", "--data", "{}", "--expected-version", "5"]);
+    assert_eq!(code, Some(3), "a conflict is exit 3 remotely too: {err}");
+    let (_, out, _) = run(&["read", "unit-PL-1001"]);
+    assert_eq!(lines(&out)[0]["data"]["door"], 3);
+    let (code, _, _) = run(&["read", "unit-PL-404"]);
+    assert_eq!(code, Some(5));
+    let (_, out, _) = run(&["read-all", "--category", "unit"]);
+    assert_eq!(lines(&out).len(), 1);
+    let (code, out, err) = run(&["consume", "remote_1", "--mode", "once", "--print"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(lines(&out).len(), 1, "the consumer read the remote log");
+    assert!(remote.path("reel-data/subscriptions.db").exists(), "its position is kept locally");
+    assert_eq!(server_side.head(), 2, "and the events live on the server's store");
+
+    let out = remote
+        .command()
+        .env("REEL_STORE", &server.base)
+        .env("REEL_TOKEN", "reel_0000_wrong")
+        .args(["read", "unit-PL-1001"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a refused token is the caller's mistake");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("401") && stderr.trim_end().lines().count() == 1, "{stderr}");
 }

@@ -104,7 +104,12 @@ pub async fn read_all(
         from = page.next;
         let waiting = page.events.is_empty() && tokio::time::Instant::now() < deadline && !*shutdown.borrow();
         if !waiting {
-            state.metrics.events_read.inc_by(page.events.len() as u64);
+            let mut events = page.events;
+            if !access.is_admin() {
+                // `$` streams (tokens) are Reel's own; only admin reads them.
+                events.retain(|e| !e.stream.as_str().starts_with('$'));
+            }
+            state.metrics.events_read.inc_by(events.len() as u64);
             let mut next = format!("/all?from={}&limit={limit}", page.next.0);
             for (name, values) in [("category", &filter.categories), ("type", &filter.event_types)] {
                 if !values.is_empty() {
@@ -112,7 +117,7 @@ pub async fn read_all(
                 }
             }
             return Ok(Json(AllPageBody {
-                events: page.events,
+                events,
                 next_from: page.next.0,
                 head: head.0.max(page.next.0.saturating_sub(1)),
                 links: super::streams::Links { next: Some(next) },

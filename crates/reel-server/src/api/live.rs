@@ -21,7 +21,11 @@ use crate::error::{ApiError, ErrorBody};
 
 /// Which events a live client wants.
 enum Selection {
-    All(ReadAllFilter),
+    /// The log, filtered; `$` streams only for admin.
+    All {
+        filter: ReadAllFilter,
+        reserved: bool,
+    },
     Stream(StreamName),
 }
 
@@ -29,7 +33,9 @@ impl Selection {
     fn wants(&self, event: &RecordedEvent) -> bool {
         match self {
             Selection::Stream(stream) => &event.stream == stream,
-            Selection::All(filter) => filter.matches(event),
+            Selection::All { filter, reserved } => {
+                filter.matches(event) && (*reserved || !event.stream.as_str().starts_with('$'))
+            }
         }
     }
 }
@@ -81,7 +87,8 @@ pub async fn all_live(
         return Err(forbidden("reading the whole log (filter with ?category= to the categories you may read)".into()));
     }
     let from = start(&headers, query.from)?;
-    Ok(live(state, Selection::All(filter), from))
+    let selection = Selection::All { filter, reserved: access.is_admin() };
+    Ok(live(state, selection, from))
 }
 
 /// Follow one stream live (Server-Sent Events).
@@ -192,10 +199,10 @@ async fn catch_up(
     sender: &mpsc::Sender<Event>,
 ) -> Option<()> {
     match selection {
-        Selection::All(filter) => {
+        Selection::All { filter, .. } => {
             let mut reader = AllReader::new(state.events.clone(), *next, filter.clone(), 1000);
             while let Ok(Some(page)) = reader.next_page().await {
-                for event in &page {
+                for event in page.iter().filter(|e| selection.wants(e)) {
                     sender.send(data_event(event)).await.ok()?;
                 }
                 state.metrics.events_read.inc_by(page.len() as u64);

@@ -46,11 +46,14 @@ pub async fn stats(cli: &Cli) -> Result<()> {
 }
 
 pub async fn migrate(cli: &Cli) -> Result<()> {
-    // Opening a store creates or upgrades its schema (and refuses one from a newer version).
-    store::open(cli).await?;
     let version = match store::Dsn::parse(&cli.store)? {
         store::Dsn::Sqlite(_) => reel_sqlite::SCHEMA_VERSION as i64,
         store::Dsn::Postgres(_) => i64::from(reel_postgres::SCHEMA_VERSION),
+        store::Dsn::Http(url) => anyhow::bail!(crate::exit::InvalidInput(format!(
+            "{url} is a server: run `reel migrate` where the server's own --store is reachable"
+        ))),
     };
+    // Opening a store creates or upgrades its schema (and refuses one from a newer version).
+    store::open(cli).await?;
     print_json(&serde_json::json!({ "store": reel_postgres::redact(&cli.store), "schema_version": version }))
 }

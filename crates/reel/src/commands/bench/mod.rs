@@ -178,7 +178,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
         BenchCommand::Postgres { concurrency, single_events, batches, latency_seconds } => {
             let url = match crate::store::Dsn::parse(&cli.store)? {
                 crate::store::Dsn::Postgres(url) => url,
-                crate::store::Dsn::Sqlite(_) => anyhow::bail!(crate::exit::InvalidInput(
+                _ => anyhow::bail!(crate::exit::InvalidInput(
                     "reel bench postgres needs --store postgres://… (a scratch schema is created and dropped)".into()
                 )),
             };
