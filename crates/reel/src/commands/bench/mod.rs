@@ -16,6 +16,7 @@ use super::transfer::progress;
 use crate::Cli;
 
 mod aggregates;
+mod http;
 mod postgres;
 mod store;
 mod subscriptions;
@@ -86,6 +87,27 @@ pub enum BenchCommand {
         /// Seconds of appends at 1,000 events/s for the follower latency.
         #[arg(long, default_value_t = 5)]
         latency_seconds: u64,
+    },
+    /// The HTTP server (a separate `reel serve` process) loaded over 127.0.0.1: appends, SSE fan-out, idle long polls.
+    Http {
+        /// Connections for single-event appends.
+        #[arg(long, default_value_t = 64)]
+        connections: u64,
+        /// Events for the single-event runs.
+        #[arg(long, default_value_t = 20_000)]
+        single_events: u64,
+        /// Batches of 100 events.
+        #[arg(long, default_value_t = 3_000)]
+        batches: u64,
+        /// Live (SSE) subscribers.
+        #[arg(long, default_value_t = 1_000)]
+        subscribers: u64,
+        /// Seconds of 1,000 events/s for the fan-out.
+        #[arg(long, default_value_t = 5)]
+        fanout_seconds: u64,
+        /// Idle long-poll connections.
+        #[arg(long, default_value_t = 10_000)]
+        idle_polls: u64,
     },
     /// Subscriptions: catch-up, transactional SQL rebuild, live latency, idle worker CPU.
     Subscriptions {
@@ -191,6 +213,18 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
                 latency_seconds: (*latency_seconds).max(1),
             };
             postgres::bench_postgres(&plan).await.map(|(rows, extra)| ("postgres", rows, extra))
+        }
+        BenchCommand::Http { connections, single_events, batches, subscribers, fanout_seconds, idle_polls } => {
+            let plan = http::HttpPlan {
+                connections: (*connections).clamp(1, 1024),
+                single_events: *single_events,
+                batches: (*batches).max(1),
+                event_size: args.event_size,
+                subscribers: (*subscribers).clamp(1, 5_000),
+                fanout_seconds: (*fanout_seconds).max(1),
+                idle_polls: (*idle_polls).min(15_000),
+            };
+            http::bench_http(&dir, &plan).await.map(|(rows, extra)| ("http", rows, extra))
         }
         BenchCommand::Aggregates { events, callers, commands, hot_commands } => {
             let plan = aggregates::AggregatePlan {

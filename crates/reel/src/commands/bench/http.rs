@@ -1,0 +1,280 @@
+//! `reel bench http`: the HTTP server as a separate process (`reel serve` on an embedded store),
+//! loaded from this process over 127.0.0.1. The baseline, measured in the same run, is the same
+//! appends made in-process on an embedded store (no HTTP).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use reel_core::{EventStore, ExpectedVersion, NewEvent};
+use reel_sqlite::SqliteStore;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use super::{bench_stream, measure_async, payload, run_tasks, with_ratio, Row};
+
+/// What to measure.
+pub(super) struct HttpPlan {
+    pub(super) connections: u64,
+    pub(super) single_events: u64,
+    pub(super) batches: u64,
+    pub(super) event_size: usize,
+    pub(super) subscribers: u64,
+    pub(super) fanout_seconds: u64,
+    pub(super) idle_polls: u64,
+}
+
+/// A `reel serve` child process, killed when dropped.
+struct ServerProcess {
+    child: std::process::Child,
+    base: String,
+    address: String,
+}
+
+impl ServerProcess {
+    fn start(store: &std::path::Path) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["serve", "--listen", "127.0.0.1:0", "--live-buffer", "100000"])
+            .env("REEL_STORE", store)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .context("starting reel serve")?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
+        let started: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("server said {line:?}"))?;
+        let base = started["listening"].as_str().context("no address")?.to_string();
+        let address = base.trim_start_matches("http://").to_string();
+        Ok(Self { child, base, address })
+    }
+
+    /// Resident memory of the server, in MiB.
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_client() -> Result<reqwest::Client> {
+    // One connection per client: each task below keeps its own.
+    Ok(reqwest::Client::builder().pool_max_idle_per_host(1).tcp_nodelay(true).build()?)
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: String) -> Result<(), reel_core::ReelError> {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| reel_core::ReelError::storage("posting", e))?;
+    if response.status() != 201 {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        return Err(reel_core::ReelError::storage("posting", format!("{status}: {text}")));
+    }
+    Ok(())
+}
+
+pub(super) async fn bench_http(dir: &std::path::Path, plan: &HttpPlan) -> Result<(Vec<Row>, serde_json::Value)> {
+    let data = String::from_utf8(payload(plan.event_size))?;
+    let mut rows = Vec::new();
+    let per_task = (plan.single_events / plan.connections).max(1);
+    let total = per_task * plan.connections;
+
+    // Baseline: the same single appends in-process, no HTTP.
+    let local = SqliteStore::open(dir.join("baseline.db"))?;
+    let baseline = measure_async(
+        format!("baseline: {} in-process tasks, single-event appends (no HTTP)", plan.connections),
+        total,
+        async {
+            run_tasks(plan.connections, |t| {
+                let (store, data) = (local.clone(), data.clone());
+                async move {
+                    for _ in 0..per_task {
+                        store
+                            .append(&bench_stream(t), ExpectedVersion::Any, vec![NewEvent::new("Bench", data.clone())])
+                            .await?;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+        },
+    )
+    .await?;
+    let baseline_rate = baseline.events_per_sec;
+    rows.push(baseline);
+    drop(local);
+
+    let server = ServerProcess::start(&dir.join("http.db"))?;
+    let row =
+        measure_async(format!("HTTP: single-event appends over {} connections", plan.connections), total, async {
+            run_tasks(plan.connections, |t| {
+                let (base, data) = (server.base.clone(), data.clone());
+                async move {
+                    let client = http_client().map_err(|e| reel_core::ReelError::storage("client", e))?;
+                    let url = format!("{base}/streams/bench-{t}");
+                    for _ in 0..per_task {
+                        post(&client, &url, format!(r#"{{"type":"Bench","data":{data}}}"#)).await?;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+        })
+        .await?;
+    rows.push(with_ratio(row, baseline_rate));
+
+    let batch_body =
+        Arc::new(format!(r#"{{"events":[{}]}}"#, vec![format!(r#"{{"type":"Bench","data":{data}}}"#); 100].join(",")));
+    let batches = plan.batches;
+    let row = measure_async(
+        format!("HTTP: batches of 100 events, 16 connections ({batches} batches)"),
+        batches * 100,
+        async {
+            run_tasks(16, |t| {
+                let (base, body) = (server.base.clone(), batch_body.clone());
+                async move {
+                    let client = http_client().map_err(|e| reel_core::ReelError::storage("client", e))?;
+                    for i in (t..batches).step_by(16) {
+                        post(&client, &format!("{base}/streams/bench-{}", 1000 + i % 100), body.to_string()).await?;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+        },
+    )
+    .await?;
+    rows.push(with_ratio(row, baseline_rate));
+
+    let (p50, p99, delivered, expected) = sse_fanout(&server, plan).await?;
+    println!(
+        "SSE fan-out: {} subscribers, 1,000 events/s for {} s: p50 {p50:.1} ms, p99 {p99:.1} ms ({delivered} of {expected} deliveries)",
+        plan.subscribers, plan.fanout_seconds
+    );
+    let (idle_mib, rss_before, rss_after, answered) = idle_long_polls(&server, plan).await?;
+    println!(
+        "{} idle long polls: server memory {rss_before:.0} → {rss_after:.0} MiB (+{idle_mib:.0} MiB, {:.1} KiB each); {answered} answered when an event arrived",
+        plan.idle_polls,
+        idle_mib * 1024.0 / plan.idle_polls.max(1) as f64
+    );
+    Ok((
+        rows,
+        serde_json::json!({
+            "sse_subscribers": plan.subscribers,
+            "sse_seconds": plan.fanout_seconds,
+            "sse_p50_ms": p50,
+            "sse_p99_ms": p99,
+            "sse_delivered": delivered,
+            "sse_expected": expected,
+            "idle_polls": plan.idle_polls,
+            "idle_server_rss_before_mib": rss_before,
+            "idle_server_rss_after_mib": rss_after,
+            "idle_polls_answered": answered,
+        }),
+    ))
+}
+
+/// Opens an HTTP/1.0 request (the answer then ends with the connection, unchunked).
+async fn open(address: &str, path: &str) -> Result<TcpStream> {
+    let mut socket = TcpStream::connect(address).await?;
+    socket.write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes()).await?;
+    Ok(socket)
+}
+
+/// Subscribers on `/all/live`; a generator appends at 1,000 events/s, each event carrying the
+/// microsecond it was sent; latency is its arrival at each subscriber minus that.
+async fn sse_fanout(server: &ServerProcess, plan: &HttpPlan) -> Result<(f64, f64, u64, u64)> {
+    let base = Instant::now();
+    let count = plan.fanout_seconds * 1000;
+    let mut subscribers = Vec::new();
+    for _ in 0..plan.subscribers {
+        let socket = open(&server.address, "/all/live").await?;
+        subscribers.push(tokio::spawn(async move {
+            let mut lines = BufReader::new(socket).lines();
+            let mut latencies: Vec<u32> = Vec::with_capacity(count as usize);
+            while latencies.len() < count as usize {
+                let next = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+                let Ok(Ok(Some(line))) = next else { break };
+                if let Some(at) = line.find("{\"t\":") {
+                    let rest = &line[at + 5..];
+                    let sent: u64 = rest[..rest.find('}').unwrap_or(rest.len())].parse().unwrap_or(0);
+                    let now = base.elapsed().as_micros() as u64;
+                    latencies.push(now.saturating_sub(sent) as u32);
+                }
+            }
+            latencies
+        }));
+    }
+    // Let every subscriber reach the live tail.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client = http_client()?;
+    let url = format!("{}/streams/fanout-1", server.base);
+    let started = Instant::now();
+    for i in 0..count {
+        if let Some(wait) = (started + Duration::from_millis(i)).checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let body = format!(r#"{{"type":"Tick","data":{{"t":{}}}}}"#, base.elapsed().as_micros());
+        post(&client, &url, body).await?;
+    }
+    let mut all: Vec<u32> = Vec::new();
+    for subscriber in subscribers {
+        all.extend(subscriber.await?);
+    }
+    if all.is_empty() {
+        bail!("no subscriber received anything");
+    }
+    let delivered = all.len() as u64;
+    all.sort_unstable();
+    let quantile = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    Ok((quantile(0.5), quantile(0.99), delivered, count * plan.subscribers))
+}
+
+/// Idle long polls: memory they cost the server, and that they all answer on the next append.
+async fn idle_long_polls(server: &ServerProcess, plan: &HttpPlan) -> Result<(f64, f64, f64, u64)> {
+    let head: serde_json::Value = reqwest::get(format!("{}/head", server.base)).await?.json().await?;
+    let from = head["head"].as_u64().unwrap_or(0) + 1;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss_mib();
+    let mut polls = Vec::with_capacity(plan.idle_polls as usize);
+    for _ in 0..plan.idle_polls {
+        polls.push(open(&server.address, &format!("/all?from={from}&wait=60")).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = server.rss_mib();
+    post(&http_client()?, &format!("{}/streams/wake-1", server.base), r#"{"type":"Wake","data":{}}"#.into()).await?;
+    let mut answered = 0;
+    let readers: Vec<_> = polls
+        .into_iter()
+        .map(|mut socket| {
+            tokio::spawn(async move {
+                let mut answer = Vec::new();
+                let read = tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut answer)).await;
+                read.is_ok() && answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200")
+            })
+        })
+        .collect();
+    for reader in readers {
+        if reader.await? {
+            answered += 1;
+        }
+    }
+    Ok((after - before, before, after, answered))
+}
