@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub limits: RequestLimits,
     /// How long a graceful shutdown waits for open requests.
     pub shutdown_grace: Duration,
+    /// Whether the server also runs the worker runtime for its engine's subscribers.
+    pub run_worker: bool,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +56,7 @@ impl Default for ServerConfig {
             require_tokens: false,
             limits: RequestLimits::default(),
             shutdown_grace: Duration::from_secs(10),
+            run_worker: true,
         }
     }
 }

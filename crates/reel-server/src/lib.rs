@@ -44,6 +44,7 @@ use api::AppState;
 
 /// A bound, ready server.
 pub struct Server {
+    engine: SubscriptionEngine,
     listener: TcpListener,
     router: Router,
     config: ServerConfig,
@@ -72,16 +73,16 @@ impl Server {
         }
         let (shutdown, watch) = tokio::sync::watch::channel(false);
         let live = live::LiveTail::start(events.clone(), config.limits.live_buffer, watch.clone()).await?;
-        let state = AppState {
+        let state = Arc::new(api::AppContext {
             events,
-            engine,
+            engine: engine.clone(),
             tokens,
             limits: config.limits.clone(),
             metrics: Arc::new(metrics::Metrics::default()),
             live,
             shutdown: watch,
-        };
-        Ok(Self { listener, router: router(state), config, shutdown })
+        });
+        Ok(Self { engine, listener, router: router(state), config, shutdown })
     }
 
     /// Where it listens (useful with port 0).
@@ -89,9 +90,17 @@ impl Server {
         self.listener.local_addr().unwrap_or(self.config.listen)
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, ends live streams and waits up to
-    /// the grace period for open requests.
+    /// Serves (and runs the worker for the engine's subscribers, unless told not to) until
+    /// `shutdown` completes; then stops accepting, ends live streams, waits up to the grace period
+    /// for open requests and stops the worker, which saves its positions and releases its leases.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ReelError> {
+        let mut stopped = self.shutdown.subscribe();
+        let worker = (self.config.run_worker && self.engine.subscriber_ids().next().is_some()).then(|| {
+            let options = reel_subscriptions::WorkerOptions::default();
+            tokio::spawn(reel_subscriptions::Worker::new(self.engine.clone(), options).run(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }))
+        });
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         http.http1().timer(TokioTimer::new()).header_read_timeout(self.config.limits.header_timeout);
@@ -123,6 +132,9 @@ impl Server {
         let _ = self.shutdown.send(true);
         if tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown()).await.is_err() {
             tracing::warn!("open connections did not finish within the grace period");
+        }
+        if let Some(worker) = worker {
+            worker.await.map_err(|e| ReelError::storage("stopping the worker", e))??;
         }
         Ok(())
     }

@@ -491,3 +491,28 @@ fn the_cli_works_against_a_remote_server_with_a_token() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("401") && stderr.trim_end().lines().count() == 1, "{stderr}");
 }
+
+#[test]
+fn slow_headers_and_idle_connections_are_closed_after_the_header_timeout() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let cli = Cli::new();
+    let server = cli.serve(&["--header-timeout", "1"]);
+    let address = server.base.trim_start_matches("http://").to_string();
+    let closed_within = |mut socket: TcpStream| {
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        // Ends (EOF) when the server closes; a read timeout here would mean it kept the connection.
+        socket.read_to_end(&mut rest).map(|_| rest)
+    };
+    // Headers that never finish.
+    let mut slow = TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let answer = closed_within(slow).expect("the server closed a connection whose headers never finished");
+    assert!(answer.is_empty() || String::from_utf8_lossy(&answer).contains("408"), "{answer:?}");
+    // A keep-alive connection left idle after one request.
+    let mut idle = TcpStream::connect(&address).unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let answer = closed_within(idle).expect("the server closed an idle keep-alive connection");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "the request itself was answered");
+}

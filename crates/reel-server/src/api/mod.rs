@@ -23,9 +23,11 @@ use crate::metrics::Metrics;
 use crate::scopes::Access;
 use crate::tokens::{AuthFailure, TokenRegistry};
 
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
+/// What every handler can reach, shared (cloned per request, so it is one `Arc`).
+pub type AppState = Arc<AppContext>;
+
+/// The server's shared parts.
+pub struct AppContext {
     pub events: Arc<dyn EventStore>,
     pub engine: SubscriptionEngine,
     /// `None` when tokens are not required.
@@ -36,7 +38,7 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-impl AppState {
+impl AppContext {
     /// The caller's access, from its bearer token; 401 without a valid one when tokens are on.
     pub async fn access(&self, headers: &HeaderMap) -> Result<Access, ApiError> {
         let Some(tokens) = &self.tokens else { return Ok(Access::Open) };

@@ -1,6 +1,6 @@
-//! `reel serve`: the HTTP API, live streams and dashboard over the store, plus the worker runtime
-//! for the subscriptions registered with the server (none are built into the CLI; embed
-//! `reel_server` to add yours) unless `--no-worker`.
+//! `reel serve`: the HTTP API, live streams and dashboard over the store. A program that embeds
+//! `reel_server` with its own subscribers also gets the worker runtime in the same process
+//! (unless `--no-worker`); the CLI registers none, so its subscriptions run in `reel consume`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use reel_server::{RequestLimits, Server, ServerConfig, DEFAULT_PORT};
 use reel_subscriptions::cli::shutdown_signal;
-use reel_subscriptions::{SubscriptionEngine, Worker, WorkerOptions};
+use reel_subscriptions::SubscriptionEngine;
 
 use crate::exit::InvalidInput;
 use crate::Cli;
@@ -58,9 +58,10 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
             live_buffer: args.live_buffer,
             heartbeat: Duration::from_secs(args.heartbeat),
         },
+        run_worker: !args.no_worker,
         ..ServerConfig::default()
     };
-    let server = Server::start(stores.events, engine.clone(), config).await.context("starting the server")?;
+    let server = Server::start(stores.events, engine, config).await.context("starting the server")?;
     let address = server.local_addr();
     // One line on stdout that scripts (and tests) can wait for.
     println!(
@@ -68,16 +69,6 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
         serde_json::json!({ "listening": format!("http://{address}"), "store": crate::store::describe(cli) })
     );
     tracing::info!(%address, "serving");
-    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = (!args.no_worker && engine.subscriber_ids().next().is_some()).then(|| {
-        tokio::spawn(Worker::new(engine, WorkerOptions::default()).run(async {
-            let _ = worker_stopped.await;
-        }))
-    });
     server.run(shutdown_signal()).await?;
-    let _ = stop_worker.send(());
-    if let Some(worker) = worker {
-        worker.await.context("worker task")??;
-    }
     Ok(())
 }

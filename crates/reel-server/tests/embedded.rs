@@ -1,0 +1,77 @@
+//! A program embedding the server with its own subscriber: the worker runs in the same process,
+//! events appended over HTTP reach the subscriber, and the subscription shows up in the API.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use reel_core::{EventStore, RunMode};
+use reel_server::{Server, ServerConfig};
+use reel_subscriptions::{HandlerError, Message, Subscriber, SubscriberSpec, SubscriptionEngine};
+
+struct Counter {
+    spec: SubscriberSpec,
+    seen: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl Subscriber for Counter {
+    fn spec(&self) -> &SubscriberSpec {
+        &self.spec
+    }
+
+    async fn handle(&self, _message: &Message<'_>) -> Result<(), HandlerError> {
+        self.seen.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_runs_the_worker_for_its_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = reel_sqlite::SqliteStore::open(dir.path().join("reel.db")).unwrap();
+    let subscriptions = Arc::new(local.subscription_store().unwrap());
+    let events: Arc<dyn EventStore> = Arc::new(local);
+    let seen = Arc::new(AtomicU64::new(0));
+    let counter =
+        Counter { spec: SubscriberSpec::new("door_counter", RunMode::FromBeginning).unwrap(), seen: seen.clone() };
+    let engine = SubscriptionEngine::new(events.clone(), subscriptions, vec![Arc::new(counter)]).unwrap();
+    let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
+    let server = Server::start(events, engine, config).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    let url = format!("{base}/streams/unit-PL-1001");
+    for _ in 0..3 {
+        let answer = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || {
+                ureq::post(&url)
+                    .set("content-type", "application/json")
+                    .send_string(r#"{"type":"DoorOpened","data":{}}"#)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer.unwrap().status(), 201);
+    }
+    let started = std::time::Instant::now();
+    while seen.load(Ordering::SeqCst) < 3 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the worker never handled the events");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let listed: serde_json::Value = tokio::task::spawn_blocking(move || {
+        serde_json::from_str(&ureq::get(&format!("{base}/subscriptions")).call().unwrap().into_string().unwrap())
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(listed["subscriptions"][0]["id"], "door_counter");
+    assert_eq!(listed["subscriptions"][0]["status"], "active");
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 3, "each event handled once");
+}
