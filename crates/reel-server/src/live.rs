@@ -9,10 +9,16 @@ use std::sync::Arc;
 use reel_core::{AllReader, EventStore, Position, ReadAllFilter, RecordedEvent};
 use tokio::sync::broadcast;
 
+/// An event of the live tail with its JSON, encoded once for every client.
+pub struct LiveEvent {
+    pub event: RecordedEvent,
+    pub json: String,
+}
+
 /// The shared tail of the log.
 #[derive(Clone)]
 pub struct LiveTail {
-    sender: broadcast::Sender<Arc<RecordedEvent>>,
+    sender: broadcast::Sender<Arc<LiveEvent>>,
 }
 
 impl LiveTail {
@@ -33,7 +39,8 @@ impl LiveTail {
                     Ok(Some(page)) if !page.is_empty() => {
                         for event in page {
                             // No receivers is fine: nobody is watching right now.
-                            let _ = sender.send(Arc::new(event));
+                            let json = serde_json::to_string(&event).unwrap_or_default();
+                            let _ = sender.send(Arc::new(LiveEvent { event, json }));
                         }
                         continue;
                     }
@@ -55,7 +62,7 @@ impl LiveTail {
     }
 
     /// A receiver of events appended from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RecordedEvent>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.sender.subscribe()
     }
 }

@@ -18,6 +18,7 @@ use utoipa::IntoParams;
 use super::all::ReadAllQuery;
 use super::{forbidden, AppState, Params, Segment};
 use crate::error::{ApiError, ErrorBody};
+use crate::live::LiveEvent;
 
 /// Which events a live client wants.
 enum Selection {
@@ -146,7 +147,7 @@ async fn feed(
     state: AppState,
     selection: Selection,
     from: Option<Position>,
-    mut tail: broadcast::Receiver<Arc<RecordedEvent>>,
+    mut tail: broadcast::Receiver<Arc<LiveEvent>>,
     sender: mpsc::Sender<Event>,
 ) {
     let mut next = match from {
@@ -165,12 +166,13 @@ async fn feed(
                 }
             };
             match received {
-                Ok(event) if event.position < next => {}
-                Ok(event) => {
-                    next = event.position.next();
-                    if selection.wants(&event) {
+                Ok(live) if live.event.position < next => {}
+                Ok(live) => {
+                    next = live.event.position.next();
+                    if selection.wants(&live.event) {
                         state.metrics.events_read.inc();
-                        sender.send(data_event(&event)).await.ok()?;
+                        let frame = Event::default().id(live.event.position.0.to_string()).data(&live.json);
+                        sender.send(frame).await.ok()?;
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
