@@ -175,10 +175,12 @@ async fn method_not_allowed() -> ApiError {
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
     state.metrics.http_requests.get_or_create(&metrics::StatusLabel { status }).inc();
-    tracing::debug!(%method, %path, status, "request");
+    let micros = started.elapsed().as_micros() as u64;
+    tracing::info!(target: "reel_server::access", %method, %path, status, micros, "request");
     response
 }
 

@@ -516,3 +516,19 @@ fn slow_headers_and_idle_connections_are_closed_after_the_header_timeout() {
     let answer = closed_within(idle).expect("the server closed an idle keep-alive connection");
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "the request itself was answered");
 }
+
+#[test]
+fn sigterm_ends_live_streams_with_a_final_event_and_exits_cleanly() {
+    let cli = Cli::new();
+    let mut server = cli.serve(&[]);
+    server.post_json("/streams/unit-1", r#"{"type":"A","data":1}"#);
+    let response = ureq::get(&format!("{}/all/live?from=1", server.base)).call().unwrap();
+    let mut reader = BufReader::new(response.into_reader());
+    assert!(frames(&mut reader, 1)[0].starts_with("id: 1\n"));
+    let status = std::process::Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let last = frames(&mut reader, 1);
+    assert!(last[0].starts_with("event: shutdown\n") && last[0].contains("\"resume_from\":2"), "{last:?}");
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "exit 0 after a graceful stop: {exit}");
+}
