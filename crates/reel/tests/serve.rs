@@ -532,3 +532,21 @@ fn sigterm_ends_live_streams_with_a_final_event_and_exits_cleanly() {
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "exit 0 after a graceful stop: {exit}");
 }
+
+#[test]
+fn the_api_works_on_postgres_too() {
+    let cli = Cli::postgres();
+    let server = cli.serve(&[]);
+    let response = ureq::get(&format!("{}/all/live", server.base)).call().unwrap();
+    let mut live = BufReader::new(response.into_reader());
+    let first =
+        server.post_json("/streams/unit-PL-1001", r#"{"expected_version":"no_stream","type":"DoorOpened","data":{}}"#);
+    assert_eq!((first.status, first.body["positions"].clone()), (201, serde_json::json!([1])), "{}", first.text);
+    let conflict =
+        server.post_json("/streams/unit-PL-1001", r#"{"expected_version":"no_stream","type":"DoorOpened","data":{}}"#);
+    assert_eq!(conflict.status, 409);
+    assert!(frames(&mut live, 1)[0].starts_with("id: 1\n"), "the live tail wakes through LISTEN/NOTIFY");
+    let page = server.get("/all?from=1");
+    assert_eq!(page.body["events"].as_array().map(Vec::len), Some(1));
+    assert_eq!(server.get("/health").body["status"], "ok");
+}
