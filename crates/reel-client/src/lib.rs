@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use reel_core::wire::encode_segment;
 use reel_core::{
     AllPage, AppendResult, Direction, EventId, EventStore, ExpectedVersion, HeadNotifier, HeadWatch, NewEvent,
     Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion,
@@ -148,18 +149,6 @@ impl Client {
     }
 }
 
-fn segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 #[async_trait]
 impl EventStore for HttpStore {
     async fn append(
@@ -175,7 +164,7 @@ impl EventStore for HttpStore {
         let body = wire::append_body(expected, &events);
         let answer: wire::Appended = self
             .client()
-            .call(Method::POST, &format!("/streams/{}", segment(stream.as_str())), Some(&body), Some(stream))
+            .call(Method::POST, &format!("/streams/{}", encode_segment(stream.as_str())), Some(&body), Some(stream))
             .await?;
         Ok(AppendResult {
             first_position: Position(answer.first_position),
@@ -201,7 +190,8 @@ impl EventStore for HttpStore {
         // The server pages at 10,000; larger reads take several calls.
         while events.len() < limit {
             let want = (limit - events.len()).min(10_000);
-            let path = format!("/streams/{}?from={from}&limit={want}&direction={direction}", segment(stream.as_str()));
+            let path =
+                format!("/streams/{}?from={from}&limit={want}&direction={direction}", encode_segment(stream.as_str()));
             let page: wire::StreamPage = self.client().call(Method::GET, &path, None, Some(stream)).await?;
             let got = page.events.len();
             for event in page.events {
@@ -233,11 +223,11 @@ impl EventStore for HttpStore {
         let mut path = format!("/all?from={}&limit={}", from.0.max(1), limit.min(10_000));
         for (name, values) in [("category", &filter.categories), ("type", &filter.event_types)] {
             if !values.is_empty() {
-                path.push_str(&format!("&{name}={}", segment(&values.join(","))));
+                path.push_str(&format!("&{name}={}", encode_segment(&values.join(","))));
             }
         }
         if let Some(prefix) = &filter.stream_prefix {
-            path.push_str(&format!("&prefix={}", segment(prefix)));
+            path.push_str(&format!("&prefix={}", encode_segment(prefix)));
         }
         let page: wire::AllPage = self.client().call(Method::GET, &path, None, None).await?;
         let events = page.events.into_iter().map(wire::Event::into_recorded).collect::<Result<Vec<_>, _>>()?;
@@ -263,10 +253,10 @@ impl EventStore for HttpStore {
         reel_core::check_read_limit(limit)?;
         let mut path = format!("/streams?limit={}", limit.min(10_000));
         if let Some(category) = category {
-            path.push_str(&format!("&category={}", segment(category)));
+            path.push_str(&format!("&category={}", encode_segment(category)));
         }
         if let Some(after) = after {
-            path.push_str(&format!("&after={}", segment(after.as_str())));
+            path.push_str(&format!("&after={}", encode_segment(after.as_str())));
         }
         let list: wire::StreamList = self.client().call(Method::GET, &path, None, None).await?;
         list.streams

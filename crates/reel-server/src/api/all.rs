@@ -10,7 +10,9 @@ use reel_core::{Position, ReadAllFilter, RecordedEvent};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::streams::{encode_segment, RecordedEventDoc};
+use reel_core::wire::encode_segment;
+
+use super::streams::RecordedEventDoc;
 use super::{forbidden, AppState, Params};
 use crate::error::{ApiError, ErrorBody};
 
@@ -87,13 +89,7 @@ pub async fn read_all(
         return Err(forbidden("reading the whole log (filter with ?category= to the categories you may read)".into()));
     }
     let limit = super::page_limit(query.limit)?;
-    let wait = Duration::from_secs(query.wait.unwrap_or(0));
-    if wait > state.limits.max_wait {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("wait is at most {} seconds", state.limits.max_wait.as_secs()),
-        ));
-    }
+    let wait = wait_for(&state, query.wait)?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut from = Position(query.from.unwrap_or(1).clamp(1, i64::MAX as u64));
     let mut watch = state.events.watch_head();
@@ -134,6 +130,18 @@ pub async fn read_all(
     }
 }
 
+/// The long-poll wait asked for, at most the server's maximum.
+fn wait_for(state: &AppState, seconds: Option<u64>) -> Result<Duration, ApiError> {
+    let wait = Duration::from_secs(seconds.unwrap_or(0));
+    if wait > state.limits.max_wait {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("wait is at most {} seconds", state.limits.max_wait.as_secs()),
+        ));
+    }
+    Ok(wait)
+}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct HeadQuery {
@@ -168,13 +176,7 @@ pub async fn head(
     headers: HeaderMap,
 ) -> Result<Json<HeadBody>, ApiError> {
     state.access(&headers).await?;
-    let wait = Duration::from_secs(query.wait.unwrap_or(0));
-    if wait > state.limits.max_wait {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("wait is at most {} seconds", state.limits.max_wait.as_secs()),
-        ));
-    }
+    let wait = wait_for(&state, query.wait)?;
     let head = state.events.head().await?;
     if let Some(after) = query.after.filter(|a| head.0 <= *a && !wait.is_zero()) {
         let mut watch = state.events.watch_head();

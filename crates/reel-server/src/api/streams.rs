@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
-use reel_core::wire::{check_unique_ids, EventInput};
+use reel_core::wire::{check_unique_ids, encode_segment, EventInput};
 use reel_core::{Direction, EventId, ExpectedVersion, NewEvent, RecordedEvent, ReelError, StreamName, StreamVersion};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -418,17 +418,4 @@ pub async fn read(
     let links =
         Links { next: next.map(|from| format!("/streams/{encoded}?from={from}&limit={limit}&direction={direction}")) };
     Ok(Json(StreamPage { stream: stream.to_string(), events, links }))
-}
-
-/// Percent-encodes a stream name for a path segment.
-pub fn encode_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }

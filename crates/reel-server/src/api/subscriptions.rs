@@ -57,11 +57,6 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
         return Err(forbidden("managing subscriptions (needs admin)".into()));
     }
     let subscriptions = state.engine.overview(&SubscriptionCriteria::all()).await?;
-    for s in &subscriptions {
-        let label = crate::metrics::SubscriptionLabel { subscription: s.id.to_string() };
-        state.metrics.subscription_position.get_or_create(&label).set(s.position.0 as i64);
-        state.metrics.subscription_lag.get_or_create(&label).set(s.lag as i64);
-    }
     Ok(Json(SubscriptionList { subscriptions }))
 }
 

@@ -156,9 +156,9 @@ pub async fn streams(
         .collect();
     let mut link = None;
     if let Some(after) = next {
-        let mut url = format!("/streams?after={}&limit={limit}", super::streams::encode_segment(&after));
+        let mut url = format!("/streams?after={}&limit={limit}", reel_core::wire::encode_segment(&after));
         if let Some(category) = &query.category {
-            url.push_str(&format!("&category={}", super::streams::encode_segment(category)));
+            url.push_str(&format!("&category={}", reel_core::wire::encode_segment(category)));
         }
         link = Some(url);
     }
