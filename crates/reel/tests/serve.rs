@@ -70,6 +70,8 @@ fn bad_input_gets_a_json_4xx_and_changes_nothing() {
     let before = head(&server);
     let id = "0190a6f0-0000-7000-8000-000000000001";
     let long_name = format!("/streams/{}", "x".repeat(300));
+    // 130 × "é" percent-encoded: 260 bytes once decoded.
+    let long_encoded = format!("/streams/{}", "%C3%A9".repeat(130));
     let big_batch =
         format!(r#"{{"events":[{}]}}"#, (0..200).map(|_| r#"{"type":"A","data":1}"#).collect::<Vec<_>>().join(","));
     let json = Some("application/json");
@@ -132,6 +134,22 @@ fn bad_input_gets_a_json_4xx_and_changes_nothing() {
             br#"{"type":"A","data":1}"#.to_vec(),
             400,
             "invalid_stream_name",
+        ),
+        (
+            "name over the limit, percent-encoded",
+            &long_encoded,
+            json,
+            br#"{"type":"A","data":1}"#.to_vec(),
+            400,
+            "invalid_stream_name",
+        ),
+        (
+            "invalid UTF-8 in the name",
+            "/streams/unit-%FF",
+            json,
+            br#"{"type":"A","data":1}"#.to_vec(),
+            400,
+            "invalid_path",
         ),
         ("name over the limit", &long_name, json, br#"{"type":"A","data":1}"#.to_vec(), 400, "invalid_stream_name"),
         ("empty batch", "/streams/unit-1", json, br#"{"events":[]}"#.to_vec(), 400, "invalid_body"),
