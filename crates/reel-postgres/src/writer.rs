@@ -324,6 +324,10 @@ impl<'a> GroupWrite<'a> {
                 }
             }
         }
+        if self.positions.len() >= COPY_FROM_EVENTS {
+            let rows = StreamRows { updated_ids, updated_versions, created, created_categories, created_versions };
+            return self.write_with_copy(tx, statements, schema, streams, rows, head, now).await;
+        }
         let sql = format!(
             "WITH updated AS (
                 UPDATE {schema}.streams s SET version = u.version
@@ -380,6 +384,107 @@ impl<'a> GroupWrite<'a> {
                 format!("{inserted} of {} events matched a stream row", self.positions.len()),
             ));
         }
+        Ok(())
+    }
+}
+
+/// Stream rows a group changes.
+struct StreamRows<'a> {
+    updated_ids: Vec<i64>,
+    updated_versions: Vec<i64>,
+    created: Vec<&'a str>,
+    created_categories: Vec<&'a str>,
+    created_versions: Vec<i64>,
+}
+
+/// From this many events a group is written with `COPY … FROM STDIN BINARY`, which costs the
+/// server far less per row than an `INSERT … SELECT FROM UNNEST`, for two more round trips.
+const COPY_FROM_EVENTS: usize = 512;
+
+impl GroupWrite<'_> {
+    #[allow(clippy::too_many_arguments)]
+    async fn write_with_copy(
+        &self,
+        tx: &Transaction<'_>,
+        statements: &mut Statements,
+        schema: &str,
+        streams: &HashMap<&str, StreamState<'_>>,
+        rows: StreamRows<'_>,
+        head: Position,
+        now: Timestamp,
+    ) -> Result<(), ReelError> {
+        use tokio_postgres::binary_copy::BinaryCopyInWriter;
+        use tokio_postgres::types::Type;
+
+        let fail = |e| crate::storage_error("writing appended events", e);
+        let sql = format!(
+            "WITH updated AS (
+                UPDATE {schema}.streams s SET version = u.version
+                FROM UNNEST($1::bigint[], $2::bigint[]) AS u(stream_id, version)
+                WHERE s.stream_id = u.stream_id)
+             INSERT INTO {schema}.streams (name, category, version)
+             SELECT * FROM UNNEST($3::text[], $4::text[], $5::bigint[]) RETURNING name, stream_id"
+        );
+        let statement = prepared(tx, statements, sql).await.map_err(fail)?;
+        let created = tx
+            .query(
+                &statement,
+                &[
+                    &rows.updated_ids,
+                    &rows.updated_versions,
+                    &rows.created,
+                    &rows.created_categories,
+                    &rows.created_versions,
+                ],
+            )
+            .await
+            .map_err(fail)?;
+        let mut ids: HashMap<&str, i64> =
+            streams.iter().filter_map(|(name, state)| Some((*name, state.stream_id?))).collect();
+        for row in &created {
+            let name: &str = row.get(0);
+            if let Some((known, _)) = streams.get_key_value(name) {
+                ids.insert(known, row.get(1));
+            }
+        }
+        let copy = format!(
+            "COPY {schema}.events (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at)
+             FROM STDIN BINARY"
+        );
+        let sink = tx.copy_in(&copy).await.map_err(fail)?;
+        let types = [Type::INT8, Type::INT8, Type::INT8, Type::UUID, Type::TEXT, Type::BYTEA, Type::JSONB, Type::INT8];
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        futures_util::pin_mut!(writer);
+        let recorded_at = now.unix_micros();
+        for i in 0..self.positions.len() {
+            let stream_id = ids.get(self.names[i]).copied().ok_or_else(|| {
+                ReelError::storage("writing appended events", format!("no stream row for {}", self.names[i]))
+            })?;
+            writer
+                .as_mut()
+                .write(&[
+                    &self.positions[i],
+                    &stream_id,
+                    &self.versions[i],
+                    &self.ids[i],
+                    &self.types[i],
+                    &self.data[i],
+                    &self.metadata[i],
+                    &recorded_at,
+                ])
+                .await
+                .map_err(fail)?;
+        }
+        let written = writer.finish().await.map_err(fail)?;
+        if written as usize != self.positions.len() {
+            return Err(ReelError::storage(
+                "writing appended events",
+                format!("COPY stored {written} of {} events", self.positions.len()),
+            ));
+        }
+        let sql = format!("WITH moved AS (UPDATE {schema}.head SET position = $1) SELECT pg_notify($2, $3)");
+        let statement = prepared(tx, statements, sql).await.map_err(fail)?;
+        tx.query_one(&statement, &[&(head.0 as i64), &channel(schema), &head.0.to_string()]).await.map_err(fail)?;
         Ok(())
     }
 }

@@ -325,3 +325,46 @@ async fn a_statement_timeout_fails_the_append_changes_nothing_and_the_store_goes
     let types: Vec<&str> = page.events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["First", "Third"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_group_is_copied_in_and_keeps_every_guarantee() {
+    use reel_core::{AppendRequest, EventId, StreamVersion};
+    let schema = fresh_schema();
+    let store = connect(&schema).await;
+    let existing = StreamName::new("unit-1").unwrap();
+    store.append(&existing, ExpectedVersion::Any, vec![NewEvent::new("First", "{}")]).await.unwrap();
+    let big: Vec<NewEvent> =
+        (0..700).map(|i| NewEvent::new("Tick", format!("{{\"i\":{i}}}")).with_id(EventId::new_v7())).collect();
+    let requests = vec![
+        AppendRequest {
+            stream: StreamName::new("unit-new").unwrap(),
+            expected: ExpectedVersion::NoStream,
+            events: big.clone(),
+        },
+        AppendRequest {
+            stream: existing.clone(),
+            expected: ExpectedVersion::Exact(StreamVersion(0)),
+            events: vec![NewEvent::new("Second", "{}")],
+        },
+        AppendRequest {
+            stream: existing.clone(),
+            expected: ExpectedVersion::Exact(StreamVersion(0)),
+            events: vec![NewEvent::new("Conflict", "{}")],
+        },
+    ];
+    // One append_many is one group: 701 events, over the COPY threshold.
+    let results = store.append_many(requests).await;
+    let first = results[0].clone().unwrap();
+    assert_eq!((first.first_position, first.last_position), (Position(2), Position(701)));
+    assert_eq!(results[1].clone().unwrap().first_position, Position(702));
+    assert!(matches!(results[2], Err(ReelError::WrongExpectedVersion { .. })), "{:?}", results[2]);
+    assert_eq!(store.head().await.unwrap(), Position(702));
+    let page = store.read_all(Position(1), &ReadAllFilter::default(), 1000).await.unwrap();
+    let positions: Vec<u64> = page.events.iter().map(|e| e.position.0).collect();
+    assert_eq!(positions, (1..=702).collect::<Vec<_>>(), "gap-free, in order");
+    assert_eq!(page.events[700].data, br#"{"i":699}"#);
+    // The big batch retried with the same ids is recognised and stored once.
+    let again = store.append(&StreamName::new("unit-new").unwrap(), ExpectedVersion::NoStream, big).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(store.head().await.unwrap(), Position(702));
+}
