@@ -31,7 +31,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use reel_core::{EventStore, ReelError};
 use reel_subscriptions::SubscriptionEngine;
 use tokio::net::TcpListener;
@@ -102,8 +102,10 @@ impl Server {
             }))
         });
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        http.http1().timer(TokioTimer::new()).header_read_timeout(self.config.limits.header_timeout);
+        // HTTP/1.1 only: live streams and long polls need nothing more, and each open connection
+        // then costs less than with protocol detection.
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(self.config.limits.header_timeout);
         let service = hyper_util::service::TowerToHyperService::new(self.router);
         tokio::pin!(shutdown);
         loop {
@@ -120,8 +122,8 @@ impl Server {
                 _ = &mut shutdown => break,
             };
             let _ = socket.set_nodelay(true);
-            let connection = http.serve_connection_with_upgrades(TokioIo::new(socket), service.clone());
-            let connection = graceful.watch(connection.into_owned());
+            let connection = http.serve_connection(TokioIo::new(socket), service.clone());
+            let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -122,6 +122,8 @@ pub async fn read_all(
         if page.next.0 <= head.0 {
             continue; // a filtered scan stopped short of the head: keep scanning
         }
+        // An empty page still holds its buffer; thousands of waiting polls should not.
+        drop(page);
         tokio::select! {
             _ = watch.wait_past(head) => {}
             _ = tokio::time::sleep_until(deadline) => {}
