@@ -23,6 +23,8 @@ try {
   await row.getByRole("button", { name: "reactivate" }).waitFor({ timeout: 10000 });
   execFileSync(append[0], append.slice(1));
   await page.locator("#tail div", { hasText: "LiveFromTest" }).waitFor({ timeout: 10000 });
+  await page.locator("#category option[value=unit]").waitFor({ state: "attached", timeout: 10000 });
+  await page.selectOption("#category", "unit");
   await page.locator("#streams li", { hasText: "unit-PL-1001" }).click();
   await page.locator("#events div").first().click();
   await page.locator("#detail").waitFor({ state: "visible", timeout: 10000 });
