@@ -25,6 +25,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         ])
         .args(["--max-examples", "40", "--request-timeout", "10"])
         .env("NO_COLOR", "1")
+        .current_dir(cli.dir.path()) // its cache goes to the test's temp dir, not the checkout
         .output()
         .unwrap_or_else(|e| panic!("schemathesis is needed for this test (pip install schemathesis): {e}"));
     let report = String::from_utf8_lossy(&run.stdout);
