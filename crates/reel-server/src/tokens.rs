@@ -20,7 +20,7 @@ use reel_core::{Direction, EventStore, ExpectedVersion, NewEvent, ReelError, Str
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Mutex;
+use tokio::sync::RwLock;
 
 use crate::scopes::{Access, Scope};
 
@@ -187,18 +187,18 @@ pub enum AuthFailure {
 /// (a revocation takes effect on every server within about a second).
 pub struct TokenRegistry {
     store: Arc<dyn EventStore>,
-    state: Mutex<(Tokens, Option<Instant>)>,
+    state: RwLock<(Tokens, Option<Instant>)>,
 }
 
 impl TokenRegistry {
     /// A registry reading `store`'s `$tokens`.
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store, state: Mutex::new((Tokens::default(), None)) }
+        Self { store, state: RwLock::new((Tokens::default(), None)) }
     }
 
     /// Active tokens right now.
     pub async fn active_count(&self) -> Result<usize, ReelError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.state.write().await;
         state.0.catch_up(&*self.store).await?;
         state.1 = Some(Instant::now());
         Ok(state.0.by_id.values().filter(|t| t.revoked_at.is_none()).count())
@@ -210,14 +210,20 @@ impl TokenRegistry {
         let Some((id, secret)) = token.strip_prefix("reel_").and_then(|rest| rest.split_once('_')) else {
             return Ok(Err(AuthFailure::Invalid));
         };
-        let mut state = self.state.lock().await;
-        // Refresh when stale, and at once for an id not seen yet (a token just created). The
-        // refresh reads only `$tokens` events past the last one seen: usually none.
-        let stale = state.1.is_none_or(|at| at.elapsed() >= REFRESH_EVERY);
-        if stale || !state.0.by_id.contains_key(id) {
-            state.0.catch_up(&*self.store).await?;
-            state.1 = Some(Instant::now());
+        // Requests share a read lock; one refreshes under the write lock when the list is stale,
+        // and at once for an id not seen yet (a token just created). A refresh reads only the
+        // `$tokens` events past the last one seen: usually none.
+        let needs_refresh = |state: &(Tokens, Option<Instant>)| {
+            state.1.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) || !state.0.by_id.contains_key(id)
+        };
+        if needs_refresh(&*self.state.read().await) {
+            let mut state = self.state.write().await;
+            if needs_refresh(&state) {
+                state.0.catch_up(&*self.store).await?;
+                state.1 = Some(Instant::now());
+            }
         }
+        let state = self.state.read().await;
         let Some(record) = state.0.by_id.get(id) else { return Ok(Err(AuthFailure::Invalid)) };
         let presented = sha256_hex(secret.as_bytes());
         let matches: bool = presented.as_bytes().ct_eq(record.secret_sha256.as_bytes()).into();
