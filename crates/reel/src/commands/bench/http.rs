@@ -125,12 +125,12 @@ pub(super) async fn bench_http(dir: &std::path::Path, plan: &HttpPlan) -> Result
     let row =
         measure_async(format!("HTTP: single-event appends over {} connections", plan.connections), total, async {
             run_tasks(plan.connections, |t| {
-                let (base, data) = (server.base.clone(), data.clone());
+                let (address, data) = (server.address.clone(), data.clone());
                 async move {
-                    let client = http_client().map_err(|e| reel_core::ReelError::storage("client", e))?;
-                    let url = format!("{base}/streams/bench-{t}");
+                    let mut connection = Connection::open(&address).await?;
+                    let body = format!(r#"{{"type":"Bench","data":{data}}}"#);
                     for _ in 0..per_task {
-                        post(&client, &url, format!(r#"{{"type":"Bench","data":{data}}}"#)).await?;
+                        connection.post(&format!("/streams/bench-{t}"), &body).await?;
                     }
                     Ok(())
                 }
@@ -148,11 +148,11 @@ pub(super) async fn bench_http(dir: &std::path::Path, plan: &HttpPlan) -> Result
         batches * 100,
         async {
             run_tasks(16, |t| {
-                let (base, body) = (server.base.clone(), batch_body.clone());
+                let (address, body) = (server.address.clone(), batch_body.clone());
                 async move {
-                    let client = http_client().map_err(|e| reel_core::ReelError::storage("client", e))?;
+                    let mut connection = Connection::open(&address).await?;
                     for i in (t..batches).step_by(16) {
-                        post(&client, &format!("{base}/streams/bench-{}", 1000 + i % 100), body.to_string()).await?;
+                        connection.post(&format!("/streams/bench-{}", 1000 + i % 100), &body).await?;
                     }
                     Ok(())
                 }
@@ -189,6 +189,55 @@ pub(super) async fn bench_http(dir: &std::path::Path, plan: &HttpPlan) -> Result
             "idle_polls_answered": answered,
         }),
     ))
+}
+
+/// A keep-alive HTTP/1.1 connection that posts JSON and reads each answer: as little client work
+/// as possible, so the figures are the server's (a client library costs several times more CPU,
+/// and the two share this machine's cores).
+struct Connection {
+    stream: BufReader<TcpStream>,
+}
+
+impl Connection {
+    async fn open(address: &str) -> Result<Self, reel_core::ReelError> {
+        let socket = TcpStream::connect(address).await.map_err(|e| reel_core::ReelError::storage("connecting", e))?;
+        let _ = socket.set_nodelay(true);
+        Ok(Self { stream: BufReader::new(socket) })
+    }
+
+    /// Posts `body` to `path`; anything but 201 is an error.
+    async fn post(&mut self, path: &str, body: &str) -> Result<(), reel_core::ReelError> {
+        let fail = |e: std::io::Error| reel_core::ReelError::storage("posting", e);
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).await.map_err(fail)?;
+        let mut status = String::new();
+        self.stream.read_line(&mut status).await.map_err(fail)?;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line).await.map_err(fail)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut answer = vec![0u8; length];
+        self.stream.read_exact(&mut answer).await.map_err(fail)?;
+        if !status.starts_with("HTTP/1.1 201") {
+            return Err(reel_core::ReelError::storage(
+                "posting",
+                format!("{}: {}", status.trim(), String::from_utf8_lossy(&answer)),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Opens an HTTP/1.0 request (the answer then ends with the connection, unchunked).
