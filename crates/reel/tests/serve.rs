@@ -293,7 +293,12 @@ fn tokens_scopes_and_revocation() {
     assert_eq!(get("/streams/unitconfig-PL-1001", Some(&unit)).status, 200);
     assert_eq!(get("/streams/unit-PL-1001", Some(&unit)).status, 200, "read:unit-*");
     assert_eq!(get("/all", Some(&unit)).status, 403, "the whole log needs read:*");
-    assert_eq!(get("/all?category=unit", Some(&unit)).status, 200, "its categories are fine");
+    assert_eq!(post("/streams/unit", Some(&admin)), 201, "a stream named just `unit`, outside read:unit-*");
+    let by_category = get("/all?category=unit", Some(&unit));
+    assert_eq!(by_category.status, 200, "its categories are fine");
+    let seen: Vec<&str> =
+        by_category.body["events"].as_array().unwrap().iter().map(|e| e["stream"].as_str().unwrap()).collect();
+    assert!(seen.contains(&"unit-PL-1001") && !seen.contains(&"unit"), "only streams it may read: {seen:?}");
     assert_eq!(get("/streams/$tokens", Some(&unit)).status, 403, "reserved streams");
     assert_eq!(get("/subscriptions", Some(&unit)).status, 403, "admin only");
     assert_eq!(get("/metrics", Some(&unit)).status, 403, "admin only");

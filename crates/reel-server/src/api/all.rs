@@ -101,10 +101,9 @@ pub async fn read_all(
         let waiting = page.events.is_empty() && tokio::time::Instant::now() < deadline && !*shutdown.borrow();
         if !waiting {
             let mut events = page.events;
-            if !access.is_admin() {
-                // `$` streams (tokens) are Reel's own; only admin reads them.
-                events.retain(|e| !e.stream.as_str().starts_with('$'));
-            }
+            // Only streams the token may read (this also keeps `$` streams from non-admins):
+            // a category or prefix filter lets a token in, each event must still be its own.
+            events.retain(|e| access.can_read(e.stream.as_str()));
             state.metrics.events_read.inc_by(events.len() as u64);
             let mut next = format!("/all?from={}&limit={limit}", page.next.0);
             for (name, values) in [("category", &filter.categories), ("type", &filter.event_types)] {

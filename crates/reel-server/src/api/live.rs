@@ -19,13 +19,14 @@ use super::all::ReadAllQuery;
 use super::{forbidden, AppState, Params, Segment};
 use crate::error::{ApiError, ErrorBody};
 use crate::live::LiveEvent;
+use crate::scopes::Access;
 
 /// Which events a live client wants.
 enum Selection {
-    /// The log, filtered; `$` streams only for admin.
+    /// The log, filtered, and only streams the caller may read.
     All {
         filter: ReadAllFilter,
-        reserved: bool,
+        access: Access,
     },
     Stream(StreamName),
 }
@@ -34,9 +35,7 @@ impl Selection {
     fn wants(&self, event: &RecordedEvent) -> bool {
         match self {
             Selection::Stream(stream) => &event.stream == stream,
-            Selection::All { filter, reserved } => {
-                filter.matches(event) && (*reserved || !event.stream.as_str().starts_with('$'))
-            }
+            Selection::All { filter, access } => filter.matches(event) && access.can_read(event.stream.as_str()),
         }
     }
 }
@@ -88,7 +87,7 @@ pub async fn all_live(
         return Err(forbidden("reading the whole log (filter with ?category= to the categories you may read)".into()));
     }
     let from = start(&headers, query.from)?;
-    let selection = Selection::All { filter, reserved: access.is_admin() };
+    let selection = Selection::All { filter, access };
     Ok(live(state, selection, from))
 }
 
