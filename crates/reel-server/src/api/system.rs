@@ -28,6 +28,7 @@ pub struct Health {
 /// Liveness and store reachability (no token needed).
 #[utoipa::path(
     get, path = "/health", tag = "system",
+    security(()),
     responses(
         (status = 200, description = "Serving", body = Health),
         (status = 503, description = "The store cannot be reached", body = Health),
