@@ -106,7 +106,7 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Option<&serde_json::Value>,
+        body: Option<&[u8]>,
         stream: Option<&StreamName>,
     ) -> Result<T, ReelError> {
         let url = format!("{}{path}", self.base);
@@ -117,7 +117,7 @@ impl Client {
                 request = request.bearer_auth(token);
             }
             if let Some(body) = body {
-                request = request.json(body);
+                request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_vec());
             }
             let retry = match request.send().await {
                 Ok(response) => {
@@ -161,10 +161,15 @@ impl EventStore for HttpStore {
         // recognised by the server and stored once.
         let events: Vec<NewEvent> =
             events.into_iter().map(|e| if e.id.is_some() { e } else { e.with_id(EventId::new_v7()) }).collect();
-        let body = wire::append_body(expected, &events);
+        let body = wire::append_body(expected, &events)?;
         let answer: wire::Appended = self
             .client()
-            .call(Method::POST, &format!("/streams/{}", encode_segment(stream.as_str())), Some(&body), Some(stream))
+            .call(
+                Method::POST,
+                &format!("/streams/{}", encode_segment(stream.as_str())),
+                Some(body.as_slice()),
+                Some(stream),
+            )
             .await?;
         Ok(AppendResult {
             first_position: Position(answer.first_position),

@@ -5,7 +5,7 @@ use reel_core::{
     EventId, ExpectedVersion, NewEvent, Position, RecordedEvent, ReelError, StreamName, StreamVersion, Timestamp,
 };
 use reqwest::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 #[derive(Deserialize)]
@@ -87,36 +87,44 @@ pub struct Stats {
     pub storage_bytes: Option<u64>,
 }
 
-/// The append body: JSON payloads go as `data`, anything else as `data_base64`.
-pub fn append_body(expected: ExpectedVersion, events: &[NewEvent]) -> serde_json::Value {
-    let events: Vec<serde_json::Value> = events
+#[derive(Serialize)]
+struct AppendBody<'a> {
+    expected_version: ExpectedVersion,
+    events: Vec<WireEvent<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireEvent<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    metadata: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+/// The append body. A JSON payload goes as `data`, written verbatim (its bytes, key order
+/// included, are what the server stores); anything else as `data_base64`.
+pub fn append_body(expected: ExpectedVersion, events: &[NewEvent]) -> Result<Vec<u8>, ReelError> {
+    let events = events
         .iter()
         .map(|e| {
-            let mut event = serde_json::Map::new();
-            event.insert("type".into(), e.event_type.clone().into());
-            match serde_json::from_slice::<serde_json::Value>(&e.data) {
-                // Sent as raw text so the stored bytes stay exactly the caller's.
-                Ok(_) => {
-                    let raw = RawValue::from_string(String::from_utf8_lossy(&e.data).into_owned())
-                        .map(|raw| serde_json::to_value(raw).unwrap_or_default())
-                        .unwrap_or_default();
-                    event.insert("data".into(), raw);
-                }
-                Err(_) => {
-                    event
-                        .insert("data_base64".into(), base64::engine::general_purpose::STANDARD.encode(&e.data).into());
-                }
+            let data = serde_json::from_slice::<&RawValue>(&e.data).ok();
+            WireEvent {
+                event_type: &e.event_type,
+                data,
+                data_base64: data.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(&e.data)),
+                id: e.id.map(|id| id.to_string()),
+                metadata: &e.metadata,
             }
-            if let Some(id) = e.id {
-                event.insert("id".into(), id.to_string().into());
-            }
-            if !e.metadata.is_empty() {
-                event.insert("metadata".into(), serde_json::Value::Object(e.metadata.clone()));
-            }
-            serde_json::Value::Object(event)
         })
         .collect();
-    serde_json::json!({ "expected_version": expected, "events": events })
+    serde_json::to_vec(&AppendBody { expected_version: expected, events })
+        .map_err(|e| ReelError::storage("encoding an append", e))
 }
 
 #[derive(Deserialize)]

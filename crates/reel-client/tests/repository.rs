@@ -40,3 +40,17 @@ async fn concurrent_reservations_through_the_server_have_one_winner() {
     assert!(loaded.state.reservation.is_some());
     assert_eq!(loaded.version.map(|v| v.0), Some(1), "registered and reserved: two events");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_are_stored_byte_for_byte() {
+    use reel_core::{Direction, ExpectedVersion, NewEvent, StreamName, StreamVersion};
+    let running = common::serve().await;
+    let stream = StreamName::new("unit-PL-1001").unwrap();
+    let json = br#"{"zeta":1,"alpha":[1.50,2e3],"mid":"\u00e9"}"#.to_vec();
+    let binary = vec![0u8, 159, 146, 150];
+    let events = vec![NewEvent::new("Json", json.clone()), NewEvent::new("Binary", binary.clone())];
+    running.client.append(&stream, ExpectedVersion::NoStream, events).await.unwrap();
+    let read = running.client.read_stream(&stream, StreamVersion(0), Direction::Forward, 10).await.unwrap();
+    assert_eq!(read[0].data, json, "key order, number spelling and escapes kept");
+    assert_eq!(read[1].data, binary);
+}

@@ -52,12 +52,17 @@ impl EventInput {
             event.id = Some(id.parse::<EventId>().map_err(|e| invalid(e.to_string()))?);
         }
         if let Some(metadata) = &self.metadata {
-            event.metadata = match metadata {
-                serde_json::Value::Object(map) => map.clone(),
-                other => return Err(invalid(format!("metadata must be a JSON object, got {}", json_kind(other)))),
-            };
+            event.metadata = metadata_object(metadata.clone()).map_err(invalid)?;
         }
         Ok(event)
+    }
+}
+
+/// Metadata must be a JSON object.
+pub fn metadata_object(value: serde_json::Value) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match value {
+        serde_json::Value::Object(map) => Ok(map),
+        other => Err(format!("metadata must be a JSON object, got {}", json_kind(&other))),
     }
 }
 

@@ -44,10 +44,5 @@ pub fn parse_id(text: &str) -> Result<EventId> {
 
 /// Metadata must be a JSON object.
 pub fn metadata_object(value: serde_json::Value) -> Result<serde_json::Map<String, serde_json::Value>> {
-    match value {
-        serde_json::Value::Object(map) => Ok(map),
-        other => {
-            bail!(InvalidInput(format!("metadata must be a JSON object, got {}", reel_core::wire::json_kind(&other))))
-        }
-    }
+    reel_core::wire::metadata_object(value).map_err(|reason| anyhow!(InvalidInput(reason)))
 }

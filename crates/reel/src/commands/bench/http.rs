@@ -316,7 +316,7 @@ async fn idle_long_polls(server: &ServerProcess, plan: &HttpPlan) -> Result<(f64
             tokio::spawn(async move {
                 let mut answer = Vec::new();
                 let read = tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut answer)).await;
-                read.is_ok() && answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200")
+                read.is_ok() && (answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200"))
             })
         })
         .collect();
