@@ -21,9 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use reel_core::backend::HeadNotifier;
 use reel_core::wire::encode_segment;
 use reel_core::{
-    AllPage, AppendResult, Direction, EventId, EventStore, ExpectedVersion, HeadNotifier, HeadWatch, NewEvent,
+    AllPage, AppendResult, Direction, EventId, EventStore, ExpectedVersion, HeadWatch, NewEvent,
     Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion,
 };
 use reqwest::{Method, StatusCode};
@@ -185,7 +186,7 @@ impl EventStore for HttpStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, ReelError> {
-        reel_core::check_read_limit(limit)?;
+        reel_core::backend::check_read_limit(limit)?;
         let direction = match direction {
             Direction::Forward => "forward",
             Direction::Backward => "backward",
@@ -224,7 +225,7 @@ impl EventStore for HttpStore {
     }
 
     async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
-        reel_core::check_read_limit(limit)?;
+        reel_core::backend::check_read_limit(limit)?;
         let mut path = format!("/all?from={}&limit={}", from.0.max(1), limit.min(10_000));
         for (name, values) in [("category", &filter.categories), ("type", &filter.event_types)] {
             if !values.is_empty() {
@@ -255,7 +256,7 @@ impl EventStore for HttpStore {
         after: Option<&StreamName>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>, ReelError> {
-        reel_core::check_read_limit(limit)?;
+        reel_core::backend::check_read_limit(limit)?;
         let mut path = format!("/streams?limit={}", limit.min(10_000));
         if let Some(category) = category {
             path.push_str(&format!("&category={}", encode_segment(category)));

@@ -16,12 +16,13 @@
 //! ```
 
 mod all_reader;
+pub mod backend;
 mod error;
 mod event;
 mod head;
-pub mod idempotency;
 mod limits;
 mod position;
+mod projection;
 mod snapshot;
 mod store;
 mod stream_name;
@@ -33,17 +34,18 @@ pub mod wire;
 pub use all_reader::AllReader;
 pub use error::{ReelError, Result};
 pub use event::{EventId, NewEvent, RecordedEvent};
-pub use head::{HeadNotifier, HeadWatch};
-pub use limits::{append_many_with, AppendLimits};
+pub use head::HeadWatch;
+pub use limits::AppendLimits;
 pub use position::{ExpectedVersion, Position, StreamVersion};
 pub use snapshot::{Snapshot, SnapshotStore};
+pub use projection::{BatchFailure, Checkpoint, HandlerError, ProjectionStore};
 pub use store::{
-    check_read_limit, AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats,
+    AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats,
     StreamInfo, MAX_READ_LIMIT,
 };
 pub use stream_name::StreamName;
 pub use subscription::{
-    settle_save, Lease, ParkedEvent, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,
+    Lease, ParkedEvent, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,
     SubscriptionStatus, SubscriptionStore,
 };
 pub use timestamp::Timestamp;

@@ -1,6 +1,6 @@
 use std::collections::HashSet;
 
-use crate::{AppendRequest, AppendResult, NewEvent, ReelError};
+use crate::{NewEvent, ReelError};
 
 /// Limits every append is checked against before anything is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,33 +62,6 @@ impl AppendLimits {
         }
         Ok(())
     }
-}
-
-/// `append_many` for a backend: validates each request, submits the valid ones together with
-/// `submit`, and answers every request in its original place (invalid ones with their error).
-pub async fn append_many_with<F, Fut>(
-    limits: &AppendLimits,
-    requests: Vec<AppendRequest>,
-    submit: F,
-) -> Vec<Result<AppendResult, ReelError>>
-where
-    F: FnOnce(Vec<AppendRequest>) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<Result<AppendResult, ReelError>>, ReelError>>,
-{
-    let checks: Vec<Result<(), ReelError>> = requests.iter().map(|r| limits.validate(&r.events)).collect();
-    let valid: Vec<AppendRequest> =
-        requests.into_iter().zip(&checks).filter(|(_, c)| c.is_ok()).map(|(r, _)| r).collect();
-    let mut stored = match submit(valid).await {
-        Ok(results) => results.into_iter(),
-        Err(e) => return checks.iter().map(|_| Err(e.clone())).collect(),
-    };
-    checks
-        .into_iter()
-        .map(|check| match check {
-            Ok(()) => stored.next().unwrap_or(Err(ReelError::Closed)),
-            Err(e) => Err(e),
-        })
-        .collect()
 }
 
 #[cfg(test)]

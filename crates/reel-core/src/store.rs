@@ -6,14 +6,6 @@ use crate::{ExpectedVersion, HeadWatch, NewEvent, Position, RecordedEvent, ReelE
 /// Largest page any read returns (`read_stream`, `read_all`, `streams`).
 pub const MAX_READ_LIMIT: usize = 100_000;
 
-/// Checks a caller's page size: 1 to [`MAX_READ_LIMIT`].
-pub fn check_read_limit(limit: usize) -> Result<(), ReelError> {
-    if limit == 0 || limit > MAX_READ_LIMIT {
-        return Err(ReelError::InvalidArgument(format!("limit must be between 1 and {MAX_READ_LIMIT}, got {limit}")));
-    }
-    Ok(())
-}
-
 /// What an append stored (or, for an idempotent retry, had stored the first time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct AppendResult {

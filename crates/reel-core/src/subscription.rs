@@ -196,13 +196,22 @@ pub struct ParkedEvent {
     pub parked_at: Timestamp,
 }
 
-/// Which worker holds a subscription, and until when.
+/// Which worker holds a subscription, since when it last renewed, and until when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     /// The worker's id.
     pub owner: String,
+    /// When the holder last took or renewed it.
+    pub renewed_at: Timestamp,
     /// When the lease lapses unless renewed.
     pub expires_at: Timestamp,
+}
+
+impl Lease {
+    /// Whether the lease still holds at `now` (an expired one may be taken by anyone).
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.expires_at > now
+    }
 }
 
 /// The persisted state of one subscriber's progress through the log.
@@ -266,6 +275,17 @@ impl Subscription {
         Ok(())
     }
 
+    /// Starts over as a freshly tracked subscription (same id, group and run mode; status `New`,
+    /// position 0), for one that never completed its setup. Its revision stays, so the save is
+    /// still a compare-and-swap.
+    pub fn start_over(&mut self) {
+        let revision = self.revision;
+        let lease = self.lease.take();
+        *self = Subscription::new(self.id.clone(), self.group.clone(), self.run_mode, self.last_saved_at);
+        self.revision = revision;
+        self.lease = lease;
+    }
+
     /// Moves to `Error`, remembering the message and the status to return to.
     pub fn fail(&mut self, message: impl Into<String>) -> Result<(), ReelError> {
         self.fail_at(message, None)
@@ -282,27 +302,6 @@ impl Subscription {
         }
         self.error = Some(SubscriptionError { message: message.into(), previous_status, failed_at });
         Ok(())
-    }
-}
-
-/// The outcome of a backend's compare-and-swap save: `refused` is `None` when the row was
-/// written (the in-memory revision is bumped to match), or the revision now stored (`None`: the
-/// row is gone) when it was not, which says why. `leased`: the save required a lease.
-pub fn settle_save(
-    subscription: &mut Subscription,
-    refused: Option<Option<u64>>,
-    leased: bool,
-) -> Result<(), ReelError> {
-    let id = subscription.id.to_string();
-    match refused {
-        None => {
-            subscription.revision += 1;
-            Ok(())
-        }
-        Some(None) => Err(ReelError::SubscriptionNotFound { id }),
-        Some(Some(stored)) if stored != subscription.revision => Err(ReelError::SubscriptionChanged { id }),
-        Some(Some(_)) if leased => Err(ReelError::LeaseLost { id }),
-        Some(Some(_)) => Err(ReelError::SubscriptionChanged { id }),
     }
 }
 

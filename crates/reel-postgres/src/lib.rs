@@ -25,16 +25,16 @@ mod writer;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use reel_core::backend::HeadNotifier;
 use reel_core::{
-    AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadNotifier,
-    HeadWatch, NewEvent, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
+    AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadWatch, NewEvent, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
     StreamVersion,
 };
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::{Client, NoTls};
 
 pub use schema::SCHEMA_VERSION;
-pub use subscriptions::{PostgresSubscriptionStore, ProjectionWork};
+pub use subscriptions::{PostgresProjection, PostgresSubscriptionStore, ProjectionWork};
 
 pub use reel_core::MAX_READ_LIMIT;
 
@@ -192,7 +192,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn append_many(&self, requests: Vec<AppendRequest>) -> Vec<Result<AppendResult, ReelError>> {
-        reel_core::append_many_with(&self.inner.limits, requests, |valid| self.submit(valid)).await
+        reel_core::backend::append_many_with(&self.inner.limits, requests, |valid| self.submit(valid)).await
     }
 
     async fn read_stream(
@@ -202,7 +202,7 @@ impl EventStore for PostgresStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, ReelError> {
-        reel_core::check_read_limit(limit)?;
+        reel_core::backend::check_read_limit(limit)?;
         reader::read_stream(&*self.reader().await?, &self.inner.schema, stream, from, direction, limit).await
     }
 
@@ -211,7 +211,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
-        reel_core::check_read_limit(limit)?;
+        reel_core::backend::check_read_limit(limit)?;
         reader::read_all(&*self.reader().await?, &self.inner.schema, &self.inner.names, from, filter, limit).await
     }
 
@@ -231,7 +231,7 @@ impl EventStore for PostgresStore {
         after: Option<&StreamName>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>, ReelError> {
-        reel_core::check_read_limit(limit)?;
+        reel_core::backend::check_read_limit(limit)?;
         reader::streams(&*self.reader().await?, &self.inner.schema, category, after, limit).await
     }
 

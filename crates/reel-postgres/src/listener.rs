@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use reel_core::{HeadNotifier, Position};
+use reel_core::backend::HeadNotifier;
+use reel_core::{Position};
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 

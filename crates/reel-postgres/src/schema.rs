@@ -65,6 +65,8 @@ const MIGRATIONS: &[&str] = &[
         data           bytea NOT NULL,
         taken_at       bigint NOT NULL
      );",
+    // 4: when a lease holder last renewed (shown to operators beside the owner).
+    "ALTER TABLE {s}.subscriptions ADD COLUMN lease_renewed_at bigint;",
 ];
 
 /// Newest schema version this build knows.

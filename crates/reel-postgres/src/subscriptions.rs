@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use reel_core::backend::{settle_save, SaveOutcome, SubscriptionRow};
 use reel_core::{
-    settle_save, EventId, Lease, ParkedEvent, Position, ReelError, RunMode, Subscription, SubscriptionCriteria,
-    SubscriptionError, SubscriptionId, SubscriptionStatus, SubscriptionStore, Timestamp,
+    BatchFailure, Checkpoint, EventId, HandlerError, ParkedEvent, Position, ProjectionStore, RecordedEvent, ReelError,
+    Subscription, SubscriptionCriteria, SubscriptionId, SubscriptionStore, Timestamp,
 };
 use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
@@ -28,7 +29,25 @@ pub struct PostgresSubscriptionStore {
 }
 
 const COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message, error_previous_status,
-    paused_from, last_saved_at, error_position, lease_owner, lease_expires_at, revision";
+    paused_from, last_saved_at, error_position, lease_owner, lease_renewed_at, lease_expires_at, revision";
+
+/// A SQL projection whose rows commit in the same PostgreSQL transaction as its checkpoint
+/// (exactly-once effects). Turn it into a subscriber with
+/// `reel_subscriptions::TransactionalProjector::new(spec, subscription_store, Arc::new(projection))`.
+#[async_trait]
+pub trait PostgresProjection: Send + Sync + 'static {
+    /// Creates the projection's tables (its own transaction). Keep it idempotent.
+    async fn setup(&self, _tx: &tokio_postgres::Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    /// Drops the projection's tables (its own transaction).
+    async fn teardown(&self, _tx: &tokio_postgres::Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    /// Applies a batch inside the transaction that also saves the checkpoint. An error rolls
+    /// back the whole batch; its index says which event failed.
+    async fn apply(&self, tx: &tokio_postgres::Transaction<'_>, batch: &[RecordedEvent]) -> Result<(), BatchFailure>;
+}
 
 fn err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> ReelError {
     move |e| crate::storage_error(what, e)
@@ -72,39 +91,78 @@ impl PostgresSubscriptionStore {
         if let Err(e) = work(&tx).await {
             return Err(ReelError::SubscriptionFailed { id: subscription.id.to_string(), message: e.to_string() });
         }
-        let refused = write_state(&tx, &self.schema, subscription, lease_owner.map(|o| (o, now))).await?;
-        if refused.is_none() {
+        let outcome = write_state(&tx, &self.schema, subscription, lease_owner.map(|o| (o, now))).await?;
+        if outcome == SaveOutcome::Written {
             tx.commit().await.map_err(err("committing a projection batch"))?;
         }
-        settle_save(subscription, refused, lease_owner.is_some())
+        settle_save(subscription, outcome, lease_owner.is_some())
     }
 }
 
-/// The compare-and-swap UPDATE. `None`: written; `Some(stored revision or None)`: not written.
+#[async_trait]
+impl ProjectionStore for PostgresSubscriptionStore {
+    type Projection = dyn PostgresProjection;
+
+    async fn setup_projection(&self, projection: &std::sync::Arc<dyn PostgresProjection>) -> Result<(), HandlerError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err("starting a projection setup"))?;
+        projection.setup(&tx).await?;
+        Ok(tx.commit().await.map_err(err("committing a projection setup"))?)
+    }
+
+    async fn teardown_projection(
+        &self,
+        projection: &std::sync::Arc<dyn PostgresProjection>,
+    ) -> Result<(), HandlerError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err("starting a projection teardown"))?;
+        projection.teardown(&tx).await?;
+        Ok(tx.commit().await.map_err(err("committing a projection teardown"))?)
+    }
+
+    async fn apply_with_checkpoint(
+        &self,
+        projection: &std::sync::Arc<dyn PostgresProjection>,
+        batch: &[RecordedEvent],
+        checkpoint: &mut Checkpoint,
+    ) -> Result<(), BatchFailure> {
+        let failed = |e: ReelError| BatchFailure::at(0, e);
+        let mut client = self.client().await.map_err(failed)?;
+        let tx = client.transaction().await.map_err(err("starting a projection transaction")).map_err(failed)?;
+        projection.apply(&tx, batch).await?;
+        let lease = checkpoint.lease_owner.as_deref().map(|owner| (owner, checkpoint.now));
+        let outcome = write_state(&tx, &self.schema, &checkpoint.subscription, lease).await.map_err(failed)?;
+        if outcome == SaveOutcome::Written {
+            tx.commit().await.map_err(err("committing a projection batch")).map_err(failed)?;
+        }
+        settle_save(&mut checkpoint.subscription, outcome, lease.is_some()).map_err(failed)
+    }
+}
+
+/// The compare-and-swap UPDATE of the state columns (and the lease, when given).
 async fn write_state<C: tokio_postgres::GenericClient>(
     client: &C,
     schema: &str,
     s: &Subscription,
     lease: Option<(&str, Timestamp)>,
-) -> Result<Option<Option<u64>>, ReelError> {
+) -> Result<SaveOutcome, ReelError> {
     let e = err("saving a subscription");
     let (owner, now) = lease.map_or((None, 0), |(o, t)| (Some(o), t.unix_micros()));
-    let error_message = s.error.as_ref().map(|e| e.message.as_str());
-    let error_previous = s.error.as_ref().map(|e| e.previous_status.as_str());
-    let error_position = s.error.as_ref().and_then(|e| e.failed_at).map(|p| p.0 as i64);
+    let row = SubscriptionRow::from_subscription(s);
+    let retry_attempt = row.retry_attempt as i32;
     let params: [&(dyn ToSql + Sync); 14] = [
-        &s.id.as_str(),
-        &s.group,
-        &s.run_mode.as_str(),
-        &s.status.as_str(),
-        &(s.position.0 as i64),
-        &(s.retry_attempt as i32),
-        &error_message,
-        &error_previous,
-        &s.paused_from.map(SubscriptionStatus::as_str),
-        &s.last_saved_at.unix_micros(),
-        &error_position,
-        &(s.revision as i64),
+        &row.id,
+        &row.group,
+        &row.run_mode,
+        &row.status,
+        &row.position,
+        &retry_attempt,
+        &row.error_message,
+        &row.error_previous_status,
+        &row.paused_from,
+        &row.last_saved_at,
+        &row.error_position,
+        &row.revision,
         &owner,
         &now,
     ];
@@ -122,44 +180,35 @@ async fn write_state<C: tokio_postgres::GenericClient>(
         .await
         .map_err(&e)?;
     if updated == 1 {
-        return Ok(None);
+        return Ok(SaveOutcome::Written);
     }
     let stored = client
         .query_opt(&format!("SELECT revision FROM {schema}.subscriptions WHERE id = $1"), &[&s.id.as_str()])
         .await
         .map_err(&e)?;
-    Ok(Some(stored.map(|r| r.get::<_, i64>(0) as u64)))
+    Ok(stored.map_or(SaveOutcome::Gone, |r| SaveOutcome::NotWritten { stored_revision: r.get::<_, i64>(0) as u64 }))
 }
 
+/// Reads a row selected with `COLUMNS`.
 fn from_row(row: &Row) -> Result<Subscription, ReelError> {
-    let error_message: Option<String> = row.get(6);
-    let error_previous: Option<String> = row.get(7);
-    let paused_from: Option<String> = row.get(8);
-    let error_position: Option<i64> = row.get(10);
-    let lease_owner: Option<String> = row.get(11);
-    let lease_expires: Option<i64> = row.get(12);
-    Ok(Subscription {
-        id: SubscriptionId::new(row.get::<_, String>(0))?,
+    SubscriptionRow {
+        id: row.get(0),
         group: row.get(1),
-        run_mode: row.get::<_, String>(2).parse::<RunMode>()?,
-        status: row.get::<_, String>(3).parse()?,
-        position: Position(row.get::<_, i64>(4) as u64),
-        retry_attempt: row.get::<_, i32>(5) as u32,
-        error: match (error_message, error_previous) {
-            (Some(message), Some(previous)) => Some(SubscriptionError {
-                message,
-                previous_status: previous.parse()?,
-                failed_at: error_position.map(|p| Position(p as u64)),
-            }),
-            _ => None,
-        },
-        paused_from: paused_from.map(|p| p.parse()).transpose()?,
-        last_saved_at: Timestamp::from_unix_micros(row.get(9)),
-        lease: lease_owner
-            .zip(lease_expires)
-            .map(|(owner, expires)| Lease { owner, expires_at: Timestamp::from_unix_micros(expires) }),
-        revision: row.get::<_, i64>(13) as u64,
-    })
+        run_mode: row.get(2),
+        status: row.get(3),
+        position: row.get(4),
+        retry_attempt: i64::from(row.get::<_, i32>(5)),
+        error_message: row.get(6),
+        error_previous_status: row.get(7),
+        paused_from: row.get(8),
+        last_saved_at: row.get(9),
+        error_position: row.get(10),
+        lease_owner: row.get(11),
+        lease_renewed_at: row.get(12),
+        lease_expires_at: row.get(13),
+        revision: row.get(14),
+    }
+    .into_subscription()
 }
 
 #[async_trait]
@@ -185,8 +234,8 @@ impl SubscriptionStore for PostgresSubscriptionStore {
     }
 
     async fn update(&self, subscription: &mut Subscription) -> Result<(), ReelError> {
-        let refused = write_state(&*self.client().await?, &self.schema, subscription, None).await?;
-        settle_save(subscription, refused, false)
+        let outcome = write_state(&*self.client().await?, &self.schema, subscription, None).await?;
+        settle_save(subscription, outcome, false)
     }
 
     async fn update_leased(
@@ -195,8 +244,8 @@ impl SubscriptionStore for PostgresSubscriptionStore {
         owner: &str,
         now: Timestamp,
     ) -> Result<(), ReelError> {
-        let refused = write_state(&*self.client().await?, &self.schema, subscription, Some((owner, now))).await?;
-        settle_save(subscription, refused, true)
+        let outcome = write_state(&*self.client().await?, &self.schema, subscription, Some((owner, now))).await?;
+        settle_save(subscription, outcome, true)
     }
 
     async fn remove(&self, id: &SubscriptionId) -> Result<(), ReelError> {
@@ -255,7 +304,7 @@ impl SubscriptionStore for PostgresSubscriptionStore {
             .await?
             .execute(
                 &format!(
-                    "UPDATE {schema}.subscriptions SET lease_owner = $2, lease_expires_at = $3
+                    "UPDATE {schema}.subscriptions SET lease_owner = $2, lease_expires_at = $3, lease_renewed_at = $4
                      WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at <= $4)"
                 ),
                 &[&id.as_str(), &owner, &expires, &now.unix_micros()],
@@ -270,7 +319,8 @@ impl SubscriptionStore for PostgresSubscriptionStore {
         self.client()
             .await?
             .execute(
-                &format!("UPDATE {schema}.subscriptions SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2"),
+                &format!("UPDATE {schema}.subscriptions SET lease_owner = NULL, lease_expires_at = NULL, lease_renewed_at = NULL
+                   WHERE id = $1 AND lease_owner = $2"),
                 &[&id.as_str(), &owner],
             )
             .await

@@ -8,9 +8,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use reel_core::idempotency::{check_recent, retry_start, same_append, RecentIds, StoredForRetry, RECENT_ID_WINDOW};
+use reel_core::backend::idempotency::{check_recent, retry_start, same_append, RecentIds, StoredForRetry, RECENT_ID_WINDOW};
+use reel_core::backend::HeadNotifier;
 use reel_core::{
-    AppendRequest, AppendResult, EventId, HeadNotifier, NewEvent, Position, ReelError, StreamName, StreamVersion,
+    AppendRequest, AppendResult, EventId, NewEvent, Position, ReelError, StreamName, StreamVersion,
     Timestamp,
 };
 use tokio::sync::{mpsc, oneshot};

@@ -32,9 +32,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use reel_core::backend::HeadNotifier;
 use reel_core::{
-    AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadNotifier,
-    HeadWatch, NewEvent, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
+    AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadWatch, NewEvent, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
     StreamVersion,
 };
 use tokio::sync::oneshot;
@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 pub use reel_core::MAX_READ_LIMIT;
 pub use schema::SCHEMA_VERSION;
 pub use snapshots::SqliteSnapshotStore;
-pub use subscriptions::SqliteSubscriptionStore;
+pub use subscriptions::{SqliteProjection, SqliteSubscriptionStore};
 pub use writer::RECENT_ID_WINDOW;
 
 /// How a store is opened.
@@ -196,7 +196,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn append_many(&self, requests: Vec<AppendRequest>) -> Vec<Result<AppendResult, ReelError>> {
-        reel_core::append_many_with(&self.inner.limits, requests, |valid| self.submit(valid)).await
+        reel_core::backend::append_many_with(&self.inner.limits, requests, |valid| self.submit(valid)).await
     }
 
     async fn read_stream(
@@ -206,7 +206,7 @@ impl EventStore for SqliteStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, ReelError> {
-        reel_core::check_read_limit(limit)?;
+        reel_core::backend::check_read_limit(limit)?;
         let stream = stream.clone();
         self.inner.readers.run(move |pool, conn| reader::read_stream(pool, conn, &stream, from, direction, limit)).await
     }
@@ -217,7 +217,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
-        reel_core::check_read_limit(limit)?;
+        reel_core::backend::check_read_limit(limit)?;
         let filter = filter.clone();
         self.inner.readers.run(move |pool, conn| reader::read_all(pool, conn, from, &filter, limit)).await
     }
@@ -238,7 +238,7 @@ impl EventStore for SqliteStore {
         after: Option<&StreamName>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>, ReelError> {
-        reel_core::check_read_limit(limit)?;
+        reel_core::backend::check_read_limit(limit)?;
         let category = category.map(str::to_string);
         let after = after.cloned();
         self.inner.readers.run(move |_, conn| reader::streams(conn, category.as_deref(), after.as_ref(), limit)).await

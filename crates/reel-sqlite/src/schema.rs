@@ -65,6 +65,8 @@ const MIGRATIONS: &[&str] = &[
         data           BLOB NOT NULL,
         taken_at       INTEGER NOT NULL
      );",
+    // 4: when a lease holder last renewed (shown to operators beside the owner).
+    "ALTER TABLE subscriptions ADD COLUMN lease_renewed_at INTEGER;",
 ];
 
 /// Newest schema version this build knows.

@@ -1,13 +1,17 @@
-//! The subscription store in the same SQLite file as the events.
+//! The subscription store in the same SQLite file as the events, and SQL projections that
+//! commit their rows with their checkpoint.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use reel_core::backend::{settle_save, SaveOutcome, SubscriptionRow};
 use reel_core::{
-    Lease, ParkedEvent, Position, ReelError, RunMode, Subscription, SubscriptionCriteria, SubscriptionError,
-    SubscriptionId, SubscriptionStatus, SubscriptionStore, Timestamp,
+    BatchFailure, Checkpoint, HandlerError, ParkedEvent, Position, ProjectionStore, RecordedEvent, ReelError,
+    Subscription, SubscriptionCriteria, SubscriptionId, SubscriptionStore, Timestamp,
 };
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use crate::connection::SharedConnection;
 
@@ -17,10 +21,54 @@ pub struct SqliteSubscriptionStore {
     conn: SharedConnection,
 }
 
-const COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message,
+/// The state columns, in the order of [`state_values`] (`?1` … `?11`).
+const STATE_COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message,
     error_previous_status, paused_from, last_saved_at, error_position";
-/// Read with `COLUMNS`; leases are written only by the lease methods, the revision by every save.
-const LEASE_COLUMNS: &str = "lease_owner, lease_expires_at, revision";
+/// Everything [`from_row`] reads: leases are written only by the lease methods, the revision by every save.
+const ALL_COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message,
+    error_previous_status, paused_from, last_saved_at, error_position, lease_owner, lease_renewed_at,
+    lease_expires_at, revision";
+
+/// A SQL projection whose rows commit in the same SQLite transaction as its checkpoint
+/// (exactly-once effects). Turn it into a subscriber with
+/// `reel_subscriptions::TransactionalProjector::new(spec, subscription_store, Arc::new(projection))`.
+///
+/// ```
+/// use reel_core::{BatchFailure, HandlerError, RecordedEvent};
+/// use reel_sqlite::SqliteProjection;
+///
+/// struct DoorsPerUnit;
+///
+/// impl SqliteProjection for DoorsPerUnit {
+///     fn setup(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+///         tx.execute_batch("CREATE TABLE IF NOT EXISTS doors_1 (unit TEXT PRIMARY KEY, opened INTEGER NOT NULL)")?;
+///         Ok(())
+///     }
+///     fn apply(&self, tx: &rusqlite::Transaction<'_>, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+///         for (index, event) in batch.iter().enumerate() {
+///             tx.execute(
+///                 "INSERT INTO doors_1 VALUES (?1, 1) ON CONFLICT (unit) DO UPDATE SET opened = opened + 1",
+///                 [event.stream.id_part().unwrap_or("")],
+///             )
+///             .map_err(|e| BatchFailure::at(index, e))?;
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait SqliteProjection: Send + Sync + 'static {
+    /// Creates the projection's tables (its own transaction). Keep it idempotent.
+    fn setup(&self, _tx: &Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    /// Drops the projection's tables (its own transaction).
+    fn teardown(&self, _tx: &Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    /// Applies a batch inside the transaction that also saves the checkpoint. An error rolls
+    /// back the whole batch; its index says which event failed.
+    fn apply(&self, tx: &Transaction<'_>, batch: &[RecordedEvent]) -> Result<(), BatchFailure>;
+}
 
 impl SqliteSubscriptionStore {
     /// Writes the state columns if the stored revision is the one loaded (and, with `lease`,
@@ -30,17 +78,18 @@ impl SqliteSubscriptionStore {
         subscription: &mut Subscription,
         lease: Option<(String, Timestamp)>,
     ) -> Result<(), ReelError> {
-        let row = values(subscription);
+        let row = state_values(subscription);
         let revision = subscription.revision;
         let leased = lease.is_some();
-        let written = self.run("saving a subscription", move |conn| write_state_on(conn, row, revision, lease)).await?;
-        reel_core::settle_save(subscription, written.map(|stored| stored.map(|r| r as u64)), leased)
+        let outcome = self.run("saving a subscription", move |conn| write_state_on(conn, row, revision, lease)).await?;
+        settle_save(subscription, outcome, leased)
     }
 
     /// Runs `work` and saves `subscription` in one transaction: a projection's rows and its
     /// checkpoint commit together or not at all (exactly-once effects). `work` failing rolls
     /// everything back and comes back as `SubscriptionFailed`; a stale revision or a lost lease
     /// (with `lease_owner`) rolls back too and comes back as `SubscriptionChanged` / `LeaseLost`.
+    /// [`SqliteProjection`] with `TransactionalProjector` is the usual way to use it.
     pub async fn save_with<F>(
         &self,
         subscription: &mut Subscription,
@@ -49,30 +98,48 @@ impl SqliteSubscriptionStore {
         work: F,
     ) -> Result<(), ReelError>
     where
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<(), HandlerError> + Send + 'static,
     {
-        let row = values(subscription);
+        let id = subscription.id.to_string();
+        self.transaction_with_checkpoint(subscription, lease_owner, now, move |tx| work(tx).map_err(|e| BatchFailure::at(0, e)))
+            .await
+            .map_err(|failure| match failure.error.downcast::<ReelError>() {
+                Ok(error) => *error,
+                Err(error) => ReelError::SubscriptionFailed { id, message: error.to_string() },
+            })
+    }
+
+    /// `work` and the compare-and-swap save of `subscription` in one transaction. A refused save
+    /// comes back as a failure whose error is the `ReelError`.
+    async fn transaction_with_checkpoint<F>(
+        &self,
+        subscription: &mut Subscription,
+        lease_owner: Option<&str>,
+        now: Timestamp,
+        work: F,
+    ) -> Result<(), BatchFailure>
+    where
+        F: FnOnce(&Transaction<'_>) -> Result<(), BatchFailure> + Send + 'static,
+    {
+        let row = state_values(subscription);
         let revision = subscription.revision;
         let lease = lease_owner.map(|owner| (owner.to_string(), now));
         let leased = lease.is_some();
-        let id = subscription.id.to_string();
         let outcome = self
             .run("saving a projection batch", move |conn| {
                 let tx = conn.unchecked_transaction()?;
-                if let Err(error) = work(&tx) {
-                    return Ok(Err(error.to_string()));
+                if let Err(failure) = work(&tx) {
+                    return Ok(Err(failure));
                 }
-                let written = write_state_on(&tx, row, revision, lease)?;
-                if written.is_none() {
+                let outcome = write_state_on(&tx, row, revision, lease)?;
+                if outcome == SaveOutcome::Written {
                     tx.commit()?;
                 }
-                Ok(Ok(written))
+                Ok(Ok(outcome))
             })
-            .await?;
-        match outcome {
-            Ok(written) => reel_core::settle_save(subscription, written.map(|stored| stored.map(|r| r as u64)), leased),
-            Err(message) => Err(ReelError::SubscriptionFailed { id, message }),
-        }
+            .await
+            .map_err(|e| BatchFailure::at(0, e))??;
+        settle_save(subscription, outcome, leased).map_err(|e| BatchFailure::at(0, e))
     }
 
     /// Runs `work` on this store's connection (create a projection's tables, query them).
@@ -99,17 +166,64 @@ impl SqliteSubscriptionStore {
     ) -> Result<T, ReelError> {
         self.conn.run(what, work).await
     }
+
+    /// Runs a projection's setup or teardown in a transaction of its own.
+    async fn in_transaction(
+        &self,
+        what: &'static str,
+        work: impl FnOnce(&Transaction<'_>) -> Result<(), HandlerError> + Send + 'static,
+    ) -> Result<(), HandlerError> {
+        let outcome = self
+            .run(what, move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                Ok(match work(&tx) {
+                    Ok(()) => tx.commit().map_err(HandlerError::from),
+                    Err(error) => Err(error),
+                })
+            })
+            .await?;
+        outcome
+    }
 }
 
-/// The state UPDATE, compare-and-swap on the revision (and the lease). `None`: written;
-/// `Some(stored revision, or None when the row is gone)`: not written.
+#[async_trait]
+impl ProjectionStore for SqliteSubscriptionStore {
+    type Projection = dyn SqliteProjection;
+
+    async fn setup_projection(&self, projection: &Arc<dyn SqliteProjection>) -> Result<(), HandlerError> {
+        let projection = projection.clone();
+        self.in_transaction("setting up a projection", move |tx| projection.setup(tx)).await
+    }
+
+    async fn teardown_projection(&self, projection: &Arc<dyn SqliteProjection>) -> Result<(), HandlerError> {
+        let projection = projection.clone();
+        self.in_transaction("tearing down a projection", move |tx| projection.teardown(tx)).await
+    }
+
+    async fn apply_with_checkpoint(
+        &self,
+        projection: &Arc<dyn SqliteProjection>,
+        batch: &[RecordedEvent],
+        checkpoint: &mut Checkpoint,
+    ) -> Result<(), BatchFailure> {
+        // The connection lives on a blocking thread, so the batch travels there by value.
+        let (projection, batch) = (projection.clone(), batch.to_vec());
+        let Checkpoint { subscription, lease_owner, now } = checkpoint;
+        self.transaction_with_checkpoint(subscription, lease_owner.as_deref(), *now, move |tx| {
+            projection.apply(tx, &batch)
+        })
+        .await
+    }
+}
+
+/// The state UPDATE, compare-and-swap on the revision (and the lease).
 fn write_state_on(
     conn: &Connection,
-    row: [rusqlite::types::Value; 11],
+    row: [Value; 11],
     revision: u64,
     lease: Option<(String, Timestamp)>,
-) -> rusqlite::Result<Option<Option<i64>>> {
-    let mut params: Vec<rusqlite::types::Value> = row.into();
+) -> rusqlite::Result<SaveOutcome> {
+    let mut params: Vec<Value> = row.into();
     params.push((revision as i64).into());
     let condition = match lease {
         None => "",
@@ -129,72 +243,54 @@ fn write_state_on(
         ))?
         .execute(rusqlite::params_from_iter(params))?;
     if updated == 1 {
-        return Ok(None);
+        return Ok(SaveOutcome::Written);
     }
     let stored: Option<i64> = conn
         .prepare_cached("SELECT revision FROM subscriptions WHERE id = ?1")?
         .query_row(params![id], |r| r.get(0))
         .optional()?;
-    Ok(Some(stored))
+    Ok(stored.map_or(SaveOutcome::Gone, |r| SaveOutcome::NotWritten { stored_revision: r as u64 }))
 }
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<Subscription, ReelError>> {
-    let id: String = row.get(0)?;
-    let run_mode: String = row.get(2)?;
-    let status: String = row.get(3)?;
-    let error_message: Option<String> = row.get(6)?;
-    let error_previous: Option<String> = row.get(7)?;
-    let paused_from: Option<String> = row.get(8)?;
-    let position: i64 = row.get(4)?;
-    let retry_attempt: i64 = row.get(5)?;
-    let group: String = row.get(1)?;
-    let last_saved_at: i64 = row.get(9)?;
-    let error_position: Option<i64> = row.get(10)?;
-    let lease_owner: Option<String> = row.get(11)?;
-    let lease_expires_at: Option<i64> = row.get(12)?;
-    let revision: i64 = row.get(13)?;
-    Ok((|| {
-        Ok(Subscription {
-            id: SubscriptionId::new(id)?,
-            group,
-            run_mode: run_mode.parse::<RunMode>()?,
-            status: status.parse()?,
-            position: Position(position as u64),
-            retry_attempt: retry_attempt as u32,
-            error: match (error_message, error_previous) {
-                (Some(message), Some(previous)) => Some(SubscriptionError {
-                    message,
-                    previous_status: previous.parse::<SubscriptionStatus>()?,
-                    failed_at: error_position.map(|p| Position(p as u64)),
-                }),
-                _ => None,
-            },
-            paused_from: paused_from.map(|p| p.parse()).transpose()?,
-            last_saved_at: Timestamp::from_unix_micros(last_saved_at),
-            lease: lease_owner
-                .zip(lease_expires_at)
-                .map(|(owner, expires)| Lease { owner, expires_at: Timestamp::from_unix_micros(expires) }),
-            revision: revision as u64,
-        })
-    })())
+/// Reads a row selected with [`ALL_COLUMNS`].
+fn from_row(row: &Row<'_>) -> rusqlite::Result<SubscriptionRow> {
+    Ok(SubscriptionRow {
+        id: row.get(0)?,
+        group: row.get(1)?,
+        run_mode: row.get(2)?,
+        status: row.get(3)?,
+        position: row.get(4)?,
+        retry_attempt: row.get(5)?,
+        error_message: row.get(6)?,
+        error_previous_status: row.get(7)?,
+        paused_from: row.get(8)?,
+        last_saved_at: row.get(9)?,
+        error_position: row.get(10)?,
+        lease_owner: row.get(11)?,
+        lease_renewed_at: row.get(12)?,
+        lease_expires_at: row.get(13)?,
+        revision: row.get(14)?,
+    })
 }
 
-fn values(s: &Subscription) -> [rusqlite::types::Value; 11] {
-    use rusqlite::types::Value;
-    let text = |t: &str| Value::Text(t.to_string());
-    let optional = |t: Option<&str>| t.map_or(Value::Null, text);
+/// The values of [`STATE_COLUMNS`].
+fn state_values(s: &Subscription) -> [Value; 11] {
+    let r = SubscriptionRow::from_subscription(s);
+    let text = Value::Text;
+    let optional_text = |t: Option<String>| t.map_or(Value::Null, Value::Text);
+    let optional_int = |i: Option<i64>| i.map_or(Value::Null, Value::Integer);
     [
-        text(s.id.as_str()),
-        text(&s.group),
-        text(s.run_mode.as_str()),
-        text(s.status.as_str()),
-        Value::Integer(s.position.0 as i64),
-        Value::Integer(i64::from(s.retry_attempt)),
-        optional(s.error.as_ref().map(|e| e.message.as_str())),
-        optional(s.error.as_ref().map(|e| e.previous_status.as_str())),
-        optional(s.paused_from.map(SubscriptionStatus::as_str)),
-        Value::Integer(s.last_saved_at.unix_micros()),
-        s.error.as_ref().and_then(|e| e.failed_at).map_or(Value::Null, |p| Value::Integer(p.0 as i64)),
+        text(r.id),
+        text(r.group),
+        text(r.run_mode),
+        text(r.status),
+        Value::Integer(r.position),
+        Value::Integer(r.retry_attempt),
+        optional_text(r.error_message),
+        optional_text(r.error_previous_status),
+        optional_text(r.paused_from),
+        Value::Integer(r.last_saved_at),
+        optional_int(r.error_position),
     ]
 }
 
@@ -202,11 +298,11 @@ fn values(s: &Subscription) -> [rusqlite::types::Value; 11] {
 impl SubscriptionStore for SqliteSubscriptionStore {
     async fn add(&self, subscription: &Subscription) -> Result<(), ReelError> {
         let id = subscription.id.clone();
-        let row = values(subscription);
+        let row = state_values(subscription);
         let inserted = self
             .run("adding a subscription", move |conn| {
                 conn.prepare_cached(&format!(
-                    "INSERT INTO subscriptions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                    "INSERT INTO subscriptions ({STATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT (id) DO NOTHING"
                 ))?
                 .execute(rusqlite::params_from_iter(row))
@@ -243,7 +339,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
         let taken = self
             .run("taking a subscription lease", move |conn| {
                 conn.prepare_cached(
-                    "UPDATE subscriptions SET lease_owner = ?2, lease_expires_at = ?3
+                    "UPDATE subscriptions SET lease_owner = ?2, lease_expires_at = ?3, lease_renewed_at = ?4
                      WHERE id = ?1 AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_expires_at <= ?4)",
                 )?
                 .execute(params![id, owner, expires, now.unix_micros()])
@@ -256,7 +352,8 @@ impl SubscriptionStore for SqliteSubscriptionStore {
         let (id, owner) = (id.to_string(), owner.to_string());
         self.run("releasing a subscription lease", move |conn| {
             conn.prepare_cached(
-                "UPDATE subscriptions SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1 AND lease_owner = ?2",
+                "UPDATE subscriptions SET lease_owner = NULL, lease_expires_at = NULL, lease_renewed_at = NULL
+                 WHERE id = ?1 AND lease_owner = ?2",
             )?
             .execute(params![id, owner])
         })
@@ -332,25 +429,26 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     async fn get(&self, id: &SubscriptionId) -> Result<Option<Subscription>, ReelError> {
         let id = id.to_string();
         self.run("reading a subscription", move |conn| {
-            conn.prepare_cached(&format!("SELECT {COLUMNS}, {LEASE_COLUMNS} FROM subscriptions WHERE id = ?1"))?
+            conn.prepare_cached(&format!("SELECT {ALL_COLUMNS} FROM subscriptions WHERE id = ?1"))?
                 .query_row(params![id], from_row)
                 .optional()
         })
         .await?
+        .map(SubscriptionRow::into_subscription)
         .transpose()
     }
 
     async fn find(&self, criteria: &SubscriptionCriteria) -> Result<Vec<Subscription>, ReelError> {
         let rows = self
             .run("listing subscriptions", move |conn| {
-                conn.prepare_cached(&format!("SELECT {COLUMNS}, {LEASE_COLUMNS} FROM subscriptions ORDER BY id"))?
+                conn.prepare_cached(&format!("SELECT {ALL_COLUMNS} FROM subscriptions ORDER BY id"))?
                     .query_map([], from_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
         let mut found = Vec::new();
         for row in rows {
-            let subscription = row?;
+            let subscription = row.into_subscription()?;
             if criteria.matches(&subscription.id, &subscription.group) {
                 found.push(subscription);
             }

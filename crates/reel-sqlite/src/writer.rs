@@ -12,18 +12,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
+use reel_core::backend::HeadNotifier;
 use reel_core::{
-    AppendRequest, AppendResult, EventId, HeadNotifier, NewEvent, Position, ReelError, StreamName, StreamVersion,
+    AppendRequest, AppendResult, EventId, NewEvent, Position, ReelError, StreamName, StreamVersion,
     Timestamp,
 };
 use rusqlite::{params, Connection};
 
-use reel_core::idempotency::{check_recent, retry_start, same_append, RecentIds, StoredForRetry};
+use reel_core::backend::idempotency::{check_recent, retry_start, same_append, RecentIds, StoredForRetry};
 
 use crate::queries;
 use tokio::sync::oneshot;
 
-pub use reel_core::idempotency::RECENT_ID_WINDOW;
+pub use reel_core::backend::idempotency::RECENT_ID_WINDOW;
 
 /// Appends submitted together, answered together.
 pub struct WriteJob {

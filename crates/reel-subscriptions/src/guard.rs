@@ -1,9 +1,9 @@
 //! Runs subscriber code so that a panic becomes an error message instead of taking the engine down.
 
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 
 use crate::HandlerError;
 
@@ -21,31 +21,14 @@ where
 
 /// Awaits `future`, turning a panic into `Err("panicked: …")`.
 pub async fn catch_panic<F: Future>(future: F) -> Result<F::Output, String> {
-    CatchPanic { inner: Box::pin(future) }.await
-}
-
-struct CatchPanic<F> {
-    inner: Pin<Box<F>>,
-}
-
-impl<F: Future> Future for CatchPanic<F> {
-    type Output = Result<F::Output, String>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.inner.as_mut();
-        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(payload) => {
-                let text = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Poll::Ready(Err(format!("panicked: {text}")))
-            }
-        }
-    }
+    AssertUnwindSafe(future).catch_unwind().await.map_err(|payload| {
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        format!("panicked: {text}")
+    })
 }
 
 #[cfg(test)]

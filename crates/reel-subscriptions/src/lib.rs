@@ -37,16 +37,21 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
-mod decorators;
 mod engine;
 mod guard;
+mod immediate;
 mod partition;
+mod projection;
 mod retry;
 mod subscriber;
 mod worker;
 
-pub use decorators::{CatchUpSubscriptionEngine, EngineOperations, RunAfterAppend, ThrowOnErrorSubscriptionEngine};
-pub use engine::{EngineError, EngineReport, ResetTo, SubscriptionEngine, SubscriptionView};
+pub use engine::{
+    EngineError, EngineNote, EngineReport, ResetTo, SubscriptionEngine, SubscriptionView, DEFAULT_MAX_ROUNDS,
+};
+pub use immediate::{AppendAndRun, RunAfterAppend};
+pub use projection::TransactionalProjector;
+pub use reel_core::{BatchFailure, Checkpoint, HandlerError};
 pub use retry::{Clock, ClockBasedRetryStrategy, ManualClock, NoRetry, RetryStrategy, SystemClock};
-pub use subscriber::{BatchFailure, Checkpoint, EventPayload, HandlerError, Message, Subscriber, SubscriberSpec};
+pub use subscriber::{EventPayload, Message, Subscriber, SubscriberSpec};
 pub use worker::{Worker, WorkerOptions};

@@ -1,12 +1,12 @@
 //! What a subscriber is: its spec (id, group, run mode, event types) and its handler.
 
 use async_trait::async_trait;
-use reel_core::{Position, RecordedEvent, ReelError, RunMode, StreamName, SubscriptionId, Timestamp};
+use reel_core::{
+    BatchFailure, Checkpoint, HandlerError, Position, RecordedEvent, ReelError, RunMode, StreamName, SubscriptionId,
+    Timestamp,
+};
 
 use crate::guard::catch_panic;
-
-/// Error a handler, setup or teardown returns. Any error type converts into it with `?`.
-pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A payload type and the stored event types it decodes from, so a subscriber can ask for its
 /// own type: `SubscriberSpec::for_events::<DoorOpened>()` delivers only those events, and
@@ -26,7 +26,8 @@ pub struct SubscriberSpec {
     pub group: String,
     /// Where its subscription starts and whether it ends.
     pub run_mode: RunMode,
-    /// Event types it handles; `None` means all (`*`). Others are skipped, and its position moves past them.
+    /// Event types it handles; `None` means all (`*`). Others are skipped, and its position
+    /// moves past them. An empty list is refused at registration: say `*` to mean all.
     pub event_types: Option<Vec<String>>,
     /// Stream categories it handles; empty means all.
     pub categories: Vec<String>,
@@ -67,7 +68,10 @@ impl SubscriberSpec {
         self
     }
 
-    /// Restricts the event types handled (`*` in the list means all).
+    /// Restricts the event types handled; `*` in the list means all. An empty list is a mistake
+    /// (it would handle nothing, or everything): the engine refuses it at registration.
+    /// Even with `*`, events of Reel's own `$…` streams are delivered only to a subscriber that
+    /// names their category with [`in_categories`](Self::in_categories).
     pub fn handling<I, S>(mut self, types: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -112,6 +116,20 @@ impl SubscriberSpec {
     pub fn park_failures(mut self) -> Self {
         self.park_failures = true;
         self
+    }
+
+    /// Checks the spec at registration: an empty event type list is refused.
+    pub fn check(&self) -> Result<(), ReelError> {
+        if self.event_types.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ReelError::InvalidArgument(format!(
+                "subscriber {} handles an empty list of event types; list at least one type, or \"*\" for all",
+                self.id
+            )));
+        }
+        if self.categories.iter().any(String::is_empty) {
+            return Err(ReelError::InvalidArgument(format!("subscriber {} lists an empty category", self.id)));
+        }
+        Ok(())
     }
 
     /// Whether events of `event_type` are delivered.
@@ -213,12 +231,14 @@ pub trait Subscriber: Send + Sync + 'static {
 
     /// True for a subscriber that saves its checkpoint itself, in the same transaction as its
     /// writes (exactly-once effects); the engine then calls [`Subscriber::handle_batch_with_checkpoint`].
+    /// [`TransactionalProjector`](crate::TransactionalProjector) implements both for a backend's
+    /// projection trait; there is rarely a reason to implement them by hand.
     fn saves_own_checkpoint(&self) -> bool {
         false
     }
 
-    /// Handles a batch and saves `checkpoint.subscription` in the same transaction (e.g. with
-    /// `SqliteSubscriptionStore::save_with`). On failure nothing of the batch may persist.
+    /// Handles a batch and saves `checkpoint.subscription` in the same transaction. On failure
+    /// nothing of the batch may persist.
     async fn handle_batch_with_checkpoint(
         &self,
         _batch: &[RecordedEvent],
@@ -241,26 +261,4 @@ pub trait Subscriber: Send + Sync + 'static {
         }
         Ok(())
     }
-}
-
-/// The subscription state to save together with a batch, for subscribers that commit their
-/// writes and their checkpoint in one transaction (see [`Subscriber::saves_own_checkpoint`]).
-#[derive(Debug)]
-pub struct Checkpoint {
-    /// The state to save, its position already moved past the batch. The subscriber's store
-    /// call saves it (compare-and-swap on its revision) and bumps its revision.
-    pub subscription: reel_core::Subscription,
-    /// The worker's lease owner, when a worker runs the subscription: the save must require it.
-    pub lease_owner: Option<String>,
-    /// The time to record and to check the lease against.
-    pub now: Timestamp,
-}
-
-/// Where a batch failed and why.
-#[derive(Debug)]
-pub struct BatchFailure {
-    /// Index of the first event in the batch that was not handled.
-    pub index: usize,
-    /// Why.
-    pub error: HandlerError,
 }

@@ -1,17 +1,19 @@
 //! The long-running worker: every matching subscription in its own task, woken by the store's
 //! head notification (poll-and-wait, no busy loop), held through a lease so that several
-//! worker processes can share one store.
+//! worker processes can share one store. It also detaches stored subscriptions that no
+//! registered subscriber claims, at start and periodically.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reel_core::{ReelError, SubscriptionCriteria, SubscriptionId, SubscriptionStatus};
+use reel_core::{Position, ReelError, SubscriptionCriteria, SubscriptionId, SubscriptionStatus, SubscriptionStore};
 use tokio::sync::watch;
 
+use crate::engine::lease::{heartbeat, take_or_renew};
 use crate::engine::LeaseHolder;
-use crate::SubscriptionEngine;
+use crate::{EngineReport, SubscriptionEngine};
 
 /// How a worker runs.
 #[derive(Clone, Debug)]
@@ -22,6 +24,9 @@ pub struct WorkerOptions {
     pub criteria: SubscriptionCriteria,
     /// How long a lease lasts without renewal; a dead worker's subscriptions are taken over after it.
     pub lease_ttl: Duration,
+    /// How often it looks for subscriptions no registered subscriber claims, to detach them
+    /// (also once at start).
+    pub detach_every: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -32,6 +37,7 @@ impl Default for WorkerOptions {
             owner: format!("{}-{}-{started}", if host.is_empty() { "worker" } else { &host }, std::process::id()),
             criteria: SubscriptionCriteria::all(),
             lease_ttl: Duration::from_secs(10),
+            detach_every: Duration::from_secs(30),
         }
     }
 }
@@ -52,22 +58,15 @@ impl Worker {
     /// releases the leases and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ReelError> {
         self.engine.track(&self.options.criteria).await?;
-        let ids: Vec<SubscriptionId> = self
-            .engine
-            .subscriber_ids()
-            .filter(|id| {
-                let group = self.engine.subscriber(id).map(|s| s.spec().group.clone()).unwrap_or_default();
-                self.options.criteria.matches(id, &group)
-            })
-            .cloned()
-            .collect();
+        let ids = self.engine.registered(&self.options.criteria);
         let (stop, stopped) = watch::channel(false);
         // A JoinSet aborts its tasks when dropped: dropping the worker stops all its subscriptions.
         let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(detach_orphans(self.engine.clone(), self.options.clone(), stopped.clone()));
         for id in ids {
             tasks.spawn(run_subscription(self.engine.clone(), id, self.options.clone(), stopped.clone()));
         }
-        tracing::info!(owner = %self.options.owner, subscriptions = tasks.len(), "worker started");
+        tracing::info!(owner = %self.options.owner, subscriptions = tasks.len() - 1, "worker started");
         shutdown.await;
         tracing::info!(owner = %self.options.owner, "worker stopping after the current batches");
         let _ = stop.send(true);
@@ -77,6 +76,19 @@ impl Worker {
             }
         }
         Ok(())
+    }
+}
+
+/// Detaches orphaned subscriptions at start and then every `detach_every`.
+async fn detach_orphans(engine: SubscriptionEngine, options: WorkerOptions, mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if let Err(e) = engine.detach_orphans(&options.criteria).await {
+            tracing::warn!(error = %e, "could not look for subscriptions to detach");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(options.detach_every) => {}
+            _ = stop.changed() => {}
+        }
     }
 }
 
@@ -92,38 +104,28 @@ async fn run_subscription(
     let store = engine.store.clone();
     let mut head = engine.events.watch_head();
     let expires_at = Arc::new(AtomicI64::new(0));
-    let leased =
-        engine.leased(LeaseHolder { owner: options.owner.clone(), expires_at: expires_at.clone(), stop: stop.clone() });
+    let leased = engine.leased(LeaseHolder::worker(options.owner.clone(), expires_at.clone(), stop.clone()));
     // Operator changes (pause, reactivate, reset) are noticed within this pace.
     let pace = (options.lease_ttl / 3).min(Duration::from_secs(1));
     let ttl_micros = options.lease_ttl.as_micros() as i64;
     let mut held = false;
     // What the last round saw: head position and subscription revision.
-    let mut last_round: Option<(reel_core::Position, u64)> = None;
+    let mut last_round: Option<(Position, u64)> = None;
     while !*stop.borrow() {
         // Taken before the work, so events appended during it wake the next round at once.
         let seen = head.current();
-        let now = engine.clock.now().unix_micros();
-        if !held || expires_at.load(Ordering::SeqCst) - now < ttl_micros / 2 {
+        let now = engine.clock.now();
+        if !held || expires_at.load(Ordering::SeqCst) - now.unix_micros() < ttl_micros / 2 {
             let was_held = held;
-            held = match store.acquire_lease(&id, &options.owner, engine.clock.now(), options.lease_ttl).await {
-                Ok(taken) => taken,
-                Err(e) => {
-                    tracing::warn!(%id, error = %e, "could not take the subscription lease");
-                    false
-                }
-            };
-            if held {
-                expires_at.store(now + ttl_micros, Ordering::SeqCst);
-                if !was_held {
-                    tracing::info!(%id, owner = %options.owner, "took subscription lease");
-                    last_round = None;
-                }
+            held = take_or_renew(store.as_ref(), &id, &options.owner, now, options.lease_ttl, &expires_at).await;
+            if held && !was_held {
+                tracing::info!(%id, owner = %options.owner, "took subscription lease");
+                last_round = None;
             }
         }
         if held {
-            match needs_round(&store, &id, seen, last_round).await {
-                Ok(Some((revision, live))) => match with_heartbeat(&leased, &id, &options, &expires_at, live).await {
+            match needs_round(store.as_ref(), &id, seen, last_round).await {
+                Ok(Some((revision, live))) => match with_heartbeat(&leased, &id, &options, live).await {
                     Ok(()) => last_round = store.get(&id).await.ok().flatten().map(|s| (seen, s.revision)),
                     Err(ReelError::LeaseLost { .. }) => {
                         tracing::warn!(%id, "lost the subscription lease; standing by");
@@ -156,10 +158,10 @@ async fn run_subscription(
 /// Returns the current revision when they must, and whether the subscription is simply active
 /// (then only the catch-up runs).
 async fn needs_round(
-    store: &Arc<dyn reel_core::SubscriptionStore>,
+    store: &dyn SubscriptionStore,
     id: &SubscriptionId,
-    head: reel_core::Position,
-    last_round: Option<(reel_core::Position, u64)>,
+    head: Position,
+    last_round: Option<(Position, u64)>,
 ) -> Result<Option<(u64, bool)>, ReelError> {
     let Some(subscription) = store.get(id).await? else { return Ok(Some((0, false))) };
     let settled = matches!(
@@ -175,48 +177,26 @@ async fn needs_round(
 }
 
 /// Runs the steps while a heartbeat renews the lease every third of its TTL, so a long batch
-/// (a slow handler, a big rebuild) keeps it. When a renewal fails the lease is marked lapsed and
-/// the steps stop before their next batch.
+/// (a slow handler, a big rebuild) keeps it. When a renewal is refused the lease is marked
+/// lapsed and the steps stop before their next batch.
 async fn with_heartbeat(
     leased: &SubscriptionEngine,
     id: &SubscriptionId,
     options: &WorkerOptions,
-    expires_at: &AtomicI64,
     live: bool,
 ) -> Result<(), ReelError> {
-    let heartbeat = async {
-        loop {
-            tokio::time::sleep(options.lease_ttl / 3).await;
-            let now = leased.clock.now();
-            match leased.store.acquire_lease(id, &options.owner, now, options.lease_ttl).await {
-                Ok(true) => {
-                    expires_at.store(now.unix_micros() + options.lease_ttl.as_micros() as i64, Ordering::SeqCst)
-                }
-                Ok(false) => {
-                    expires_at.store(0, Ordering::SeqCst);
-                    return std::future::pending::<()>().await;
-                }
-                Err(e) => tracing::warn!(%id, error = %e, "could not renew the subscription lease"),
-            }
-        }
-    };
     let criteria = SubscriptionCriteria::ids([id.clone()]);
     let steps = async {
         if live {
-            leased.run_active(id, None, &mut crate::EngineReport::default()).await
+            leased.run_active(id, &mut EngineReport::default()).await
         } else {
-            run_steps(leased, &criteria).await
+            leased.setup(&criteria, false).await?;
+            leased.boot(&criteria).await?;
+            leased.run(&criteria).await.map(|_| ())
         }
     };
     tokio::select! {
         result = steps => result,
-        _ = heartbeat => Ok(()),
+        _ = heartbeat(leased, id, options.lease_ttl) => Ok(()),
     }
-}
-
-async fn run_steps(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria) -> Result<(), ReelError> {
-    engine.setup(criteria, false).await?;
-    engine.boot(criteria).await?;
-    engine.run(criteria).await?;
-    Ok(())
 }
