@@ -9,72 +9,42 @@ use std::sync::Arc;
 use locker_domain::*;
 use reel_aggregate::Repository;
 use reel_core::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamName, SubscriptionCriteria, Upcasters};
-use reel_sqlite::{SqliteStore, SqliteSubscriptionStore};
+use reel_sqlite::{SqliteProjection, SqliteStore, SqliteSubscriptionStore};
 use reel_subscriptions::{
-    BatchFailure, Checkpoint, HandlerError, Message, RunAfterAppend, Subscriber, SubscriberSpec, SubscriptionEngine,
+    BatchFailure, HandlerError, RunAfterAppend, SubscriberSpec, SubscriptionEngine, TransactionalProjector,
 };
 
 /// Read side: `free_lockers(locker, unit, free)`, rows and checkpoint in one transaction.
-struct FreeLockers {
-    spec: SubscriberSpec,
-    db: SqliteSubscriptionStore,
-}
+struct FreeLockers;
 
-#[async_trait::async_trait]
-impl Subscriber for FreeLockers {
-    fn spec(&self) -> &SubscriberSpec {
-        &self.spec
-    }
-    async fn setup(&self) -> Result<(), HandlerError> {
-        self.db
-            .with_connection(|c| {
-                c.execute_batch("CREATE TABLE IF NOT EXISTS free_lockers_1 (locker TEXT PRIMARY KEY, unit TEXT NOT NULL, free INTEGER NOT NULL)")
-            })
-            .await?;
+impl SqliteProjection for FreeLockers {
+    fn setup(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS free_lockers_1 (locker TEXT PRIMARY KEY, unit TEXT NOT NULL, free INTEGER NOT NULL)",
+        )?;
         Ok(())
     }
-    async fn handle(&self, _: &Message<'_>) -> Result<(), HandlerError> {
-        Err("handles whole batches".into())
-    }
-    fn saves_own_checkpoint(&self) -> bool {
-        true
-    }
-    async fn handle_batch_with_checkpoint(
-        &self,
-        batch: &[RecordedEvent],
-        checkpoint: &mut Checkpoint,
-    ) -> Result<(), BatchFailure> {
-        let changes: Vec<(String, String, serde_json::Value)> = batch
-            .iter()
-            .map(|e| {
-                let data = serde_json::from_slice(&e.data).unwrap_or_default();
-                (e.stream.id_part().unwrap_or("").to_string(), e.event_type.clone(), data)
-            })
-            .collect();
-        self.db
-            .save_with(&mut checkpoint.subscription, checkpoint.lease_owner.as_deref(), checkpoint.now, move |tx| {
-                for (locker, event_type, data) in &changes {
-                    match event_type.as_str() {
-                        "LockerRegistered" => {
-                            let unit = data["unit"].as_str().unwrap_or("");
-                            tx.execute(
-                                "INSERT OR REPLACE INTO free_lockers_1 VALUES (?1, ?2, 1)",
-                                [locker.as_str(), unit],
-                            )?;
-                        }
-                        "LockerReserved" => {
-                            tx.execute("UPDATE free_lockers_1 SET free = 0 WHERE locker = ?1", [locker])?;
-                        }
-                        "ReservationCancelled" => {
-                            tx.execute("UPDATE free_lockers_1 SET free = 1 WHERE locker = ?1", [locker])?;
-                        }
-                        _ => {}
-                    }
+    fn apply(&self, tx: &rusqlite::Transaction<'_>, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+        for (index, event) in batch.iter().enumerate() {
+            let failed = |e: rusqlite::Error| BatchFailure::at(index, e);
+            let locker = event.stream.id_part().unwrap_or("");
+            match event.event_type.as_str() {
+                "LockerRegistered" => {
+                    let data: serde_json::Value = event.data_as().map_err(|e| BatchFailure::at(index, e))?;
+                    let unit = data["unit"].as_str().unwrap_or("");
+                    tx.execute("INSERT OR REPLACE INTO free_lockers_1 VALUES (?1, ?2, 1)", [locker, unit])
+                        .map_err(failed)?;
                 }
-                Ok(())
-            })
-            .await
-            .map_err(|e| BatchFailure { index: 0, error: Box::new(e) })
+                "LockerReserved" => {
+                    tx.execute("UPDATE free_lockers_1 SET free = 0 WHERE locker = ?1", [locker]).map_err(failed)?;
+                }
+                "ReservationCancelled" => {
+                    tx.execute("UPDATE free_lockers_1 SET free = 1 WHERE locker = ?1", [locker]).map_err(failed)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -108,14 +78,12 @@ async fn commands_change_the_projection_that_queries_read() {
         Ok(d)
     }));
 
-    let projector = Arc::new(FreeLockers {
-        spec: SubscriberSpec::projector("free_lockers_1").unwrap().handling([
-            "LockerRegistered",
-            "LockerReserved",
-            "ReservationCancelled",
-        ]),
-        db: db.clone(),
-    });
+    let spec = SubscriberSpec::projector("free_lockers_1").unwrap().handling([
+        "LockerRegistered",
+        "LockerReserved",
+        "ReservationCancelled",
+    ]);
+    let projector = TransactionalProjector::new(spec, db.clone(), Arc::new(FreeLockers));
     let engine = SubscriptionEngine::new(store.clone(), Arc::new(db.clone()), vec![projector])
         .unwrap()
         .with_upcasters(upcasters.clone());

@@ -24,8 +24,8 @@ use async_trait::async_trait;
 use reel_core::backend::HeadNotifier;
 use reel_core::wire::encode_segment;
 use reel_core::{
-    AllPage, AppendResult, Direction, EventId, EventStore, ExpectedVersion, HeadWatch, NewEvent,
-    Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion,
+    AllPage, AppendResult, Direction, EventId, EventStore, ExpectedVersion, HeadWatch, NewEvent, Position,
+    ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion,
 };
 use reqwest::{Method, StatusCode};
 

@@ -37,11 +37,10 @@ pub use event::{EventId, NewEvent, RecordedEvent};
 pub use head::HeadWatch;
 pub use limits::AppendLimits;
 pub use position::{ExpectedVersion, Position, StreamVersion};
-pub use snapshot::{Snapshot, SnapshotStore};
 pub use projection::{BatchFailure, Checkpoint, HandlerError, ProjectionStore};
+pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{
-    AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats,
-    StreamInfo, MAX_READ_LIMIT,
+    AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats, StreamInfo, MAX_READ_LIMIT,
 };
 pub use stream_name::StreamName;
 pub use subscription::{

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use reel_core::backend::HeadNotifier;
 use reel_core::{
-    AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadWatch, NewEvent, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
-    StreamVersion,
+    AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadWatch, NewEvent,
+    Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion,
 };
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::{Client, NoTls};
@@ -48,7 +48,7 @@ struct Inner {
     url: String,
     schema: String,
     limits: AppendLimits,
-    jobs: mpsc::Sender<writer::WriteJob>,
+    jobs: mpsc::Sender<reel_core::backend::WriteJob>,
     reader: Mutex<Arc<Client>>,
     names: reader::StreamNames,
     head: Arc<HeadNotifier>,
@@ -173,7 +173,7 @@ impl PostgresStore {
 
     async fn submit(&self, requests: Vec<AppendRequest>) -> Result<Vec<Result<AppendResult, ReelError>>, ReelError> {
         let (reply, answer) = oneshot::channel();
-        self.inner.jobs.send(writer::WriteJob { requests, reply }).await.map_err(|_| ReelError::Closed)?;
+        self.inner.jobs.send(reel_core::backend::WriteJob { requests, reply }).await.map_err(|_| ReelError::Closed)?;
         answer.await.map_err(|_| ReelError::Closed)
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reel_core::backend::HeadNotifier;
-use reel_core::{Position};
+use reel_core::Position;
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 

@@ -8,20 +8,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use reel_core::backend::idempotency::{check_recent, retry_start, same_append, RecentIds, StoredForRetry, RECENT_ID_WINDOW};
-use reel_core::backend::HeadNotifier;
-use reel_core::{
-    AppendRequest, AppendResult, EventId, NewEvent, Position, ReelError, StreamName, StreamVersion,
-    Timestamp,
+use reel_core::backend::idempotency::{
+    check_recent, retry_start, same_append, RecentIds, StoredForRetry, RECENT_ID_WINDOW,
 };
-use tokio::sync::{mpsc, oneshot};
+use reel_core::backend::{answer, fail_all, requests_of, HeadNotifier, Rejected, WriteJob};
+use reel_core::{
+    AppendRequest, AppendResult, EventId, NewEvent, Position, ReelError, StreamName, StreamVersion, Timestamp,
+};
+use tokio::sync::mpsc;
 use tokio_postgres::{Client, Transaction};
-
-/// Appends submitted together, answered together.
-pub struct WriteJob {
-    pub requests: Vec<AppendRequest>,
-    pub reply: oneshot::Sender<Vec<Result<AppendResult, ReelError>>>,
-}
 
 /// Most jobs in one transaction.
 const MAX_GROUP: usize = 512;
@@ -70,19 +65,13 @@ pub async fn run_writer<C, F>(
                     statements.clear();
                 }
                 Err(e) => {
-                    for job in group {
-                        let _ = job.reply.send(job.requests.iter().map(|_| Err(e.clone())).collect());
-                    }
+                    fail_all(group, &e);
                     continue;
                 }
             }
         }
-        let requests: Vec<&AppendRequest> = group.iter().flat_map(|job| job.requests.iter()).collect();
-        let mut results = commit_group(&mut client, &mut statements, &schema, &requests, &head).await.into_iter();
-        for job in group {
-            let answers: Vec<_> = results.by_ref().take(job.requests.len()).collect();
-            let _ = job.reply.send(answers);
-        }
+        let results = commit_group(&mut client, &mut statements, &schema, &requests_of(&group), &head).await;
+        answer(group, results);
     }
 }
 
@@ -493,17 +482,6 @@ impl GroupWrite<'_> {
 /// The channel of a schema's head announcements.
 pub fn channel(schema: &str) -> String {
     format!("reel_head_{schema}")
-}
-
-enum Rejected {
-    Check(ReelError),
-    Write(ReelError),
-}
-
-impl From<ReelError> for Rejected {
-    fn from(e: ReelError) -> Self {
-        Rejected::Check(e)
-    }
 }
 
 /// The stream's events from version `start` on, at most `limit`: stored ones first, then this

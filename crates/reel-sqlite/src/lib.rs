@@ -34,8 +34,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reel_core::backend::HeadNotifier;
 use reel_core::{
-    AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadWatch, NewEvent, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
-    StreamVersion,
+    AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadWatch, NewEvent,
+    Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion,
 };
 use tokio::sync::oneshot;
 
@@ -79,7 +79,7 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     limits: AppendLimits,
-    jobs: Sender<writer::WriteJob>,
+    jobs: Sender<reel_core::backend::WriteJob>,
     readers: Arc<reader::ReaderPool>,
     head: Arc<HeadNotifier>,
     commits: Arc<AtomicU64>,
@@ -150,7 +150,7 @@ impl SqliteStore {
 
     async fn submit(&self, requests: Vec<AppendRequest>) -> Result<Vec<Result<AppendResult, ReelError>>, ReelError> {
         let (reply, answer) = oneshot::channel();
-        self.inner.jobs.send(writer::WriteJob { requests, reply }).map_err(|_| ReelError::Closed)?;
+        self.inner.jobs.send(reel_core::backend::WriteJob { requests, reply }).map_err(|_| ReelError::Closed)?;
         answer.await.map_err(|_| ReelError::Closed)
     }
 }

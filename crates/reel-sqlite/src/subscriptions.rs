@@ -101,12 +101,14 @@ impl SqliteSubscriptionStore {
         F: FnOnce(&Transaction<'_>) -> Result<(), HandlerError> + Send + 'static,
     {
         let id = subscription.id.to_string();
-        self.transaction_with_checkpoint(subscription, lease_owner, now, move |tx| work(tx).map_err(|e| BatchFailure::at(0, e)))
-            .await
-            .map_err(|failure| match failure.error.downcast::<ReelError>() {
-                Ok(error) => *error,
-                Err(error) => ReelError::SubscriptionFailed { id, message: error.to_string() },
-            })
+        self.transaction_with_checkpoint(subscription, lease_owner, now, move |tx| {
+            work(tx).map_err(|e| BatchFailure::at(0, e))
+        })
+        .await
+        .map_err(|failure| match failure.error.downcast::<ReelError>() {
+            Ok(error) => *error,
+            Err(error) => ReelError::SubscriptionFailed { id, message: error.to_string() },
+        })
     }
 
     /// `work` and the compare-and-swap save of `subscription` in one transaction. A refused save

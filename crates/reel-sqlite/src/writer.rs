@@ -12,25 +12,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
-use reel_core::backend::HeadNotifier;
+use reel_core::backend::{answer, requests_of, HeadNotifier, Rejected, WriteJob};
 use reel_core::{
-    AppendRequest, AppendResult, EventId, NewEvent, Position, ReelError, StreamName, StreamVersion,
-    Timestamp,
+    AppendRequest, AppendResult, EventId, NewEvent, Position, ReelError, StreamName, StreamVersion, Timestamp,
 };
 use rusqlite::{params, Connection};
 
 use reel_core::backend::idempotency::{check_recent, retry_start, same_append, RecentIds, StoredForRetry};
 
 use crate::queries;
-use tokio::sync::oneshot;
 
 pub use reel_core::backend::idempotency::RECENT_ID_WINDOW;
-
-/// Appends submitted together, answered together.
-pub struct WriteJob {
-    pub requests: Vec<AppendRequest>,
-    pub reply: oneshot::Sender<Vec<Result<AppendResult, ReelError>>>,
-}
 
 /// Bounds of one group commit.
 #[derive(Clone, Copy, Debug)]
@@ -52,30 +44,21 @@ pub fn run_writer(
 ) {
     let mut known = KnownState::default();
     while let Ok(first) = jobs.recv() {
-        let mut events = count_events(&first);
+        let mut events = first.event_count();
         let mut group = vec![first];
         while group.len() < limits.max_jobs && events < limits.max_events {
             match jobs.try_recv() {
                 Ok(job) => {
-                    events += count_events(&job);
+                    events += job.event_count();
                     group.push(job);
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let requests: Vec<&AppendRequest> = group.iter().flat_map(|job| job.requests.iter()).collect();
-        let mut results = commit_group(&mut conn, &requests, &head, &mut known).into_iter();
+        let results = commit_group(&mut conn, &requests_of(&group), &head, &mut known);
         commits.fetch_add(1, Ordering::Relaxed);
-        for job in group {
-            let answers: Vec<_> = results.by_ref().take(job.requests.len()).collect();
-            // A caller that gave up waiting is not an error: its events are committed either way.
-            let _ = job.reply.send(answers);
-        }
+        answer(group, results);
     }
-}
-
-fn count_events(job: &WriteJob) -> usize {
-    job.requests.iter().map(|r| r.events.len()).sum()
 }
 
 /// What the writer remembers between transactions: the head and recently used streams' rows.
@@ -165,20 +148,6 @@ fn commit_group(
     known.head = Some(head);
     notifier.advance(head);
     results
-}
-
-/// Why a request was not stored.
-enum Rejected {
-    /// Its own checks failed; other requests in the group go on.
-    Check(ReelError),
-    /// The database failed while writing; the whole group rolls back.
-    Write(ReelError),
-}
-
-impl From<ReelError> for Rejected {
-    fn from(e: ReelError) -> Self {
-        Rejected::Check(e)
-    }
 }
 
 /// Checks and stores one request; returns its result and the stream's row afterwards.

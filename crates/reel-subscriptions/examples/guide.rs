@@ -11,65 +11,47 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reel_core::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, RunMode, StreamName, SubscriptionCriteria};
-use reel_sqlite::{SqliteStore, SqliteSubscriptionStore};
+use reel_sqlite::{SqliteProjection, SqliteStore, SqliteSubscriptionStore};
 use reel_subscriptions::{
-    BatchFailure, Checkpoint, HandlerError, Message, Subscriber, SubscriberSpec, SubscriptionEngine, Worker,
-    WorkerOptions,
+    BatchFailure, HandlerError, Message, Subscriber, SubscriberSpec, SubscriptionEngine, TransactionalProjector,
+    Worker, WorkerOptions,
 };
 
 /// Projector: reservations per locker unit, in a table of the store's own database. The rows and
 /// the subscription's position commit in one transaction, so a crash can never count twice.
-struct ReservationsPerUnit {
-    spec: SubscriberSpec,
-    db: SqliteSubscriptionStore,
+struct ReservationsPerUnit;
+
+impl SqliteProjection for ReservationsPerUnit {
+    fn setup(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS reservations_per_unit_1 (unit TEXT PRIMARY KEY, reservations INTEGER NOT NULL)",
+        )?;
+        Ok(())
+    }
+
+    fn teardown(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+        tx.execute_batch("DROP TABLE IF EXISTS reservations_per_unit_1")?;
+        Ok(())
+    }
+
+    fn apply(&self, tx: &rusqlite::Transaction<'_>, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO reservations_per_unit_1 (unit, reservations) VALUES (?1, 1)
+                 ON CONFLICT (unit) DO UPDATE SET reservations = reservations + 1",
+            )
+            .map_err(|e| BatchFailure::at(0, e))?;
+        for (index, event) in batch.iter().enumerate() {
+            upsert.execute([event.stream.id_part().unwrap_or("")]).map_err(|e| BatchFailure::at(index, e))?;
+        }
+        Ok(())
+    }
 }
 
-#[async_trait::async_trait]
-impl Subscriber for ReservationsPerUnit {
-    fn spec(&self) -> &SubscriberSpec {
-        &self.spec
-    }
-
-    async fn setup(&self) -> Result<(), HandlerError> {
-        let sql =
-            "CREATE TABLE IF NOT EXISTS reservations_per_unit_1 (unit TEXT PRIMARY KEY, reservations INTEGER NOT NULL)";
-        self.db.with_connection(move |c| c.execute_batch(sql)).await?;
-        Ok(())
-    }
-
-    async fn teardown(&self) -> Result<(), HandlerError> {
-        self.db.with_connection(|c| c.execute_batch("DROP TABLE IF EXISTS reservations_per_unit_1")).await?;
-        Ok(())
-    }
-
-    async fn handle(&self, _message: &Message<'_>) -> Result<(), HandlerError> {
-        unreachable!("saves_own_checkpoint: the engine calls handle_batch_with_checkpoint")
-    }
-
-    fn saves_own_checkpoint(&self) -> bool {
-        true
-    }
-
-    async fn handle_batch_with_checkpoint(
-        &self,
-        batch: &[RecordedEvent],
-        checkpoint: &mut Checkpoint,
-    ) -> Result<(), BatchFailure> {
-        let units: Vec<String> = batch.iter().filter_map(|e| e.stream.id_part().map(str::to_string)).collect();
-        self.db
-            .save_with(&mut checkpoint.subscription, checkpoint.lease_owner.as_deref(), checkpoint.now, move |tx| {
-                let mut upsert = tx.prepare_cached(
-                    "INSERT INTO reservations_per_unit_1 (unit, reservations) VALUES (?1, 1)
-                     ON CONFLICT (unit) DO UPDATE SET reservations = reservations + 1",
-                )?;
-                for unit in &units {
-                    upsert.execute([unit])?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| BatchFailure { index: 0, error: Box::new(e) })
-    }
+/// The projector as a subscriber: rows and checkpoint in one SQLite transaction.
+fn reservations_per_unit(db: &SqliteSubscriptionStore) -> Result<Arc<dyn Subscriber>, reel_core::ReelError> {
+    let spec = SubscriberSpec::projector("reservations_per_unit_1")?.handling(["LockerReserved"]);
+    Ok(TransactionalProjector::new(spec, db.clone(), Arc::new(ReservationsPerUnit)))
 }
 
 /// Processor: reacts to reservations made from now on (history causes no side effects).
@@ -126,10 +108,7 @@ struct AppCli {
 /// The application's subscribers, registered explicitly.
 fn subscribers(db: &SqliteSubscriptionStore) -> Result<Vec<Arc<dyn Subscriber>>, reel_core::ReelError> {
     Ok(vec![
-        Arc::new(ReservationsPerUnit {
-            spec: SubscriberSpec::projector("reservations_per_unit_1")?.handling(["LockerReserved"]),
-            db: db.clone(),
-        }),
+        reservations_per_unit(db)?,
         Arc::new(NotifyCustomer { spec: SubscriberSpec::processor("notify_customer")?.handling(["LockerReserved"]) }),
     ])
 }
@@ -152,10 +131,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let unit = StreamName::new("unit-PL-1001")?;
     store.append(&unit, ExpectedVersion::Any, vec![reserve("ada")?, reserve("grace")?]).await?;
 
-    let projector = Arc::new(ReservationsPerUnit {
-        spec: SubscriberSpec::projector("reservations_per_unit_1")?.handling(["LockerReserved"]),
-        db: subscriptions.clone(),
-    });
+    let projector = reservations_per_unit(&subscriptions)?;
     let processor =
         Arc::new(NotifyCustomer { spec: SubscriberSpec::processor("notify_customer")?.handling(["LockerReserved"]) });
     let report = Arc::new(CountReport {

@@ -187,8 +187,8 @@ async fn list(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria, json
     if !json {
         let _ = writeln!(
             out,
-            "{:<28} {:<12} {:<15} {:<9} {:>10} {:>10} {:>7} {:>6}  last error",
-            "id", "group", "mode", "status", "position", "lag", "retries", "parked"
+            "{:<28} {:<12} {:<15} {:<20} {:>10} {:>10} {:>7} {:>6}  {:<32} last error",
+            "id", "group", "mode", "status", "position", "lag", "retries", "parked", "held by (renewed)"
         );
     }
     for s in &views {
@@ -204,27 +204,44 @@ async fn list(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria, json
                 "parked": s.parked_count,
                 "last_error": s.last_error,
                 "lease_owner": s.lease_owner,
+                "lease_renewed_at": s.lease_renewed_at,
+                "lease_expires_at": s.lease_expires_at,
+                "held": s.held,
+                "unattended": s.unattended,
                 "last_saved_at": s.last_saved_at,
             });
             let _ = writeln!(out, "{line}");
         } else {
             let error = s.last_error.as_deref().and_then(|e| e.lines().next()).unwrap_or("");
+            // An active subscription that nobody holds is not following the log: say so.
+            let status = if s.unattended { format!("{} (no worker)", s.status) } else { s.status.to_string() };
+            let holder = match (&s.lease_owner, s.lease_renewed_at, s.held) {
+                (Some(owner), Some(renewed), true) => format!("{owner} ({}s ago)", seconds_since(renewed)),
+                (Some(owner), _, false) => format!("{owner} (lapsed)"),
+                _ => "-".to_string(),
+            };
             let _ = writeln!(
                 out,
-                "{:<28} {:<12} {:<15} {:<9} {:>10} {:>10} {:>7} {:>6}  {}",
+                "{:<28} {:<12} {:<15} {:<20} {:>10} {:>10} {:>7} {:>6}  {:<32} {}",
                 s.id.as_str(),
                 s.group,
                 s.mode.as_str(),
-                s.status.as_str(),
+                status,
                 s.position.0,
                 s.lag,
                 s.retries,
                 s.parked_count,
+                holder,
                 error.chars().take(80).collect::<String>()
             );
         }
     }
     Ok(())
+}
+
+/// Whole seconds from `then` to now (0 when the clocks disagree).
+fn seconds_since(then: reel_core::Timestamp) -> i64 {
+    ((reel_core::Timestamp::now().unix_micros() - then.unix_micros()) / 1_000_000).max(0)
 }
 
 fn print_line(value: &serde_json::Value) {
@@ -238,6 +255,8 @@ fn finish(report: EngineReport) -> Result<(), ReelError> {
         "handled": report.handled,
         "changed": report.changed,
         "errors": report.errors.iter().map(|e| serde_json::json!({ "id": e.id, "message": e.message })).collect::<Vec<_>>(),
+        "skipped": report.skipped.iter().map(|n| serde_json::json!({ "id": n.id, "reason": n.reason })).collect::<Vec<_>>(),
+        "round_cap_reached": report.round_cap_reached,
     }));
     if !report.unmatched.is_empty() {
         let ids: Vec<&str> = report.unmatched.iter().map(SubscriptionId::as_str).collect();

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use reel_core::{
     AllPage, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadWatch, NewEvent, Position,
-    ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion,
-    SubscriptionCriteria,
+    ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion, SubscriptionCriteria,
 };
 
 use crate::{EngineReport, SubscriptionEngine};

@@ -117,7 +117,11 @@ async fn a_running_worker_detaches_what_no_subscriber_claims_within_its_groups_o
     old.setup(&all(), true).await.unwrap();
     old.run(&all()).await.unwrap().into_result().unwrap();
     let now = Timestamp::now();
-    assert!(f.subscriptions.acquire_lease(&sid("legacy_1"), "old-process", now, Duration::from_secs(600)).await.unwrap());
+    assert!(f
+        .subscriptions
+        .acquire_lease(&sid("legacy_1"), "old-process", now, Duration::from_secs(600))
+        .await
+        .unwrap());
 
     // The new deployment renames profile_1 to profile_2 and runs a worker for everything.
     let new = f.engine(vec![f.probe(SubscriberSpec::projector("profile_2").unwrap())]);
@@ -228,7 +232,8 @@ async fn pausing_a_group_skips_members_that_are_not_running() {
     // gone_1 loses its subscriber (detached), new_1 is tracked but never set up.
     let engine = f.engine(vec![f.probe(group("active_1")), f.probe(once), f.probe(group("new_1"))]);
     engine.run(&all()).await.unwrap();
-    let statuses: Vec<_> = engine.subscriptions(&all()).await.unwrap().into_iter().map(|s| (s.id.to_string(), s.status)).collect();
+    let statuses: Vec<_> =
+        engine.subscriptions(&all()).await.unwrap().into_iter().map(|s| (s.id.to_string(), s.status)).collect();
     assert_eq!(
         statuses,
         [("active_1".into(), Active), ("gone_1".into(), Detached), ("new_1".into(), New), ("once_1".into(), Finished)]

@@ -7,64 +7,36 @@ use reel_core::{
     EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamName, SubscriptionCriteria, SubscriptionId,
     SubscriptionStatus, SubscriptionStore,
 };
-use reel_sqlite::{SqliteStore, SqliteSubscriptionStore};
+use reel_sqlite::{SqliteProjection, SqliteStore, SqliteSubscriptionStore};
 use reel_subscriptions::{
-    BatchFailure, Checkpoint, HandlerError, Message, NoRetry, Subscriber, SubscriberSpec, SubscriptionEngine,
+    BatchFailure, HandlerError, NoRetry, SubscriberSpec, SubscriptionEngine, TransactionalProjector,
 };
 
 /// Counts door openings per unit in `doors_per_unit`; fails (after writing) on a chosen position.
 struct DoorCounter {
-    spec: SubscriberSpec,
-    store: SqliteSubscriptionStore,
     fail_at: Arc<AtomicU64>,
 }
 
-#[async_trait::async_trait]
-impl Subscriber for DoorCounter {
-    fn spec(&self) -> &SubscriberSpec {
-        &self.spec
-    }
-    async fn setup(&self) -> Result<(), HandlerError> {
-        self.store
-            .with_connection(|c| {
-                c.execute_batch(
-                    "CREATE TABLE IF NOT EXISTS doors_per_unit (unit TEXT PRIMARY KEY, opened INTEGER NOT NULL)",
-                )
-            })
-            .await?;
+impl SqliteProjection for DoorCounter {
+    fn setup(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+        tx.execute_batch("CREATE TABLE IF NOT EXISTS doors_per_unit (unit TEXT PRIMARY KEY, opened INTEGER NOT NULL)")?;
         Ok(())
     }
-    async fn handle(&self, _message: &Message<'_>) -> Result<(), HandlerError> {
-        Err("this projector handles whole batches".into())
-    }
-    fn saves_own_checkpoint(&self) -> bool {
-        true
-    }
-    async fn handle_batch_with_checkpoint(
-        &self,
-        batch: &[RecordedEvent],
-        checkpoint: &mut Checkpoint,
-    ) -> Result<(), BatchFailure> {
-        let events: Vec<(u64, String)> =
-            batch.iter().map(|e| (e.position.0, e.stream.id_part().unwrap_or("").to_string())).collect();
+    fn apply(&self, tx: &rusqlite::Transaction<'_>, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
         let fail_at = self.fail_at.load(Ordering::SeqCst);
-        let failing_index = events.iter().position(|(p, _)| *p == fail_at).unwrap_or(0);
-        self.store
-            .save_with(&mut checkpoint.subscription, checkpoint.lease_owner.as_deref(), checkpoint.now, move |tx| {
-                let mut upsert = tx.prepare_cached(
-                    "INSERT INTO doors_per_unit (unit, opened) VALUES (?1, 1)
-                     ON CONFLICT (unit) DO UPDATE SET opened = opened + 1",
-                )?;
-                for (position, unit) in &events {
-                    upsert.execute([unit])?;
-                    if *position == fail_at {
-                        return Err(format!("refused position {position} after writing").into());
-                    }
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| BatchFailure { index: failing_index, error: Box::new(e) })
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO doors_per_unit (unit, opened) VALUES (?1, 1)
+                 ON CONFLICT (unit) DO UPDATE SET opened = opened + 1",
+            )
+            .map_err(|e| BatchFailure::at(0, e))?;
+        for (index, event) in batch.iter().enumerate() {
+            upsert.execute([event.stream.id_part().unwrap_or("")]).map_err(|e| BatchFailure::at(index, e))?;
+            if event.position.0 == fail_at {
+                return Err(BatchFailure::at(index, format!("refused position {fail_at} after writing")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -89,11 +61,11 @@ async fn rows_and_checkpoint_commit_together_and_a_failed_batch_leaves_nothing()
         events.append(&unit, ExpectedVersion::Any, vec![NewEvent::new("DoorOpened", "{}")]).await.unwrap();
     }
     let fail_at = Arc::new(AtomicU64::new(7));
-    let projector = Arc::new(DoorCounter {
-        spec: SubscriberSpec::projector("doors_1").unwrap(),
-        store: store.clone(),
-        fail_at: fail_at.clone(),
-    });
+    let projector = TransactionalProjector::new(
+        SubscriberSpec::projector("doors_1").unwrap(),
+        store.clone(),
+        Arc::new(DoorCounter { fail_at: fail_at.clone() }),
+    );
     let engine = SubscriptionEngine::new(events.clone(), Arc::new(store.clone()), vec![projector])
         .unwrap()
         .with_batch_size(4)

@@ -36,4 +36,3 @@ where
         })
         .collect()
 }
-

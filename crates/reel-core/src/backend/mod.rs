@@ -3,11 +3,13 @@
 //! the same way. Applications do not need anything in here.
 
 mod append;
+mod group;
 pub mod idempotency;
 mod row;
 mod save;
 
 pub use crate::head::HeadNotifier;
 pub use append::{append_many_with, check_read_limit};
+pub use group::{answer, fail_all, requests_of, Rejected, WriteJob};
 pub use row::SubscriptionRow;
 pub use save::{settle_save, SaveOutcome};

@@ -29,7 +29,16 @@ pub struct SubscriptionDoc {
     /// Failed attempts at the current batch.
     retries: u32,
     last_error: Option<String>,
+    /// The worker (or one-off operation) holding its lease, if any.
     lease_owner: Option<String>,
+    /// When the holder last took or renewed the lease (RFC 3339).
+    lease_renewed_at: Option<String>,
+    /// When the lease lapses unless renewed (RFC 3339).
+    lease_expires_at: Option<String>,
+    /// A live lease holds it: a worker runs it now.
+    held: bool,
+    /// Active, but no worker holds it: it is not following the log.
+    unattended: bool,
     last_saved_at: String,
     parked_count: u64,
     /// Events it skipped after they kept failing.
@@ -126,6 +135,10 @@ async fn operate(
     };
     if let Some(error) = report.errors.first() {
         return Err(ApiError::new(StatusCode::CONFLICT, "illegal_transition", error.message.clone()));
+    }
+    // One named subscription the operation does not apply to (pausing a finished one): say why.
+    if let Some(note) = report.skipped.first() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "illegal_transition", format!("{}: {}", note.id, note.reason)));
     }
     let subscription = state.engine.overview(&criteria).await?.into_iter().next();
     Ok(Json(OperationResult { subscription }))

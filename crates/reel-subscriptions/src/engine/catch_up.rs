@@ -176,7 +176,8 @@ impl SubscriptionEngine {
         let mut next = subscription.clone();
         next.position = scanned_to;
         next.last_saved_at = now;
-        let mut checkpoint = Checkpoint { subscription: next, lease_owner: self.lease_owner().map(str::to_string), now };
+        let mut checkpoint =
+            Checkpoint { subscription: next, lease_owner: self.lease_owner().map(str::to_string), now };
         match catch_panic(subscriber.handle_batch_with_checkpoint(events, &mut checkpoint)).await {
             Ok(Ok(())) => {
                 *subscription = checkpoint.subscription;

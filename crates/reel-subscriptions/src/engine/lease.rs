@@ -63,23 +63,14 @@ impl Held {
 /// A unique id for one engine's operation leases.
 pub(crate) fn operation_owner() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    format!(
-        "op-{}-{}-{}",
-        std::process::id(),
-        Timestamp::now().unix_micros(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("op-{}-{}-{}", std::process::id(), Timestamp::now().unix_micros(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 impl SubscriptionEngine {
     /// Holds `id` for one step. Under a worker (which holds the lease already) that is this
     /// process's lock only; otherwise also an operation lease, taken now. `None`, with a note in
     /// the report, when another live holder has the lease.
-    pub(crate) async fn hold(
-        &self,
-        id: &SubscriptionId,
-        report: &mut EngineReport,
-    ) -> Result<Option<Held>, ReelError> {
+    pub(crate) async fn hold(&self, id: &SubscriptionId, report: &mut EngineReport) -> Result<Option<Held>, ReelError> {
         // The lock first: two calls on one engine share its operation owner, so the lease alone
         // would not keep them apart (and the first to finish would release the other's lease).
         let lock = self.lock(id).await;

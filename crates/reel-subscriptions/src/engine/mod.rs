@@ -20,7 +20,7 @@ use reel_core::{
     EventStore, ReelError, Subscription, SubscriptionCriteria, SubscriptionId, SubscriptionStatus, SubscriptionStore,
 };
 
-use crate::{ClockBasedRetryStrategy, Clock, RetryStrategy, Subscriber, SystemClock};
+use crate::{Clock, ClockBasedRetryStrategy, RetryStrategy, Subscriber, SystemClock};
 
 pub(crate) use lease::LeaseHolder;
 pub use operations::{ResetTo, SubscriptionView};
@@ -134,7 +134,11 @@ impl SubscriptionEngine {
 
     /// Ids of the registered subscribers matching `criteria`.
     pub(crate) fn registered(&self, criteria: &SubscriptionCriteria) -> Vec<SubscriptionId> {
-        self.subscribers.iter().filter(|(id, s)| criteria.matches(id, &s.spec().group)).map(|(id, _)| id.clone()).collect()
+        self.subscribers
+            .iter()
+            .filter(|(id, s)| criteria.matches(id, &s.spec().group))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Tracks registered subscribers matching `criteria` that have no subscription yet (as `New`).
@@ -189,7 +193,12 @@ impl SubscriptionEngine {
     /// A failure of one subscription's step: under a worker it goes back to the worker's loop
     /// (which stands by on a lost lease); elsewhere it is reported and the operation goes on
     /// with the other subscriptions.
-    fn isolate(&self, result: Result<(), ReelError>, id: &SubscriptionId, report: &mut EngineReport) -> Result<(), ReelError> {
+    fn isolate(
+        &self,
+        result: Result<(), ReelError>,
+        id: &SubscriptionId,
+        report: &mut EngineReport,
+    ) -> Result<(), ReelError> {
         match result {
             Ok(()) => Ok(()),
             Err(e) if self.under_worker() => Err(e),

@@ -11,10 +11,10 @@ use async_trait::async_trait;
 use reel_core::{
     AllReader, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, RecordedEvent, SubscriptionCriteria,
 };
-use reel_sqlite::{SqliteStore, SqliteSubscriptionStore};
+use reel_sqlite::{SqliteProjection, SqliteStore, SqliteSubscriptionStore};
 use reel_subscriptions::{
-    BatchFailure, Checkpoint, HandlerError, Message, Subscriber, SubscriberSpec, SubscriptionEngine, Worker,
-    WorkerOptions,
+    BatchFailure, HandlerError, Message, Subscriber, SubscriberSpec, SubscriptionEngine, TransactionalProjector,
+    Worker, WorkerOptions,
 };
 
 use super::{bench_stream, measure_async, payload, populate, progress, reset_peak_rss, rss_kib, with_ratio, Row};
@@ -63,7 +63,11 @@ pub(super) async fn bench_subscriptions(dir: &Path, plan: &SubscriptionPlan) -> 
     let catch_up_peak = rss_kib("VmHWM");
     rows.push(with_ratio(row, baseline_rate));
 
-    let table = Arc::new(TableProjector { spec: SubscriberSpec::projector("table_1")?, store: subscriptions.clone() });
+    let table = TransactionalProjector::new(
+        SubscriberSpec::projector("table_1")?,
+        subscriptions.clone(),
+        Arc::new(TableProjector),
+    );
     let engine = SubscriptionEngine::new(events.clone(), Arc::new(subscriptions.clone()), vec![table])?
         .with_batch_size(plan.batch);
     let row = measure_async(
@@ -206,51 +210,26 @@ impl Subscriber for Noop {
 }
 
 /// Counts events per stream in a table, committing rows and checkpoint together.
-struct TableProjector {
-    spec: SubscriberSpec,
-    store: SqliteSubscriptionStore,
-}
+struct TableProjector;
 
-#[async_trait]
-impl Subscriber for TableProjector {
-    fn spec(&self) -> &SubscriberSpec {
-        &self.spec
-    }
-    async fn setup(&self) -> Result<(), HandlerError> {
-        self.store
-            .with_connection(|c| {
-                c.execute_batch(
-                    "CREATE TABLE IF NOT EXISTS bench_per_stream (stream TEXT PRIMARY KEY, events INTEGER NOT NULL)",
-                )
-            })
-            .await?;
+impl SqliteProjection for TableProjector {
+    fn setup(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS bench_per_stream (stream TEXT PRIMARY KEY, events INTEGER NOT NULL)",
+        )?;
         Ok(())
     }
-    async fn handle(&self, _message: &Message<'_>) -> Result<(), HandlerError> {
-        Err("handles whole batches".into())
-    }
-    fn saves_own_checkpoint(&self) -> bool {
-        true
-    }
-    async fn handle_batch_with_checkpoint(
-        &self,
-        batch: &[RecordedEvent],
-        checkpoint: &mut Checkpoint,
-    ) -> Result<(), BatchFailure> {
-        let streams: Vec<reel_core::StreamName> = batch.iter().map(|e| e.stream.clone()).collect();
-        self.store
-            .save_with(&mut checkpoint.subscription, checkpoint.lease_owner.as_deref(), checkpoint.now, move |tx| {
-                let mut upsert = tx.prepare_cached(
-                    "INSERT INTO bench_per_stream (stream, events) VALUES (?1, 1)
-                     ON CONFLICT (stream) DO UPDATE SET events = events + 1",
-                )?;
-                for stream in &streams {
-                    upsert.execute([stream.as_str()])?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| BatchFailure { index: 0, error: Box::new(e) })
+    fn apply(&self, tx: &rusqlite::Transaction<'_>, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO bench_per_stream (stream, events) VALUES (?1, 1)
+                 ON CONFLICT (stream) DO UPDATE SET events = events + 1",
+            )
+            .map_err(|e| BatchFailure::at(0, e))?;
+        for (index, event) in batch.iter().enumerate() {
+            upsert.execute([event.stream.as_str()]).map_err(|e| BatchFailure::at(index, e))?;
+        }
+        Ok(())
     }
 }
 
