@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use reel_core::api;
 use reel_core::backend::HeadNotifier;
 use reel_core::wire::encode_segment;
 use reel_core::{
@@ -68,7 +69,7 @@ impl HttpStore {
             .build()
             .map_err(|e| ReelError::storage("building the HTTP client", e))?;
         let client = Client { base: base.clone(), token: token.clone(), http: http.clone() };
-        let head: wire::Head = client.call(Method::GET, "/head", None, None).await?;
+        let head: api::HeadBody = client.call(Method::GET, "/head", None, None).await?;
         let notifier = Arc::new(HeadNotifier::new(Position(head.head)));
         let follower = tokio::spawn(follow_head(client, notifier.clone()));
         Ok(Self { inner: Arc::new(Inner { base, token, http, head: notifier, follower }) })
@@ -83,7 +84,7 @@ impl HttpStore {
 async fn follow_head(client: Client, notifier: Arc<HeadNotifier>) {
     loop {
         let after = notifier.current().0;
-        match client.call::<wire::Head>(Method::GET, &format!("/head?after={after}&wait=25"), None, None).await {
+        match client.call::<api::HeadBody>(Method::GET, &format!("/head?after={after}&wait=25"), None, None).await {
             Ok(head) => notifier.advance(Position(head.head)),
             Err(e) => {
                 tracing::warn!(error = %e, "following the remote head failed; retrying");
@@ -163,7 +164,7 @@ impl EventStore for HttpStore {
         let events: Vec<NewEvent> =
             events.into_iter().map(|e| if e.id.is_some() { e } else { e.with_id(EventId::new_v7()) }).collect();
         let body = wire::append_body(expected, &events)?;
-        let answer: wire::Appended = self
+        let answer: api::AppendResponse = self
             .client()
             .call(
                 Method::POST,
@@ -193,16 +194,14 @@ impl EventStore for HttpStore {
         };
         let mut events = Vec::new();
         let mut from = from.0.min(i64::MAX as u64);
-        // The server pages at 10,000; larger reads take several calls.
+        // The server pages at MAX_PAGE; larger reads take several calls.
         while events.len() < limit {
-            let want = (limit - events.len()).min(10_000);
+            let want = (limit - events.len()).min(api::MAX_PAGE);
             let path =
                 format!("/streams/{}?from={from}&limit={want}&direction={direction}", encode_segment(stream.as_str()));
-            let page: wire::StreamPage = self.client().call(Method::GET, &path, None, Some(stream)).await?;
+            let page: api::StreamPage = self.client().call(Method::GET, &path, None, Some(stream)).await?;
             let got = page.events.len();
-            for event in page.events {
-                events.push(event.into_recorded()?);
-            }
+            events.extend(page.events);
             let Some(last) = events.last() else { break };
             if got < want {
                 break;
@@ -226,7 +225,7 @@ impl EventStore for HttpStore {
 
     async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
         reel_core::backend::check_read_limit(limit)?;
-        let mut path = format!("/all?from={}&limit={}", from.0.max(1), limit.min(10_000));
+        let mut path = format!("/all?from={}&limit={}", from.0.max(1), limit.min(api::MAX_PAGE));
         for (name, values) in [("category", &filter.categories), ("type", &filter.event_types)] {
             if !values.is_empty() {
                 path.push_str(&format!("&{name}={}", encode_segment(&values.join(","))));
@@ -235,13 +234,12 @@ impl EventStore for HttpStore {
         if let Some(prefix) = &filter.stream_prefix {
             path.push_str(&format!("&prefix={}", encode_segment(prefix)));
         }
-        let page: wire::AllPage = self.client().call(Method::GET, &path, None, None).await?;
-        let events = page.events.into_iter().map(wire::Event::into_recorded).collect::<Result<Vec<_>, _>>()?;
-        Ok(AllPage { events, next: Position(page.next_from) })
+        let page: api::AllPageBody = self.client().call(Method::GET, &path, None, None).await?;
+        Ok(AllPage { events: page.events, next: Position(page.next_from) })
     }
 
     async fn head(&self) -> Result<Position, ReelError> {
-        let head: wire::Head = self.client().call(Method::GET, "/head", None, None).await?;
+        let head: api::HeadBody = self.client().call(Method::GET, "/head", None, None).await?;
         self.inner.head.advance(Position(head.head));
         Ok(Position(head.head))
     }
@@ -257,14 +255,14 @@ impl EventStore for HttpStore {
         limit: usize,
     ) -> Result<Vec<StreamInfo>, ReelError> {
         reel_core::backend::check_read_limit(limit)?;
-        let mut path = format!("/streams?limit={}", limit.min(10_000));
+        let mut path = format!("/streams?limit={}", limit.min(api::MAX_PAGE));
         if let Some(category) = category {
             path.push_str(&format!("&category={}", encode_segment(category)));
         }
         if let Some(after) = after {
             path.push_str(&format!("&after={}", encode_segment(after.as_str())));
         }
-        let list: wire::StreamList = self.client().call(Method::GET, &path, None, None).await?;
+        let list: api::StreamList = self.client().call(Method::GET, &path, None, None).await?;
         list.streams
             .into_iter()
             .map(|s| Ok(StreamInfo { stream: StreamName::new(s.stream)?, version: StreamVersion(s.version) }))
@@ -272,7 +270,7 @@ impl EventStore for HttpStore {
     }
 
     async fn stats(&self) -> Result<StoreStats, ReelError> {
-        let stats: wire::Stats = self.client().call(Method::GET, "/stats", None, None).await?;
+        let stats: api::StatsBody = self.client().call(Method::GET, "/stats", None, None).await?;
         Ok(StoreStats {
             event_count: stats.event_count,
             stream_count: stats.stream_count,

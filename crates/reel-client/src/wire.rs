@@ -1,91 +1,11 @@
-//! The API's JSON, as the client reads and writes it.
+//! What the client writes (append bodies) and how it reads error answers; the response bodies
+//! themselves are `reel_core::api`, shared with the server.
 
 use base64::Engine as _;
-use reel_core::{
-    EventId, ExpectedVersion, NewEvent, Position, RecordedEvent, ReelError, StreamName, StreamVersion, Timestamp,
-};
+use reel_core::{EventId, ExpectedVersion, NewEvent, ReelError, StreamName, StreamVersion};
 use reqwest::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
-
-#[derive(Deserialize)]
-pub struct Head {
-    pub head: u64,
-}
-
-#[derive(Deserialize)]
-pub struct Appended {
-    pub first_position: u64,
-    pub last_position: u64,
-    pub next_version: u64,
-}
-
-#[derive(Deserialize)]
-pub struct Event {
-    position: u64,
-    stream: String,
-    stream_version: u64,
-    id: uuid::Uuid,
-    #[serde(rename = "type")]
-    event_type: String,
-    data: Option<Box<RawValue>>,
-    data_base64: Option<String>,
-    #[serde(default)]
-    metadata: serde_json::Map<String, serde_json::Value>,
-    recorded_at: Timestamp,
-}
-
-impl Event {
-    pub fn into_recorded(self) -> Result<RecordedEvent, ReelError> {
-        let data = match (self.data, self.data_base64) {
-            (Some(raw), _) => raw.get().as_bytes().to_vec(),
-            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map_err(|e| ReelError::storage("decoding an event from the server", e))?,
-            (None, None) => Vec::new(),
-        };
-        Ok(RecordedEvent {
-            position: Position(self.position),
-            stream: StreamName::new(self.stream)?,
-            stream_version: StreamVersion(self.stream_version),
-            id: EventId(self.id),
-            event_type: self.event_type,
-            data,
-            metadata: self.metadata,
-            recorded_at: self.recorded_at,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-pub struct StreamPage {
-    pub events: Vec<Event>,
-}
-
-#[derive(Deserialize)]
-pub struct AllPage {
-    pub events: Vec<Event>,
-    pub next_from: u64,
-}
-
-#[derive(Deserialize)]
-pub struct StreamEntry {
-    pub stream: String,
-    pub version: u64,
-}
-
-#[derive(Deserialize)]
-pub struct StreamList {
-    pub streams: Vec<StreamEntry>,
-}
-
-#[derive(Deserialize)]
-pub struct Stats {
-    pub event_count: u64,
-    pub stream_count: u64,
-    pub head: u64,
-    pub storage_bytes: Option<u64>,
-}
 
 #[derive(Serialize)]
 struct AppendBody<'a> {
@@ -127,29 +47,9 @@ pub fn append_body(expected: ExpectedVersion, events: &[NewEvent]) -> Result<Vec
         .map_err(|e| ReelError::storage("encoding an append", e))
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    message: String,
-    #[serde(default)]
-    expected: Option<serde_json::Value>,
-    #[serde(default)]
-    actual: Option<u64>,
-    #[serde(default)]
-    index: Option<usize>,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    what: Option<String>,
-    #[serde(default)]
-    size: Option<usize>,
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
 /// The typed error for an error answer.
 pub fn error(status: StatusCode, body: &[u8], stream: Option<&StreamName>) -> ReelError {
-    let Ok(body) = serde_json::from_slice::<ErrorBody>(body) else {
+    let Ok(body) = serde_json::from_slice::<reel_core::api::ErrorBody>(body) else {
         return ReelError::storage(
             format!("calling the server (HTTP {status})"),
             String::from_utf8_lossy(body).chars().take(200).collect::<String>(),

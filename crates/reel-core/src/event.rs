@@ -153,6 +153,47 @@ impl Serialize for RecordedEvent {
     }
 }
 
+/// Reads the JSON form written by `Serialize` (what the HTTP API returns).
+impl<'de> Deserialize<'de> for RecordedEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            position: Position,
+            stream: StreamName,
+            stream_version: StreamVersion,
+            id: EventId,
+            #[serde(rename = "type")]
+            event_type: String,
+            #[serde(default)]
+            data: Option<Box<serde_json::value::RawValue>>,
+            #[serde(default)]
+            data_base64: Option<String>,
+            #[serde(default)]
+            metadata: serde_json::Map<String, serde_json::Value>,
+            recorded_at: Timestamp,
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        let data = match (wire.data, wire.data_base64) {
+            (Some(raw), _) => raw.get().as_bytes().to_vec(),
+            (None, Some(encoded)) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.decode(encoded).map_err(serde::de::Error::custom)?
+            }
+            (None, None) => Vec::new(),
+        };
+        Ok(RecordedEvent {
+            position: wire.position,
+            stream: wire.stream,
+            stream_version: wire.stream_version,
+            id: wire.id,
+            event_type: wire.event_type,
+            data,
+            metadata: wire.metadata,
+            recorded_at: wire.recorded_at,
+        })
+    }
+}
+
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -184,6 +225,15 @@ mod tests {
         let json = serde_json::to_value(recorded(&[0xff, 0x00])).unwrap();
         assert_eq!(json["data_base64"], "/wA=");
         assert!(json.get("data").is_none());
+    }
+
+    #[test]
+    fn the_json_form_reads_back() {
+        for data in [&br#"{"b":2,"a":1}"#[..], &[0xff, 0x00][..]] {
+            let event = recorded(data);
+            let json = serde_json::to_string(&event).unwrap();
+            assert_eq!(serde_json::from_str::<RecordedEvent>(&json).unwrap(), event);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! ```
 
 mod all_reader;
+pub mod api;
 pub mod backend;
 mod error;
 mod event;

@@ -4,7 +4,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use reel_core::ReelError;
-use serde::Serialize;
 
 /// An error response.
 #[derive(Debug)]
@@ -19,14 +18,7 @@ pub struct ApiError {
     pub details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// The body of every error response.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// Stable machine-readable code.
-    pub error: String,
-    /// What went wrong.
-    pub message: String,
-}
+pub use reel_core::api::ErrorBody;
 
 impl ApiError {
     /// An error with no details.

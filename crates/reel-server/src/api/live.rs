@@ -79,9 +79,9 @@ fn start(headers: &HeaderMap, from: Option<u64>) -> Result<Option<Position>, Api
 pub async fn all_live(
     State(state): State<AppState>,
     Params(query): Params<ReadAllQuery>,
+    access: Access,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let access = state.access(&headers).await?;
     let filter = query.filter();
     if !access.can_read_log(&filter.categories, filter.stream_prefix.as_deref()) {
         return Err(forbidden("reading the whole log (filter with ?category= to the categories you may read)".into()));
@@ -107,9 +107,9 @@ pub async fn stream_live(
     State(state): State<AppState>,
     Segment(stream): Segment,
     Params(query): Params<StreamLiveQuery>,
+    access: Access,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let access = state.access(&headers).await?;
     let stream = StreamName::new(stream)?;
     if !access.can_read(stream.as_str()) {
         return Err(forbidden(format!("reading {stream}")));

@@ -61,8 +61,17 @@ impl AppContext {
     }
 }
 
-/// Most events or streams one request returns: keeps every response small enough to buffer.
-pub const MAX_PAGE: usize = 10_000;
+/// The caller's access from its bearer token, as an extractor: a handler that takes an
+/// `Access` argument is authorised before it runs (401 without a valid token when tokens are on).
+impl FromRequestParts<AppState> for Access {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.access(&parts.headers).await
+    }
+}
+
+pub use reel_core::api::MAX_PAGE;
 
 /// The page size asked for (default 100), 1 to [`MAX_PAGE`].
 pub fn page_limit(asked: Option<usize>) -> Result<usize, ApiError> {

@@ -10,13 +10,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use reel_core::wire::{check_unique_ids, encode_segment, EventInput};
-use reel_core::{Direction, EventId, ExpectedVersion, NewEvent, RecordedEvent, ReelError, StreamName, StreamVersion};
-use serde::{Deserialize, Serialize};
+use reel_core::{Direction, EventId, ExpectedVersion, NewEvent, ReelError, StreamName, StreamVersion};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{forbidden, AppState, Params, Segment};
 use crate::error::{ApiError, ErrorBody};
+use crate::scopes::Access;
+pub use reel_core::api::{AppendResponse, Links, StreamPage};
 
 /// An event to append.
 #[derive(ToSchema)]
@@ -69,21 +71,6 @@ struct AppendWire {
     id: Option<String>,
     #[serde(default)]
     metadata: Option<serde_json::Value>,
-}
-
-/// Where an append went.
-#[derive(Serialize, ToSchema)]
-pub struct AppendResponse {
-    /// The stream.
-    pub stream: String,
-    /// Position of the first event.
-    pub first_position: u64,
-    /// Position of the last event.
-    pub last_position: u64,
-    /// Every event's position, in order.
-    pub positions: Vec<u64>,
-    /// The stream's version after the append: pass it as `expected_version` next time.
-    pub next_version: u64,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -144,10 +131,10 @@ pub async fn append(
     State(state): State<AppState>,
     Segment(stream): Segment,
     Params(query): Params<AppendQuery>,
+    access: Access,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let access = state.access(&headers).await?;
     let stream = stream_name(stream)?;
     if !access.can_write(stream.as_str()) {
         return Err(forbidden(format!("appending to {stream}")));
@@ -338,46 +325,6 @@ pub enum DirectionParam {
     Backward,
 }
 
-/// A recorded event as the API returns it.
-#[derive(ToSchema)]
-#[schema(as = RecordedEvent)]
-#[allow(dead_code)]
-pub struct RecordedEventDoc {
-    /// Global position (gap-free, starts at 1).
-    position: u64,
-    stream: String,
-    /// Version in its stream (starts at 0).
-    stream_version: u64,
-    #[schema(format = "uuid")]
-    id: String,
-    #[schema(rename = "type")]
-    event_type: String,
-    /// The payload, when it is JSON.
-    data: Option<serde_json::Value>,
-    /// The payload, when it is not JSON.
-    data_base64: Option<String>,
-    metadata: serde_json::Map<String, serde_json::Value>,
-    /// RFC 3339.
-    recorded_at: String,
-}
-
-/// Links to the next page.
-#[derive(Serialize, ToSchema)]
-pub struct Links {
-    /// The next page, absent at the end.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-}
-
-/// A page of a stream.
-#[derive(Serialize, ToSchema)]
-pub struct StreamPage {
-    pub stream: String,
-    #[schema(value_type = Vec<RecordedEventDoc>)]
-    pub events: Vec<RecordedEvent>,
-    pub links: Links,
-}
-
 /// Read a stream.
 #[utoipa::path(
     get, path = "/streams/{stream}", tag = "streams",
@@ -394,9 +341,8 @@ pub async fn read(
     State(state): State<AppState>,
     Segment(stream): Segment,
     Params(query): Params<ReadStreamQuery>,
-    headers: HeaderMap,
+    access: Access,
 ) -> Result<Json<StreamPage>, ApiError> {
-    let access = state.access(&headers).await?;
     let stream = stream_name(stream)?;
     if !access.can_read(stream.as_str()) {
         return Err(forbidden(format!("reading {stream}")));

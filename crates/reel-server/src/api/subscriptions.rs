@@ -1,7 +1,7 @@
 //! `GET /subscriptions` and `POST /subscriptions/{id}/pause|reactivate|remove` (admin).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use reel_core::{SubscriptionCriteria, SubscriptionId};
 use reel_subscriptions::{EngineReport, SubscriptionView};
@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::{forbidden, AppState, Segment};
 use crate::error::{ApiError, ErrorBody};
+use crate::scopes::Access;
 
 /// A subscription as operators see it.
 #[derive(ToSchema)]
@@ -61,8 +62,8 @@ pub struct SubscriptionList {
         (status = 403, description = "Needs the admin scope", body = ErrorBody),
     )
 )]
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<SubscriptionList>, ApiError> {
-    if !state.access(&headers).await?.is_admin() {
+pub async fn list(State(state): State<AppState>, access: Access) -> Result<Json<SubscriptionList>, ApiError> {
+    if !access.is_admin() {
         return Err(forbidden("managing subscriptions (needs admin)".into()));
     }
     let subscriptions = state.engine.overview(&SubscriptionCriteria::all()).await?;
@@ -94,9 +95,9 @@ macro_rules! operation {
         pub async fn $name(
             State(state): State<AppState>,
             Segment(id): Segment,
-            headers: HeaderMap,
+            access: Access,
         ) -> Result<Json<OperationResult>, ApiError> {
-            operate(state, id, headers, stringify!($name)).await
+            operate(state, id, access, stringify!($name)).await
         }
     };
 }
@@ -112,10 +113,10 @@ operation!(remove, "/subscriptions/{id}/remove", "Remove a subscription and its 
 async fn operate(
     state: AppState,
     id: String,
-    headers: HeaderMap,
+    access: Access,
     operation: &str,
 ) -> Result<Json<OperationResult>, ApiError> {
-    if !state.access(&headers).await?.is_admin() {
+    if !access.is_admin() {
         return Err(forbidden("managing subscriptions (needs admin)".into()));
     }
     let id = SubscriptionId::new(id)?;

@@ -1,7 +1,7 @@
 //! `GET /health`, `GET /metrics`, `GET /stats`, `GET /streams` and `GET /openapi.json`.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use reel_core::{StreamInfo, StreamName};
@@ -10,6 +10,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{forbidden, AppState, Params};
 use crate::error::{ApiError, ErrorBody};
+use crate::scopes::Access;
+pub use reel_core::api::{Links, StatsBody, StreamEntry, StreamList};
 
 /// Liveness and store reachability.
 #[derive(Serialize, ToSchema)]
@@ -58,8 +60,8 @@ fn unavailable(error: String) -> Response {
         (status = 403, description = "Needs the admin scope", body = ErrorBody),
     )
 )]
-pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    if !state.access(&headers).await?.is_admin() {
+pub async fn metrics(State(state): State<AppState>, access: Access) -> Result<Response, ApiError> {
+    if !access.is_admin() {
         return Err(forbidden("reading metrics (needs admin)".into()));
     }
     let head = state.events.head().await?;
@@ -74,15 +76,6 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Resul
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }
 
-/// Store statistics.
-#[derive(Serialize, ToSchema)]
-pub struct StatsBody {
-    pub event_count: u64,
-    pub stream_count: u64,
-    pub head: u64,
-    pub storage_bytes: Option<u64>,
-}
-
 /// Event and stream counts, head and size (admin).
 #[utoipa::path(
     get, path = "/stats", tag = "system",
@@ -92,8 +85,8 @@ pub struct StatsBody {
         (status = 403, description = "Needs the admin scope", body = ErrorBody),
     )
 )]
-pub async fn stats(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<StatsBody>, ApiError> {
-    if !state.access(&headers).await?.is_admin() {
+pub async fn stats(State(state): State<AppState>, access: Access) -> Result<Json<StatsBody>, ApiError> {
+    if !access.is_admin() {
         return Err(forbidden("reading statistics (needs admin)".into()));
     }
     let s = state.events.stats().await?;
@@ -117,19 +110,6 @@ pub struct StreamsQuery {
     limit: Option<usize>,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct StreamEntry {
-    pub stream: String,
-    /// Version of its last event.
-    pub version: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct StreamList {
-    pub streams: Vec<StreamEntry>,
-    pub links: super::streams::Links,
-}
-
 /// List streams by name, optionally of one category.
 #[utoipa::path(
     get, path = "/streams", tag = "streams",
@@ -143,9 +123,8 @@ pub struct StreamList {
 pub async fn streams(
     State(state): State<AppState>,
     Params(query): Params<StreamsQuery>,
-    headers: HeaderMap,
+    access: Access,
 ) -> Result<Json<StreamList>, ApiError> {
-    let access = state.access(&headers).await?;
     let limit = super::page_limit(query.limit)?;
     let after = query.after.map(StreamName::new).transpose()?;
     let found: Vec<StreamInfo> = state.events.streams(query.category.as_deref(), after.as_ref(), limit).await?;
@@ -163,7 +142,7 @@ pub async fn streams(
         }
         link = Some(url);
     }
-    Ok(Json(StreamList { streams, links: super::streams::Links { next: link } }))
+    Ok(Json(StreamList { streams, links: Links { next: link } }))
 }
 
 /// The OpenAPI document of this API.

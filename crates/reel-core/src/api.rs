@@ -1,0 +1,162 @@
+//! The HTTP API's JSON bodies, defined once: `reel-server` writes them and `reel-client` reads
+//! them. With the `openapi` feature they also describe themselves for the OpenAPI document.
+
+use serde::{Deserialize, Serialize};
+
+use crate::RecordedEvent;
+
+/// Most events or streams one request returns: keeps every response small enough to buffer.
+pub const MAX_PAGE: usize = 10_000;
+
+/// The head position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeadBody {
+    /// Position of the last event (0 when the log is empty).
+    pub head: u64,
+}
+
+/// Where an append went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppendResponse {
+    /// The stream.
+    pub stream: String,
+    /// Position of the first event.
+    pub first_position: u64,
+    /// Position of the last event.
+    pub last_position: u64,
+    /// Every event's position, in order.
+    pub positions: Vec<u64>,
+    /// The stream's version after the append: pass it as `expected_version` next time.
+    pub next_version: u64,
+}
+
+/// Links to the next page.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Links {
+    /// The next page, absent at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// A page of a stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamPage {
+    /// The stream.
+    pub stream: String,
+    /// Its events, in the direction asked for.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<RecordedEventDoc>))]
+    pub events: Vec<RecordedEvent>,
+    /// The next page.
+    #[serde(default)]
+    pub links: Links,
+}
+
+/// A page of the global log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AllPageBody {
+    /// Matching events in position order.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<RecordedEventDoc>))]
+    pub events: Vec<RecordedEvent>,
+    /// Where the next read starts (past events the filter skipped).
+    pub next_from: u64,
+    /// The head when the page was read.
+    pub head: u64,
+    /// The next page.
+    #[serde(default)]
+    pub links: Links,
+}
+
+/// Store statistics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StatsBody {
+    /// Events stored.
+    pub event_count: u64,
+    /// Streams stored.
+    pub stream_count: u64,
+    /// Position of the last event.
+    pub head: u64,
+    /// Size on disk, when the backend knows it.
+    pub storage_bytes: Option<u64>,
+}
+
+/// One stream in a listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamEntry {
+    /// Its name.
+    pub stream: String,
+    /// Version of its last event.
+    pub version: u64,
+}
+
+/// A page of streams.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamList {
+    /// Streams by name.
+    pub streams: Vec<StreamEntry>,
+    /// The next page.
+    #[serde(default)]
+    pub links: Links,
+}
+
+/// The body of every error response: a stable code and a message, plus details for some codes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `wrong_expected_version`.
+    pub error: String,
+    /// What went wrong.
+    pub message: String,
+    /// On a version conflict: the expected version (a number or `any`, `no_stream`, `exists`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<serde_json::Value>,
+    /// On a version conflict: the stream's actual version (absent: no stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual: Option<u64>,
+    /// On an invalid event: its index in the batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// On an invalid event: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// On a size limit: what was too large.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub what: Option<String>,
+    /// On a size limit: its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+    /// On a size limit: the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// An event as the API returns it (documentation of `RecordedEvent`'s JSON form).
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[schema(as = RecordedEvent)]
+#[allow(dead_code)]
+pub struct RecordedEventDoc {
+    /// Global position (gap-free, starts at 1).
+    position: u64,
+    stream: String,
+    /// Version in its stream (starts at 0).
+    stream_version: u64,
+    #[schema(format = "uuid")]
+    id: String,
+    #[schema(rename = "type")]
+    event_type: String,
+    /// The payload, when it is JSON.
+    data: Option<serde_json::Value>,
+    /// The payload, when it is not JSON.
+    data_base64: Option<String>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    /// RFC 3339.
+    recorded_at: String,
+}
