@@ -95,7 +95,7 @@ pub struct StoreStats {
     pub storage_bytes: Option<u64>,
 }
 
-/// The store contract (see DESIGN.md, "Store contract"). Every backend keeps its invariants and
+/// The store contract (docs/DESIGN.md, invariants 1-8). Every backend keeps its invariants and
 /// runs `reel-testkit`'s conformance suite.
 #[async_trait]
 pub trait EventStore: Send + Sync {

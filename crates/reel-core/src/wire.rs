@@ -85,16 +85,12 @@ pub fn check_unique_ids(events: &[NewEvent]) -> Result<(), ReelError> {
 /// Percent-encodes text for one URL path segment or query value (everything but `A-Z a-z 0-9
 /// - . _ ~`), as the API's links and the HTTP client write stream names.
 pub fn encode_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
 }
+
+/// Everything but RFC 3986's unreserved characters is escaped in a path segment or query value.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// The JSON kind of a value, for messages.
 pub fn json_kind(value: &serde_json::Value) -> &'static str {

@@ -45,30 +45,24 @@ async fn the_server_runs_the_worker_for_its_subscribers() {
     }));
 
     let url = format!("{base}/streams/unit-PL-1001");
+    let http = reqwest::Client::new();
     for _ in 0..3 {
-        let answer = tokio::task::spawn_blocking({
-            let url = url.clone();
-            move || {
-                ureq::post(&url)
-                    .set("content-type", "application/json")
-                    .send_string(r#"{"type":"DoorOpened","data":{}}"#)
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(answer.unwrap().status(), 201);
+        let answer = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(r#"{"type":"DoorOpened","data":{}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 201);
     }
     let started = std::time::Instant::now();
     while seen.load(Ordering::SeqCst) < 3 {
         assert!(started.elapsed() < std::time::Duration::from_secs(20), "the worker never handled the events");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let listed: serde_json::Value = tokio::task::spawn_blocking(move || {
-        serde_json::from_str(&ureq::get(&format!("{base}/subscriptions")).call().unwrap().into_string().unwrap())
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let listed: serde_json::Value =
+        http.get(format!("{base}/subscriptions")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["subscriptions"][0]["id"], "door_counter");
     assert_eq!(listed["subscriptions"][0]["status"], "active");
     stop.send(()).unwrap();

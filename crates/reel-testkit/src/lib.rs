@@ -1,4 +1,4 @@
-//! The store contract of DESIGN.md as tests any backend runs with one macro call.
+//! The store contract of docs/DESIGN.md (invariants 1-8) as tests any backend runs with one macro call.
 //!
 //! ```text
 //! reel_testkit::store_conformance_tests!(|| async {

@@ -14,7 +14,7 @@ use reel_core::{
 use crate::contract::read_everything;
 use crate::TestStore;
 
-/// The recent-id window the contract guarantees (DESIGN.md invariant 3).
+/// The recent-id window the contract guarantees (docs/DESIGN.md, invariant 3).
 const WINDOW: usize = 1_000;
 
 /// One step of a random history.

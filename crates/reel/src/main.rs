@@ -66,7 +66,7 @@ pub enum Command {
     Serve(commands::serve::ServeArgs),
     /// Create, list and revoke API tokens.
     Token(commands::token::TokenArgs),
-    /// Measure throughput; prints a table and writes JSON.
+    /// Measure throughput and latency (runs the reel-bench binary); prints a table and writes JSON.
     Bench(commands::bench::BenchArgs),
     /// Internal tools used by the test suite.
     #[command(hide = true)]
@@ -94,9 +94,4 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => exit::report(e),
     }
-}
-
-/// Where bench results and other generated files go by default.
-pub fn default_results_dir() -> PathBuf {
-    PathBuf::from("bench-results")
 }

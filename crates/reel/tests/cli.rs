@@ -173,6 +173,16 @@ fn export_import_round_trip_is_idempotent() {
 }
 
 #[test]
+fn bench_without_the_bench_binary_is_a_one_line_error() {
+    let cli = Cli::new();
+    let out =
+        cli.command().args(["bench", "append"]).env("REEL_BENCH_BIN", cli.dir.path().join("missing")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cargo build --release -p reel-bench") && err.trim().lines().count() == 1, "{err}");
+}
+
+#[test]
 fn store_path_problems_are_clear() {
     let cli = Cli::new();
     let err = cli.fails(&["--store", cli.dir.path().to_str().unwrap(), "stats"], 2);

@@ -335,7 +335,7 @@ fn long_poll_answers_when_an_event_arrives() {
     server.post_json("/streams/unit-1", r#"{"type":"A","data":1}"#);
     let base = server.base.clone();
     let poll = std::thread::spawn(move || {
-        let text = ureq::get(&format!("{base}/all?from=2&wait=30")).call().unwrap().into_string().unwrap();
+        let text = common::http().get(format!("{base}/all?from=2&wait=30")).send().unwrap().text().unwrap();
         serde_json::from_str::<serde_json::Value>(&text).unwrap()
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -372,9 +372,9 @@ fn live_streams_resume_with_last_event_id_and_send_heartbeats() {
     for i in 0..3 {
         server.post_json(&format!("/streams/unit-{i}"), r#"{"type":"A","data":1}"#);
     }
-    let response = ureq::get(&format!("{}/all/live", server.base)).set("Last-Event-ID", "1").call().unwrap();
-    assert_eq!(response.content_type(), "text/event-stream");
-    let mut reader = BufReader::new(response.into_reader());
+    let response = common::http().get(format!("{}/all/live", server.base)).header("Last-Event-ID", "1").send().unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut reader = BufReader::new(response);
     let caught_up = frames(&mut reader, 2);
     assert!(caught_up[0].starts_with("id: 2\n") && caught_up[1].starts_with("id: 3\n"), "{caught_up:?}");
     server.post_json("/streams/unit-9", r#"{"type":"Live","data":{"n":9}}"#);
@@ -383,8 +383,8 @@ fn live_streams_resume_with_last_event_id_and_send_heartbeats() {
     let quiet = frames(&mut reader, 1);
     assert!(quiet[0].starts_with(":heartbeat") || quiet[0].contains(": heartbeat"), "a heartbeat: {quiet:?}");
 
-    let one = ureq::get(&format!("{}/streams/unit-9/live?from=1", server.base)).call().unwrap();
-    let mut reader = BufReader::new(one.into_reader());
+    let one = common::http().get(format!("{}/streams/unit-9/live?from=1", server.base)).send().unwrap();
+    let mut reader = BufReader::new(one);
     let mine = frames(&mut reader, 1);
     assert!(mine[0].starts_with("id: 4\n"), "only its stream: {mine:?}");
 }
@@ -393,8 +393,8 @@ fn live_streams_resume_with_last_event_id_and_send_heartbeats() {
 fn a_live_client_that_stops_reading_is_dropped_with_a_final_event() {
     let cli = Cli::new();
     let server = cli.serve(&["--live-buffer", "16"]);
-    let response = ureq::get(&format!("{}/all/live", server.base)).call().unwrap();
-    let mut reader = BufReader::new(response.into_reader());
+    let response = common::http().get(format!("{}/all/live", server.base)).send().unwrap();
+    let mut reader = BufReader::new(response);
     // Far more than the socket buffers hold, while this client reads nothing.
     let payload = format!(r#"{{"type":"Big","data":"{}"}}"#, "x".repeat(4000));
     let batch = format!(r#"{{"events":[{}]}}"#, vec![payload.as_str(); 500].join(","));
@@ -545,8 +545,8 @@ fn sigterm_ends_live_streams_with_a_final_event_and_exits_cleanly() {
     let cli = Cli::new();
     let mut server = cli.serve(&[]);
     server.post_json("/streams/unit-1", r#"{"type":"A","data":1}"#);
-    let response = ureq::get(&format!("{}/all/live?from=1", server.base)).call().unwrap();
-    let mut reader = BufReader::new(response.into_reader());
+    let response = common::http().get(format!("{}/all/live?from=1", server.base)).send().unwrap();
+    let mut reader = BufReader::new(response);
     assert!(frames(&mut reader, 1)[0].starts_with("id: 1\n"));
     let status = std::process::Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -560,8 +560,8 @@ fn sigterm_ends_live_streams_with_a_final_event_and_exits_cleanly() {
 fn the_api_works_on_postgres_too() {
     let cli = Cli::postgres();
     let server = cli.serve(&[]);
-    let response = ureq::get(&format!("{}/all/live", server.base)).call().unwrap();
-    let mut live = BufReader::new(response.into_reader());
+    let response = common::http().get(format!("{}/all/live", server.base)).send().unwrap();
+    let mut live = BufReader::new(response);
     let first =
         server.post_json("/streams/unit-PL-1001", r#"{"expected_version":"no_stream","type":"DoorOpened","data":{}}"#);
     assert_eq!((first.status, first.body["positions"].clone()), (201, serde_json::json!([1])), "{}", first.text);

@@ -137,7 +137,7 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
     let subscriber = if args.print {
         SinkSubscriber::shared(spec, PrintSink)
     } else if let Some(url) = &args.webhook {
-        SinkSubscriber::shared(spec, WebhookSink { url: url.clone(), timeout })
+        SinkSubscriber::shared(spec, WebhookSink::new(url.clone(), timeout).map_err(|e| anyhow::anyhow!(e))?)
     } else {
         SinkSubscriber::shared(spec, CommandSink { command: args.command.clone(), timeout })
     };
@@ -272,31 +272,39 @@ impl BatchSink for CommandSink {
     }
 }
 
-/// POSTs batches to an HTTP endpoint.
+/// POSTs batches to an HTTP endpoint over one pooled connection.
 struct WebhookSink {
     url: String,
-    timeout: Duration,
+    client: reqwest::Client,
+}
+
+impl WebhookSink {
+    fn new(url: String, timeout: Duration) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("cannot set up the webhook client: {e}"))?;
+        Ok(Self { url, client })
+    }
 }
 
 #[async_trait]
 impl BatchSink for WebhookSink {
     async fn deliver(&self, subscription: &SubscriptionId, batch: &[RecordedEvent]) -> Result<(), String> {
-        let body = serde_json::to_string(&serde_json::json!({ "subscription": subscription, "events": batch }))
+        let body = serde_json::to_vec(&serde_json::json!({ "subscription": subscription, "events": batch }))
             .map_err(|e| e.to_string())?;
-        let (url, timeout) = (self.url.clone(), self.timeout);
-        tokio::task::spawn_blocking(move || {
-            let agent = ureq::AgentBuilder::new().timeout(timeout).build();
-            match agent.post(&url).set("Content-Type", "application/json").send_string(&body) {
-                Ok(_) => Ok(()),
-                Err(ureq::Error::Status(code, response)) => {
-                    let text = response.into_string().unwrap_or_default();
-                    let text: String = text.lines().next().unwrap_or("").chars().take(200).collect();
-                    Err(format!("webhook answered {code}: {text}"))
-                }
-                Err(ureq::Error::Transport(e)) => Err(format!("webhook unreachable: {e}")),
-            }
-        })
-        .await
-        .map_err(|e| format!("webhook call did not complete: {e}"))?
+        let sent = self.client.post(&self.url).header("Content-Type", "application/json").body(body).send().await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) if e.is_timeout() => return Err(format!("webhook did not answer in time: {e}")),
+            Err(e) => return Err(format!("webhook unreachable: {e}")),
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        let text: String = text.lines().next().unwrap_or("").chars().take(200).collect();
+        Err(format!("webhook answered {}: {text}", status.as_u16()))
     }
 }

@@ -133,6 +133,11 @@ pub struct Answer {
     pub text: String,
 }
 
+/// The tests' HTTP client: no overall timeout, since live streams and long polls stay open.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(None).build().expect("an HTTP client")
+}
+
 impl Served {
     /// Sends a request; 4xx and 5xx are answers, not errors.
     pub fn call(
@@ -143,21 +148,20 @@ impl Served {
         body: &[u8],
         token: Option<&str>,
     ) -> Answer {
-        let mut request = ureq::request(method, &format!("{}{path}", self.base));
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let mut request = http().request(method.clone(), format!("{}{path}", self.base));
         if let Some(content_type) = content_type {
-            request = request.set("content-type", content_type);
+            request = request.header("content-type", content_type);
         }
         if let Some(token) = token {
-            request = request.set("authorization", &format!("Bearer {token}"));
+            request = request.header("authorization", format!("Bearer {token}"));
         }
-        let response = match if body.is_empty() && method == "GET" { request.call() } else { request.send_bytes(body) }
-        {
-            Ok(response) => response,
-            Err(ureq::Error::Status(_, response)) => response,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let status = response.status();
-        let text = response.into_string().expect("body");
+        if !body.is_empty() || method != reqwest::Method::GET {
+            request = request.body(body.to_vec());
+        }
+        let response = request.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.text().expect("body");
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text.clone()));
         Answer { status, body, text }
     }

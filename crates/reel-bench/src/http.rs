@@ -24,6 +24,20 @@ pub(super) struct HttpPlan {
     pub(super) idle_polls: u64,
 }
 
+/// The `reel` binary to serve with: `REEL_BIN`, or the `reel` next to this binary (both are built
+/// into the same target directory).
+fn reel_binary() -> Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("REEL_BIN") {
+        return Ok(path.into());
+    }
+    let sibling = std::env::current_exe()?.with_file_name("reel");
+    anyhow::ensure!(
+        sibling.exists(),
+        "no reel binary next to reel-bench; build it (cargo build --release) or set REEL_BIN"
+    );
+    Ok(sibling)
+}
+
 /// A `reel serve` child process, killed when dropped.
 struct ServerProcess {
     child: std::process::Child,
@@ -34,7 +48,7 @@ struct ServerProcess {
 impl ServerProcess {
     fn start(store: &std::path::Path) -> Result<Self> {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(std::env::current_exe()?)
+        let mut child = std::process::Command::new(reel_binary()?)
             .args(["serve", "--listen", "127.0.0.1:0", "--live-buffer", "100000"])
             .env("REEL_STORE", store)
             .stdout(std::process::Stdio::piped())

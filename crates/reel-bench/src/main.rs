@@ -1,19 +1,25 @@
-//! `reel bench append|read|subscriptions`: throughput against baselines measured in the same run.
+//! `reel-bench` (also run as `reel bench …`): throughput and latency against baselines measured
+//! in the same run.
 //!
 //! Each bench creates its own stores in `--dir` (removed afterwards), prints a table and writes
-//! JSON. Nothing here asserts a figure; docs/BENCHMARKS.md records them.
+//! JSON. Nothing here asserts a figure; docs/BENCHMARKS.md records them. A binary of its own, so
+//! the shipped `reel` binary links none of the benchmarks' dependencies (raw SQLite and
+//! PostgreSQL baselines, load generators).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use reel_core::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StreamName};
 use reel_sqlite::SqliteStore;
 use serde::Serialize;
 
-use super::transfer::progress;
-use crate::Cli;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The same allocator as the `reel` binary, so the figures are the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod aggregates;
 mod http;
@@ -22,6 +28,17 @@ mod store;
 mod subscriptions;
 
 use store::{bench_append, bench_read, AppendPlan};
+
+/// Benchmarks of Reel against baselines measured in the same run.
+#[derive(Parser, Debug)]
+#[command(name = "reel-bench", version)]
+pub struct Cli {
+    /// The store `reel bench postgres` measures (postgres://…; a scratch schema is created and dropped).
+    #[arg(long, global = true, env = "REEL_STORE", default_value = "./reel-data/reel.db")]
+    pub store: String,
+    #[command(flatten)]
+    pub args: BenchArgs,
+}
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -170,7 +187,26 @@ struct Machine {
     dir: String,
 }
 
-pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(&cli, &cli.args).await {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+/// A progress bar for `total` events.
+fn progress(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let template = format!("{what} {{bar:40}} {{pos}}/{{len}} events ({{per_sec}}, eta {{eta}})");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = tempdir_in(&args.dir)?;
     let result = match &args.command {
@@ -198,11 +234,11 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             subscriptions::bench_subscriptions(&dir, &plan).await.map(|(rows, extra)| ("subscriptions", rows, extra))
         }
         BenchCommand::Postgres { concurrency, single_events, batches, latency_seconds } => {
-            let url = match crate::store::Dsn::parse(&cli.store)? {
-                crate::store::Dsn::Postgres(url) => url,
-                _ => anyhow::bail!(crate::exit::InvalidInput(
-                    "reel bench postgres needs --store postgres://… (a scratch schema is created and dropped)".into()
-                )),
+            let url = match cli.store.as_str() {
+                url if url.starts_with("postgres://") || url.starts_with("postgresql://") => url.to_string(),
+                _ => anyhow::bail!(
+                    "reel bench postgres needs --store postgres://… (a scratch schema is created and dropped)"
+                ),
             };
             let plan = postgres::PostgresPlan {
                 url,
@@ -245,7 +281,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
     let (name, rows, extra) = result?;
     let report = Report { bench: name.into(), date: today(), machine: machine(&args.dir), rows, extra };
     print_table(&report);
-    let path = args.json.clone().unwrap_or_else(|| crate::default_results_dir().join(format!("{name}.json")));
+    let path = args.json.clone().unwrap_or_else(|| PathBuf::from("bench-results").join(format!("{name}.json")));
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
