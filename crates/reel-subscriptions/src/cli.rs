@@ -70,6 +70,7 @@ pub enum OperateCommand {
     /// Show subscriptions: status, position, lag, retries, parked events, last error.
     #[command(alias = "status")]
     List {
+        /// Which subscriptions (`--id`, `--group`).
         #[command(flatten)]
         selection: Selection,
         /// One JSON object per subscription instead of a table.
@@ -86,6 +87,7 @@ pub enum OperateCommand {
     Remove(Selection),
     /// Move paused subscriptions to a new starting point; they resume from it when reactivated.
     Reset {
+        /// Which subscriptions (`--id`, `--group`).
         #[command(flatten)]
         selection: Selection,
         /// Replay from the first event.
@@ -105,6 +107,7 @@ pub enum OperateCommand {
 pub enum LifecycleCommand {
     /// Track new subscribers and set them up (then booting, or active with --skip-booting).
     Setup {
+        /// Which subscriptions (`--id`, `--group`).
         #[command(flatten)]
         selection: Selection,
         /// Go straight to active.
@@ -115,6 +118,7 @@ pub enum LifecycleCommand {
     Boot(Selection),
     /// Bring active subscriptions to the head once, or keep them running with --worker.
     Run {
+        /// Which subscriptions (`--id`, `--group`).
         #[command(flatten)]
         selection: Selection,
         /// Keep running (leases, wake-ups) until SIGINT/SIGTERM.

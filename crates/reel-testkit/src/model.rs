@@ -17,8 +17,9 @@ use crate::TestStore;
 /// The recent-id window the contract guarantees (docs/DESIGN.md, invariant 3).
 const WINDOW: usize = 1_000;
 
-/// One step of a random history.
+/// One step of a random history (its fields are the generator's choices, described per variant).
 #[derive(Clone, Debug)]
+#[allow(missing_docs)]
 pub enum Op {
     /// A new batch: stream 0..3, expected-version kind, offset for `Exact`, size, client ids or not.
     Fresh { stream: usize, kind: u8, offset: i8, size: usize, client_ids: bool },
