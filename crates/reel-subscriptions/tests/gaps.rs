@@ -1,6 +1,7 @@
 //! The engine next to running workers and operators: detaching orphans, leases respected by
 //! one-off operations, pausing over a group, reactivating after a failed setup, event filters,
-//! and who holds what. Each test fails on an engine that ignores the rule it names.
+//! and who holds what. Each test fails on an engine that ignores the rule it names
+//! (docs/DESIGN.md, invariants 9, 11, 12 and 14).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,5 @@
 //! Immediate projections (run after append), running until idle, reports as results, and
-//! waiting for catch-up.
+//! waiting for catch-up (docs/DESIGN.md, invariants 13 and 15).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -68,7 +68,7 @@ pub async fn appends_and_reads_back(store: Store) {
     assert_eq!(read_everything(&store).await, read);
 }
 
-/// A rejected append stores none of its events.
+/// A rejected append stores none of its events. (Invariant 1.)
 pub async fn append_is_atomic(store: Store) {
     let s = stream("atomic-1");
     store.append(&s, ExpectedVersion::Any, events("A", 3)).await.unwrap();
@@ -82,7 +82,7 @@ pub async fn append_is_atomic(store: Store) {
     assert_eq!(store.stream_version(&s).await.unwrap(), Some(StreamVersion(2)));
 }
 
-/// Each kind of expected version passes and fails as documented, and a failure stores nothing.
+/// Each kind of expected version passes and fails as documented, and a failure stores nothing. (Invariant 2.)
 pub async fn optimistic_concurrency(store: Store) {
     let s = stream("occ-1");
     let wrong = |r: Result<_, ReelError>, expected, actual| match r {
@@ -111,7 +111,7 @@ pub async fn optimistic_concurrency(store: Store) {
     assert_eq!(head(&store).await, Position(5), "failed appends stored nothing");
 }
 
-/// Retrying an `Exact` or `NoStream` append returns the original result and stores nothing.
+/// Retrying an `Exact` or `NoStream` append returns the original result and stores nothing. (Invariant 3.)
 pub async fn retry_with_exact_version_is_idempotent(store: Store) {
     let s = stream("idem-1");
     let created = events("Created", 2);
@@ -133,7 +133,7 @@ pub async fn retry_with_exact_version_is_idempotent(store: Store) {
     assert_eq!(head(&store).await, head_before);
 }
 
-/// Retrying an `Any` or `StreamExists` append among the recent events returns the original result.
+/// Retrying an `Any` or `StreamExists` append among the recent events returns the original result. (Invariant 3.)
 pub async fn retry_with_any_version_is_idempotent(store: Store) {
     let s = stream("idem-2");
     store.append(&s, ExpectedVersion::Any, events("A", 5)).await.unwrap();
@@ -152,7 +152,7 @@ pub async fn retry_with_any_version_is_idempotent(store: Store) {
     assert_eq!(unique.len(), all.len(), "no event id twice");
 }
 
-/// The same id with different content is `DuplicateEventId`; so is a batch that reuses a later id.
+/// The same id with different content is `DuplicateEventId`; so is a batch that reuses a later id. (Invariant 3.)
 pub async fn same_id_with_other_content_is_rejected(store: Store) {
     let s = stream("dup-1");
     let batch = events("A", 3);
@@ -173,7 +173,7 @@ pub async fn same_id_with_other_content_is_rejected(store: Store) {
 }
 
 /// The same append sent many times at once (a client retrying before the first answer came
-/// back) is stored once; every caller gets the same result.
+/// back) is stored once; every caller gets the same result. (Invariant 3.)
 pub async fn concurrent_identical_retries_store_once(store: Store) {
     let s = stream("retry-storm-1");
     store.append(&s, ExpectedVersion::Any, events("Before", 1)).await.unwrap();
@@ -193,7 +193,7 @@ pub async fn concurrent_identical_retries_store_once(store: Store) {
     assert_eq!(head(&store).await, Position(4), "the batch is stored once");
 }
 
-/// A retry is still recognised after 999 later events in the same stream.
+/// A retry is still recognised after 999 later events in the same stream. (Invariant 3.)
 pub async fn retry_recognised_within_recent_window(store: Store) {
     let s = stream("window-1");
     let batch = events("First", 1);
@@ -207,7 +207,7 @@ pub async fn retry_recognised_within_recent_window(store: Store) {
     assert_eq!(head(&store).await, Position(1000));
 }
 
-/// Positions run 1..N without gaps and `read_all` returns them in order.
+/// Positions run 1..N without gaps and `read_all` returns them in order. (Invariant 4.)
 pub async fn positions_are_gap_free_and_ordered(store: Store) {
     for i in 0..30u64 {
         let s = stream(&format!("gap-{}", i % 4));
@@ -220,7 +220,7 @@ pub async fn positions_are_gap_free_and_ordered(store: Store) {
     assert_eq!(head(&store).await, Position(all.len() as u64));
 }
 
-/// Filters by category, type and prefix; a filtered page's `next` moves past what it skipped.
+/// Filters by category, type and prefix; a filtered page's `next` moves past what it skipped. (Invariant 6.)
 pub async fn read_all_filters_and_skips_ahead(store: Store) {
     store.append(&stream("unit-1"), ExpectedVersion::Any, events("Opened", 2)).await.unwrap();
     store.append(&stream("unitconfig-1"), ExpectedVersion::Any, events("Configured", 1)).await.unwrap();
@@ -256,7 +256,7 @@ pub async fn read_all_filters_and_skips_ahead(store: Store) {
     assert!(matches!(err, ReelError::InvalidArgument(_)), "{err:?}");
 }
 
-/// `read_stream` pages forward and backward; a missing stream is `StreamNotFound`.
+/// `read_stream` pages forward and backward; a missing stream is `StreamNotFound`. (Invariant 6.)
 pub async fn read_stream_pages_both_ways(store: Store) {
     let s = stream("paged-1");
     store.append(&s, ExpectedVersion::Any, events("E", 10)).await.unwrap();
@@ -273,7 +273,7 @@ pub async fn read_stream_pages_both_ways(store: Store) {
     assert!(matches!(err, ReelError::StreamNotFound { .. }), "{err:?}");
 }
 
-/// Empty batches, oversized events and batches, bad types, duplicate ids in a batch: rejected, nothing stored.
+/// Empty batches, oversized events and batches, bad types, duplicate ids in a batch: rejected, nothing stored. (Invariant 8.)
 pub async fn bad_input_changes_nothing(store: Store) {
     let s = stream("bad-1");
     store.append(&s, ExpectedVersion::Any, events("Ok", 1)).await.unwrap();
@@ -296,7 +296,7 @@ pub async fn bad_input_changes_nothing(store: Store) {
     assert_eq!(store.stream_version(&stream("bad-new")).await.unwrap(), None);
 }
 
-/// `append_many` answers each request on its own: one failing request does not sink the others.
+/// `append_many` answers each request on its own: one failing request does not sink the others. (Invariant 1.)
 pub async fn append_many_keeps_each_request_atomic(store: Store) {
     let req =
         |name: &str, expected, count| AppendRequest { stream: stream(name), expected, events: events("M", count) };
@@ -318,7 +318,7 @@ pub async fn append_many_keeps_each_request_atomic(store: Store) {
     assert_eq!(store.stream_version(&stream("many-2")).await.unwrap(), None);
 }
 
-/// A follower waiting on the head wakes when an event is appended.
+/// A follower waiting on the head wakes when an event is appended. (Invariant 7.)
 pub async fn head_watch_wakes_followers(store: Store) {
     let mut watch = store.watch_head();
     let start = head(&store).await;
@@ -347,7 +347,7 @@ pub async fn streams_and_stats(store: Store) {
 
 /// 16 writers × 500 appends on shared and own streams while a follower tails the log:
 /// positions exactly 1..N, versions contiguous per stream, no event twice, and the follower
-/// sees every event once, in order.
+/// sees every event once, in order. (Invariant 4.)
 pub async fn concurrent_writers_keep_order(store: Store) {
     const WRITERS: u64 = 16;
     const APPENDS: u64 = 500;
