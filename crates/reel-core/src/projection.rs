@@ -56,11 +56,12 @@ pub trait ProjectionStore: Send + Sync + 'static {
 
     /// Applies `batch` and saves `checkpoint.subscription` in one transaction. A failure rolls
     /// everything back; a refused save (stale revision, lost lease) comes back as a
-    /// `BatchFailure` whose error is the `ReelError`.
+    /// `BatchFailure` whose error is the `ReelError`. The batch is shared, not copied, so a
+    /// backend can hand it to the thread that owns its connection.
     async fn apply_with_checkpoint(
         &self,
         projection: &Arc<Self::Projection>,
-        batch: &[RecordedEvent],
+        batch: Arc<[RecordedEvent]>,
         checkpoint: &mut Checkpoint,
     ) -> Result<(), BatchFailure>;
 }

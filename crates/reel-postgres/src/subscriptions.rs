@@ -123,13 +123,13 @@ impl ProjectionStore for PostgresSubscriptionStore {
     async fn apply_with_checkpoint(
         &self,
         projection: &std::sync::Arc<dyn PostgresProjection>,
-        batch: &[RecordedEvent],
+        batch: std::sync::Arc<[RecordedEvent]>,
         checkpoint: &mut Checkpoint,
     ) -> Result<(), BatchFailure> {
         let failed = |e: ReelError| BatchFailure::at(0, e);
         let mut client = self.client().await.map_err(failed)?;
         let tx = client.transaction().await.map_err(err("starting a projection transaction")).map_err(failed)?;
-        projection.apply(&tx, batch).await?;
+        projection.apply(&tx, &batch).await?;
         let lease = checkpoint.lease_owner.as_deref().map(|owner| (owner, checkpoint.now));
         let outcome = write_state(&tx, &self.schema, &checkpoint.subscription, lease).await.map_err(failed)?;
         if outcome == SaveOutcome::Written {

@@ -205,11 +205,11 @@ impl ProjectionStore for SqliteSubscriptionStore {
     async fn apply_with_checkpoint(
         &self,
         projection: &Arc<dyn SqliteProjection>,
-        batch: &[RecordedEvent],
+        batch: Arc<[RecordedEvent]>,
         checkpoint: &mut Checkpoint,
     ) -> Result<(), BatchFailure> {
-        // The connection lives on a blocking thread, so the batch travels there by value.
-        let (projection, batch) = (projection.clone(), batch.to_vec());
+        // The connection lives on a blocking thread; the shared batch goes there without a copy.
+        let projection = projection.clone();
         let Checkpoint { subscription, lease_owner, now } = checkpoint;
         self.transaction_with_checkpoint(subscription, lease_owner.as_deref(), *now, move |tx| {
             projection.apply(tx, &batch)

@@ -86,13 +86,13 @@ impl Subscriber for PartitionSubscriber {
 
     async fn handle_batch_with_checkpoint(
         &self,
-        batch: &[RecordedEvent],
+        batch: Arc<[RecordedEvent]>,
         checkpoint: &mut Checkpoint,
     ) -> Result<(), BatchFailure> {
         // Even with no event of this partition, the checkpoint moves (through the subscriber's store).
-        let (events, indexes) = self.mine(batch);
+        let (events, indexes) = self.mine(&batch);
         self.inner
-            .handle_batch_with_checkpoint(&events, checkpoint)
+            .handle_batch_with_checkpoint(events.into(), checkpoint)
             .await
             .map_err(|f| BatchFailure { index: indexes.get(f.index).copied().unwrap_or(0), error: f.error })
     }

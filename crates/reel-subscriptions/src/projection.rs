@@ -78,7 +78,7 @@ impl<S: ProjectionStore> Subscriber for TransactionalProjector<S> {
 
     async fn handle_batch_with_checkpoint(
         &self,
-        batch: &[RecordedEvent],
+        batch: Arc<[RecordedEvent]>,
         checkpoint: &mut Checkpoint,
     ) -> Result<(), BatchFailure> {
         self.store.apply_with_checkpoint(&self.projection, batch, checkpoint).await

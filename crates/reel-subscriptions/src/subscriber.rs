@@ -241,7 +241,7 @@ pub trait Subscriber: Send + Sync + 'static {
     /// nothing of the batch may persist.
     async fn handle_batch_with_checkpoint(
         &self,
-        _batch: &[RecordedEvent],
+        _batch: std::sync::Arc<[RecordedEvent]>,
         _checkpoint: &mut Checkpoint,
     ) -> Result<(), BatchFailure> {
         Err(BatchFailure { index: 0, error: "handle_batch_with_checkpoint is not implemented".into() })

@@ -1,6 +1,7 @@
 //! Handing the log to a subscriber batch by batch, saving the position after each, and the
 //! loops built on it: running until idle, waiting for catch-up.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reel_core::{
@@ -92,6 +93,9 @@ impl SubscriptionEngine {
             let wants_reserved = spec.categories.iter().any(|c| c.starts_with('$'));
             events.retain(|e| wants_reserved || !e.stream.as_str().starts_with('$'));
             let count = events.len() as u64;
+            // Shared from here on: a transactional projection's backend hands it to the thread
+            // that owns its connection without copying the events.
+            let events: Arc<[RecordedEvent]> = events.into();
             if events.is_empty() {
                 subscription.position = scanned_to;
                 self.save(subscription, report).await?;
@@ -121,7 +125,7 @@ impl SubscriptionEngine {
         &self,
         subscription: &mut Subscription,
         subscriber: &dyn Subscriber,
-        events: &[RecordedEvent],
+        events: &Arc<[RecordedEvent]>,
         scanned_to: Position,
         report: &mut EngineReport,
     ) -> Result<Option<(usize, String)>, ReelError> {
@@ -143,7 +147,7 @@ impl SubscriptionEngine {
             return Ok(None);
         }
         let Some((mut index, mut message)) =
-            self.handle_transactional(subscription, subscriber, events, scanned_to, report).await?
+            self.handle_transactional(subscription, subscriber, events.clone(), scanned_to, report).await?
         else {
             return Ok(None);
         };
@@ -153,7 +157,8 @@ impl SubscriptionEngine {
         subscription.position = Position(events[0].position.0 - 1);
         while index > 0 {
             let before = Position(events[index].position.0 - 1);
-            match self.handle_transactional(subscription, subscriber, &events[..index], before, report).await? {
+            let prefix: Arc<[RecordedEvent]> = events[..index].into();
+            match self.handle_transactional(subscription, subscriber, prefix, before, report).await? {
                 None => break,
                 Some((earlier, why)) => (index, message) = (earlier.min(index - 1), why),
             }
@@ -168,7 +173,7 @@ impl SubscriptionEngine {
         &self,
         subscription: &mut Subscription,
         subscriber: &dyn Subscriber,
-        events: &[RecordedEvent],
+        events: Arc<[RecordedEvent]>,
         scanned_to: Position,
         report: &mut EngineReport,
     ) -> Result<Option<(usize, String)>, ReelError> {
@@ -178,10 +183,11 @@ impl SubscriptionEngine {
         next.last_saved_at = now;
         let mut checkpoint =
             Checkpoint { subscription: next, lease_owner: self.lease_owner().map(str::to_string), now };
+        let count = events.len();
         match catch_panic(subscriber.handle_batch_with_checkpoint(events, &mut checkpoint)).await {
             Ok(Ok(())) => {
                 *subscription = checkpoint.subscription;
-                report.handled += events.len() as u64;
+                report.handled += count as u64;
                 report.changed(&subscription.id);
                 Ok(None)
             }
@@ -192,9 +198,9 @@ impl SubscriptionEngine {
                     | ReelError::Storage { .. }),
                 ) => Err(e.clone()),
                 Some(ReelError::SubscriptionFailed { message, .. }) => {
-                    Ok(Some((index.min(events.len() - 1), message.clone())))
+                    Ok(Some((index.min(count - 1), message.clone())))
                 }
-                _ => Ok(Some((index.min(events.len() - 1), error.to_string()))),
+                _ => Ok(Some((index.min(count - 1), error.to_string()))),
             },
             Err(panic) => Ok(Some((0, panic))),
         }
