@@ -130,9 +130,21 @@ impl SubscriptionEngine {
         step: Step,
         mut report: EngineReport,
     ) -> Result<EngineReport, ReelError> {
+        // An active subscription already at the head has nothing to run: no lease to take.
+        let head = match step {
+            Step::Run { .. } => Some(self.events.head().await?),
+            _ => None,
+        };
         for found in self.with_status(criteria, &[step.status(), Error]).await? {
             let failed_in_step = found.error.as_ref().is_some_and(|e| e.previous_status == step.status());
             if (found.status == Error && !failed_in_step) || !self.subscribers.contains_key(&found.id) {
+                continue;
+            }
+            let idle = found.status == Active
+                && found.run_mode != RunMode::Once
+                && found.retry_attempt == 0
+                && head.is_some_and(|head| found.position >= head);
+            if idle {
                 continue;
             }
             let Some(held) = self.hold(&found.id, &mut report).await? else { continue };
