@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod fast_append;
 mod listener;
 mod reader;
 mod schema;

@@ -67,6 +67,55 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 4: when a lease holder last renewed (shown to operators beside the owner).
     "ALTER TABLE {s}.subscriptions ADD COLUMN lease_renewed_at bigint;",
+    // 5: a whole group of appends in one call (see fast_append.rs): lock the head, check that the
+    // group's streams are still as the writer read them, write, move the head, notify. Each
+    // statement of a volatile PL/pgSQL function takes a fresh snapshot, so the checks after the
+    // lock see every append committed before it. NULL: something changed, nothing was written.
+    "CREATE FUNCTION {s}.append_group(
+        p_checked_ids bigint[], p_checked_versions bigint[],
+        p_new_names text[], p_new_categories text[], p_new_versions bigint[],
+        p_final_ids bigint[], p_final_versions bigint[],
+        p_offsets bigint[], p_names text[], p_versions bigint[], p_ids uuid[], p_types text[],
+        p_data bytea[], p_metadata jsonb[], p_recorded_at bigint, p_channel text
+     ) RETURNS bigint LANGUAGE plpgsql AS $fn$
+     DECLARE
+        v_head bigint;
+        v_written bigint;
+     BEGIN
+        SELECT h.position INTO v_head FROM {s}.head h FOR UPDATE;
+        IF EXISTS (
+            SELECT 1 FROM unnest(p_checked_ids, p_checked_versions) AS c(stream_id, version)
+            LEFT JOIN {s}.streams s ON s.stream_id = c.stream_id
+            WHERE s.version IS DISTINCT FROM c.version
+        ) OR EXISTS (SELECT 1 FROM {s}.streams s WHERE s.name = ANY(p_new_names)) THEN
+            RETURN NULL;
+        END IF;
+        UPDATE {s}.streams s SET version = f.version
+        FROM unnest(p_final_ids, p_final_versions) AS f(stream_id, version)
+        WHERE s.stream_id = f.stream_id;
+        WITH created AS (
+            INSERT INTO {s}.streams (name, category, version)
+            SELECT * FROM unnest(p_new_names, p_new_categories, p_new_versions)
+            RETURNING stream_id, name
+        ), touched AS (
+            SELECT c.stream_id, c.name FROM created c
+            UNION ALL
+            SELECT s.stream_id, s.name FROM {s}.streams s WHERE s.stream_id = ANY(p_final_ids)
+        )
+        INSERT INTO {s}.events (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at)
+        SELECT v_head + x.o, t.stream_id, x.v, x.i, x.t, x.d, x.m, p_recorded_at
+        FROM unnest(p_offsets, p_names, p_versions, p_ids, p_types, p_data, p_metadata) AS x(o, n, v, i, t, d, m)
+        JOIN touched t ON t.name = x.n
+        ORDER BY x.o;
+        GET DIAGNOSTICS v_written = ROW_COUNT;
+        IF v_written <> cardinality(p_offsets) THEN
+            RAISE EXCEPTION 'append_group wrote % of % events', v_written, cardinality(p_offsets);
+        END IF;
+        UPDATE {s}.head SET position = v_head + v_written;
+        PERFORM pg_notify(p_channel, (v_head + v_written)::text);
+        RETURN v_head;
+     END
+     $fn$;",
 ];
 
 /// Newest schema version this build knows.

@@ -12,28 +12,31 @@ use reel_core::backend::idempotency::{
     check_recent, retry_start, same_append, RecentIds, StoredForRetry, RECENT_ID_WINDOW,
 };
 use reel_core::backend::{answer, fail_all, requests_of, HeadNotifier, Rejected, WriteJob};
+
+use crate::fast_append::{try_append, KnownStreams};
 use reel_core::{
     AppendRequest, AppendResult, EventId, NewEvent, Position, ReelError, StreamName, StreamVersion, Timestamp,
 };
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 /// Most jobs in one transaction.
 const MAX_GROUP: usize = 512;
 
 /// Statements prepared on the writer's connection, by SQL text: each statement then costs one
 /// round trip instead of two (prepare, execute).
-type Statements = HashMap<String, tokio_postgres::Statement>;
+pub(crate) type Statements = HashMap<String, tokio_postgres::Statement>;
 
-async fn prepared(
-    tx: &Transaction<'_>,
+/// The prepared statement for `sql` on this connection (inside a transaction or not).
+pub(crate) async fn prepared<C: GenericClient>(
+    client: &C,
     cache: &mut Statements,
     sql: String,
 ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
     if let Some(statement) = cache.get(&sql) {
         return Ok(statement.clone());
     }
-    let statement = tx.prepare(&sql).await?;
+    let statement = client.prepare(&sql).await?;
     cache.insert(sql, statement.clone());
     Ok(statement)
 }
@@ -50,6 +53,7 @@ pub async fn run_writer<C, F>(
     F: std::future::Future<Output = Result<Client, ReelError>>,
 {
     let mut statements = Statements::new();
+    let mut known = KnownStreams::default();
     while let Some(first) = jobs.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -63,6 +67,7 @@ pub async fn run_writer<C, F>(
                 Ok(fresh) => {
                     client = fresh;
                     statements.clear();
+                    known = KnownStreams::default();
                 }
                 Err(e) => {
                     fail_all(group, &e);
@@ -70,7 +75,21 @@ pub async fn run_writer<C, F>(
                 }
             }
         }
-        let results = commit_group(&mut client, &mut statements, &schema, &requests_of(&group), &head).await;
+        let requests = requests_of(&group);
+        let events: usize = requests.iter().map(|r| r.events.len()).sum();
+        let fast = if events < COPY_FROM_EVENTS {
+            try_append(&client, &mut statements, &schema, &requests, &mut known, &head).await
+        } else {
+            None
+        };
+        let results = match fast {
+            Some(results) => results,
+            None => {
+                known.forget(&requests);
+                commit_group(&mut client, &mut statements, &schema, &requests, &head).await
+            }
+        };
+        drop(requests);
         answer(group, results);
     }
 }
@@ -124,18 +143,30 @@ async fn commit_group(
 }
 
 /// A stream as the group sees it: stored state plus this group's appends so far.
-struct StreamState<'a> {
-    name: &'a StreamName,
+pub(crate) struct StreamState<'a> {
+    pub(crate) name: &'a StreamName,
     /// `None` while the stream is not stored (it may still be created by this group).
-    stream_id: Option<i64>,
+    pub(crate) stream_id: Option<i64>,
     /// Version before the group.
-    stored_version: Option<u64>,
+    pub(crate) stored_version: Option<u64>,
     /// Version after the group's appends so far.
-    version: Option<u64>,
+    pub(crate) version: Option<u64>,
     /// Recent ids (stored window plus this group's), loaded only for streams appended with ids.
-    recent: HashMap<EventId, u64>,
+    pub(crate) recent: HashMap<EventId, u64>,
     /// This group's events for the stream, in version order.
     pending: Vec<Pending<'a>>,
+}
+
+impl<'a> StreamState<'a> {
+    /// A stream not stored (yet).
+    fn absent(name: &'a StreamName) -> Self {
+        Self { name, stream_id: None, stored_version: None, version: None, recent: HashMap::new(), pending: Vec::new() }
+    }
+
+    /// A stored stream at `version`.
+    pub(crate) fn stored(name: &'a StreamName, stream_id: i64, version: u64) -> Self {
+        Self { stream_id: Some(stream_id), stored_version: Some(version), version: Some(version), ..Self::absent(name) }
+    }
 }
 
 struct Pending<'a> {
@@ -153,6 +184,31 @@ async fn lock_and_load<'a>(
     schema: &str,
     requests: &[&'a AppendRequest],
 ) -> Result<(Position, HashMap<&'a str, StreamState<'a>>), ReelError> {
+    match load(tx, statements, schema, requests, true).await? {
+        (Some(head), streams) => Ok((head, streams)),
+        (None, _) => Err(ReelError::storage("locking the head", "the head row is missing")),
+    }
+}
+
+/// Reads each stream of the group (and the recent ids of those appended with ids) without any
+/// lock: what the one-call append decides on, and checks again under the lock.
+pub(crate) async fn load_streams<'a>(
+    client: &Client,
+    statements: &mut Statements,
+    schema: &str,
+    requests: &[&'a AppendRequest],
+) -> Result<HashMap<&'a str, StreamState<'a>>, ReelError> {
+    Ok(load(client, statements, schema, requests, false).await?.1)
+}
+
+/// The group's streams, after locking the head when `lock` (then its position comes back too).
+async fn load<'a, C: GenericClient + Sync>(
+    client: &C,
+    statements: &mut Statements,
+    schema: &str,
+    requests: &[&'a AppendRequest],
+    lock: bool,
+) -> Result<(Option<Position>, HashMap<&'a str, StreamState<'a>>), ReelError> {
     let storage = |what: &'static str| move |e: tokio_postgres::Error| crate::storage_error(what, e);
     let mut names: Vec<&str> = requests.iter().map(|r| r.stream.as_str()).collect();
     names.sort_unstable();
@@ -162,41 +218,39 @@ async fn lock_and_load<'a>(
     with_ids.sort_unstable();
     with_ids.dedup();
 
-    let lock = prepared(tx, statements, format!("SELECT position FROM {schema}.head FOR UPDATE"));
-    let lock = lock.await.map_err(storage("locking the head"))?;
+    let lock_sql = format!("SELECT position FROM {schema}.head FOR UPDATE");
+    let lock_statement = prepared(client, statements, lock_sql).await.map_err(storage("locking the head"))?;
     let lookup_sql = format!("SELECT name, stream_id, version FROM {schema}.streams WHERE name = ANY($1)");
-    let lookup = prepared(tx, statements, lookup_sql).await.map_err(storage("looking up streams"))?;
+    let lookup = prepared(client, statements, lookup_sql).await.map_err(storage("looking up streams"))?;
     let recent_sql = format!(
         "SELECT s.name, e.event_id, e.stream_version FROM {schema}.streams s
          JOIN {schema}.events e ON e.stream_id = s.stream_id AND e.stream_version >= s.version - {}
          WHERE s.name = ANY($1)",
         RECENT_ID_WINDOW - 1
     );
-    let recent = prepared(tx, statements, recent_sql).await.map_err(storage("reading recent event ids"))?;
+    let recent = prepared(client, statements, recent_sql).await.map_err(storage("reading recent event ids"))?;
     // Joined, not try-joined: when the lock fails, the later statements fail too ("transaction is
     // aborted"), and the lock's error is the one that says why.
     let (head, found, recent) = tokio::join!(
-        async { tx.query_one(&lock, &[]).await.map_err(storage("locking the head")) },
-        async { tx.query(&lookup, &[&names]).await.map_err(storage("looking up streams")) },
+        async {
+            if !lock {
+                return Ok(None);
+            }
+            client.query_one(&lock_statement, &[]).await.map(Some).map_err(storage("locking the head"))
+        },
+        async { client.query(&lookup, &[&names]).await.map_err(storage("looking up streams")) },
         async {
             if with_ids.is_empty() {
                 return Ok(Vec::new());
             }
-            tx.query(&recent, &[&with_ids]).await.map_err(storage("reading recent event ids"))
+            client.query(&recent, &[&with_ids]).await.map_err(storage("reading recent event ids"))
         },
     );
     let (head, found, recent) = (head?, found?, recent?);
 
     let mut streams: HashMap<&'a str, StreamState<'a>> = HashMap::with_capacity(names.len());
     for request in requests {
-        streams.entry(request.stream.as_str()).or_insert_with(|| StreamState {
-            name: &request.stream,
-            stream_id: None,
-            stored_version: None,
-            version: None,
-            recent: HashMap::new(),
-            pending: Vec::new(),
-        });
+        streams.entry(request.stream.as_str()).or_insert_with(|| StreamState::absent(&request.stream));
     }
     for row in &found {
         if let Some(state) = streams.get_mut(row.get::<_, &str>(0)) {
@@ -211,7 +265,7 @@ async fn lock_and_load<'a>(
             state.recent.insert(EventId(row.get(1)), row.get::<_, i64>(2) as u64);
         }
     }
-    Ok((Position(head.get::<_, i64>(0) as u64), streams))
+    Ok((head.map(|h| Position(h.get::<_, i64>(0) as u64)), streams))
 }
 
 enum Decision {
@@ -252,19 +306,19 @@ async fn decide(
 
 /// The group's accepted appends, written by one statement.
 #[derive(Default)]
-struct GroupWrite<'a> {
-    positions: Vec<i64>,
-    names: Vec<&'a str>,
-    versions: Vec<i64>,
-    ids: Vec<uuid::Uuid>,
-    types: Vec<&'a str>,
-    data: Vec<&'a [u8]>,
-    metadata: Vec<Option<serde_json::Value>>,
+pub(crate) struct GroupWrite<'a> {
+    pub(crate) positions: Vec<i64>,
+    pub(crate) names: Vec<&'a str>,
+    pub(crate) versions: Vec<i64>,
+    pub(crate) ids: Vec<uuid::Uuid>,
+    pub(crate) types: Vec<&'a str>,
+    pub(crate) data: Vec<&'a [u8]>,
+    pub(crate) metadata: Vec<Option<serde_json::Value>>,
 }
 
 impl<'a> GroupWrite<'a> {
     /// Places the request's events after the group's head and the stream's version.
-    fn add(&mut self, request: &'a AppendRequest, state: &mut StreamState<'a>, head: &mut Position) -> AppendResult {
+    pub(crate) fn add(&mut self, request: &'a AppendRequest, state: &mut StreamState<'a>, head: &mut Position) -> AppendResult {
         let first_position = head.next();
         let first_version = state.version.map_or(0, |v| v + 1);
         for (i, event) in request.events.iter().enumerate() {

@@ -368,3 +368,47 @@ async fn a_large_group_is_copied_in_and_keeps_every_guarantee() {
     assert_eq!(again, first);
     assert_eq!(store.head().await.unwrap(), Position(702));
 }
+
+/// The one-call append decides on what its process remembers of a stream; another process
+/// appending meanwhile must never make that memory win: conflicts, versions and retries come out
+/// exactly as if every append had locked first (docs/DESIGN.md, invariants 2, 3 and 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_another_process_appended_to_is_decided_afresh() {
+    let schema = fresh_schema();
+    let a = connect(&schema).await;
+    let b = connect(&schema).await;
+    let stream = StreamName::new("unit-7").unwrap();
+    let one = || vec![NewEvent::new("Opened", "{}")];
+    a.append(&stream, ExpectedVersion::NoStream, one()).await.unwrap();
+    a.append(&stream, ExpectedVersion::Exact(reel_core::StreamVersion(0)), one()).await.unwrap(); // a remembers v1
+    b.append(&stream, ExpectedVersion::Exact(reel_core::StreamVersion(1)), one()).await.unwrap(); // now v2
+
+    // a still remembers version 1: an append expecting 1 must be a conflict showing version 2.
+    let err = a.append(&stream, ExpectedVersion::Exact(reel_core::StreamVersion(1)), one()).await.unwrap_err();
+    assert!(
+        matches!(&err, ReelError::WrongExpectedVersion { actual: Some(v), .. } if v.0 == 2),
+        "a stale memory never wins: {err:?}"
+    );
+    let next = a.append(&stream, ExpectedVersion::Exact(reel_core::StreamVersion(2)), one()).await.unwrap();
+    assert_eq!((next.first_position, next.next_version.0), (Position(4), 3));
+    b.append(&stream, ExpectedVersion::Any, one()).await.unwrap(); // v4 by b
+    let any = a.append(&stream, ExpectedVersion::Any, one()).await.unwrap();
+    assert_eq!((any.first_position, any.next_version.0), (Position(6), 5), "Any lands after b's event");
+
+    // A retry with ids whose original went through the other process is recognised.
+    let id = reel_core::EventId::new_v7();
+    let with_id = || vec![NewEvent::new("Closed", "{}").with_id(id)];
+    let original = b.append(&stream, ExpectedVersion::Any, with_id()).await.unwrap();
+    let retried = a.append(&stream, ExpectedVersion::Any, with_id()).await.unwrap();
+    assert_eq!(retried, original, "the retry returns the original result and stores nothing");
+    // A new stream created by one process, then appended to by the other as NoStream: conflict.
+    let fresh = StreamName::new("unit-8").unwrap();
+    b.append(&fresh, ExpectedVersion::NoStream, one()).await.unwrap();
+    assert!(matches!(
+        a.append(&fresh, ExpectedVersion::NoStream, one()).await,
+        Err(ReelError::WrongExpectedVersion { .. })
+    ));
+    let all = a.read_all(Position(1), &ReadAllFilter::default(), 100).await.unwrap().events;
+    let positions: Vec<u64> = all.iter().map(|e| e.position.0).collect();
+    assert_eq!(positions, (1..=8).collect::<Vec<_>>(), "gap-free, nothing twice");
+}

@@ -1,0 +1,213 @@
+//! The one-round-trip append: the usual way a group is written.
+//!
+//! The writer decides the group against what it knows of its streams (remembered from its own
+//! earlier groups, or read without any lock), then calls `append_group` (migration 5), which in
+//! one statement locks the head, checks that every stream is still as the writer saw it, writes
+//! the events with positions after the head, moves the head and notifies. The head lock is held
+//! for that one call only, so writers in many processes add throughput instead of queueing
+//! behind each other's round trips. When anything differs (another process appended to one of
+//! the streams, an expected version does not hold, an id may be a retry), nothing is written and
+//! the group goes the careful way (`commit_group`: lock first, then decide), which gives every
+//! answer that is not a plain success.
+
+use std::collections::HashMap;
+
+use reel_core::backend::idempotency::{check_recent, RecentIds};
+use reel_core::backend::HeadNotifier;
+use reel_core::{AppendRequest, AppendResult, Position, ReelError, StreamName, Timestamp};
+use tokio_postgres::Client;
+
+use crate::writer::{channel, load_streams, prepared, GroupWrite, Statements, StreamState};
+
+/// Streams this writer has seen: stream id and version. Only a hint: `append_group` checks it
+/// under the lock, so a stale entry costs a retry the careful way, never a wrong answer.
+#[derive(Default)]
+pub(crate) struct KnownStreams {
+    streams: HashMap<StreamName, (i64, u64)>,
+}
+
+impl KnownStreams {
+    /// Most streams remembered; past this the memory starts over.
+    const MAX_STREAMS: usize = 100_000;
+
+    fn get(&self, name: &StreamName) -> Option<(i64, u64)> {
+        self.streams.get(name).copied()
+    }
+
+    fn remember(&mut self, name: &StreamName, stream_id: i64, version: u64) {
+        if self.streams.len() >= Self::MAX_STREAMS {
+            self.streams.clear();
+        }
+        self.streams.insert(name.clone(), (stream_id, version));
+    }
+
+    /// Forgets the group's streams (after the careful path, which may have changed them).
+    pub(crate) fn forget(&mut self, requests: &[&AppendRequest]) {
+        for request in requests {
+            self.streams.remove(&request.stream);
+        }
+    }
+}
+
+/// Writes the group in one call when every request is a plain append of new events. `None`
+/// when it cannot say so without the lock (or the streams changed meanwhile): nothing was
+/// written, and the caller takes the careful path.
+pub(crate) async fn try_append(
+    client: &Client,
+    statements: &mut Statements,
+    schema: &str,
+    requests: &[&AppendRequest],
+    known: &mut KnownStreams,
+    notifier: &HeadNotifier,
+) -> Option<Vec<Result<AppendResult, ReelError>>> {
+    let mut streams = match remembered(requests, known) {
+        Some(streams) => streams,
+        None => load_streams(client, statements, schema, requests).await.ok()?,
+    };
+    let mut group = GroupWrite::default();
+    let mut offset = Position(0);
+    let mut relative = Vec::with_capacity(requests.len());
+    for request in requests {
+        let state = streams.get_mut(request.stream.as_str())?;
+        if !plainly_new(request, state) {
+            return None;
+        }
+        relative.push(group.add(request, state, &mut offset));
+    }
+    let head = match call_append_group(client, statements, schema, &streams, &group).await {
+        Call::Written(head) => head,
+        Call::Changed => return None,
+        Call::Unknown(error) => return Some(requests.iter().map(|_| Err(error.clone())).collect()),
+    };
+    for state in streams.values() {
+        if let (Some(id), Some(version)) = (state.stream_id, state.version) {
+            known.remember(state.name, id, version);
+        } else {
+            // Created by this group: its id is read the next time.
+            known.streams.remove(state.name);
+        }
+    }
+    let last = Position(head.0 + offset.0);
+    notifier.advance(last);
+    Some(
+        relative
+            .into_iter()
+            .map(|r| {
+                Ok(AppendResult {
+                    first_position: Position(head.0 + r.first_position.0),
+                    last_position: Position(head.0 + r.last_position.0),
+                    next_version: r.next_version,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The group's streams from memory, when every one is remembered and no request carries ids
+/// (ids need the stream's recent ids, which only a read gives).
+fn remembered<'a>(
+    requests: &[&'a AppendRequest],
+    known: &KnownStreams,
+) -> Option<HashMap<&'a str, StreamState<'a>>> {
+    let mut streams = HashMap::with_capacity(requests.len());
+    for request in requests {
+        if request.events.iter().any(|e| e.id.is_some()) {
+            return None;
+        }
+        let (stream_id, version) = known.get(&request.stream)?;
+        streams.entry(request.stream.as_str()).or_insert_with(|| StreamState::stored(&request.stream, stream_id, version));
+    }
+    Some(streams)
+}
+
+/// Whether the request is certainly a new append against the stream as seen: its expected
+/// version holds and none of its ids is among the recent ones. Anything else (a conflict, a
+/// retry, a duplicate id) is answered under the lock.
+fn plainly_new(request: &AppendRequest, state: &StreamState<'_>) -> bool {
+    let actual = state.version.map(reel_core::StreamVersion);
+    if !request.expected.is_satisfied_by(actual) {
+        return false;
+    }
+    if state.version.is_none() || request.events.iter().all(|e| e.id.is_none()) {
+        return true;
+    }
+    matches!(check_recent(&request.stream, &state.recent, &request.events), Ok(RecentIds::New))
+}
+
+/// How a call of `append_group` ended.
+enum Call {
+    /// Written after this head.
+    Written(Position),
+    /// Nothing written: the streams had changed, or the server refused the call (it rolled back).
+    Changed,
+    /// The connection failed: the call may or may not have committed. Retrying the careful way
+    /// could append twice, so every request gets the error (a caller's retry with ids is exact).
+    Unknown(ReelError),
+}
+
+/// Calls `append_group`.
+async fn call_append_group(
+    client: &Client,
+    statements: &mut Statements,
+    schema: &str,
+    streams: &HashMap<&str, StreamState<'_>>,
+    group: &GroupWrite<'_>,
+) -> Call {
+    let (mut checked_ids, mut checked_versions, mut final_ids, mut final_versions) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut new_names, mut new_categories, mut new_versions) = (Vec::new(), Vec::new(), Vec::new());
+    for state in streams.values() {
+        match (state.stream_id, state.stored_version, state.version) {
+            (Some(id), Some(stored), Some(version)) => {
+                checked_ids.push(id);
+                checked_versions.push(stored as i64);
+                if version != stored {
+                    final_ids.push(id);
+                    final_versions.push(version as i64);
+                }
+            }
+            (None, _, Some(version)) => {
+                new_names.push(state.name.as_str());
+                new_categories.push(state.name.category());
+                new_versions.push(version as i64);
+            }
+            _ => {}
+        }
+    }
+    let sql = format!(
+        "SELECT {schema}.append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    );
+    let Ok(statement) = prepared(client, statements, sql).await else { return Call::Changed };
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &checked_ids,
+                &checked_versions,
+                &new_names,
+                &new_categories,
+                &new_versions,
+                &final_ids,
+                &final_versions,
+                &group.positions,
+                &group.names,
+                &group.versions,
+                &group.ids,
+                &group.types,
+                &group.data,
+                &group.metadata,
+                &Timestamp::now().unix_micros(),
+                &channel(schema),
+            ],
+        )
+        .await;
+    match row {
+        Ok(row) => row.get::<_, Option<i64>>(0).map_or(Call::Changed, |head| Call::Written(Position(head as u64))),
+        // The server answered with an error: the statement rolled back whole.
+        Err(e) if e.as_db_error().is_some() => {
+            tracing::debug!(error = %e, "one-call append refused; taking the careful path");
+            Call::Changed
+        }
+        Err(e) => Call::Unknown(crate::storage_error("appending (the outcome is unknown; retry with event ids)", e)),
+    }
+}
