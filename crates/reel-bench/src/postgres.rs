@@ -19,6 +19,7 @@ pub(super) struct PostgresPlan {
     pub(super) batches: u64,
     pub(super) event_size: usize,
     pub(super) latency_seconds: u64,
+    pub(super) sweep_seconds: u64,
 }
 
 async fn client(url: &str) -> Result<tokio_postgres::Client> {
@@ -153,13 +154,155 @@ pub(super) async fn bench_postgres(plan: &PostgresPlan) -> Result<(Vec<Row>, ser
     .await?;
     rows.push(row);
 
+    let sweep = writer_sweep(plan, &schema, &admin, &data, &mut rows).await?;
+
     let (p50, p99, measured) = follower_latency(&store, plan).await?;
     println!("append → follower latency at 1,000 events/s: p50 {p50:.2} ms, p99 {p99:.2} ms over {measured} events");
     let _ = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
     Ok((
         rows,
-        serde_json::json!({ "latency_p50_ms": p50, "latency_p99_ms": p99, "latency_events": measured, "concurrency": plan.concurrency }),
+        serde_json::json!({
+            "latency_p50_ms": p50, "latency_p99_ms": p99, "latency_events": measured,
+            "concurrency": plan.concurrency, "sweep": sweep,
+        }),
     ))
+}
+
+/// Appends made by `writers` tasks for `seconds`, each timing its own calls.
+struct Timed {
+    events: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Timed {
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let at = ((self.latencies.len().max(1) - 1) as f64 * q).round() as usize;
+        self.latencies.get(at).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
+
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Runs `writers` tasks until `seconds` have passed; `append(writer, n)` makes writer's n-th append.
+/// Everything is connected before the clock starts.
+async fn timed<F, Fut>(writers: u64, seconds: u64, append: F) -> Result<Timed>
+where
+    F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), reel_core::ReelError>> + Send,
+{
+    let append = Arc::new(append);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let append = append.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = 0;
+                while Instant::now() < deadline {
+                    let at = Instant::now();
+                    append(w, n).await?;
+                    latencies.push(at.elapsed());
+                    n += 1;
+                }
+                Ok::<_, reel_core::ReelError>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok(Timed { events: latencies.len() as u64, elapsed, latencies })
+}
+
+fn timed_row(name: String, timed: &Timed, baseline: Option<f64>) -> Row {
+    let mut row = super::row(name, timed.events, timed.elapsed, None);
+    row.note = format!("p50 {:.2} ms, p99 {:.2} ms", timed.quantile_ms(0.5), timed.quantile_ms(0.99));
+    if let Some(baseline) = baseline {
+        row.note = format!("{}; {:.2}× the plain INSERT", row.note, timed.rate() / baseline);
+    }
+    row
+}
+
+/// Single-event appends at 1, 16 and 64 writers beside plain INSERTs at the same counts, then
+/// 16 store instances on the schema (as 16 servers would be) with 1 and 4 writers each.
+async fn writer_sweep(
+    plan: &PostgresPlan,
+    schema: &str,
+    admin: &tokio_postgres::Client,
+    data: &[u8],
+    rows: &mut Vec<Row>,
+) -> Result<serde_json::Value> {
+    let seconds = plan.sweep_seconds;
+    admin.batch_execute(&format!("TRUNCATE {schema}.plain")).await?;
+    let mut baselines = HashMap::new();
+    let mut points = Vec::new();
+    for writers in [1u64, 16, 64] {
+        let mut clients = Vec::new();
+        for _ in 0..writers {
+            clients.push(client(&plan.url).await?);
+        }
+        let (clients, data, sql) = (
+            Arc::new(clients),
+            Arc::new(data.to_vec()),
+            Arc::new(format!("INSERT INTO {schema}.plain (stream, data) VALUES ($1, $2)")),
+        );
+        let baseline = timed(writers, seconds, move |w, _| {
+            let (clients, data, sql) = (clients.clone(), data.clone(), sql.clone());
+            async move {
+                let stream = format!("sweep-{w}");
+                clients[w as usize]
+                    .execute(sql.as_str(), &[&stream, &*data])
+                    .await
+                    .map_err(|e| reel_core::ReelError::storage("baseline insert", e))?;
+                Ok(())
+            }
+        })
+        .await?;
+        baselines.insert(writers, baseline.rate());
+        rows.push(timed_row(
+            format!("baseline: {writers} connections, one INSERT per event, {seconds} s"),
+            &baseline,
+            None,
+        ));
+        points.push(serde_json::json!({ "what": "plain INSERT", "stores": 0, "writers": writers,
+            "events_per_sec": baseline.rate(), "p50_ms": baseline.quantile_ms(0.5), "p99_ms": baseline.quantile_ms(0.99) }));
+    }
+    for (stores, per_store) in [(1u64, 1u64), (1, 16), (1, 64), (16, 1), (16, 4)] {
+        let mut instances = Vec::new();
+        for _ in 0..stores {
+            instances.push(PostgresStore::connect(&plan.url, schema).await?);
+        }
+        let instances = Arc::new(instances);
+        let writers = stores * per_store;
+        let data = Arc::new(data.to_vec());
+        let prefix = format!("sweep{stores}x{per_store}");
+        let result = timed(writers, seconds, move |w, n| {
+            let (instances, data) = (instances.clone(), data.clone());
+            let stream = reel_core::StreamName::new(format!("{prefix}-{w}"));
+            async move {
+                let stream = stream?;
+                let expected =
+                    n.checked_sub(1).map_or(ExpectedVersion::NoStream, |v| ExpectedVersion::Exact(StreamVersion(v)));
+                let store = &instances[(w % instances.len() as u64) as usize];
+                store.append(&stream, expected, vec![NewEvent::new("Bench", data.to_vec())]).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        let name =
+            format!("reel, {stores} store instance(s) × {per_store} writer(s), single Exact appends, {seconds} s");
+        rows.push(timed_row(name, &result, baselines.get(&writers).copied()));
+        points.push(serde_json::json!({ "what": "reel", "stores": stores, "writers": writers,
+            "events_per_sec": result.rate(), "p50_ms": result.quantile_ms(0.5), "p99_ms": result.quantile_ms(0.99) }));
+    }
+    Ok(serde_json::Value::Array(points))
 }
 
 /// A follower on a second store instance (another "server") wakes through LISTEN/NOTIFY. It

@@ -105,17 +105,16 @@ pub(crate) async fn try_append(
 
 /// The group's streams from memory, when every one is remembered and no request carries ids
 /// (ids need the stream's recent ids, which only a read gives).
-fn remembered<'a>(
-    requests: &[&'a AppendRequest],
-    known: &KnownStreams,
-) -> Option<HashMap<&'a str, StreamState<'a>>> {
+fn remembered<'a>(requests: &[&'a AppendRequest], known: &KnownStreams) -> Option<HashMap<&'a str, StreamState<'a>>> {
     let mut streams = HashMap::with_capacity(requests.len());
     for request in requests {
         if request.events.iter().any(|e| e.id.is_some()) {
             return None;
         }
         let (stream_id, version) = known.get(&request.stream)?;
-        streams.entry(request.stream.as_str()).or_insert_with(|| StreamState::stored(&request.stream, stream_id, version));
+        streams
+            .entry(request.stream.as_str())
+            .or_insert_with(|| StreamState::stored(&request.stream, stream_id, version));
     }
     Some(streams)
 }
@@ -174,9 +173,8 @@ async fn call_append_group(
             _ => {}
         }
     }
-    let sql = format!(
-        "SELECT {schema}.append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-    );
+    let sql =
+        format!("SELECT {schema}.append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)");
     let Ok(statement) = prepared(client, statements, sql).await else { return Call::Changed };
     let row = client
         .query_one(

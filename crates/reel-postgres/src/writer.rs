@@ -318,7 +318,12 @@ pub(crate) struct GroupWrite<'a> {
 
 impl<'a> GroupWrite<'a> {
     /// Places the request's events after the group's head and the stream's version.
-    pub(crate) fn add(&mut self, request: &'a AppendRequest, state: &mut StreamState<'a>, head: &mut Position) -> AppendResult {
+    pub(crate) fn add(
+        &mut self,
+        request: &'a AppendRequest,
+        state: &mut StreamState<'a>,
+        head: &mut Position,
+    ) -> AppendResult {
         let first_position = head.next();
         let first_version = state.version.map_or(0, |v| v + 1);
         for (i, event) in request.events.iter().enumerate() {
