@@ -7,6 +7,7 @@
 //! PostgreSQL baselines, load generators).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -74,6 +75,10 @@ pub enum BenchCommand {
         /// MiB written for the disk bandwidth probe.
         #[arg(long, default_value_t = 256)]
         disk_mib: u64,
+        /// Seconds per point of the latency sweep (1, 16, 64 writers; checkpoints in the
+        /// background and inside commits); 0 skips it.
+        #[arg(long, default_value_t = 5)]
+        sweep_seconds: u64,
     },
     /// Aggregates: load with and without snapshots, command throughput, conflicts on a hot aggregate.
     Aggregates {
@@ -213,7 +218,7 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = tempdir_in(&args.dir)?;
     let result = match &args.command {
-        BenchCommand::Append { events, batch, concurrency, single_events, disk_mib } => {
+        BenchCommand::Append { events, batch, concurrency, single_events, disk_mib, sweep_seconds } => {
             let plan = AppendPlan {
                 events: *events,
                 batch: (*batch).max(1),
@@ -221,6 +226,7 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
                 single_events: *single_events,
                 disk_mib: *disk_mib,
                 event_size: args.event_size,
+                sweep_seconds: *sweep_seconds,
             };
             bench_append(&dir, &plan).await.map(|(rows, extra)| ("append", rows, extra))
         }
@@ -317,6 +323,76 @@ async fn populate(store: &SqliteStore, events: u64, payload: &[u8], bar: &indica
         }
     }
     Ok(())
+}
+
+/// Appends made by `writers` tasks for `seconds`, each timing its own calls.
+struct Timed {
+    events: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Timed {
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let at = ((self.latencies.len().max(1) - 1) as f64 * q).round() as usize;
+        self.latencies.get(at).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
+
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Runs `writers` tasks until `seconds` have passed; `append(writer, n)` makes writer's n-th append.
+/// Everything is connected before the clock starts.
+async fn timed<F, Fut>(writers: u64, seconds: u64, append: F) -> Result<Timed>
+where
+    F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), reel_core::ReelError>> + Send,
+{
+    let append = Arc::new(append);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let append = append.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = 0;
+                while Instant::now() < deadline {
+                    let at = Instant::now();
+                    append(w, n).await?;
+                    latencies.push(at.elapsed());
+                    n += 1;
+                }
+                Ok::<_, reel_core::ReelError>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok(Timed { events: latencies.len() as u64, elapsed, latencies })
+}
+
+/// A row for a timed run: its rate, and p50 / p95 / p99 / p999 of the calls in the note, with
+/// the rate against `baseline` (named) when given.
+fn timed_row(name: String, timed: &Timed, baseline: Option<(f64, &str)>) -> Row {
+    let mut row = row(name, timed.events, timed.elapsed, None);
+    row.note = format!(
+        "p50 {:.2} / p95 {:.2} / p99 {:.2} / p999 {:.2} ms",
+        timed.quantile_ms(0.5),
+        timed.quantile_ms(0.95),
+        timed.quantile_ms(0.99),
+        timed.quantile_ms(0.999)
+    );
+    if let Some((baseline, what)) = baseline {
+        row.note = format!("{}; {:.2}× {what}", row.note, timed.rate() / baseline);
+    }
+    row
 }
 
 /// Runs `count` tasks made by `task` at once and waits for all of them.

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use reel_core::{AllReader, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, StreamVersion};
 use reel_postgres::PostgresStore;
 
-use super::{bench_stream, measure_async, payload, run_tasks, with_ratio, with_ratio_named, Row};
+use super::{bench_stream, measure_async, payload, run_tasks, timed, timed_row, with_ratio, with_ratio_named, Row};
 
 /// What to measure.
 pub(super) struct PostgresPlan {
@@ -168,68 +168,6 @@ pub(super) async fn bench_postgres(plan: &PostgresPlan) -> Result<(Vec<Row>, ser
     ))
 }
 
-/// Appends made by `writers` tasks for `seconds`, each timing its own calls.
-struct Timed {
-    events: u64,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Timed {
-    fn quantile_ms(&self, q: f64) -> f64 {
-        let at = ((self.latencies.len().max(1) - 1) as f64 * q).round() as usize;
-        self.latencies.get(at).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    }
-
-    fn rate(&self) -> f64 {
-        self.events as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-/// Runs `writers` tasks until `seconds` have passed; `append(writer, n)` makes writer's n-th append.
-/// Everything is connected before the clock starts.
-async fn timed<F, Fut>(writers: u64, seconds: u64, append: F) -> Result<Timed>
-where
-    F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), reel_core::ReelError>> + Send,
-{
-    let append = Arc::new(append);
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let append = append.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut n = 0;
-                while Instant::now() < deadline {
-                    let at = Instant::now();
-                    append(w, n).await?;
-                    latencies.push(at.elapsed());
-                    n += 1;
-                }
-                Ok::<_, reel_core::ReelError>(latencies)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Ok(Timed { events: latencies.len() as u64, elapsed, latencies })
-}
-
-fn timed_row(name: String, timed: &Timed, baseline: Option<f64>) -> Row {
-    let mut row = super::row(name, timed.events, timed.elapsed, None);
-    row.note = format!("p50 {:.2} ms, p99 {:.2} ms", timed.quantile_ms(0.5), timed.quantile_ms(0.99));
-    if let Some(baseline) = baseline {
-        row.note = format!("{}; {:.2}× the plain INSERT", row.note, timed.rate() / baseline);
-    }
-    row
-}
-
 /// Single-event appends at 1, 16 and 64 writers beside plain INSERTs at the same counts, then
 /// 16 store instances on the schema (as 16 servers would be) with 1 and 4 writers each.
 async fn writer_sweep(
@@ -298,7 +236,7 @@ async fn writer_sweep(
         .await?;
         let name =
             format!("reel, {stores} store instance(s) × {per_store} writer(s), single Exact appends, {seconds} s");
-        rows.push(timed_row(name, &result, baselines.get(&writers).copied()));
+        rows.push(timed_row(name, &result, baselines.get(&writers).map(|b| (*b, "the plain INSERT"))));
         points.push(serde_json::json!({ "what": "reel", "stores": stores, "writers": writers,
             "events_per_sec": result.rate(), "p50_ms": result.quantile_ms(0.5), "p99_ms": result.quantile_ms(0.99) }));
     }

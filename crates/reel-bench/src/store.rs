@@ -12,8 +12,8 @@ use reel_sqlite::{SqliteOptions, SqliteStore};
 use rusqlite::params;
 
 use super::{
-    bench_stream, measure, measure_async, payload, populate, progress, reset_peak_rss, rss_kib, run_tasks, with_ratio,
-    with_ratio_named, Row,
+    bench_stream, measure, measure_async, payload, populate, progress, reset_peak_rss, rss_kib, run_tasks, timed,
+    timed_row, with_ratio, with_ratio_named, Row,
 };
 
 pub(super) struct AppendPlan {
@@ -23,6 +23,7 @@ pub(super) struct AppendPlan {
     pub(super) single_events: u64,
     pub(super) disk_mib: u64,
     pub(super) event_size: usize,
+    pub(super) sweep_seconds: u64,
 }
 
 pub(super) async fn bench_append(dir: &Path, plan: &AppendPlan) -> Result<(Vec<Row>, serde_json::Value)> {
@@ -108,7 +109,9 @@ pub(super) async fn bench_append(dir: &Path, plan: &AppendPlan) -> Result<(Vec<R
         .await?;
         rows.push(with_ratio_named(row, fsync_rate, "one commit per row"));
     }
+    let sweep = if plan.sweep_seconds > 0 { latency_sweep(dir, plan, fsync_rate, &mut rows).await? } else { vec![] };
     let extra = serde_json::json!({
+        "latency_sweep": sweep,
         "disk_sequential_write_mib_per_sec": bandwidth / (1024.0 * 1024.0),
         "disk_fdatasyncs_per_sec": fsyncs_per_sec,
         "event_size": plan.event_size,
@@ -167,6 +170,45 @@ pub(super) async fn bench_read(
     });
     Ok((rows, extra))
 }
+/// Single-event `Exact` appends for a fixed time at 1, 16 and 64 writers, each call timed, with
+/// WAL checkpoints in the background (the default) and inside commits (SQLite's automatic ones).
+async fn latency_sweep(
+    dir: &Path,
+    plan: &AppendPlan,
+    fsync_rate: f64,
+    rows: &mut Vec<Row>,
+) -> Result<Vec<serde_json::Value>> {
+    let mut points = Vec::new();
+    for background in [true, false] {
+        for writers in [1u64, 16, 64] {
+            let name = format!("reel-sweep-{writers}-{background}.db");
+            let options = SqliteOptions { background_checkpoints: background, ..SqliteOptions::default() };
+            let store = Arc::new(SqliteStore::open_with(dir.join(name), options)?);
+            let payload = Arc::new(payload(plan.event_size));
+            let result = timed(writers, plan.sweep_seconds, move |w, n| {
+                let (store, payload) = (store.clone(), payload.clone());
+                async move {
+                    let expected = n
+                        .checked_sub(1)
+                        .map_or(ExpectedVersion::NoStream, |v| ExpectedVersion::Exact(StreamVersion(v)));
+                    store.append(&bench_stream(w), expected, vec![NewEvent::new("Bench", payload.to_vec())]).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            let how = if background { "background checkpoints" } else { "checkpoints inside commits" };
+            let name = format!("reel, {writers} writer(s), single Exact appends, {how}, {} s", plan.sweep_seconds);
+            rows.push(timed_row(name, &result, Some((fsync_rate, "one commit per row"))));
+            points.push(serde_json::json!({
+                "writers": writers, "background_checkpoints": background, "events_per_sec": result.events as f64 / result.elapsed.as_secs_f64(),
+                "p50_ms": result.quantile_ms(0.5), "p95_ms": result.quantile_ms(0.95),
+                "p99_ms": result.quantile_ms(0.99), "p999_ms": result.quantile_ms(0.999),
+            }));
+        }
+    }
+    Ok(points)
+}
+
 fn open(dir: &Path, name: &str, group_commit: bool) -> Result<SqliteStore> {
     let options = SqliteOptions { group_commit, ..SqliteOptions::default() };
     Ok(SqliteStore::open_with(dir.join(name), options)?)

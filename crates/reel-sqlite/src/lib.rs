@@ -17,6 +17,7 @@
 //! # });
 //! ```
 
+mod checkpointer;
 mod connection;
 mod queries;
 mod reader;
@@ -57,6 +58,10 @@ pub struct SqliteOptions {
     /// How often appends by *other processes* are looked for while someone watches the head.
     /// Appends in this process wake watchers at once.
     pub external_poll: Duration,
+    /// Copy the WAL into the main file on a thread of its own (default on) instead of inside
+    /// the append whose commit crosses SQLite's automatic checkpoint threshold. Off only to
+    /// measure the difference.
+    pub background_checkpoints: bool,
 }
 
 impl Default for SqliteOptions {
@@ -66,6 +71,7 @@ impl Default for SqliteOptions {
             group_commit: true,
             readers: 4,
             external_poll: Duration::from_millis(100),
+            background_checkpoints: true,
         }
     }
 }
@@ -103,9 +109,26 @@ impl SqliteStore {
         let writer_head = Arc::clone(&head);
         let commits = Arc::new(AtomicU64::new(0));
         let writer_commits = Arc::clone(&commits);
+        let nudge = if options.background_checkpoints {
+            conn.pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(|e| ReelError::storage(format!("configuring {}", path.display()), e))?;
+            let (nudge, nudges) = mpsc::sync_channel(1);
+            let checkpoint_path = path.clone();
+            std::thread::Builder::new()
+                .name("reel-sqlite-checkpoint".into())
+                .spawn(move || {
+                    if let Err(e) = checkpointer::run_checkpointer(&checkpoint_path, nudges) {
+                        tracing::error!(error = %e, "the checkpoint thread stopped; the WAL is no longer checkpointed");
+                    }
+                })
+                .map_err(|e| ReelError::storage("starting the checkpoint thread", e))?;
+            Some(nudge)
+        } else {
+            None
+        };
         std::thread::Builder::new()
             .name("reel-sqlite-writer".into())
-            .spawn(move || writer::run_writer(conn, receiver, writer_head, group, writer_commits))
+            .spawn(move || writer::run_writer(conn, receiver, writer_head, group, writer_commits, nudge))
             .map_err(|e| ReelError::storage("starting the writer thread", e))?;
         let (stop, stopped) = mpsc::channel();
         let watch_conn = schema::open_connection(&path, true)?;

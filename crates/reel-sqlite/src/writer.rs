@@ -41,6 +41,7 @@ pub fn run_writer(
     head: Arc<HeadNotifier>,
     limits: GroupLimits,
     commits: Arc<AtomicU64>,
+    checkpoint: Option<std::sync::mpsc::SyncSender<()>>,
 ) {
     let mut known = KnownState::default();
     while let Ok(first) = jobs.recv() {
@@ -57,6 +58,10 @@ pub fn run_writer(
         }
         let results = commit_group(&mut conn, &requests_of(&group), &head, &mut known);
         commits.fetch_add(1, Ordering::Relaxed);
+        if let Some(checkpoint) = &checkpoint {
+            // A nudge already waiting is enough; the writer never waits for the checkpointer.
+            let _ = checkpoint.try_send(());
+        }
         answer(group, results);
     }
 }

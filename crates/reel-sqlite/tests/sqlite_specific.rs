@@ -90,3 +90,31 @@ async fn two_stores_on_one_file_keep_one_order() {
     let seen = tokio::time::timeout(std::time::Duration::from_secs(10), watch.wait_past(Position(399))).await;
     assert!(seen.is_ok(), "b's head watch learned of the other writer's appends");
 }
+
+/// With background checkpoints (the default) no append runs a WAL checkpoint, yet the WAL is
+/// still copied into the main file: after enough appends to cross SQLite's 1,000-page threshold,
+/// the main file holds them within moments. With the automatic checkpoint off and no background
+/// thread the main file would stay at its initial few pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_checkpoints_copy_the_wal_into_the_main_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reel.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let initial = std::fs::metadata(&path).unwrap().len();
+    let payload = vec![b'x'; 2000];
+    for i in 0..40 {
+        let events =
+            (0..100).map(|_| NewEvent::new("Big", format!("\"{}\"", String::from_utf8_lossy(&payload)))).collect();
+        store.append(&stream(&format!("big-{i}")), ExpectedVersion::Any, events).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let size = std::fs::metadata(&path).unwrap().len();
+        if size > initial + 4_000_000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the main file stayed at {size} bytes: no checkpoint ran");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.head().await.unwrap(), Position(4000), "every append answered and stored");
+}
