@@ -2,8 +2,9 @@
 //!
 //! SQLite's automatic checkpoint runs inside the commit that pushes the WAL past 1,000 pages:
 //! that append then also copies the WAL into the main file and fsyncs it before it is answered,
-//! which is where the slowest appends come from. With background checkpoints the writer turns the
-//! automatic checkpoint off and nudges this thread after its commits instead; it runs a PASSIVE
+//! which is where the slowest appends come from. With background checkpoints
+//! (`SqliteOptions::background_checkpoints`) the writer turns the automatic checkpoint off and
+//! nudges this thread after its commits instead; it runs a PASSIVE
 //! checkpoint (never blocks the writer or readers) on its own connection, at most every
 //! [`PACE`]. Commits stay exactly as durable: each one is fsync'd in the WAL before it is answered.
 

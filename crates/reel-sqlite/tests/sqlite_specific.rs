@@ -91,15 +91,16 @@ async fn two_stores_on_one_file_keep_one_order() {
     assert!(seen.is_ok(), "b's head watch learned of the other writer's appends");
 }
 
-/// With background checkpoints (the default) no append runs a WAL checkpoint, yet the WAL is
-/// still copied into the main file: after enough appends to cross SQLite's 1,000-page threshold,
+/// With background checkpoints no append runs a WAL checkpoint, yet the WAL is still copied
+/// into the main file: after enough appends to cross SQLite's 1,000-page threshold,
 /// the main file holds them within moments. With the automatic checkpoint off and no background
 /// thread the main file would stay at its initial few pages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_checkpoints_copy_the_wal_into_the_main_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reel.db");
-    let store = SqliteStore::open(&path).unwrap();
+    let options = SqliteOptions { background_checkpoints: true, ..SqliteOptions::default() };
+    let store = SqliteStore::open_with(&path, options).unwrap();
     let initial = std::fs::metadata(&path).unwrap().len();
     let payload = vec![b'x'; 2000];
     for i in 0..40 {
