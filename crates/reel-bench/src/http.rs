@@ -11,7 +11,7 @@ use reel_sqlite::SqliteStore;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{bench_stream, measure_async, payload, run_tasks, with_ratio, Row};
+use super::{bench_stream, measure_async, payload, run_tasks, timed, timed_row, with_ratio, Row};
 
 /// What to measure.
 pub(super) struct HttpPlan {
@@ -22,6 +22,7 @@ pub(super) struct HttpPlan {
     pub(super) subscribers: u64,
     pub(super) fanout_seconds: u64,
     pub(super) idle_polls: u64,
+    pub(super) sweep_seconds: u64,
 }
 
 /// The `reel` binary to serve with: `REEL_BIN`, or the `reel` next to this binary (both are built
@@ -154,6 +155,12 @@ pub(super) async fn bench_http(dir: &std::path::Path, plan: &HttpPlan) -> Result
         .await?;
     rows.push(with_ratio(row, baseline_rate));
 
+    let sweep = if plan.sweep_seconds > 0 {
+        latency_sweep(dir, &server.address, &data, plan.sweep_seconds, &mut rows).await?
+    } else {
+        vec![]
+    };
+
     let batch_body =
         Arc::new(format!(r#"{{"events":[{}]}}"#, vec![format!(r#"{{"type":"Bench","data":{data}}}"#); 100].join(",")));
     let batches = plan.batches;
@@ -201,6 +208,7 @@ pub(super) async fn bench_http(dir: &std::path::Path, plan: &HttpPlan) -> Result
             "idle_server_rss_before_mib": rss_before,
             "idle_server_rss_after_mib": rss_after,
             "idle_polls_answered": answered,
+            "latency_sweep": sweep,
         }),
     ))
 }
@@ -208,6 +216,62 @@ pub(super) async fn bench_http(dir: &std::path::Path, plan: &HttpPlan) -> Result
 /// A keep-alive HTTP/1.1 connection that posts JSON and reads each answer: as little client work
 /// as possible, so the figures are the server's (a client library costs several times more CPU,
 /// and the two share this machine's cores).
+/// Single-event appends for a fixed time at 1, 16 and 64 writers, each call timed: in-process
+/// (the baseline, a store of its own) and over HTTP (each writer on a keep-alive connection).
+async fn latency_sweep(
+    dir: &std::path::Path,
+    address: &str,
+    data: &str,
+    seconds: u64,
+    rows: &mut Vec<Row>,
+) -> Result<Vec<serde_json::Value>> {
+    let mut points = Vec::new();
+    for writers in [1u64, 16, 64] {
+        let local = Arc::new(SqliteStore::open(dir.join(format!("sweep-{writers}.db")))?);
+        let event = Arc::new(data.to_string());
+        let baseline = timed(writers, seconds, move |w, _| {
+            let (store, data) = (local.clone(), event.clone());
+            async move {
+                let events = vec![NewEvent::new("Bench", data.as_bytes().to_vec())];
+                store.append(&bench_stream(w), ExpectedVersion::Any, events).await.map(|_| ())
+            }
+        })
+        .await?;
+        rows.push(timed_row(
+            format!("baseline: {writers} in-process writer(s), single appends, {seconds} s"),
+            &baseline,
+            None,
+        ));
+        let mut connections = Vec::new();
+        for _ in 0..writers {
+            connections.push(tokio::sync::Mutex::new(Connection::open(address).await?));
+        }
+        let (connections, body) = (Arc::new(connections), Arc::new(format!(r#"{{"type":"Bench","data":{data}}}"#)));
+        let over_http =
+            timed(writers, seconds, move |w, _| {
+                let (connections, body) = (connections.clone(), body.clone());
+                async move {
+                    connections[w as usize].lock().await.post(&format!("/streams/sweep{writers}-{w}"), &body).await
+                }
+            })
+            .await?;
+        let baseline_rate = baseline.events as f64 / baseline.elapsed.as_secs_f64();
+        rows.push(timed_row(
+            format!("HTTP: {writers} connection(s), single appends, {seconds} s"),
+            &over_http,
+            Some((baseline_rate, "in-process")),
+        ));
+        for (what, t) in [("in-process", &baseline), ("http", &over_http)] {
+            points.push(serde_json::json!({
+                "what": what, "writers": writers, "events_per_sec": t.events as f64 / t.elapsed.as_secs_f64(),
+                "p50_ms": t.quantile_ms(0.5), "p95_ms": t.quantile_ms(0.95), "p99_ms": t.quantile_ms(0.99),
+                "p999_ms": t.quantile_ms(0.999),
+            }));
+        }
+    }
+    Ok(points)
+}
+
 struct Connection {
     stream: BufReader<TcpStream>,
 }

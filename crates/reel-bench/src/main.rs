@@ -133,6 +133,9 @@ pub enum BenchCommand {
         /// Idle long-poll connections.
         #[arg(long, default_value_t = 10_000)]
         idle_polls: u64,
+        /// Seconds per point of the latency sweep (1, 16, 64 writers, in-process and over HTTP); 0 skips it.
+        #[arg(long, default_value_t = 5)]
+        sweep_seconds: u64,
     },
     /// Subscriptions: catch-up, transactional SQL rebuild, live latency, idle worker CPU.
     Subscriptions {
@@ -260,7 +263,15 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             };
             postgres::bench_postgres(&plan).await.map(|(rows, extra)| ("postgres", rows, extra))
         }
-        BenchCommand::Http { connections, single_events, batches, subscribers, fanout_seconds, idle_polls } => {
+        BenchCommand::Http {
+            connections,
+            single_events,
+            batches,
+            subscribers,
+            fanout_seconds,
+            idle_polls,
+            sweep_seconds,
+        } => {
             let plan = http::HttpPlan {
                 connections: (*connections).clamp(1, 1024),
                 single_events: *single_events,
@@ -269,6 +280,7 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
                 subscribers: (*subscribers).clamp(1, 5_000),
                 fanout_seconds: (*fanout_seconds).max(1),
                 idle_polls: (*idle_polls).min(15_000),
+                sweep_seconds: *sweep_seconds,
             };
             http::bench_http(&dir, &plan).await.map(|(rows, extra)| ("http", rows, extra))
         }
