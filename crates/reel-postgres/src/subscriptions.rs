@@ -91,12 +91,23 @@ impl PostgresSubscriptionStore {
         if let Err(e) = work(&tx).await {
             return Err(ReelError::SubscriptionFailed { id: subscription.id.to_string(), message: e.to_string() });
         }
-        let outcome = write_state(&tx, &self.schema, subscription, lease_owner.map(|o| (o, now))).await?;
-        if outcome == SaveOutcome::Written {
-            tx.commit().await.map_err(err("committing a projection batch"))?;
-        }
-        settle_save(subscription, outcome, lease_owner.is_some())
+        commit_with_state(tx, &self.schema, subscription, lease_owner.map(|o| (o, now))).await
     }
+}
+
+/// Saves `subscription` in `tx` (compare-and-swap, and the lease when given) and commits the
+/// transaction only if the save was written; otherwise everything in it rolls back.
+async fn commit_with_state(
+    tx: tokio_postgres::Transaction<'_>,
+    schema: &str,
+    subscription: &mut Subscription,
+    lease: Option<(&str, Timestamp)>,
+) -> Result<(), ReelError> {
+    let outcome = write_state(&tx, schema, subscription, lease).await?;
+    if outcome == SaveOutcome::Written {
+        tx.commit().await.map_err(err("committing a projection batch"))?;
+    }
+    settle_save(subscription, outcome, lease.is_some())
 }
 
 #[async_trait]
@@ -131,11 +142,7 @@ impl ProjectionStore for PostgresSubscriptionStore {
         let tx = client.transaction().await.map_err(err("starting a projection transaction")).map_err(failed)?;
         projection.apply(&tx, &batch).await?;
         let lease = checkpoint.lease_owner.as_deref().map(|owner| (owner, checkpoint.now));
-        let outcome = write_state(&tx, &self.schema, &checkpoint.subscription, lease).await.map_err(failed)?;
-        if outcome == SaveOutcome::Written {
-            tx.commit().await.map_err(err("committing a projection batch")).map_err(failed)?;
-        }
-        settle_save(&mut checkpoint.subscription, outcome, lease.is_some()).map_err(failed)
+        commit_with_state(tx, &self.schema, &mut checkpoint.subscription, lease).await.map_err(failed)
     }
 }
 
