@@ -112,6 +112,9 @@ pub enum BenchCommand {
         /// Seconds per point of the writer sweep (1, 16, 64 writers; 16 store instances).
         #[arg(long, default_value_t = 5)]
         sweep_seconds: u64,
+        /// Run only the writer sweep (with its plain-INSERT baseline).
+        #[arg(long)]
+        sweep_only: bool,
     },
     /// The HTTP server (a separate `reel serve` process) loaded over 127.0.0.1: appends, SSE fan-out, idle long polls.
     Http {
@@ -245,7 +248,7 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             };
             subscriptions::bench_subscriptions(&dir, &plan).await.map(|(rows, extra)| ("subscriptions", rows, extra))
         }
-        BenchCommand::Postgres { concurrency, single_events, batches, latency_seconds, sweep_seconds } => {
+        BenchCommand::Postgres { concurrency, single_events, batches, latency_seconds, sweep_seconds, sweep_only } => {
             let url = match cli.store.as_str() {
                 url if url.starts_with("postgres://") || url.starts_with("postgresql://") => url.to_string(),
                 _ => anyhow::bail!(
@@ -260,6 +263,7 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
                 event_size: args.event_size,
                 latency_seconds: (*latency_seconds).max(1),
                 sweep_seconds: (*sweep_seconds).max(1),
+                sweep_only: *sweep_only,
             };
             postgres::bench_postgres(&plan).await.map(|(rows, extra)| ("postgres", rows, extra))
         }

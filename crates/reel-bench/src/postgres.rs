@@ -20,6 +20,7 @@ pub(super) struct PostgresPlan {
     pub(super) event_size: usize,
     pub(super) latency_seconds: u64,
     pub(super) sweep_seconds: u64,
+    pub(super) sweep_only: bool,
 }
 
 async fn client(url: &str) -> Result<tokio_postgres::Client> {
@@ -42,6 +43,11 @@ pub(super) async fn bench_postgres(plan: &PostgresPlan) -> Result<(Vec<Row>, ser
             "CREATE SCHEMA {schema}; CREATE TABLE {schema}.plain (position bigserial PRIMARY KEY, stream text NOT NULL, data bytea NOT NULL)"
         ))
         .await?;
+    if plan.sweep_only {
+        let sweep = writer_sweep(plan, &schema, &admin, &data, &mut rows).await;
+        let _ = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
+        return Ok((rows, serde_json::json!({ "sweep": sweep? })));
+    }
     let per_task = (plan.single_events / plan.concurrency).max(1);
     let total = per_task * plan.concurrency;
     let baseline = measure_async(
@@ -191,6 +197,7 @@ async fn writer_sweep(
             Arc::new(data.to_vec()),
             Arc::new(format!("INSERT INTO {schema}.plain (stream, data) VALUES ($1, $2)")),
         );
+        eprintln!("sweep: plain INSERT, {writers} connections, {seconds} s");
         let baseline = timed(writers, seconds, move |w, _| {
             let (clients, data, sql) = (clients.clone(), data.clone(), sql.clone());
             async move {
@@ -221,6 +228,7 @@ async fn writer_sweep(
         let writers = stores * per_store;
         let data = Arc::new(data.to_vec());
         let prefix = format!("sweep{stores}x{per_store}");
+        eprintln!("sweep: {stores} store instance(s) × {per_store} writer(s), {seconds} s");
         let result = timed(writers, seconds, move |w, n| {
             let (instances, data) = (instances.clone(), data.clone());
             let stream = reel_core::StreamName::new(format!("{prefix}-{w}"));

@@ -1,14 +1,16 @@
 //! The one-round-trip append: the usual way a group is written.
 //!
 //! The writer decides the group against what it knows of its streams (remembered from its own
-//! earlier groups, or read without any lock), then calls `append_group` (migration 5), which in
-//! one statement locks the head, checks that every stream is still as the writer saw it, writes
-//! the events with positions after the head, moves the head and notifies. The head lock is held
-//! for that one call only, so writers in many processes add throughput instead of queueing
-//! behind each other's round trips. When anything differs (another process appended to one of
-//! the streams, an expected version does not hold, an id may be a retry), nothing is written and
-//! the group goes the careful way (`commit_group`: lock first, then decide), which gives every
-//! answer that is not a plain success.
+//! earlier groups, or read without any lock), then calls `append_group_unflushed` (migration 6),
+//! which in one statement locks the head, checks that every stream is still as the writer saw
+//! it, writes the events with positions after the head and moves the head, and commits without
+//! waiting for the flush. The durability barrier (durable.rs) is pipelined right behind it on the
+//! same connection, so the group costs one round trip and the head lock is held for the call
+//! only, never across a flush: writers in many processes add throughput instead of queueing
+//! behind each other's fsyncs. When anything differs (another process appended to one of the
+//! streams, an expected version does not hold, an id may be a retry), nothing is written and the
+//! group goes the careful way (`commit_group`: lock first, then decide), which gives every answer
+//! that is not a plain success.
 
 use std::collections::HashMap;
 
@@ -17,7 +19,8 @@ use reel_core::backend::HeadNotifier;
 use reel_core::{AppendRequest, AppendResult, Position, ReelError, StreamName, Timestamp};
 use tokio_postgres::Client;
 
-use crate::writer::{channel, load_streams, prepared, GroupWrite, Statements, StreamState};
+use crate::durable::Barrier;
+use crate::writer::{load_streams, prepared, GroupWrite, Statements, StreamState};
 
 /// Streams this writer has seen: stream id and version. Only a hint: `append_group` checks it
 /// under the lock, so a stale entry costs a retry the careful way, never a wrong answer.
@@ -74,10 +77,27 @@ pub(crate) async fn try_append(
         }
         relative.push(group.add(request, state, &mut offset));
     }
-    let head = match call_append_group(client, statements, schema, &streams, &group).await {
+    let unknown = |error: ReelError| Some(requests.iter().map(|_| Err(error.clone())).collect());
+    // Both statements are prepared first: the barrier must reach the server after the call.
+    let sql = format!(
+        "SELECT {schema}.append_group_unflushed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    );
+    let Ok(statement) = prepared(client, statements, sql).await else { return None };
+    let Ok(barrier) = Barrier::prepare(client, statements, schema).await else { return None };
+    // The barrier goes right behind the call on the same connection: one round trip for both.
+    let (call, confirmed) = tokio::join!(
+        call_append_group(client, &statement, &streams, &group),
+        barrier.run(client)
+    );
+    let head = match call {
         Call::Written(head) => head,
         Call::Changed => return None,
-        Call::Unknown(error) => return Some(requests.iter().map(|_| Err(error.clone())).collect()),
+        Call::Unknown(error) => return unknown(error),
+    };
+    let durable = match confirmed {
+        Ok(durable) => durable,
+        // Committed, but not known to be on disk: not an acknowledgement (invariant 5).
+        Err(e) => return unknown(ReelError::storage("appending (the outcome is unknown; retry with event ids)", e)),
     };
     for state in streams.values() {
         if let (Some(id), Some(version)) = (state.stream_id, state.version) {
@@ -87,8 +107,7 @@ pub(crate) async fn try_append(
             known.streams.remove(state.name);
         }
     }
-    let last = Position(head.0 + offset.0);
-    notifier.advance(last);
+    notifier.advance(durable);
     Some(
         relative
             .into_iter()
@@ -147,8 +166,7 @@ enum Call {
 /// Calls `append_group`.
 async fn call_append_group(
     client: &Client,
-    statements: &mut Statements,
-    schema: &str,
+    statement: &tokio_postgres::Statement,
     streams: &HashMap<&str, StreamState<'_>>,
     group: &GroupWrite<'_>,
 ) -> Call {
@@ -173,12 +191,9 @@ async fn call_append_group(
             _ => {}
         }
     }
-    let sql =
-        format!("SELECT {schema}.append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)");
-    let Ok(statement) = prepared(client, statements, sql).await else { return Call::Changed };
     let row = client
         .query_one(
-            &statement,
+            statement,
             &[
                 &checked_ids,
                 &checked_versions,
@@ -195,7 +210,6 @@ async fn call_append_group(
                 &group.data,
                 &group.metadata,
                 &Timestamp::now().unix_micros(),
-                &channel(schema),
             ],
         )
         .await;

@@ -2,9 +2,11 @@
 //! workers sharing one database.
 //!
 //! Positions come from a single head row locked inside each append transaction (taken once per
-//! group commit), so they are gap-free and commit-ordered; followers are woken by LISTEN/NOTIFY
-//! with a slow fallback poll, and the listening connection reconnects by itself. The store is
-//! also a `SnapshotStore` for aggregates.
+//! group commit), so they are gap-free and commit-ordered. The lock is released before the
+//! commit's flush, and a durability barrier confirms the flush before an append is answered;
+//! readers see the log only up to the durable head. Followers are woken by LISTEN/NOTIFY with a
+//! slow fallback poll, and the listening connection reconnects by itself. The store is also a
+//! `SnapshotStore` for aggregates.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), reel_core::ReelError> {
@@ -15,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod durable;
 mod fast_append;
 mod listener;
 mod reader;
@@ -174,7 +177,7 @@ impl PostgresStore {
 
     async fn submit(&self, requests: Vec<AppendRequest>) -> Result<Vec<Result<AppendResult, ReelError>>, ReelError> {
         let (reply, answer) = oneshot::channel();
-        self.inner.jobs.send(reel_core::backend::WriteJob { requests, reply }).await.map_err(|_| ReelError::Closed)?;
+        self.inner.jobs.send(reel_core::backend::WriteJob::new(requests, reply)).await.map_err(|_| ReelError::Closed)?;
         answer.await.map_err(|_| ReelError::Closed)
     }
 }

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
+use crate::durable::durable_head_sql;
+
 /// How many positions a filtered `read_all` scans before it returns a (possibly empty) page.
 const FILTERED_SCAN_WINDOW: i64 = 65_536;
 
@@ -39,9 +41,10 @@ fn metadata(row: &Row, index: usize) -> serde_json::Map<String, serde_json::Valu
     }
 }
 
+/// The durable head: readers never go past it (see durable.rs).
 pub async fn head(client: &Client, schema: &str) -> Result<Position, ReelError> {
     let row = client
-        .query_one(&format!("SELECT position FROM {schema}.head"), &[])
+        .query_one(&format!("SELECT {}", durable_head_sql(schema)), &[])
         .await
         .map_err(err("reading the head position"))?;
     Ok(Position(row.get::<_, i64>(0) as u64))
@@ -52,8 +55,18 @@ pub async fn stream_version(
     schema: &str,
     stream: &StreamName,
 ) -> Result<Option<StreamVersion>, ReelError> {
+    // The stream row's version may include an append not yet confirmed on disk; the newest event
+    // at or below the durable head is what readers may see.
     let row = client
-        .query_opt(&format!("SELECT version FROM {schema}.streams WHERE name = $1"), &[&stream.as_str()])
+        .query_opt(
+            &format!(
+                "SELECT e.stream_version FROM {schema}.streams s JOIN {schema}.events e ON e.stream_id = s.stream_id
+                 WHERE s.name = $1 AND e.position <= {}
+                 ORDER BY e.stream_version DESC LIMIT 1",
+                durable_head_sql(schema)
+            ),
+            &[&stream.as_str()],
+        )
         .await
         .map_err(err("looking up a stream"))?;
     Ok(row.map(|r| StreamVersion(r.get::<_, i64>(0) as u64)))
@@ -84,7 +97,9 @@ pub async fn read_stream(
         .query(
             &format!(
                 "SELECT {EVENT_COLUMNS} FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id
-                 WHERE e.stream_id = $1 AND e.stream_version {comparison} $2 ORDER BY e.stream_version {order} LIMIT $3"
+                 WHERE e.stream_id = $1 AND e.stream_version {comparison} $2 AND e.position <= {durable}
+                 ORDER BY e.stream_version {order} LIMIT $3",
+                durable = durable_head_sql(schema)
             ),
             &[&stream_id, &from, &(limit as i64)],
         )
@@ -152,7 +167,9 @@ pub async fn read_all(
             .query(
                 &format!(
                     "SELECT position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at
-                     FROM {schema}.events WHERE position >= $1 AND position < $2 ORDER BY position"
+                     FROM {schema}.events WHERE position >= $1 AND position < $2 AND position <= {}
+                     ORDER BY position",
+                    durable_head_sql(schema)
                 ),
                 &[&from, &(from.saturating_add(limit as i64))],
             )
@@ -177,8 +194,8 @@ pub async fn read_all(
         let next = events.last().map_or(Position(from as u64), |e| e.position.next());
         return Ok(AllPage { events, next });
     }
-    // The window ends at the head as read in the same statement, so `next` never passes an
-    // event that is not visible yet.
+    // The window ends at the durable head, so `next` never passes an event that is not visible
+    // (or not confirmed on disk) yet.
     let head = head(client, schema).await?.0 as i64;
     let window_end = (from + FILTERED_SCAN_WINDOW).min(head + 1).max(from);
     let categories: Vec<&str> = filter.categories.iter().map(String::as_str).collect();

@@ -116,6 +116,64 @@ const MIGRATIONS: &[&str] = &[
         RETURN v_head;
      END
      $fn$;",
+    // 6: appends release the head lock before their flush (see durable.rs). `durable_head` holds
+    // one row per barrier connection; the highest position is the durable head, which readers do
+    // not pass. The existing log was written with durable commits, so it starts as the head.
+    // `append_group_unflushed` is `append_group` committing without waiting for the flush and
+    // without NOTIFY (the barrier's announcement follows); the old function stays for processes
+    // of the previous version still running.
+    "CREATE TABLE {s}.durable_head (
+        connection_pid integer PRIMARY KEY,
+        position       bigint NOT NULL
+     );
+     INSERT INTO {s}.durable_head (connection_pid, position) SELECT 0, position FROM {s}.head;
+     CREATE FUNCTION {s}.append_group_unflushed(
+        p_checked_ids bigint[], p_checked_versions bigint[],
+        p_new_names text[], p_new_categories text[], p_new_versions bigint[],
+        p_final_ids bigint[], p_final_versions bigint[],
+        p_offsets bigint[], p_names text[], p_versions bigint[], p_ids uuid[], p_types text[],
+        p_data bytea[], p_metadata jsonb[], p_recorded_at bigint
+     ) RETURNS bigint LANGUAGE plpgsql AS $fn$
+     DECLARE
+        v_head bigint;
+        v_written bigint;
+     BEGIN
+        PERFORM set_config('synchronous_commit', 'off', true);
+        -- Queued in the lock manager first (see writer.rs), then the row lock as before.
+        PERFORM pg_advisory_xact_lock(hashtext('reel-head:{s}'));
+        SELECT h.position INTO v_head FROM {s}.head h FOR UPDATE;
+        IF EXISTS (
+            SELECT 1 FROM unnest(p_checked_ids, p_checked_versions) AS c(stream_id, version)
+            LEFT JOIN {s}.streams s ON s.stream_id = c.stream_id
+            WHERE s.version IS DISTINCT FROM c.version
+        ) OR EXISTS (SELECT 1 FROM {s}.streams s WHERE s.name = ANY(p_new_names)) THEN
+            RETURN NULL;
+        END IF;
+        UPDATE {s}.streams s SET version = f.version
+        FROM unnest(p_final_ids, p_final_versions) AS f(stream_id, version)
+        WHERE s.stream_id = f.stream_id;
+        WITH created AS (
+            INSERT INTO {s}.streams (name, category, version)
+            SELECT * FROM unnest(p_new_names, p_new_categories, p_new_versions)
+            RETURNING stream_id, name
+        ), touched AS (
+            SELECT c.stream_id, c.name FROM created c
+            UNION ALL
+            SELECT s.stream_id, s.name FROM {s}.streams s WHERE s.stream_id = ANY(p_final_ids)
+        )
+        INSERT INTO {s}.events (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at)
+        SELECT v_head + x.o, t.stream_id, x.v, x.i, x.t, x.d, x.m, p_recorded_at
+        FROM unnest(p_offsets, p_names, p_versions, p_ids, p_types, p_data, p_metadata) AS x(o, n, v, i, t, d, m)
+        JOIN touched t ON t.name = x.n
+        ORDER BY x.o;
+        GET DIAGNOSTICS v_written = ROW_COUNT;
+        IF v_written <> cardinality(p_offsets) THEN
+            RAISE EXCEPTION 'append_group wrote % of % events', v_written, cardinality(p_offsets);
+        END IF;
+        UPDATE {s}.head SET position = v_head + v_written;
+        RETURN v_head;
+     END
+     $fn$;",
 ];
 
 /// Newest schema version this build knows.

@@ -3,7 +3,9 @@
 //! Concurrent appends of this process are gathered into one transaction. The transaction starts
 //! by locking the head row, which every appender of every process must do, so transactions that
 //! append commit one after another in position order: positions are gap-free and a follower can
-//! never see position p + 1 before p. The lock is taken once per group, not once per append.
+//! never see position p + 1 before p. The lock is taken once per group, not once per append, and
+//! released at commit without waiting for the flush; a barrier then confirms the group on disk
+//! before anyone is answered (durable.rs).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use reel_core::backend::idempotency::{
 };
 use reel_core::backend::{answer, fail_all, requests_of, HeadNotifier, Rejected, WriteJob};
 
+use crate::durable::Barrier;
 use crate::fast_append::{try_append, KnownStreams};
 use reel_core::{
     AppendRequest, AppendResult, EventId, NewEvent, Position, ReelError, StreamName, StreamVersion, Timestamp,
@@ -54,6 +57,7 @@ pub async fn run_writer<C, F>(
 {
     let mut statements = Statements::new();
     let mut known = KnownStreams::default();
+    sweep_durable_rows(&client, &schema).await;
     while let Some(first) = jobs.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -68,6 +72,7 @@ pub async fn run_writer<C, F>(
                     client = fresh;
                     statements.clear();
                     known = KnownStreams::default();
+                    sweep_durable_rows(&client, &schema).await;
                 }
                 Err(e) => {
                     fail_all(group, &e);
@@ -91,6 +96,13 @@ pub async fn run_writer<C, F>(
         };
         drop(requests);
         answer(group, results);
+    }
+}
+
+/// Drops the durable-head rows of closed connections; a failure only leaves a few rows behind.
+async fn sweep_durable_rows(client: &Client, schema: &str) {
+    if let Err(e) = crate::durable::sweep(client, schema).await {
+        tracing::warn!(error = %e, "could not sweep durable-head rows");
     }
 }
 
@@ -138,7 +150,21 @@ async fn commit_group(
     if let Err(e) = tx.commit().await {
         return fail_all(crate::storage_error("committing appends", e));
     }
-    notifier.advance(head_after);
+    // The commit did not wait for its flush, and a retry may have been answered from another
+    // process's commit that is not confirmed yet: nothing is acknowledged before a barrier.
+    if results.iter().any(|r| r.is_ok()) {
+        let confirmed = match Barrier::prepare(client, statements, schema).await {
+            Ok(barrier) => barrier.run(client).await,
+            Err(e) => Err(e),
+        };
+        match confirmed {
+            Ok(durable) => notifier.advance(durable),
+            Err(e) => {
+                let e = ReelError::storage("appending (the outcome is unknown; retry with event ids)", e);
+                return fail_all(e);
+            }
+        }
+    }
     results
 }
 
@@ -218,7 +244,16 @@ async fn load<'a, C: GenericClient + Sync>(
     with_ids.sort_unstable();
     with_ids.dedup();
 
-    let lock_sql = format!("SELECT position FROM {schema}.head FOR UPDATE");
+    // The advisory lock queues appenders in the lock manager, which hands it straight to the next
+    // one; many waiters on the row lock alone wake together and recheck the row. The row lock
+    // stays, so appenders that do not take the advisory lock are still serialised. The
+    // transaction commits without waiting for its flush, so both are released at once; the
+    // barrier after it waits for the flush instead (see durable.rs).
+    let lock_sql = format!(
+        "SELECT h.position, set_config('synchronous_commit', 'off', true)
+         FROM (SELECT pg_advisory_xact_lock(hashtext('reel-head:{schema}'))) AS queued, {schema}.head h
+         FOR UPDATE OF h"
+    );
     let lock_statement = prepared(client, statements, lock_sql).await.map_err(storage("locking the head"))?;
     let lookup_sql = format!("SELECT name, stream_id, version FROM {schema}.streams WHERE name = ANY($1)");
     let lookup = prepared(client, statements, lookup_sql).await.map_err(storage("looking up streams"))?;
@@ -346,8 +381,7 @@ impl<'a> GroupWrite<'a> {
         AppendResult { first_position, last_position: *head, next_version: StreamVersion(last_version) }
     }
 
-    /// Stream rows (updated or created), events and the head in one statement; the head's new
-    /// position is announced on the schema's channel, delivered at commit.
+    /// Stream rows (updated or created), events and the head in one statement.
     async fn write(
         &self,
         tx: &Transaction<'_>,
@@ -396,7 +430,7 @@ impl<'a> GroupWrite<'a> {
                 ORDER BY x.p
                 RETURNING 1),
              moved AS (UPDATE {schema}.head SET position = $14)
-             SELECT (SELECT count(*) FROM inserted), pg_notify($15, $16)"
+             SELECT (SELECT count(*) FROM inserted)"
         );
         let fail = |e| crate::storage_error("writing appended events", e);
         let statement = prepared(tx, statements, sql).await.map_err(fail)?;
@@ -418,8 +452,6 @@ impl<'a> GroupWrite<'a> {
                     &self.metadata,
                     &now.unix_micros(),
                     &(head.0 as i64),
-                    &channel(schema),
-                    &head.0.to_string(),
                 ],
             )
             .await
@@ -531,9 +563,9 @@ impl GroupWrite<'_> {
                 format!("COPY stored {written} of {} events", self.positions.len()),
             ));
         }
-        let sql = format!("WITH moved AS (UPDATE {schema}.head SET position = $1) SELECT pg_notify($2, $3)");
+        let sql = format!("UPDATE {schema}.head SET position = $1");
         let statement = prepared(tx, statements, sql).await.map_err(fail)?;
-        tx.query_one(&statement, &[&(head.0 as i64), &channel(schema), &head.0.to_string()]).await.map_err(fail)?;
+        tx.execute(&statement, &[&(head.0 as i64)]).await.map_err(fail)?;
         Ok(())
     }
 }
