@@ -11,9 +11,16 @@ pub struct WriteJob {
     pub requests: Vec<AppendRequest>,
     /// Where the answers go, one per request in order.
     pub reply: oneshot::Sender<Vec<Result<AppendResult, ReelError>>>,
+    /// When the caller queued it (how long it waited for the writer is a stage of its latency).
+    pub submitted: std::time::Instant,
 }
 
 impl WriteJob {
+    /// A job queued now.
+    pub fn new(requests: Vec<AppendRequest>, reply: oneshot::Sender<Vec<Result<AppendResult, ReelError>>>) -> Self {
+        Self { requests, reply, submitted: std::time::Instant::now() }
+    }
+
     /// How many events the job carries (groups are bounded by it).
     pub fn event_count(&self) -> usize {
         self.requests.iter().map(|r| r.events.len()).sum()
