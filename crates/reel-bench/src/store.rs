@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use reel_core::{AllReader, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, StreamVersion};
-use reel_sqlite::{SqliteOptions, SqliteStore};
+use reel_sqlite::{CheckpointMode, SqliteOptions, SqliteStore};
 use rusqlite::params;
 
 use super::{
@@ -170,8 +170,9 @@ pub(super) async fn bench_read(
     });
     Ok((rows, extra))
 }
-/// Single-event `Exact` appends for a fixed time at 1, 16 and 64 writers, each call timed, with
-/// WAL checkpoints in the background (the default) and inside commits (SQLite's automatic ones).
+/// Single-event `Exact` appends for a fixed time at 1, 16 and 64 writers, each call timed, for
+/// each checkpoint mode, with the writer's per-stage breakdown (queue wait, group assembly,
+/// write, commit, checkpoint, reply) printed after each point and kept in the JSON.
 async fn latency_sweep(
     dir: &Path,
     plan: &AppendPlan,
@@ -179,14 +180,16 @@ async fn latency_sweep(
     rows: &mut Vec<Row>,
 ) -> Result<Vec<serde_json::Value>> {
     let mut points = Vec::new();
-    for background in [true, false] {
+    for mode in [CheckpointMode::InsideCommit, CheckpointMode::AfterAnswer, CheckpointMode::Background] {
         for writers in [1u64, 16, 64] {
-            let name = format!("reel-sweep-{writers}-{background}.db");
-            let options = SqliteOptions { background_checkpoints: background, ..SqliteOptions::default() };
+            let name = format!("reel-sweep-{writers}-{mode:?}.db");
+            let options = SqliteOptions { checkpoints: mode, record_stages: true, ..SqliteOptions::default() };
+            let wal_path = dir.join(format!("{name}-wal"));
             let store = Arc::new(SqliteStore::open_with(dir.join(name), options)?);
             let payload = Arc::new(payload(plan.event_size));
+            let appender = store.clone();
             let result = timed(writers, plan.sweep_seconds, move |w, n| {
-                let (store, payload) = (store.clone(), payload.clone());
+                let (store, payload) = (appender.clone(), payload.clone());
                 async move {
                     let expected = n
                         .checked_sub(1)
@@ -196,17 +199,55 @@ async fn latency_sweep(
                 }
             })
             .await?;
-            let how = if background { "background checkpoints" } else { "checkpoints inside commits" };
+            let how = match mode {
+                CheckpointMode::InsideCommit => "checkpoints inside commits",
+                CheckpointMode::AfterAnswer => "checkpoints after answering",
+                CheckpointMode::Background => "background checkpoints",
+            };
             let name = format!("reel, {writers} writer(s), single Exact appends, {how}, {} s", plan.sweep_seconds);
             rows.push(timed_row(name, &result, Some((fsync_rate, "one commit per row"))));
+            let stages = store.stage_report().unwrap_or_default();
+            // How far the WAL grew: it starts over only after a checkpoint that caught up with it.
+            let wal_bytes = std::fs::metadata(&wal_path).map_or(0, |m| m.len());
+            print_stages(&format!("{writers} writer(s), {how}, WAL file {:.1} MiB", wal_bytes as f64 / 1048576.0), &result, &stages);
             points.push(serde_json::json!({
-                "writers": writers, "background_checkpoints": background, "events_per_sec": result.events as f64 / result.elapsed.as_secs_f64(),
+                "writers": writers, "checkpoints": format!("{mode:?}"), "wal_bytes": wal_bytes, "events_per_sec": result.events as f64 / result.elapsed.as_secs_f64(),
                 "p50_ms": result.quantile_ms(0.5), "p95_ms": result.quantile_ms(0.95),
                 "p99_ms": result.quantile_ms(0.99), "p999_ms": result.quantile_ms(0.999),
+                "stages": stages.iter().map(|s| serde_json::json!({
+                    "stage": s.stage.name(), "count": s.count, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms,
+                    "p999_ms": s.p999_ms, "max_ms": s.max_ms, "total_ms": s.total_ms,
+                })).collect::<Vec<_>>(),
             }));
         }
     }
     Ok(points)
+}
+
+/// The writer's stages of one sweep point beside the callers' own latency.
+fn print_stages(point: &str, callers: &super::Timed, stages: &[reel_sqlite::StageSummary]) {
+    println!("stages, {point}:");
+    println!("  {:<28} {:>9} {:>9} {:>9} {:>9} {:>9}", "stage", "samples", "p50 ms", "p99 ms", "p999 ms", "max ms");
+    println!(
+        "  {:<28} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+        "whole append (caller)",
+        callers.events,
+        callers.quantile_ms(0.5),
+        callers.quantile_ms(0.99),
+        callers.quantile_ms(0.999),
+        callers.quantile_ms(1.0)
+    );
+    for s in stages.iter().filter(|s| s.count > 0) {
+        println!(
+            "  {:<28} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            s.stage.name(),
+            s.count,
+            s.p50_ms,
+            s.p99_ms,
+            s.p999_ms,
+            s.max_ms
+        );
+    }
 }
 
 fn open(dir: &Path, name: &str, group_commit: bool) -> Result<SqliteStore> {

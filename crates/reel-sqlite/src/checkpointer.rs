@@ -1,12 +1,13 @@
 //! WAL checkpoints off the commit path.
 //!
 //! SQLite's automatic checkpoint runs inside the commit that pushes the WAL past 1,000 pages:
-//! that append then also copies the WAL into the main file and fsyncs it before it is answered,
-//! which is where the slowest appends come from. With background checkpoints
-//! (`SqliteOptions::background_checkpoints`) the writer turns the automatic checkpoint off and
+//! that append then also copies the WAL into the main file and fsyncs it before it is answered.
+//! With `CheckpointMode::Background` the writer turns the automatic checkpoint off and
 //! nudges this thread after its commits instead; it runs a PASSIVE
 //! checkpoint (never blocks the writer or readers) on its own connection, at most every
-//! [`PACE`]. Commits stay exactly as durable: each one is fsync'd in the WAL before it is answered.
+//! [`PACE`]. Under steady load it never catches up with the last commit, so the WAL would never
+//! start over; the writer therefore finishes the copy itself once the WAL passes 4,000 frames.
+//! Commits stay exactly as durable: each one is fsync'd in the WAL before it is answered.
 
 use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};

@@ -23,6 +23,7 @@ mod queries;
 mod reader;
 mod schema;
 mod snapshots;
+mod stages;
 mod subscriptions;
 mod writer;
 
@@ -43,6 +44,7 @@ use tokio::sync::oneshot;
 pub use reel_core::MAX_READ_LIMIT;
 pub use schema::SCHEMA_VERSION;
 pub use snapshots::SqliteSnapshotStore;
+pub use stages::{Stage, StageSummary};
 pub use subscriptions::{SqliteProjection, SqliteSubscriptionStore};
 pub use writer::RECENT_ID_WINDOW;
 
@@ -58,12 +60,26 @@ pub struct SqliteOptions {
     /// How often appends by *other processes* are looked for while someone watches the head.
     /// Appends in this process wake watchers at once.
     pub external_poll: Duration,
-    /// Copy the WAL into the main file on a thread of its own instead of inside the append
-    /// whose commit crosses SQLite's automatic checkpoint threshold (default off). Measured on
-    /// this project's machine (docs/BENCHMARKS.md): it brings p99 from 4–5× p50 to 2–3× p50 at
-    /// 16–64 writers, but costs a quarter to a third of the throughput and raises p50, so it is
-    /// not the default.
-    pub background_checkpoints: bool,
+    /// When the WAL is copied into the main file (see [`CheckpointMode`]).
+    pub checkpoints: CheckpointMode,
+    /// Record how long each append spends in each stage of the writer ([`SqliteStore::stage_report`]);
+    /// off by default (the benchmarks turn it on).
+    pub record_stages: bool,
+}
+
+/// When the WAL is checkpointed (copied into the main file so it can start over). Every mode
+/// keeps commits exactly as durable: each one is fsync'd in the WAL before it is answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CheckpointMode {
+    /// Inside the commit that brings the WAL to 1,000 pages, as SQLite does by itself: that
+    /// group's callers wait for the copy and the main file's fsync.
+    InsideCommit,
+    /// On the writer thread, right after the group whose commit brought the WAL to 1,000 pages
+    /// was answered: nobody waits for it but appends queued meanwhile (default).
+    #[default]
+    AfterAnswer,
+    /// On a thread of its own with its own connection, at most every 100 ms after commits.
+    Background,
 }
 
 impl Default for SqliteOptions {
@@ -73,7 +89,8 @@ impl Default for SqliteOptions {
             group_commit: true,
             readers: 4,
             external_poll: Duration::from_millis(100),
-            background_checkpoints: false,
+            checkpoints: CheckpointMode::default(),
+            record_stages: false,
         }
     }
 }
@@ -91,6 +108,7 @@ struct Inner {
     readers: Arc<reader::ReaderPool>,
     head: Arc<HeadNotifier>,
     commits: Arc<AtomicU64>,
+    stages: Option<Arc<stages::StageRecorder>>,
     /// Dropping it stops the thread that notices other processes' appends.
     _stop_external_watch: Sender<()>,
 }
@@ -111,7 +129,7 @@ impl SqliteStore {
         let writer_head = Arc::clone(&head);
         let commits = Arc::new(AtomicU64::new(0));
         let writer_commits = Arc::clone(&commits);
-        let nudge = if options.background_checkpoints {
+        let checkpoints = if options.checkpoints == CheckpointMode::Background {
             conn.pragma_update(None, "wal_autocheckpoint", 0)
                 .map_err(|e| ReelError::storage(format!("configuring {}", path.display()), e))?;
             let (nudge, nudges) = mpsc::sync_channel(1);
@@ -124,13 +142,19 @@ impl SqliteStore {
                     }
                 })
                 .map_err(|e| ReelError::storage("starting the checkpoint thread", e))?;
-            Some(nudge)
+            writer::Checkpoints::Background(nudge)
+        } else if options.checkpoints == CheckpointMode::AfterAnswer {
+            writer::Checkpoints::AfterAnswer
         } else {
-            None
+            writer::Checkpoints::InsideCommit
         };
+        let stages = options.record_stages.then(|| Arc::new(stages::StageRecorder::default()));
+        let writer_stages = stages.clone();
         std::thread::Builder::new()
             .name("reel-sqlite-writer".into())
-            .spawn(move || writer::run_writer(conn, receiver, writer_head, group, writer_commits, nudge))
+            .spawn(move || {
+                writer::run_writer(conn, receiver, writer_head, group, writer_commits, checkpoints, writer_stages)
+            })
             .map_err(|e| ReelError::storage("starting the writer thread", e))?;
         let (stop, stopped) = mpsc::channel();
         let watch_conn = schema::open_connection(&path, true)?;
@@ -148,6 +172,7 @@ impl SqliteStore {
                 jobs,
                 head,
                 commits,
+                stages,
                 _stop_external_watch: stop,
             }),
         })
@@ -171,6 +196,12 @@ impl SqliteStore {
     /// Append transactions committed since the store was opened (each one fsync).
     pub fn commit_count(&self) -> u64 {
         self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    /// Where appends spent their time since the last call, stage by stage (queue wait, group
+    /// assembly, write, commit, checkpoint, reply); `None` unless opened with `record_stages`.
+    pub fn stage_report(&self) -> Option<Vec<StageSummary>> {
+        self.inner.stages.as_ref().map(|stages| stages.take())
     }
 
     async fn submit(&self, requests: Vec<AppendRequest>) -> Result<Vec<Result<AppendResult, ReelError>>, ReelError> {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use reel_core::{EventStore, ExpectedVersion, NewEvent, Position, StreamName, StreamVersion};
-use reel_sqlite::{SqliteOptions, SqliteStore};
+use reel_sqlite::{CheckpointMode, SqliteOptions, SqliteStore, Stage};
 
 fn stream(name: &str) -> StreamName {
     StreamName::new(name).unwrap()
@@ -91,31 +91,62 @@ async fn two_stores_on_one_file_keep_one_order() {
     assert!(seen.is_ok(), "b's head watch learned of the other writer's appends");
 }
 
-/// With background checkpoints no append runs a WAL checkpoint, yet the WAL is still copied
-/// into the main file: after enough appends to cross SQLite's 1,000-page threshold,
-/// the main file holds them within moments. With the automatic checkpoint off and no background
-/// thread the main file would stay at its initial few pages.
+/// Whichever thread checkpoints (inside the commit, on the writer after answering, or a thread of
+/// its own), the WAL is copied into the main file: after enough appends to cross the 1,000-page
+/// threshold, the main file holds them within moments. The writer's WAL hook replaces SQLite's
+/// automatic checkpoint, so a mode that forgot to checkpoint would leave the main file at its
+/// initial few pages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn background_checkpoints_copy_the_wal_into_the_main_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("reel.db");
-    let options = SqliteOptions { background_checkpoints: true, ..SqliteOptions::default() };
-    let store = SqliteStore::open_with(&path, options).unwrap();
-    let initial = std::fs::metadata(&path).unwrap().len();
-    let payload = vec![b'x'; 2000];
-    for i in 0..40 {
-        let events =
-            (0..100).map(|_| NewEvent::new("Big", format!("\"{}\"", String::from_utf8_lossy(&payload)))).collect();
-        store.append(&stream(&format!("big-{i}")), ExpectedVersion::Any, events).await.unwrap();
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let size = std::fs::metadata(&path).unwrap().len();
-        if size > initial + 4_000_000 {
-            break;
+async fn every_checkpoint_mode_copies_the_wal_into_the_main_file() {
+    for mode in [CheckpointMode::InsideCommit, CheckpointMode::AfterAnswer, CheckpointMode::Background] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reel.db");
+        let options = SqliteOptions { checkpoints: mode, ..SqliteOptions::default() };
+        let store = SqliteStore::open_with(&path, options).unwrap();
+        let initial = std::fs::metadata(&path).unwrap().len();
+        let payload = vec![b'x'; 2000];
+        for i in 0..40 {
+            let events =
+                (0..100).map(|_| NewEvent::new("Big", format!("\"{}\"", String::from_utf8_lossy(&payload)))).collect();
+            store.append(&stream(&format!("big-{i}")), ExpectedVersion::Any, events).await.unwrap();
         }
-        assert!(std::time::Instant::now() < deadline, "the main file stayed at {size} bytes: no checkpoint ran");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let size = std::fs::metadata(&path).unwrap().len();
+            if size > initial + 4_000_000 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{mode:?}: the main file stayed at {size} bytes");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(store.head().await.unwrap(), Position(4000), "{mode:?}: every append answered and stored");
     }
-    assert_eq!(store.head().await.unwrap(), Position(4000), "every append answered and stored");
+}
+
+/// The stage report accounts for every append job and shows checkpoints apart from commits,
+/// whichever thread runs them on the writer's side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stage_report_counts_every_append_and_shows_checkpoints_apart() {
+    for mode in [CheckpointMode::InsideCommit, CheckpointMode::AfterAnswer] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions { checkpoints: mode, record_stages: true, ..SqliteOptions::default() };
+        let store = SqliteStore::open_with(dir.path().join("reel.db"), options).unwrap();
+        let payload = format!("\"{}\"", "x".repeat(2000));
+        for i in 0..300 {
+            let events = (0..10).map(|_| NewEvent::new("Big", payload.clone())).collect();
+            store.append(&stream(&format!("s-{}", i % 7)), ExpectedVersion::Any, events).await.unwrap();
+        }
+        let report = store.stage_report().expect("recording was asked for");
+        let count = |stage: Stage| report.iter().find(|s| s.stage == stage).map_or(0, |s| s.count);
+        assert_eq!(count(Stage::QueueWait), 300, "{mode:?}: one queue wait per append");
+        assert_eq!(count(Stage::Commit), 300, "{mode:?}: every append waited for one commit");
+        // The last reply is recorded once it was sent, which may be just after its caller read
+        // the report.
+        assert!((299..=300).contains(&count(Stage::Reply)), "{mode:?}: one reply per append");
+        assert!(count(Stage::Checkpoint) >= 1, "{mode:?}: 6 MB through the WAL crossed the threshold: {report:?}");
+        assert!(store.stage_report().unwrap().iter().all(|s| s.count == 0), "a report starts over");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plain = SqliteStore::open(dir.path().join("reel.db")).unwrap();
+    assert!(plain.stage_report().is_none(), "nothing is recorded unless asked");
 }
