@@ -1,16 +1,17 @@
 //! The one-round-trip append: the usual way a group is written.
 //!
 //! The writer decides the group against what it knows of its streams (remembered from its own
-//! earlier groups, or read without any lock), then calls `append_group_unflushed` (migration 6),
-//! which in one statement locks the head, checks that every stream is still as the writer saw
-//! it, writes the events with positions after the head and moves the head, and commits without
-//! waiting for the flush. The durability barrier (durable.rs) is pipelined right behind it on the
-//! same connection, so the group costs one round trip and the head lock is held for the call
-//! only, never across a flush: writers in many processes add throughput instead of queueing
-//! behind each other's fsyncs. When anything differs (another process appended to one of the
-//! streams, an expected version does not hold, an id may be a retry), nothing is written and the
-//! group goes the careful way (`commit_group`: lock first, then decide), which gives every answer
-//! that is not a plain success.
+//! earlier groups, or read without any lock), then calls `append_group_v2` (migration 6), which
+//! in one statement takes the head, checks that every stream is still as the writer saw it,
+//! writes the events with positions after the head and moves the head. When it got the head at
+//! once (no other process was appending), it commits durably and records the new head as durable
+//! itself: one round trip, one flush, as a single store needs. When it had to queue behind
+//! another process, it commits without waiting for the flush, so the head is released at once,
+//! and the writer confirms with a barrier (durable.rs) before answering: processes then share
+//! flushes instead of taking turns at them. When anything differs (another process appended to
+//! one of the streams, an expected version does not hold, an id may be a retry), nothing is
+//! written and the group goes the careful way (`commit_group`: lock first, then decide), which
+//! gives every answer that is not a plain success.
 
 use std::collections::HashMap;
 
@@ -78,26 +79,28 @@ pub(crate) async fn try_append(
         relative.push(group.add(request, state, &mut offset));
     }
     let unknown = |error: ReelError| Some(requests.iter().map(|_| Err(error.clone())).collect());
-    // Both statements are prepared first: the barrier must reach the server after the call.
     let sql = format!(
-        "SELECT {schema}.append_group_unflushed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        "SELECT o_head, o_confirmed FROM {schema}.append_group_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     );
     let Ok(statement) = prepared(client, statements, sql).await else { return None };
-    let Ok(barrier) = Barrier::prepare(client, statements, schema).await else { return None };
-    // The barrier goes right behind the call on the same connection: one round trip for both.
-    let (call, confirmed) = tokio::join!(
-        call_append_group(client, &statement, &streams, &group),
-        barrier.run(client)
-    );
-    let head = match call {
-        Call::Written(head) => head,
+    let (head, confirmed) = match call_append_group(client, &statement, &streams, &group).await {
+        Call::Written { head, confirmed } => (head, confirmed),
         Call::Changed => return None,
         Call::Unknown(error) => return unknown(error),
     };
-    let durable = match confirmed {
-        Ok(durable) => durable,
-        // Committed, but not known to be on disk: not an acknowledgement (invariant 5).
-        Err(e) => return unknown(ReelError::storage("appending (the outcome is unknown; retry with event ids)", e)),
+    let durable = if confirmed {
+        Position(head.0 + offset.0)
+    } else {
+        // It queued behind another process and committed without its flush: confirm first
+        // (invariant 5); a failure leaves it committed but not acknowledged.
+        let barrier = match Barrier::prepare(client, statements, schema).await {
+            Ok(barrier) => barrier.run(client).await,
+            Err(e) => Err(e),
+        };
+        match barrier {
+            Ok(durable) => durable,
+            Err(e) => return unknown(ReelError::storage("appending (the outcome is unknown; retry with event ids)", e)),
+        }
     };
     for state in streams.values() {
         if let (Some(id), Some(version)) = (state.stream_id, state.version) {
@@ -154,8 +157,9 @@ fn plainly_new(request: &AppendRequest, state: &StreamState<'_>) -> bool {
 
 /// How a call of `append_group` ended.
 enum Call {
-    /// Written after this head.
-    Written(Position),
+    /// Written after `head`; `confirmed` when the commit was durable and recorded in the durable
+    /// head already (nobody else was appending), otherwise a barrier must confirm it.
+    Written { head: Position, confirmed: bool },
     /// Nothing written: the streams had changed, or the server refused the call (it rolled back).
     Changed,
     /// The connection failed: the call may or may not have committed. Retrying the careful way
@@ -214,7 +218,10 @@ async fn call_append_group(
         )
         .await;
     match row {
-        Ok(row) => row.get::<_, Option<i64>>(0).map_or(Call::Changed, |head| Call::Written(Position(head as u64))),
+        Ok(row) => match row.get::<_, Option<i64>>(0) {
+            Some(head) => Call::Written { head: Position(head as u64), confirmed: row.get(1) },
+            None => Call::Changed,
+        },
         // The server answered with an error: the statement rolled back whole.
         Err(e) if e.as_db_error().is_some() => {
             tracing::debug!(error = %e, "one-call append refused; taking the careful path");

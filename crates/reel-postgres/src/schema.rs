@@ -116,38 +116,46 @@ const MIGRATIONS: &[&str] = &[
         RETURN v_head;
      END
      $fn$;",
-    // 6: appends release the head lock before their flush (see durable.rs). `durable_head` holds
-    // one row per barrier connection; the highest position is the durable head, which readers do
-    // not pass. The existing log was written with durable commits, so it starts as the head.
-    // `append_group_unflushed` is `append_group` committing without waiting for the flush and
-    // without NOTIFY (the barrier's announcement follows); the old function stays for processes
-    // of the previous version still running.
+    // 6: appends that had to queue for the head release it before their flush (see durable.rs).
+    // `durable_head` holds one row per writer connection; the highest position is the durable
+    // head, which readers do not pass. The existing log was written with durable commits, so it
+    // starts as the head. `append_group_v2` is `append_group` without NOTIFY (announced by the
+    // listener after the flush): when it gets the head at once it commits durably and records
+    // its new head itself (`confirmed`); when it had to wait, another process is appending, and it
+    // commits without waiting for the flush, for the caller's barrier to confirm. The old
+    // function stays for processes of the previous version still running.
     "CREATE TABLE {s}.durable_head (
         connection_pid integer PRIMARY KEY,
         position       bigint NOT NULL
      );
      INSERT INTO {s}.durable_head (connection_pid, position) SELECT 0, position FROM {s}.head;
-     CREATE FUNCTION {s}.append_group_unflushed(
+     CREATE FUNCTION {s}.append_group_v2(
         p_checked_ids bigint[], p_checked_versions bigint[],
         p_new_names text[], p_new_categories text[], p_new_versions bigint[],
         p_final_ids bigint[], p_final_versions bigint[],
         p_offsets bigint[], p_names text[], p_versions bigint[], p_ids uuid[], p_types text[],
-        p_data bytea[], p_metadata jsonb[], p_recorded_at bigint
-     ) RETURNS bigint LANGUAGE plpgsql AS $fn$
+        p_data bytea[], p_metadata jsonb[], p_recorded_at bigint,
+        OUT o_head bigint, OUT o_confirmed boolean
+     ) LANGUAGE plpgsql AS $fn$
      DECLARE
         v_head bigint;
         v_written bigint;
      BEGIN
-        PERFORM set_config('synchronous_commit', 'off', true);
         -- Queued in the lock manager first (see writer.rs), then the row lock as before.
-        PERFORM pg_advisory_xact_lock(hashtext('reel-head:{s}'));
+        o_confirmed := pg_try_advisory_xact_lock(hashtext('reel-head:{s}'));
+        IF NOT o_confirmed THEN
+            PERFORM set_config('synchronous_commit', 'off', true);
+            PERFORM pg_advisory_xact_lock(hashtext('reel-head:{s}'));
+        END IF;
         SELECT h.position INTO v_head FROM {s}.head h FOR UPDATE;
         IF EXISTS (
             SELECT 1 FROM unnest(p_checked_ids, p_checked_versions) AS c(stream_id, version)
             LEFT JOIN {s}.streams s ON s.stream_id = c.stream_id
             WHERE s.version IS DISTINCT FROM c.version
         ) OR EXISTS (SELECT 1 FROM {s}.streams s WHERE s.name = ANY(p_new_names)) THEN
-            RETURN NULL;
+            o_head := NULL;
+            o_confirmed := false;
+            RETURN;
         END IF;
         UPDATE {s}.streams s SET version = f.version
         FROM unnest(p_final_ids, p_final_versions) AS f(stream_id, version)
@@ -171,7 +179,12 @@ const MIGRATIONS: &[&str] = &[
             RAISE EXCEPTION 'append_group wrote % of % events', v_written, cardinality(p_offsets);
         END IF;
         UPDATE {s}.head SET position = v_head + v_written;
-        RETURN v_head;
+        IF o_confirmed THEN
+            -- A durable commit: its own barrier.
+            INSERT INTO {s}.durable_head AS d (connection_pid, position) VALUES (pg_backend_pid(), v_head + v_written)
+            ON CONFLICT (connection_pid) DO UPDATE SET position = greatest(d.position, excluded.position);
+        END IF;
+        o_head := v_head;
      END
      $fn$;",
 ];

@@ -579,7 +579,7 @@ async fn a_schema_from_before_the_durable_head_migrates_with_its_log_visible() {
     let admin = admin().await;
     admin
         .batch_execute(&format!(
-            "DROP TABLE {schema}.durable_head; DROP FUNCTION {schema}.append_group_unflushed;
+            "DROP TABLE {schema}.durable_head; DROP FUNCTION {schema}.append_group_v2;
              UPDATE {schema}.reel_schema SET version = 5;"
         ))
         .await
