@@ -91,9 +91,26 @@ pub fn open_and_migrate(path: &Path) -> Result<Connection, ReelError> {
             .map_err(|e| ReelError::storage(format!("creating directory {}", parent.display()), e))?;
     }
     let mut conn = open_connection(path, false)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(storage(path, "enabling WAL on"))?;
+    enable_wal(&conn).map_err(storage(path, "enabling WAL on"))?;
     migrate(&mut conn, path)?;
     Ok(conn)
+}
+
+/// Switches a new file to WAL mode. Two processes creating the same file at once both try; the
+/// switch needs the file to itself, and SQLite answers "database is locked" at once instead of
+/// calling the busy handler (it would deadlock otherwise), so the loser retries for a while.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Opens one more connection to an existing store (writer or reader).

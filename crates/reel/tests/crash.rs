@@ -88,3 +88,27 @@ fn two_writer_processes_killed_together_keep_one_gap_free_log() {
     let report = verify(&cli, &acks);
     assert!(report.acknowledged >= 200, "{report:?}");
 }
+
+/// Two processes creating the same new store at once both open it. Switching a new file to WAL
+/// needs the file to itself, and SQLite answers "database is locked" to the other at once (its
+/// busy handler is not called there); the loser retries. Seen in about one start in ten before.
+#[test]
+fn two_processes_creating_one_new_store_at_once_both_start() {
+    for _ in 0..30 {
+        let cli = Cli::new();
+        let spawn = || {
+            cli.command()
+                .args(["append", "unit-1", "--type", "Opened", "--data", "{}"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn reel")
+        };
+        let (first, second) = (spawn(), spawn());
+        for child in [first, second] {
+            let output = child.wait_with_output().expect("wait for reel");
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        }
+        assert_eq!(cli.head(), 2, "both appends stored");
+    }
+}
