@@ -209,7 +209,11 @@ async fn latency_sweep(
             let stages = store.stage_report().unwrap_or_default();
             // How far the WAL grew: it starts over only after a checkpoint that caught up with it.
             let wal_bytes = std::fs::metadata(&wal_path).map_or(0, |m| m.len());
-            print_stages(&format!("{writers} writer(s), {how}, WAL file {:.1} MiB", wal_bytes as f64 / 1048576.0), &result, &stages);
+            print_stages(
+                &format!("{writers} writer(s), {how}, WAL file {:.1} MiB", wal_bytes as f64 / 1048576.0),
+                &result,
+                &stages,
+            );
             points.push(serde_json::json!({
                 "writers": writers, "checkpoints": format!("{mode:?}"), "wal_bytes": wal_bytes, "events_per_sec": result.events as f64 / result.elapsed.as_secs_f64(),
                 "p50_ms": result.quantile_ms(0.5), "p95_ms": result.quantile_ms(0.95),

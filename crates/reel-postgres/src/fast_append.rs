@@ -99,7 +99,9 @@ pub(crate) async fn try_append(
         };
         match barrier {
             Ok(durable) => durable,
-            Err(e) => return unknown(ReelError::storage("appending (the outcome is unknown; retry with event ids)", e)),
+            Err(e) => {
+                return unknown(ReelError::storage("appending (the outcome is unknown; retry with event ids)", e))
+            }
         }
     };
     for state in streams.values() {

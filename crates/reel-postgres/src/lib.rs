@@ -177,7 +177,11 @@ impl PostgresStore {
 
     async fn submit(&self, requests: Vec<AppendRequest>) -> Result<Vec<Result<AppendResult, ReelError>>, ReelError> {
         let (reply, answer) = oneshot::channel();
-        self.inner.jobs.send(reel_core::backend::WriteJob::new(requests, reply)).await.map_err(|_| ReelError::Closed)?;
+        self.inner
+            .jobs
+            .send(reel_core::backend::WriteJob::new(requests, reply))
+            .await
+            .map_err(|_| ReelError::Closed)?;
         answer.await.map_err(|_| ReelError::Closed)
     }
 }

@@ -12,9 +12,9 @@ use reel_core::Position;
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
+use crate::connect_client;
 use crate::durable::{self, heads, Barrier};
 use crate::writer::{channel, Statements};
-use crate::connect_client;
 
 /// How often the head is read even without notifications.
 const FALLBACK_POLL: Duration = Duration::from_secs(1);

@@ -443,8 +443,11 @@ async fn every_acknowledged_append_is_covered_by_the_durable_head() {
                         assert_eq!(original, retried);
                         retried
                     } else {
-                        let expected =
-                            if i == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(StreamVersion(i - 1 - i / 4)) };
+                        let expected = if i == 0 {
+                            ExpectedVersion::NoStream
+                        } else {
+                            ExpectedVersion::Exact(StreamVersion(i - 1 - i / 4))
+                        };
                         store.append(&own, expected, vec![NewEvent::new("Tick", "{}")]).await.unwrap()
                     };
                     let durable = durable_head(&checker, &schema).await;
@@ -492,7 +495,10 @@ async fn events_committed_without_a_barrier_stay_invisible_until_one_covers_them
         .unwrap();
     let orphan = StreamName::new("unit-orphan").unwrap();
     let all = store.read_all(Position(1), &ReadAllFilter::default(), 10).await.unwrap();
-    let filtered = store.read_all(Position(1), &ReadAllFilter { event_types: vec!["Orphan".into()], ..Default::default() }, 10).await.unwrap();
+    let filtered = store
+        .read_all(Position(1), &ReadAllFilter { event_types: vec!["Orphan".into()], ..Default::default() }, 10)
+        .await
+        .unwrap();
     let in_stream = store.read_stream(&orphan, reel_core::StreamVersion(0), reel_core::Direction::Forward, 10).await;
     let version = store.stream_version(&orphan).await.unwrap();
     let head = store.head().await.unwrap();

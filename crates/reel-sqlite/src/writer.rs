@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reel_core::backend::{answer, requests_of, HeadNotifier, Rejected, WriteJob};
 use reel_core::{
@@ -156,11 +156,8 @@ struct WalState {
 
 impl WalHook {
     fn install(conn: &Connection, checkpoint_inside: bool) -> Self {
-        let state = Box::new(WalState {
-            checkpoint_inside,
-            frames: AtomicI64::new(0),
-            inside_micros: AtomicI64::new(-1),
-        });
+        let state =
+            Box::new(WalState { checkpoint_inside, frames: AtomicI64::new(0), inside_micros: AtomicI64::new(-1) });
         // SAFETY: `db` is the writer's open connection, which outlives this guard (`run_writer`
         // owns both, and the connection is dropped after it); the hook's argument points into
         // `state`, which this guard owns, and `Drop` removes the hook before freeing it.
