@@ -72,11 +72,11 @@ pub struct SqliteOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CheckpointMode {
     /// Inside the commit that brings the WAL to 1,000 pages, as SQLite does by itself: that
-    /// group's callers wait for the copy and the main file's fsync.
+    /// group's callers wait for the copy and the main file's fsync (default).
+    #[default]
     InsideCommit,
     /// On the writer thread, right after the group whose commit brought the WAL to 1,000 pages
-    /// was answered: nobody waits for it but appends queued meanwhile (default).
-    #[default]
+    /// was answered: nobody waits for it but appends queued meanwhile.
     AfterAnswer,
     /// On a thread of its own with its own connection, at most every 100 ms after commits.
     Background,

@@ -14,6 +14,9 @@ use tokio::sync::Semaphore;
 use crate::queries::{head, stream_row};
 use crate::schema::open_connection;
 
+/// Most events a page is sized for before it is read (larger pages grow as they fill).
+const MAX_PRESIZED: usize = 10_000;
+
 /// How many positions a filtered `read_all` scans before it returns a (possibly empty) page.
 const FILTERED_SCAN_WINDOW: u64 = 65_536;
 
@@ -76,11 +79,19 @@ impl ReaderPool {
         Ok(name)
     }
 
-    fn events(&self, conn: &Connection, sql: &str, args: Vec<Value>) -> Result<Vec<RecordedEvent>, ReelError> {
+    /// The events `sql` selects; `expected` is how many it likely returns (the page is sized
+    /// for it up front, so a large page is not copied as it grows).
+    fn events(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        args: Vec<Value>,
+        expected: usize,
+    ) -> Result<Vec<RecordedEvent>, ReelError> {
         let err = |e| ReelError::storage("reading events", e);
         let mut statement = conn.prepare_cached(sql).map_err(err)?;
         let mut rows = statement.query(params_from_iter(args)).map_err(err)?;
-        let mut events = Vec::with_capacity(64);
+        let mut events = Vec::with_capacity(expected.min(MAX_PRESIZED));
         // Consecutive events often share a stream: skip the shared cache for those.
         let mut last_stream: Option<(i64, StreamName)> = None;
         while let Some(row) = rows.next().map_err(err)? {
@@ -137,7 +148,7 @@ pub fn read_stream(
             "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 AND stream_version <= ?2 ORDER BY stream_version DESC LIMIT ?3"
         ),
     };
-    pool.events(conn, &sql, vec![stream_id.into(), from.into(), (limit as i64).into()])
+    pool.events(conn, &sql, vec![stream_id.into(), from.into(), (limit as i64).into()], limit.min(64))
 }
 
 pub fn stream_version(conn: &Connection, stream: &StreamName) -> Result<Option<StreamVersion>, ReelError> {
@@ -154,7 +165,8 @@ pub fn read_all(
     let from = Position(from.0.max(1));
     if filter.is_empty() {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= ?1 ORDER BY position LIMIT ?2");
-        let events = pool.events(conn, &sql, vec![(from.0 as i64).into(), (limit as i64).into()])?;
+        // Positions are gap-free: a page of the whole log is full unless it reaches the head.
+        let events = pool.events(conn, &sql, vec![(from.0 as i64).into(), (limit as i64).into()], limit)?;
         let next = events.last().map_or(from, |e| e.position.next());
         return Ok(AllPage { events, next });
     }
@@ -199,7 +211,7 @@ fn filtered_page(
     }
     args.push(Value::Integer(limit as i64));
     sql.push_str(&format!(" ORDER BY position LIMIT ?{}", args.len()));
-    let events = pool.events(conn, &sql, args)?;
+    let events = pool.events(conn, &sql, args, 64)?;
     let next = if events.len() == limit {
         events.last().map_or(Position(window_end), |e| e.position.next())
     } else {
