@@ -219,6 +219,51 @@ async fn writer_sweep(
         points.push(serde_json::json!({ "what": "plain INSERT", "stores": 0, "writers": writers,
             "events_per_sec": baseline.rate(), "p50_ms": baseline.quantile_ms(0.5), "p99_ms": baseline.quantile_ms(0.99) }));
     }
+    // Ceiling of any design that hands one lock from commit to commit: each connection takes a
+    // single row lock, inserts one row and commits without waiting for the flush at all (so this
+    // is above what a durable store can do). Across processes the head lock is this hand-off.
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.lock_model_head (position bigint NOT NULL);
+             INSERT INTO {schema}.lock_model_head VALUES (0);
+             CREATE TABLE {schema}.lock_model (position bigint PRIMARY KEY, data bytea NOT NULL);"
+        ))
+        .await?;
+    for writers in [16u64, 64] {
+        let mut clients = Vec::new();
+        for _ in 0..writers {
+            let client = client(&plan.url).await?;
+            client.batch_execute("SET synchronous_commit = off").await?;
+            clients.push(client);
+        }
+        let (clients, data, sql) = (
+            Arc::new(clients),
+            Arc::new(data.to_vec()),
+            Arc::new(format!(
+                "WITH h AS (UPDATE {schema}.lock_model_head SET position = position + 1 RETURNING position)
+                 INSERT INTO {schema}.lock_model (position, data) SELECT position, $1 FROM h"
+            )),
+        );
+        eprintln!("sweep: one lock per commit, unflushed, {writers} connections, {seconds} s");
+        let ceiling = timed(writers, seconds, move |w, _| {
+            let (clients, data, sql) = (clients.clone(), data.clone(), sql.clone());
+            async move {
+                clients[w as usize]
+                    .execute(sql.as_str(), &[&*data])
+                    .await
+                    .map_err(|e| reel_core::ReelError::storage("lock hand-off ceiling", e))?;
+                Ok(())
+            }
+        })
+        .await?;
+        rows.push(timed_row(
+            format!("ceiling: {writers} connections, one row lock per commit, commits not flushed, {seconds} s"),
+            &ceiling,
+            None,
+        ));
+        points.push(serde_json::json!({ "what": "lock hand-off ceiling", "stores": 0, "writers": writers,
+            "events_per_sec": ceiling.rate(), "p50_ms": ceiling.quantile_ms(0.5), "p99_ms": ceiling.quantile_ms(0.99) }));
+    }
     for (stores, per_store) in [(1u64, 1u64), (1, 16), (1, 64), (16, 1), (16, 4)] {
         let mut instances = Vec::new();
         for _ in 0..stores {

@@ -3,20 +3,22 @@
 //! Append transactions hold the head row lock, and PostgreSQL releases a row lock only when the
 //! transaction ends, which for a durable commit is after its WAL flush. If appends waited for
 //! their flush under the lock, commits from different processes would flush one after another.
-//! So appends commit without waiting for the flush (`synchronous_commit = off` for that
-//! transaction only), which releases the lock as soon as the commit record is written, and each
-//! writer then runs a *barrier*: a tiny durable write that records the head it can see. WAL is
-//! flushed in order, so when the barrier's commit is flushed, every commit it could see is
-//! flushed too, and barriers of many processes share one flush (PostgreSQL's own group commit).
+//! So an append that had to queue for the head commits without waiting for the flush
+//! (`synchronous_commit = off` for that transaction only), which releases the lock as soon as the
+//! commit record is written, and its writer then runs a *barrier*: a tiny durable write that
+//! records the head it can see. WAL is flushed in order, so when the barrier's commit is flushed,
+//! every commit it could see is flushed too, and barriers of many processes share one flush
+//! (PostgreSQL's own group commit). An append that got the head at once commits durably and
+//! writes its row itself (`append_group_v2`, migration 6).
 //!
-//! An append is answered only after its barrier (invariant 5). Readers read only up to the
-//! durable head, the highest position any barrier recorded, so nobody ever sees an event that a
-//! crash of the database could still take back; positions committed but not yet confirmed stay
-//! invisible for the barrier's round trip (invariant 4 is unchanged: the durable head only
+//! An append is answered only after its durable commit or its barrier (invariant 5). Readers read
+//! only up to the durable head, the highest position any row records, so nobody ever sees an
+//! event that a crash of the database could still take back; positions committed but not yet
+//! confirmed stay invisible until their barrier (invariant 4 is unchanged: the durable head only
 //! moves forward, and everything below it is committed). A crash of the database loses at most a
 //! suffix of unconfirmed, unanswered appends, because commit order is position order.
 //!
-//! Each barrier connection writes its own row (keyed by its backend pid), so barriers never wait
+//! Each writer connection writes its own row (keyed by its backend pid), so barriers never wait
 //! for each other's locks. Rows of connections that are gone are swept when a writer connects.
 
 use reel_core::{Position, ReelError};
@@ -29,28 +31,19 @@ pub(crate) fn durable_head_sql(schema: &str) -> String {
     format!("(SELECT coalesce(max(position), 0) FROM {schema}.durable_head)")
 }
 
-/// The barrier statement, prepared on one connection.
-pub(crate) struct Barrier {
-    barrier: tokio_postgres::Statement,
+/// Confirms every commit this connection can see: records the current head in the
+/// connection's row with a durable commit, and returns the durable head.
+pub(crate) async fn confirm(client: &Client, statements: &mut Statements, schema: &str) -> Result<Position, ReelError> {
+    let fail = |e| crate::storage_error("confirming that appends are on disk", e);
+    let barrier = prepared(client, statements, barrier_sql(schema)).await.map_err(fail)?;
+    let row = client.query_one(&barrier, &[]).await.map_err(fail)?;
+    Ok(Position(row.get::<_, i64>(0) as u64))
 }
 
-impl Barrier {
-    /// Prepares (or takes from the cache) the statement on `client`.
-    pub(crate) async fn prepare(client: &Client, statements: &mut Statements, schema: &str) -> Result<Self, ReelError> {
-        let fail = |e| crate::storage_error("confirming that appends are on disk", e);
-        Ok(Self { barrier: prepared(client, statements, barrier_sql(schema)).await.map_err(fail)? })
-    }
-
-    /// Confirms every commit this connection can see: records the current head in the
-    /// connection's row with a durable commit, and returns the durable head. Sent right behind
-    /// an append on the same connection, it costs no extra round trip.
-    pub(crate) async fn run(&self, client: &Client) -> Result<Position, ReelError> {
-        let row = client
-            .query_one(&self.barrier, &[])
-            .await
-            .map_err(|e| crate::storage_error("confirming that appends are on disk", e))?;
-        Ok(Position(row.get::<_, i64>(0) as u64))
-    }
+/// The error for appends that committed but could not be confirmed on disk: not an
+/// acknowledgement (invariant 5), and a retry with the same event ids is recognised exactly.
+pub(crate) fn unconfirmed(cause: ReelError) -> ReelError {
+    ReelError::storage("appending (the outcome is unknown; retry with event ids)", cause)
 }
 
 /// The barrier statement: a durable write of the head as this connection sees it.

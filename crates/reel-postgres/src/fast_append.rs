@@ -20,7 +20,7 @@ use reel_core::backend::HeadNotifier;
 use reel_core::{AppendRequest, AppendResult, Position, ReelError, StreamName, Timestamp};
 use tokio_postgres::Client;
 
-use crate::durable::Barrier;
+use crate::durable;
 use crate::writer::{load_streams, prepared, GroupWrite, Statements, StreamState};
 
 /// Streams this writer has seen: stream id and version. Only a hint: `append_group` checks it
@@ -93,15 +93,9 @@ pub(crate) async fn try_append(
     } else {
         // It queued behind another process and committed without its flush: confirm first
         // (invariant 5); a failure leaves it committed but not acknowledged.
-        let barrier = match Barrier::prepare(client, statements, schema).await {
-            Ok(barrier) => barrier.run(client).await,
-            Err(e) => Err(e),
-        };
-        match barrier {
+        match durable::confirm(client, statements, schema).await {
             Ok(durable) => durable,
-            Err(e) => {
-                return unknown(ReelError::storage("appending (the outcome is unknown; retry with event ids)", e))
-            }
+            Err(e) => return unknown(durable::unconfirmed(e)),
         }
     };
     for state in streams.values() {

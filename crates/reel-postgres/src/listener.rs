@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 use crate::connect_client;
-use crate::durable::{self, heads, Barrier};
+use crate::durable::{self, heads};
 use crate::writer::{channel, Statements};
 
 /// How often the head is read even without notifications.
@@ -115,7 +115,7 @@ async fn confirm_if_stalled(
         return Ok(durable);
     }
     tracing::info!(%committed, %durable, "confirming appends a writer committed but did not confirm");
-    let durable = Barrier::prepare(client, statements, schema).await?.run(client).await?;
+    let durable = durable::confirm(client, statements, schema).await?;
     durable::announce(client, statements, schema, durable).await?;
     Ok(durable)
 }

@@ -15,7 +15,6 @@ use reel_core::backend::idempotency::{
 };
 use reel_core::backend::{answer, fail_all, requests_of, HeadNotifier, Rejected, WriteJob};
 
-use crate::durable::Barrier;
 use crate::fast_append::{try_append, KnownStreams};
 use reel_core::{
     AppendRequest, AppendResult, EventId, NewEvent, Position, ReelError, StreamName, StreamVersion, Timestamp,
@@ -153,16 +152,9 @@ async fn commit_group(
     // The commit did not wait for its flush, and a retry may have been answered from another
     // process's commit that is not confirmed yet: nothing is acknowledged before a barrier.
     if results.iter().any(|r| r.is_ok()) {
-        let confirmed = match Barrier::prepare(client, statements, schema).await {
-            Ok(barrier) => barrier.run(client).await,
-            Err(e) => Err(e),
-        };
-        match confirmed {
+        match crate::durable::confirm(client, statements, schema).await {
             Ok(durable) => notifier.advance(durable),
-            Err(e) => {
-                let e = ReelError::storage("appending (the outcome is unknown; retry with event ids)", e);
-                return fail_all(e);
-            }
+            Err(e) => return fail_all(crate::durable::unconfirmed(e)),
         }
     }
     results

@@ -597,3 +597,39 @@ async fn a_schema_from_before_the_durable_head_migrates_with_its_log_visible() {
     let all = store.read_all(Position(1), &ReadAllFilter::default(), 10).await.unwrap();
     assert_eq!(all.events.len(), 4);
 }
+
+/// Invariant 7 across processes: what a writer confirmed is announced on the schema's channel
+/// (by its store's listening connection), with a durable position, so other servers wake without
+/// waiting for their fallback poll (which announces nothing unless a writer stalled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_appends_are_announced_with_the_durable_head() {
+    use futures_util::StreamExt;
+    let schema = fresh_schema();
+    let store = connect(&schema).await;
+    let (listener, mut connection) =
+        tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.expect("listening connection");
+    let (payloads, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = payloads.send(n.payload().to_string());
+            }
+        }
+    });
+    listener.batch_execute(&format!("LISTEN reel_head_{schema}")).await.unwrap();
+    let stream = StreamName::new("unit-1").unwrap();
+    let appended = store.append(&stream, ExpectedVersion::NoStream, vec![NewEvent::new("Opened", "{}")]).await.unwrap();
+    let announced = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(payload) = received.recv().await {
+            let position: u64 = payload.parse().expect("the payload is a position");
+            if position >= appended.last_position.0 {
+                return Some(position);
+            }
+        }
+        None
+    })
+    .await;
+    assert_eq!(announced, Ok(Some(1)), "the append was announced with its durable position");
+    assert!(durable_head(&admin().await, &schema).await >= 1, "what was announced is durable");
+}
