@@ -1,0 +1,207 @@
+//! The Redis Streams relay against the real Redis at 127.0.0.1:6379 (started by `.ci/run`).
+//! Each test uses keys under its own random prefix and deletes them at the end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reel_core::{
+    Direction, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, RunMode, StreamName, StreamVersion,
+    SubscriptionCriteria,
+};
+use reel_relay::{KeyTemplate, RedisStreamsSink, Relay};
+use reel_sqlite::SqliteStore;
+use reel_subscriptions::{ClockBasedRetryStrategy, ResetTo, SubscriberSpec, SubscriptionEngine};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(REDIS).unwrap();
+    client
+        .get_multiplexed_tokio_connection()
+        .await
+        .expect("Redis must be running at 127.0.0.1:6379 (.ci/run starts it)")
+}
+
+/// A key prefix no other test run uses.
+fn prefix() -> String {
+    format!("reeltest:{}", reel_core::EventId::new_v7())
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    engine: SubscriptionEngine,
+}
+
+async fn fixture(keys: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("reel.db")).unwrap());
+    let sink = RedisStreamsSink::connect(REDIS, KeyTemplate::parse(keys).unwrap(), None)
+        .await
+        .expect("Redis must be running at 127.0.0.1:6379 (.ci/run starts it)");
+    let relay =
+        Relay::shared(SubscriberSpec::new("redis_relay", RunMode::FromBeginning).unwrap().in_group("relay"), sink);
+    let retry =
+        ClockBasedRetryStrategy { base_delay: Duration::from_millis(20), delay_factor: 1.0, max_attempts: 1000 };
+    let engine = SubscriptionEngine::new(store.clone(), Arc::new(store.subscription_store().unwrap()), vec![relay])
+        .unwrap()
+        .with_batch_size(500)
+        .with_retry_strategy(retry);
+    engine.setup(&SubscriptionCriteria::all(), true).await.unwrap();
+    Fixture { _dir: dir, store, engine }
+}
+
+/// Appends `per_stream` events to each of `streams` streams, ten at a time, interleaved across
+/// streams so that every batch the relay reads mixes streams and keys.
+async fn append(store: &SqliteStore, streams: usize, per_stream: usize) {
+    for round in 0..per_stream / 10 {
+        for s in 0..streams {
+            let stream = StreamName::new(format!("cat{}-{s}", s % 10)).unwrap();
+            let events = (0..10).map(|i| NewEvent::new("Counted", format!("{{\"n\":{}}}", round * 10 + i))).collect();
+            store.append(&stream, ExpectedVersion::Any, events).await.unwrap();
+        }
+    }
+}
+
+/// Runs the relay until its position reaches the head (or fails the test after `timeout`).
+async fn relay_until_caught_up(f: &Fixture, timeout: Duration) {
+    let head = f.store.head().await.unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        f.engine.boot(&SubscriptionCriteria::all()).await.unwrap();
+        f.engine.run(&SubscriptionCriteria::all()).await.unwrap();
+        let subscription = &f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap()[0];
+        if subscription.position >= head {
+            return;
+        }
+        assert!(Instant::now() < deadline, "relay stuck at {} of {head}: {subscription:?}", subscription.position);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A Redis Streams entry: key, entry id, fields.
+type Entry = (String, String, HashMap<String, Vec<u8>>);
+
+/// Every entry under `keys`.
+async fn entries(keys: &[String]) -> Vec<Entry> {
+    let mut connection = redis().await;
+    let mut all = Vec::new();
+    for key in keys {
+        let reply: Vec<(String, Vec<Vec<u8>>)> =
+            redis::cmd("XRANGE").arg(key).arg("-").arg("+").query_async(&mut connection).await.unwrap();
+        for (id, flat) in reply {
+            let fields =
+                flat.chunks(2).map(|pair| (String::from_utf8(pair[0].clone()).unwrap(), pair[1].clone())).collect();
+            all.push((key.clone(), id, fields));
+        }
+    }
+    all
+}
+
+async fn delete(keys: &[String]) {
+    let mut connection = redis().await;
+    let _: () = redis::cmd("DEL").arg(keys).query_async(&mut connection).await.unwrap();
+}
+
+fn text(fields: &HashMap<String, Vec<u8>>, name: &str) -> String {
+    String::from_utf8(fields[name].clone()).unwrap()
+}
+
+/// Checks that `entries` hold every event of the store exactly once, each key in position
+/// order, each stream in version order, with the envelope fields and the data unchanged.
+async fn assert_relayed_exactly_once(store: &SqliteStore, entries: &[Entry]) {
+    let head = store.head().await.unwrap().0 as usize;
+    assert_eq!(entries.len(), head, "one entry per event");
+    let mut by_position = HashMap::new();
+    let mut last_in_key: HashMap<&str, u64> = HashMap::new();
+    let mut last_version: HashMap<String, u64> = HashMap::new();
+    for (key, id, fields) in entries {
+        let position: u64 = text(fields, "reel-position").parse().unwrap();
+        assert_eq!(id, &format!("{position}-0"), "entry id is the position");
+        let previous = last_in_key.insert(key.as_str(), position).unwrap_or(0);
+        assert!(position > previous, "{key}: {position} after {previous}");
+        let version: u64 = text(fields, "reel-stream-version").parse().unwrap();
+        let stream = text(fields, "reel-stream");
+        if let Some(before) = last_version.insert(stream.clone(), version) {
+            assert_eq!(version, before + 1, "{stream} in order");
+        } else {
+            assert_eq!(version, 0, "{stream} starts at its first event");
+        }
+        assert!(by_position.insert(position, fields.clone()).is_none(), "position {position} relayed twice");
+    }
+    let mut stored = Vec::new();
+    let mut from = Position(1);
+    while stored.len() < head {
+        let page = store.read_all(from, &ReadAllFilter::default(), 5_000).await.unwrap();
+        assert!(!page.events.is_empty(), "the log ends before its head");
+        stored.extend(page.events);
+        from = page.next;
+    }
+    for event in stored {
+        let fields = &by_position[&event.position.0];
+        assert_eq!(text(fields, "reel-event-id"), event.id.to_string());
+        assert_eq!(text(fields, "reel-type"), event.event_type);
+        assert_eq!(fields["data"], event.data, "data unchanged");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_redis_once_and_each_stream_in_order_even_after_a_reset() {
+    let prefix = prefix();
+    let f = fixture(&format!("{prefix}:{{category}}")).await;
+    append(&f.store, 1_000, 100).await;
+    relay_until_caught_up(&f, Duration::from_secs(120)).await;
+    let keys: Vec<String> = (0..10).map(|c| format!("{prefix}:cat{c}")).collect();
+    assert_relayed_exactly_once(&f.store, &entries(&keys).await).await;
+
+    // A reset replays the whole log: Redis refuses every id it already holds.
+    f.engine.pause(&SubscriptionCriteria::all()).await.unwrap();
+    f.engine.reset(&SubscriptionCriteria::all(), ResetTo::Beginning).await.unwrap();
+    f.engine.reactivate(&SubscriptionCriteria::all()).await.unwrap();
+    append(&f.store, 10, 10).await;
+    relay_until_caught_up(&f, Duration::from_secs(120)).await;
+    assert_relayed_exactly_once(&f.store, &entries(&keys).await).await;
+    delete(&keys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_entry_mid_batch_keeps_every_stream_in_order_and_resumes_when_fixed() {
+    let prefix = prefix();
+    let f = fixture(&format!("{prefix}:{{stream}}")).await;
+    append(&f.store, 20, 50).await;
+    // A key of the wrong type makes Redis refuse every XADD of one stream, in the middle of each
+    // batch: the relay must stop there, never store a later event of that stream, and go on
+    // once the key is fixed.
+    let blocked = format!("{prefix}:cat3-3");
+    let mut connection = redis().await;
+    let _: () = redis::cmd("SET").arg(&blocked).arg("not a stream").query_async(&mut connection).await.unwrap();
+    for _ in 0..5 {
+        f.engine.boot(&SubscriptionCriteria::all()).await.unwrap();
+        f.engine.run(&SubscriptionCriteria::all()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let subscription = &f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap()[0];
+    let first_blocked = f
+        .store
+        .read_stream(&StreamName::new("cat3-3").unwrap(), StreamVersion(0), Direction::Forward, 1)
+        .await
+        .unwrap()[0]
+        .position;
+    assert_eq!(subscription.position.0, first_blocked.0 - 1, "stopped right before the refused event");
+    assert!(
+        subscription.error.as_ref().is_some_and(|e| e.message.contains("WRONGTYPE")),
+        "the broker's reason is visible: {subscription:?}"
+    );
+    let keys: Vec<String> = (0..20).map(|s| format!("{prefix}:cat{}-{s}", s % 10)).collect();
+    let before_fix = entries(&keys.iter().filter(|k| **k != blocked).cloned().collect::<Vec<_>>()).await;
+    assert!(
+        before_fix.iter().all(|(_, id, _)| id.trim_end_matches("-0").parse::<u64>().unwrap() < first_blocked.0),
+        "nothing after the refused event was stored"
+    );
+
+    let _: () = redis::cmd("DEL").arg(&blocked).query_async(&mut connection).await.unwrap();
+    relay_until_caught_up(&f, Duration::from_secs(60)).await;
+    assert_relayed_exactly_once(&f.store, &entries(&keys).await).await;
+    delete(&keys).await;
+}
