@@ -23,13 +23,11 @@ use super::read::shutdown_signal;
 use crate::exit::InvalidInput;
 use crate::{store, Cli};
 
+/// What every command that runs one subscription takes: `reel consume`, `reel relay …`.
 #[derive(Args, Debug)]
-pub struct ConsumeArgs {
+pub struct SubscriberArgs {
     /// Subscription id (letters, digits, _ - . :); its position is kept in the store.
     pub id: String,
-    /// Group, for operating several subscriptions together.
-    #[arg(long, default_value = "consume")]
-    pub group: String,
     /// from-beginning, from-now or once (once: exit after reaching the head).
     #[arg(long, default_value = "from-beginning")]
     pub mode: String,
@@ -39,15 +37,12 @@ pub struct ConsumeArgs {
     /// Only streams of this category (repeatable).
     #[arg(long)]
     pub category: Vec<String>,
-    /// Events per batch (one command run per batch).
+    /// Events per batch.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Seconds a lease lasts; a dead consumer's subscription is taken over after it.
     #[arg(long, default_value_t = 10.0)]
     pub lease_ttl: f64,
-    /// Seconds a command may run per batch before it is killed (a failed batch).
-    #[arg(long, default_value_t = 60.0)]
-    pub timeout: f64,
     /// Split the subscription into 16, 256 or 4096 partitions by stream (per-stream order kept);
     /// several consumers share the partitions through their leases.
     #[arg(long)]
@@ -64,9 +59,21 @@ pub struct ConsumeArgs {
     /// After the retries, park an event that keeps failing (see `reel subscriptions parked`) and go on.
     #[arg(long)]
     pub park_failures: bool,
-    /// Hand the parked events to the command again before following the log.
+    /// Hand the parked events to the handler again before following the log.
     #[arg(long)]
     pub replay_parked: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub subscriber: SubscriberArgs,
+    /// Group, for operating several subscriptions together.
+    #[arg(long, default_value = "consume")]
+    pub group: String,
+    /// Seconds a command may run per batch before it is killed (a failed batch).
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
     /// Write each batch to stdout as NDJSON; the position is saved after each written batch.
     #[arg(long, conflicts_with_all = ["command", "webhook"])]
     pub print: bool,
@@ -80,10 +87,6 @@ pub struct ConsumeArgs {
 }
 
 pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
-    // Installed before anything starts, so an early SIGTERM still stops gracefully.
-    let signal = shutdown_signal();
-    let mode: RunMode = args.mode.parse()?;
-    let id = SubscriptionId::new(args.id.clone())?;
     if !args.print && args.webhook.is_none() && args.command.is_empty() {
         bail!(InvalidInput(
             "give --print, --webhook URL or a command after --, e.g. reel consume my_sub -- ./handle.sh".into()
@@ -96,21 +99,47 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
             )));
         }
     }
-    let seconds = |value: f64, flag: &str| {
-        if value.is_finite() && value > 0.0 && value < 86_400.0 {
-            Ok(Duration::from_secs_f64(value))
+    let timeout = seconds(args.timeout, "--timeout")?;
+    let subscriber = |spec| -> Result<Arc<dyn Subscriber>> {
+        Ok(if args.print {
+            SinkSubscriber::shared(spec, PrintSink)
+        } else if let Some(url) = &args.webhook {
+            SinkSubscriber::shared(spec, WebhookSink::new(url.clone(), timeout).map_err(|e| anyhow::anyhow!(e))?)
         } else {
-            Err(anyhow::anyhow!(InvalidInput(format!("{flag} must be between 0 and 86400 seconds"))))
-        }
+            SinkSubscriber::shared(spec, CommandSink { command: args.command.clone(), timeout })
+        })
     };
-    let (lease_ttl, timeout) = (seconds(args.lease_ttl, "--lease-ttl")?, seconds(args.timeout, "--timeout")?);
+    run_subscription(cli, &args.subscriber, &args.group, subscriber).await
+}
+
+/// A duration flag in seconds, refused outside (0, 1 day).
+pub fn seconds(value: f64, flag: &str) -> Result<Duration> {
+    if value.is_finite() && value > 0.0 && value < 86_400.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(anyhow::anyhow!(InvalidInput(format!("{flag} must be between 0 and 86400 seconds"))))
+    }
+}
+
+/// Runs one subscription (or its partitions) in a worker until SIGINT/SIGTERM, or until it is
+/// finished in `once` mode. `subscriber` makes the handler for the spec built from the flags.
+pub async fn run_subscription(
+    cli: &Cli,
+    args: &SubscriberArgs,
+    group: &str,
+    subscriber: impl FnOnce(SubscriberSpec) -> Result<Arc<dyn Subscriber>>,
+) -> Result<()> {
+    // Installed before anything starts, so an early SIGTERM still stops gracefully.
+    let signal = shutdown_signal();
+    let mode: RunMode = args.mode.parse()?;
+    let id = SubscriptionId::new(args.id.clone())?;
+    let lease_ttl = seconds(args.lease_ttl, "--lease-ttl")?;
     let retry = ClockBasedRetryStrategy {
         base_delay: seconds(args.retry_delay, "--retry-delay")?,
         delay_factor: 2.0,
         max_attempts: args.retries,
     };
-    let mut spec =
-        SubscriberSpec::new(id.as_str(), mode)?.in_group(args.group.clone()).in_categories(args.category.clone());
+    let mut spec = SubscriberSpec::new(id.as_str(), mode)?.in_group(group).in_categories(args.category.clone());
     if !args.types.is_empty() {
         spec = spec.handling(args.types.clone());
     }
@@ -134,13 +163,7 @@ pub async fn run(cli: &Cli, args: &ConsumeArgs) -> Result<()> {
                 .collect::<Result<_, _>>()?,
         };
     }
-    let subscriber = if args.print {
-        SinkSubscriber::shared(spec, PrintSink)
-    } else if let Some(url) = &args.webhook {
-        SinkSubscriber::shared(spec, WebhookSink::new(url.clone(), timeout).map_err(|e| anyhow::anyhow!(e))?)
-    } else {
-        SinkSubscriber::shared(spec, CommandSink { command: args.command.clone(), timeout })
-    };
+    let subscriber = subscriber(spec)?;
     let stores = store::open_with_subscriptions(cli).await?;
     let engine = SubscriptionEngine::new(stores.events, stores.subscriptions.clone(), vec![subscriber])?
         .with_batch_size(args.batch.clamp(1, reel_sqlite::MAX_READ_LIMIT))

@@ -7,6 +7,7 @@ pub mod debug;
 pub mod event_line;
 pub mod info;
 pub mod read;
+pub mod relay;
 pub mod serve;
 pub mod subscriptions;
 pub mod token;
@@ -30,6 +31,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(&cli, args).await,
         Command::Subscriptions(args) => subscriptions::run(&cli, args).await,
         Command::Consume(args) => consume::run(&cli, args).await,
+        Command::Relay(args) => relay::run(&cli, args).await,
         Command::Serve(args) => serve::run(&cli, args).await,
         Command::Token(args) => token::run(&cli, args).await,
         Command::Debug(args) => debug::run(&cli, args).await,

@@ -1,0 +1,100 @@
+//! `reel relay redis` as a real process against the real Redis at 127.0.0.1:6379.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{write, Cli};
+
+fn redis() -> redis::Connection {
+    redis::Client::open("redis://127.0.0.1:6379")
+        .and_then(|c| c.get_connection())
+        .expect("Redis must be running at 127.0.0.1:6379 (.ci/run starts it)")
+}
+
+fn spawn_relay(cli: &Cli, args: &[&str]) -> Child {
+    cli.command().args(["relay", "redis"]).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Entries of `key`: (entry id, stream, stream version, event id).
+fn entries(connection: &mut redis::Connection, key: &str) -> Vec<(String, String, u64, String)> {
+    let reply: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE").arg(key).arg("-").arg("+").query(connection).unwrap();
+    reply
+        .into_iter()
+        .map(|(id, flat)| {
+            let fields: HashMap<String, String> = flat
+                .chunks(2)
+                .map(|p| (String::from_utf8_lossy(&p[0]).into_owned(), String::from_utf8_lossy(&p[1]).into_owned()))
+                .collect();
+            (
+                id,
+                fields["reel-stream"].clone(),
+                fields["reel-stream-version"].parse().unwrap(),
+                fields["reel-event-id"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_relay_killed_mid_way_resumes_with_nothing_lost_duplicated_or_reordered() {
+    let cli = Cli::new();
+    let prefix = format!("reeltest:{}", uuid::Uuid::new_v4());
+    let file = cli.path("events.ndjson");
+    let lines: String = (0..100).map(|i| format!("{{\"type\":\"Counted\",\"data\":{{\"i\":{i}}}}}\n")).collect();
+    write(&file, &lines);
+    for s in 0..40 {
+        cli.ok(&["append", &format!("unit-{s}"), "--file", file.to_str().unwrap()]);
+    }
+    let key = format!("{prefix}:{{category}}");
+    let stream_key = format!("{prefix}:unit");
+    let mut connection = redis();
+    let length = |c: &mut redis::Connection| -> u64 { redis::cmd("XLEN").arg(&stream_key).query(c).unwrap() };
+
+    let mut relay = spawn_relay(&cli, &["relay_1", "--key", &key, "--batch", "20"]);
+    wait_until("some events relayed", || length(&mut connection) >= 200);
+    relay.kill().unwrap(); // SIGKILL
+    relay.wait().unwrap();
+    let before = length(&mut connection);
+    assert!(before < 4_000, "killed mid-way ({before} relayed)");
+
+    let mut relay = spawn_relay(&cli, &["relay_1", "--key", &key, "--batch", "20"]);
+    wait_until("every event relayed", || length(&mut connection) >= 4_000);
+    wait_until("the position saved at the head", || {
+        let listed = cli.ok(&["subscriptions", "list", "--json", "--id", "relay_1"]);
+        let row: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap_or("null")).unwrap();
+        row["position"].as_u64() == Some(4_000)
+    });
+    std::process::Command::new("kill").arg("-TERM").arg(relay.id().to_string()).status().unwrap();
+    assert!(relay.wait().unwrap().success());
+
+    let relayed = entries(&mut connection, &stream_key);
+    assert_eq!(relayed.len(), 4_000, "every event exactly once");
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    for (i, (id, stream, version, _)) in relayed.iter().enumerate() {
+        assert_eq!(id, &format!("{}-0", i + 1), "entry ids are the positions, in order");
+        let expected = versions.get(stream.as_str()).map_or(0, |v| v + 1);
+        assert_eq!(*version, expected, "{stream} in order");
+        versions.insert(stream, *version);
+    }
+    let _: () = redis::cmd("DEL").arg(&stream_key).query(&mut connection).unwrap();
+}
+
+#[test]
+fn bad_relay_flags_are_refused_with_a_reason() {
+    let cli = Cli::new();
+    let error = cli.fails(&["relay", "redis", "relay_1", "--key", "reel:{nope}"], 2);
+    assert!(error.contains("unknown placeholder {nope}"), "{error}");
+    let error = cli.fails(&["relay", "redis", "relay_1", "--url", "http://127.0.0.1:6379"], 2);
+    assert!(error.contains("redis:// URL"), "{error}");
+}
