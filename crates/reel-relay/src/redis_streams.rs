@@ -7,7 +7,7 @@
 //! later event is ever stored when an earlier one was not.
 
 use async_trait::async_trait;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 use reel_core::RecordedEvent;
 
 use crate::envelope::Envelope;
@@ -46,7 +46,8 @@ return {#KEYS, ''}
 
 /// Publishes to Redis Streams.
 pub struct RedisStreamsSink {
-    connection: MultiplexedConnection,
+    /// Reconnects by itself after Redis went away, so a relay in retry resumes when it is back.
+    connection: ConnectionManager,
     keys: KeyTemplate,
     maxlen: Option<u64>,
     script: redis::Script,
@@ -57,7 +58,7 @@ impl RedisStreamsSink {
     /// `maxlen` trims each key to about that many entries (`MAXLEN ~`).
     pub async fn connect(url: &str, keys: KeyTemplate, maxlen: Option<u64>) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
-        let connection = client.get_multiplexed_tokio_connection().await?;
+        let connection = client.get_connection_manager().await?;
         Ok(Self { connection, keys, maxlen, script: redis::Script::new(ADD_BATCH) })
     }
 }
