@@ -38,7 +38,7 @@ pub use event::{EventId, NewEvent, RecordedEvent};
 pub use head::HeadWatch;
 pub use limits::AppendLimits;
 pub use position::{ExpectedVersion, Position, StreamVersion};
-pub use projection::{BatchFailure, Checkpoint, HandlerError, ProjectionStore};
+pub use projection::{BatchFailure, Checkpoint, HandlerError, ProjectionStore, Unavailable, UNAVAILABLE_PREFIX};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{
     AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats, StreamInfo, MAX_READ_LIMIT,

@@ -10,6 +10,33 @@ use crate::{RecordedEvent, Subscription, Timestamp};
 /// Error a handler, setup or teardown returns. Any error type converts into it with `?`.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The start of a failure's message when the handler said [`Unavailable`].
+pub const UNAVAILABLE_PREFIX: &str = "unavailable: ";
+
+/// A handler error meaning "what I hand events to is unreachable right now" (a broker, a
+/// database, a webhook that does not answer), as opposed to "this event cannot be handled".
+///
+/// The engine retries it with backoff for as long as it lasts: it never counts against the
+/// retry limit and never parks the event, so an outage of any length ends with the subscription
+/// resuming by itself. Its message starts with [`UNAVAILABLE_PREFIX`], which is how the
+/// subscription's saved error says it (see [`crate::SubscriptionError::is_unavailable`]).
+///
+/// ```
+/// use reel_core::{HandlerError, Unavailable};
+/// let error: HandlerError = Unavailable("broker at 127.0.0.1:4222: connection refused".into()).into();
+/// assert_eq!(error.to_string(), "unavailable: broker at 127.0.0.1:4222: connection refused");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{UNAVAILABLE_PREFIX}{}", self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
 /// Where a batch failed and why.
 #[derive(Debug)]
 pub struct BatchFailure {

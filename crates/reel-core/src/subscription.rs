@@ -179,6 +179,14 @@ pub struct SubscriptionError {
     pub failed_at: Option<Position>,
 }
 
+impl SubscriptionError {
+    /// True when the handler said what it hands events to was unreachable
+    /// ([`crate::Unavailable`]): retried for as long as it lasts, never parked.
+    pub fn is_unavailable(&self) -> bool {
+        self.message.starts_with(crate::projection::UNAVAILABLE_PREFIX)
+    }
+}
+
 /// An event a subscription skipped after its handler kept failing, kept for inspection and replay.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParkedEvent {

@@ -26,11 +26,17 @@
 //! ```
 
 mod envelope;
+mod jetstream;
+mod kafka;
+mod mqtt;
 mod redis_streams;
 mod relay;
 mod template;
 
 pub use envelope::Envelope;
+pub use jetstream::{escape_subject_token, JetStreamOptions, JetStreamSetupError, JetStreamSink};
+pub use kafka::{escape_topic, KafkaOptions, KafkaSink};
+pub use mqtt::{escape_topic_level, IngestCounts, MqttBridgeOptions, MqttConfigSink, MqttIngest};
 pub use redis_streams::RedisStreamsSink;
-pub use relay::{Delivery, Relay, Sink};
+pub use relay::{Delivery, DeliveryError, Relay, Sink};
 pub use template::{KeyTemplate, TemplateError};

@@ -92,8 +92,11 @@ impl Sink for RedisStreamsSink {
         let mut connection = self.connection.clone();
         match invocation.invoke_async::<(usize, String)>(&mut connection).await {
             Ok((added, _)) if added >= batch.len() => Delivery::all(batch.len()),
-            Ok((added, error)) => Delivery::partial(added, format!("Redis refused XADD: {error}")),
-            Err(e) => Delivery::partial(0, format!("Redis unreachable or failed: {e}")),
+            Ok((added, error)) => Delivery::refused(added, format!("Redis refused XADD: {error}")),
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() => {
+                Delivery::unavailable(0, format!("Redis unreachable: {e}"))
+            }
+            Err(e) => Delivery::refused(0, format!("Redis failed the batch: {e}")),
         }
     }
 }

@@ -3,8 +3,9 @@
 use reel_core::RecordedEvent;
 
 /// A template such as `reel:{category}` or `events.{category}.{stream}`. Placeholders:
-/// `{category}` (the stream name before its first `-`), `{stream}` (the whole stream name) and
-/// `{type}` (the event type). Anything else is copied as written.
+/// `{category}` (the stream name before its first `-`), `{id}` (the stream name after its first
+/// `-`: `unitconfig-PL-7` → `PL-7`), `{stream}` (the whole stream name) and `{type}` (the event
+/// type). Anything else is copied as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTemplate {
     parts: Vec<Part>,
@@ -14,6 +15,7 @@ pub struct KeyTemplate {
 enum Part {
     Text(String),
     Category,
+    Id,
     Stream,
     Type,
 }
@@ -22,7 +24,7 @@ enum Part {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TemplateError {
     /// A `{…}` that is not one of the placeholders, or a brace left open.
-    #[error("template {template:?}: {reason} (placeholders are {{category}}, {{stream}} and {{type}})")]
+    #[error("template {template:?}: {reason} (placeholders are {{category}}, {{id}}, {{stream}} and {{type}})")]
     Invalid {
         /// The template as given.
         template: String,
@@ -51,6 +53,7 @@ impl KeyTemplate {
             let close = after.find('}').ok_or_else(|| invalid("a '{' is never closed".into()))?;
             parts.push(match &after[..close] {
                 "category" => Part::Category,
+                "id" => Part::Id,
                 "stream" => Part::Stream,
                 "type" => Part::Type,
                 other => return Err(invalid(format!("unknown placeholder {{{other}}}"))),
@@ -65,16 +68,36 @@ impl KeyTemplate {
 
     /// The key for `event`.
     pub fn render(&self, event: &RecordedEvent) -> String {
+        self.render_with(event, |value, key| key.push_str(value))
+    }
+
+    /// The key for `event`, each placeholder's value written by `escape` (the text written in
+    /// the template is copied as it is).
+    pub fn render_with(&self, event: &RecordedEvent, escape: impl Fn(&str, &mut String)) -> String {
         let mut key = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(text) => key.push_str(text),
-                Part::Category => key.push_str(event.stream.category()),
-                Part::Stream => key.push_str(event.stream.as_str()),
-                Part::Type => key.push_str(&event.event_type),
+                Part::Category => escape(event.stream.category(), &mut key),
+                Part::Id => escape(event.stream.id_part().unwrap_or(""), &mut key),
+                Part::Stream => escape(event.stream.as_str(), &mut key),
+                Part::Type => escape(&event.event_type, &mut key),
             }
         }
         key
+    }
+
+    /// The text before the first placeholder (all of it when there is none).
+    pub fn literal_prefix(&self) -> &str {
+        match self.parts.first() {
+            Some(Part::Text(text)) => text,
+            _ => "",
+        }
+    }
+
+    /// True when the template has no placeholder: every event gets the same key.
+    pub fn is_literal(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Text(_)))
     }
 }
 
@@ -100,6 +123,8 @@ mod tests {
     fn placeholders_are_filled_and_text_is_kept() {
         let template = KeyTemplate::parse("reel:{category}:{stream}/{type}").unwrap();
         assert_eq!(template.render(&event("unit-PL-1", "Opened")), "reel:unit:unit-PL-1/Opened");
+        let template = KeyTemplate::parse("devices/{id}/config").unwrap();
+        assert_eq!(template.render(&event("unitconfig-PL-1", "Set")), "devices/PL-1/config");
         assert_eq!(KeyTemplate::parse("all").unwrap().render(&event("a-1", "T")), "all");
     }
 

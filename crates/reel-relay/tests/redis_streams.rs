@@ -42,8 +42,12 @@ async fn fixture(keys: &str) -> Fixture {
         .expect("Redis must be running at 127.0.0.1:6379 (.ci/run starts it)");
     let relay =
         Relay::shared(SubscriberSpec::new("redis_relay", RunMode::FromBeginning).unwrap().in_group("relay"), sink);
-    let retry =
-        ClockBasedRetryStrategy { base_delay: Duration::from_millis(20), delay_factor: 1.0, max_attempts: 1000 };
+    let retry = ClockBasedRetryStrategy {
+        base_delay: Duration::from_millis(20),
+        delay_factor: 1.0,
+        max_attempts: 1000,
+        ..Default::default()
+    };
     let engine = SubscriptionEngine::new(store.clone(), Arc::new(store.subscription_store().unwrap()), vec![relay])
         .unwrap()
         .with_batch_size(500)

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub live_clients: Gauge,
     pub subscription_position: Family<SubscriptionLabel, Gauge>,
     pub subscription_lag: Family<SubscriptionLabel, Gauge>,
+    pub subscription_lag_seconds: Family<SubscriptionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub subscription_retries: Family<SubscriptionLabel, Gauge>,
+    pub subscription_unavailable: Family<SubscriptionLabel, Gauge>,
+    pub subscription_parked: Family<SubscriptionLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -42,6 +46,10 @@ impl Default for Metrics {
         let live_clients = Gauge::default();
         let subscription_position = Family::default();
         let subscription_lag = Family::default();
+        let subscription_lag_seconds = Family::default();
+        let subscription_retries = Family::default();
+        let subscription_unavailable = Family::default();
+        let subscription_parked = Family::default();
         registry.register("events_appended", "Events appended through the API", events_appended.clone());
         registry.register("append_requests", "Append requests that succeeded", append_requests.clone());
         registry.register("append_duration_seconds", "Time to store an append", append_seconds.clone());
@@ -54,6 +62,26 @@ impl Default for Metrics {
             subscription_position.clone(),
         );
         registry.register("subscription_lag", "Events between a subscription and the head", subscription_lag.clone());
+        registry.register(
+            "subscription_lag_seconds",
+            "Age of the oldest event after a subscription's position (for a relay: not yet acknowledged by its broker)",
+            subscription_lag_seconds.clone(),
+        );
+        registry.register(
+            "subscription_retries",
+            "Failed attempts at a subscription's current batch",
+            subscription_retries.clone(),
+        );
+        registry.register(
+            "subscription_unavailable",
+            "1 while a subscription waits for what it hands events to (a broker) to become reachable",
+            subscription_unavailable.clone(),
+        );
+        registry.register(
+            "subscription_parked",
+            "Events a subscription parked (a relay's dead letters)",
+            subscription_parked.clone(),
+        );
         Self {
             registry,
             events_appended,
@@ -64,6 +92,10 @@ impl Default for Metrics {
             live_clients,
             subscription_position,
             subscription_lag,
+            subscription_lag_seconds,
+            subscription_retries,
+            subscription_unavailable,
+            subscription_parked,
         }
     }
 }

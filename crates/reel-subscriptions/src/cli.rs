@@ -191,8 +191,8 @@ async fn list(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria, json
     if !json {
         let _ = writeln!(
             out,
-            "{:<28} {:<12} {:<15} {:<20} {:>10} {:>10} {:>7} {:>6}  {:<32} last error",
-            "id", "group", "mode", "status", "position", "lag", "retries", "parked", "held by (renewed)"
+            "{:<28} {:<12} {:<15} {:<20} {:>10} {:>10} {:>8} {:>7} {:>6}  {:<32} last error",
+            "id", "group", "mode", "status", "position", "lag", "lag s", "retries", "parked", "held by (renewed)"
         );
     }
     for s in &views {
@@ -204,6 +204,8 @@ async fn list(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria, json
                 "status": s.status,
                 "position": s.position,
                 "lag": s.lag,
+                "lag_seconds": s.lag_seconds,
+                "unavailable": s.unavailable,
                 "retries": s.retries,
                 "parked": s.parked_count,
                 "last_error": s.last_error,
@@ -218,7 +220,13 @@ async fn list(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria, json
         } else {
             let error = s.last_error.as_deref().and_then(|e| e.lines().next()).unwrap_or("");
             // An active subscription that nobody holds is not following the log: say so.
-            let status = if s.unattended { format!("{} (no worker)", s.status) } else { s.status.to_string() };
+            let status = if s.unattended {
+                format!("{} (no worker)", s.status)
+            } else if s.unavailable {
+                format!("{} (unreachable)", s.status)
+            } else {
+                s.status.to_string()
+            };
             let holder = match (&s.lease_owner, s.lease_renewed_at, s.held) {
                 (Some(owner), Some(renewed), true) => format!("{owner} ({}s ago)", seconds_since(renewed)),
                 (Some(owner), _, false) => format!("{owner} (lapsed)"),
@@ -226,13 +234,14 @@ async fn list(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria, json
             };
             let _ = writeln!(
                 out,
-                "{:<28} {:<12} {:<15} {:<20} {:>10} {:>10} {:>7} {:>6}  {:<32} {}",
+                "{:<28} {:<12} {:<15} {:<20} {:>10} {:>10} {:>8.1} {:>7} {:>6}  {:<32} {}",
                 s.id.as_str(),
                 s.group,
                 s.mode.as_str(),
                 status,
                 s.position.0,
                 s.lag,
+                s.lag_seconds,
                 s.retries,
                 s.parked_count,
                 holder,

@@ -51,7 +51,7 @@ pub use engine::{
 };
 pub use immediate::{AppendAndRun, RunAfterAppend};
 pub use projection::TransactionalProjector;
-pub use reel_core::{BatchFailure, Checkpoint, HandlerError};
+pub use reel_core::{BatchFailure, Checkpoint, HandlerError, Unavailable};
 pub use retry::{Clock, ClockBasedRetryStrategy, ManualClock, NoRetry, RetryStrategy, SystemClock};
 pub use subscriber::{EventPayload, Message, Subscriber, SubscriberSpec};
 pub use worker::{Worker, WorkerOptions};

@@ -55,6 +55,11 @@ pub trait RetryStrategy: Send + Sync {
 }
 
 /// Retry after `base_delay × delay_factor^attempt`, at most `max_attempts` times.
+///
+/// A failure the handler marked [`reel_core::Unavailable`] (its broker or database is
+/// unreachable) is retried without limit, the wait growing the same way up to
+/// `max_unavailable_delay`, so an outage of any length ends with the subscription resuming by
+/// itself; it is never parked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClockBasedRetryStrategy {
     /// Wait before the first retry. Default 5 s.
@@ -63,11 +68,18 @@ pub struct ClockBasedRetryStrategy {
     pub delay_factor: f64,
     /// Retries before the subscription stays in `Error`. Default 5.
     pub max_attempts: u32,
+    /// Longest wait between retries of an unavailable handler. Default 30 s.
+    pub max_unavailable_delay: Duration,
 }
 
 impl Default for ClockBasedRetryStrategy {
     fn default() -> Self {
-        Self { base_delay: Duration::from_secs(5), delay_factor: 2.0, max_attempts: 5 }
+        Self {
+            base_delay: Duration::from_secs(5),
+            delay_factor: 2.0,
+            max_attempts: 5,
+            max_unavailable_delay: Duration::from_secs(30),
+        }
     }
 }
 
@@ -77,19 +89,26 @@ impl ClockBasedRetryStrategy {
         let factor = self.delay_factor.max(1.0).powi(attempt.min(64) as i32);
         Duration::from_secs_f64((self.base_delay.as_secs_f64() * factor).min(86_400.0 * 365.0))
     }
+
+    fn unavailable(subscription: &Subscription) -> bool {
+        subscription.error.as_ref().is_some_and(|e| e.is_unavailable())
+    }
 }
 
 impl RetryStrategy for ClockBasedRetryStrategy {
     fn exhausted(&self, subscription: &Subscription) -> bool {
-        subscription.retry_attempt >= self.max_attempts
+        !Self::unavailable(subscription) && subscription.retry_attempt >= self.max_attempts
     }
 
     fn should_retry(&self, subscription: &Subscription, now: Timestamp) -> bool {
-        if subscription.retry_attempt >= self.max_attempts {
+        let delay = if Self::unavailable(subscription) {
+            self.delay(subscription.retry_attempt).min(self.max_unavailable_delay)
+        } else if subscription.retry_attempt >= self.max_attempts {
             return false;
-        }
-        let due = subscription.last_saved_at.unix_micros() + self.delay(subscription.retry_attempt).as_micros() as i64;
-        now.unix_micros() >= due
+        } else {
+            self.delay(subscription.retry_attempt)
+        };
+        now.unix_micros() >= subscription.last_saved_at.unix_micros() + delay.as_micros() as i64
     }
 }
 
@@ -127,5 +146,25 @@ mod tests {
         clock.advance(Duration::from_secs(10_000));
         assert!(!strategy.should_retry(&s, clock.now()), "after max_attempts it stays in Error");
         assert!(!NoRetry.should_retry(&s, clock.now()));
+    }
+
+    #[test]
+    fn an_unavailable_handler_is_retried_without_limit_and_never_exhausted() {
+        let strategy = ClockBasedRetryStrategy::default();
+        let clock = ManualClock::new(Timestamp::from_unix_micros(0));
+        let mut s = Subscription::new(SubscriptionId::new("s").unwrap(), "g", RunMode::FromBeginning, clock.now());
+        s.fail_at(reel_core::Unavailable("broker down".into()).to_string(), None).unwrap();
+        s.retry_attempt = 1_000;
+        assert!(!strategy.exhausted(&s), "an outage never exhausts the retries, so nothing is parked for it");
+        let saved = s.last_saved_at;
+        clock.advance(Duration::from_secs(29));
+        assert!(!strategy.should_retry(&s, clock.now()));
+        clock.advance(Duration::from_secs(1));
+        assert!(strategy.should_retry(&s, clock.now()), "waits at most max_unavailable_delay, whatever the attempt");
+        assert_eq!(s.last_saved_at, saved);
+
+        s.fail_at("event cannot be handled", None).unwrap();
+        assert!(strategy.exhausted(&s), "an ordinary failure still runs out of retries");
+        assert!(!strategy.should_retry(&s, clock.now()));
     }
 }

@@ -211,7 +211,12 @@ async fn after_the_last_attempt_it_stays_in_error_until_reactivated() {
     f.append("unit-1", "Opened", 2).await;
     let projector = Recorder::new(SubscriberSpec::projector("p_1").unwrap());
     *projector.fail_at.lock().unwrap() = Some(2);
-    let strategy = ClockBasedRetryStrategy { base_delay: Duration::from_secs(1), delay_factor: 1.0, max_attempts: 2 };
+    let strategy = ClockBasedRetryStrategy {
+        base_delay: Duration::from_secs(1),
+        delay_factor: 1.0,
+        max_attempts: 2,
+        ..Default::default()
+    };
     let engine = f.engine(vec![projector.clone()]).with_retry_strategy(strategy);
     engine.setup(&all(), true).await.unwrap();
     for _ in 0..5 {

@@ -62,8 +62,11 @@ pub enum Command {
     Subscriptions(commands::subscriptions::SubscriptionsArgs),
     /// Run a subscription whose handler is a command (events as NDJSON on stdin) or stdout.
     Consume(commands::consume::ConsumeArgs),
-    /// Relay the log to a broker (Redis Streams) as a subscription: every event once, each stream in order.
+    /// Relay the log to a broker (Redis Streams, NATS JetStream, Kafka) as a subscription:
+    /// every event once, each stream in order.
     Relay(commands::relay::RelayArgs),
+    /// Bridge devices that speak MQTT: their events in, their config out.
+    Bridge(commands::bridge::BridgeArgs),
     /// Serve the HTTP API, live streams and dashboard (default http://127.0.0.1:7311).
     Serve(commands::serve::ServeArgs),
     /// Create, list and revoke API tokens.

@@ -27,6 +27,11 @@ pub struct SubscriptionDoc {
     position: u64,
     /// Events between its position and the head.
     lag: u64,
+    /// Seconds since the oldest event after its position was recorded (0 at the head); for a
+    /// relay, the age of the oldest event its broker has not acknowledged.
+    lag_seconds: f64,
+    /// In `error` because what it hands events to is unreachable; it retries by itself.
+    unavailable: bool,
     /// Failed attempts at the current batch.
     retries: u32,
     last_error: Option<String>,

@@ -64,13 +64,21 @@ pub async fn metrics(State(state): State<AppState>, access: Access) -> Result<Re
     if !access.is_admin() {
         return Err(forbidden("reading metrics (needs admin)".into()));
     }
-    let head = state.events.head().await?;
-    state.metrics.subscription_position.clear();
-    state.metrics.subscription_lag.clear();
-    for s in state.engine.subscriptions(&reel_core::SubscriptionCriteria::all()).await? {
+    let m = &state.metrics;
+    m.subscription_position.clear();
+    m.subscription_lag.clear();
+    m.subscription_lag_seconds.clear();
+    m.subscription_retries.clear();
+    m.subscription_unavailable.clear();
+    m.subscription_parked.clear();
+    for s in state.engine.overview(&reel_core::SubscriptionCriteria::all()).await? {
         let label = crate::metrics::SubscriptionLabel { subscription: s.id.to_string() };
-        state.metrics.subscription_position.get_or_create(&label).set(s.position.0 as i64);
-        state.metrics.subscription_lag.get_or_create(&label).set(head.0.saturating_sub(s.position.0) as i64);
+        m.subscription_position.get_or_create(&label).set(s.position.0 as i64);
+        m.subscription_lag.get_or_create(&label).set(s.lag as i64);
+        m.subscription_lag_seconds.get_or_create(&label).set(s.lag_seconds);
+        m.subscription_retries.get_or_create(&label).set(i64::from(s.retries));
+        m.subscription_unavailable.get_or_create(&label).set(i64::from(s.unavailable));
+        m.subscription_parked.get_or_create(&label).set(s.parked_count as i64);
     }
     let body = state.metrics.encode();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())

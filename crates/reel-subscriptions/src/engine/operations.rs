@@ -39,6 +39,13 @@ pub struct SubscriptionView {
     pub position: Position,
     /// Events between its position and the head.
     pub lag: u64,
+    /// Seconds since the oldest event after its position was recorded: how far behind it is
+    /// in time (for a relay, the age of the oldest event the broker has not acknowledged).
+    /// 0 when it is at the head.
+    pub lag_seconds: f64,
+    /// It is in `Error` because what it hands events to is unreachable (a broker outage): it
+    /// retries by itself until that returns.
+    pub unavailable: bool,
     /// Failed attempts at the current batch.
     pub retries: u32,
     /// The last failure's message.
@@ -169,8 +176,18 @@ impl SubscriptionEngine {
         for s in self.subscriptions(criteria).await? {
             let parked = self.store.parked(&s.id).await?;
             let held = s.lease.as_ref().is_some_and(|l| l.is_live(now));
+            let lag_seconds = if s.position < head {
+                let next = self.events.read_all(s.position.next(), &ReadAllFilter::default(), 1).await?;
+                next.events
+                    .first()
+                    .map_or(0.0, |e| (now.unix_micros() - e.recorded_at.unix_micros()).max(0) as f64 / 1_000_000.0)
+            } else {
+                0.0
+            };
             views.push(SubscriptionView {
                 lag: head.0.saturating_sub(s.position.0),
+                lag_seconds,
+                unavailable: s.status == Error && s.error.as_ref().is_some_and(|e| e.is_unavailable()),
                 parked_count: parked.len(),
                 parked,
                 held,

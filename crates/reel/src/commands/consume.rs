@@ -12,10 +12,12 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use async_trait::async_trait;
 use clap::Args;
-use reel_core::{RecordedEvent, RunMode, SubscriptionCriteria, SubscriptionId, SubscriptionStatus};
+use reel_core::{
+    Position, RecordedEvent, RunMode, SubscriptionCriteria, SubscriptionId, SubscriptionStatus, Timestamp,
+};
 use reel_subscriptions::{
-    BatchFailure, ClockBasedRetryStrategy, HandlerError, Message, Subscriber, SubscriberSpec, SubscriptionEngine,
-    Worker, WorkerOptions,
+    BatchFailure, ClockBasedRetryStrategy, HandlerError, Message, ResetTo, Subscriber, SubscriberSpec,
+    SubscriptionEngine, Worker, WorkerOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -62,6 +64,45 @@ pub struct SubscriberArgs {
     /// Hand the parked events to the handler again before following the log.
     #[arg(long)]
     pub replay_parked: bool,
+    /// A new subscription starts at the event at this position instead (an existing one keeps
+    /// its position; move it with `reel subscriptions reset`).
+    #[arg(long, conflicts_with = "start_time")]
+    pub start_position: Option<u64>,
+    /// A new subscription starts at the first event recorded at or after this RFC 3339 time.
+    #[arg(long)]
+    pub start_time: Option<String>,
+}
+
+impl SubscriberArgs {
+    /// Checks every flag without opening anything, so a command can refuse bad input before it
+    /// connects to a broker.
+    pub fn check(&self) -> Result<()> {
+        self.mode.parse::<RunMode>()?;
+        SubscriptionId::new(self.id.clone())?;
+        seconds(self.lease_ttl, "--lease-ttl")?;
+        seconds(self.retry_delay, "--retry-delay")?;
+        if let Some(count) = self.partitions {
+            partition_digits(count)?;
+            if let Some(p) = self.partition.filter(|p| *p >= count) {
+                bail!(InvalidInput(format!("--partition must be below {count}, got {p}")));
+            }
+        }
+        self.start()?;
+        Ok(())
+    }
+
+    /// Where a new subscription starts when `--start-position` or `--start-time` says so.
+    fn start(&self) -> Result<Option<ResetTo>> {
+        Ok(match (&self.start_position, &self.start_time) {
+            (Some(position), _) => Some(ResetTo::Position(Position(*position))),
+            (None, Some(time)) => Some(ResetTo::Time(Timestamp::parse_rfc3339(time).ok_or_else(|| {
+                anyhow::anyhow!(InvalidInput(format!(
+                    "--start-time {time:?} is not an RFC 3339 time such as 2026-12-01T10:00:00Z"
+                )))
+            })?)),
+            (None, None) => None,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -138,6 +179,7 @@ pub async fn run_subscription(
         base_delay: seconds(args.retry_delay, "--retry-delay")?,
         delay_factor: 2.0,
         max_attempts: args.retries,
+        ..ClockBasedRetryStrategy::default()
     };
     let mut spec = SubscriberSpec::new(id.as_str(), mode)?.in_group(group).in_categories(args.category.clone());
     if !args.types.is_empty() {
@@ -148,12 +190,7 @@ pub async fn run_subscription(
     }
     let mut run_ids = vec![id.clone()];
     if let Some(count) = args.partitions {
-        let digits = match count {
-            16 => 1,
-            256 => 2,
-            4096 => 3,
-            _ => bail!(InvalidInput(format!("--partitions must be 16, 256 or 4096, got {count}"))),
-        };
+        let digits = partition_digits(count)?;
         spec = spec.partitioned(digits)?;
         run_ids = match args.partition {
             Some(p) if p < count => vec![SubscriptionId::new(format!("{id}:{p:0width$x}", width = digits as usize))?],
@@ -163,11 +200,28 @@ pub async fn run_subscription(
                 .collect::<Result<_, _>>()?,
         };
     }
+    let start = args.start()?;
     let subscriber = subscriber(spec)?;
     let stores = store::open_with_subscriptions(cli).await?;
     let engine = SubscriptionEngine::new(stores.events, stores.subscriptions.clone(), vec![subscriber])?
         .with_batch_size(args.batch.clamp(1, reel_sqlite::MAX_READ_LIMIT))
         .with_retry_strategy(retry);
+    if let Some(start) = start {
+        let criteria = SubscriptionCriteria::ids(run_ids.clone());
+        let existing = stores.subscriptions.find(&criteria).await?;
+        if existing.is_empty() {
+            engine.setup(&criteria, true).await?;
+            engine.pause(&criteria).await?;
+            engine.reset(&criteria, start).await?;
+            engine.reactivate(&criteria).await?;
+        } else {
+            eprintln!(
+                "{id} exists already (at position {}): the start flags apply to a new subscription only; \
+                 move it with `reel subscriptions reset`",
+                existing[0].position
+            );
+        }
+    }
     if args.replay_parked {
         let report = engine.replay_parked(&SubscriptionCriteria::ids(run_ids.clone())).await?;
         eprintln!("replayed {} parked event(s); {} still failing", report.handled, report.errors.len());
@@ -193,6 +247,16 @@ pub async fn run_subscription(
     };
     Worker::new(engine, options).run(stop).await?;
     Ok(())
+}
+
+/// The hex digits of a partition suffix for `--partitions count`.
+fn partition_digits(count: u32) -> Result<u8> {
+    match count {
+        16 => Ok(1),
+        256 => Ok(2),
+        4096 => Ok(3),
+        _ => bail!(InvalidInput(format!("--partitions must be 16, 256 or 4096, got {count}"))),
+    }
 }
 
 /// Where `reel consume` delivers whole batches; a failure fails the whole batch.

@@ -2,6 +2,7 @@
 
 pub mod append;
 pub mod bench;
+pub mod bridge;
 pub mod consume;
 pub mod debug;
 pub mod event_line;
@@ -32,6 +33,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Subscriptions(args) => subscriptions::run(&cli, args).await,
         Command::Consume(args) => consume::run(&cli, args).await,
         Command::Relay(args) => relay::run(&cli, args).await,
+        Command::Bridge(args) => bridge::run(&cli, args).await,
         Command::Serve(args) => serve::run(&cli, args).await,
         Command::Token(args) => token::run(&cli, args).await,
         Command::Debug(args) => debug::run(&cli, args).await,
