@@ -19,7 +19,7 @@ try {
   const status = row.locator("td.status");
   // Reactivated by the test but run by no worker: the dashboard says so, and names no holder.
   if ((await status.textContent()) !== "active (no worker)") throw new Error("expected reporter to be active with no worker, saw " + (await status.textContent()));
-  const holder = row.locator("td").nth(6);
+  const holder = row.locator("td").nth(7);
   if ((await holder.textContent()) !== "-") throw new Error("expected no lease holder, saw " + (await holder.textContent()));
   await row.getByRole("button", { name: "pause" }).click();
   await page.waitForFunction(() => document.querySelector('#subscriptions tr[data-id="reporter"] td.status')?.textContent === "paused", null, { timeout: 10000 });

@@ -97,4 +97,21 @@ fn bad_relay_flags_are_refused_with_a_reason() {
     assert!(error.contains("unknown placeholder {nope}"), "{error}");
     let error = cli.fails(&["relay", "redis", "relay_1", "--url", "http://127.0.0.1:6379"], 2);
     assert!(error.contains("redis:// URL"), "{error}");
+    // Checked before anything connects: the brokers below do not exist, yet the answer is the flag.
+    let error = cli.fails(&["relay", "redis", "relay_1", "--url", "redis://127.0.0.1:1", "--partitions", "7"], 2);
+    assert!(error.contains("--partitions must be 16, 256 or 4096"), "{error}");
+    let error = cli.fails(&["relay", "nats", "relay_1", "--url", "nats://127.0.0.1:1", "--stream", "a.b"], 2);
+    assert!(error.contains("not a JetStream stream name"), "{error}");
+    let error = cli.fails(&["relay", "nats", "relay_1", "--duplicate-window", "0"], 2);
+    assert!(error.contains("--duplicate-window"), "{error}");
+    let error = cli.fails(&["relay", "nats", "relay_1", "--url", "nats://127.0.0.1:1", "--start-time", "yesterday"], 2);
+    assert!(error.contains("not an RFC 3339 time"), "{error}");
+    let error = cli.fails(&["relay", "kafka", "relay_1", "--brokers", "kafka://127.0.0.1:1"], 2);
+    assert!(error.contains("--brokers must be host:port"), "{error}");
+    let error = cli.fails(&["relay", "kafka", "relay_1", "--brokers", "127.0.0.1:1", "--topic", "t.{what}"], 2);
+    assert!(error.contains("unknown placeholder {what}"), "{error}");
+    let error = cli.fails(&["bridge", "mqtt", "bridge_1", "--url", "tcp://127.0.0.1:1883"], 2);
+    assert!(error.contains("mqtt://host:port"), "{error}");
+    let error = cli.fails(&["bridge", "mqtt", "bridge_1", "--events-topic", "devices/#"], 2);
+    assert!(error.contains("exactly one `+`"), "{error}");
 }
