@@ -17,15 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::context::{GetStreamErrorKind, PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 use reel_core::{Position, RecordedEvent, Timestamp};
 
 use crate::envelope::Envelope;
 use crate::relay::{Delivery, DeliveryError, Sink};
-use crate::template::KeyTemplate;
+use crate::template::{percent_escape, KeyTemplate};
 
 /// Where and how a JetStream relay publishes.
 #[derive(Debug, Clone)]
@@ -79,13 +80,7 @@ pub fn escape_subject_token(value: &str, out: &mut String) {
         out.push_str("%00");
         return;
     }
-    for byte in value.bytes() {
-        if byte.is_ascii_graphic() && !matches!(byte, b'.' | b'*' | b'>' | b'%') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
+    percent_escape(value, out, |byte| byte.is_ascii_graphic() && !matches!(byte, b'.' | b'*' | b'>' | b'%'));
 }
 
 /// Publishes to NATS JetStream.
@@ -162,7 +157,8 @@ impl JetStreamSink {
                     )));
                 }
             }
-            Err(e) if e.to_string().contains("stream not found") => {
+            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
                 context
                     .create_stream(stream::Config {
                         name: options.stream.clone(),

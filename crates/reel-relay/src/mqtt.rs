@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::relay::{Delivery, DeliveryError, Sink};
-use crate::template::KeyTemplate;
+use crate::template::{percent_escape, KeyTemplate};
 
 /// Where the bridge connects and which names it uses.
 #[derive(Debug, Clone)]
@@ -306,13 +306,7 @@ impl MqttIngest {
 /// Writes `value` as part of an MQTT topic: `/`, `+`, `#`, `%`, whitespace and non-ASCII bytes
 /// as `%XX`, so a stream name never adds a level or a wildcard.
 pub fn escape_topic_level(value: &str, out: &mut String) {
-    for byte in value.bytes() {
-        if byte.is_ascii_graphic() && !matches!(byte, b'/' | b'+' | b'#' | b'%') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
+    percent_escape(value, out, |byte| byte.is_ascii_graphic() && !matches!(byte, b'/' | b'+' | b'#' | b'%'));
 }
 
 /// Publishes config events to their device's topic, retained and QoS 1, one at a time: the

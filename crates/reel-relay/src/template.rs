@@ -101,6 +101,18 @@ impl KeyTemplate {
     }
 }
 
+/// Writes `value` with every byte that `keep` refuses as `%XX` (upper-case hex of the UTF-8
+/// bytes): the escaping of subject tokens and topic levels, whose forbidden bytes differ.
+pub(crate) fn percent_escape(value: &str, out: &mut String, keep: impl Fn(u8) -> bool) {
+    for byte in value.bytes() {
+        if keep(byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,9 @@ use reel_relay::{JetStreamOptions, JetStreamSink, KeyTemplate, Relay};
 use reel_sqlite::SqliteStore;
 use reel_subscriptions::{ClockBasedRetryStrategy, ResetTo, SubscriberSpec, SubscriptionEngine};
 
+mod common;
+use common::{append, relay_until_caught_up};
+
 const NATS: &str = "nats://127.0.0.1:4222";
 
 /// A JetStream stream name and subject prefix no other test run uses.
@@ -49,8 +52,6 @@ impl reel_relay::Sink for SharedSink {
 }
 
 async fn fixture(options: JetStreamOptions, spec: SubscriberSpec, max_attempts: u32) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path().join("reel.db")).unwrap());
     let sink = Arc::new(
         JetStreamSink::connect(options)
             .await
@@ -63,43 +64,12 @@ async fn fixture(options: JetStreamOptions, spec: SubscriberSpec, max_attempts: 
         max_attempts,
         max_unavailable_delay: Duration::from_millis(300),
     };
-    let engine = SubscriptionEngine::new(store.clone(), Arc::new(store.subscription_store().unwrap()), vec![relay])
-        .unwrap()
-        .with_batch_size(500)
-        .with_retry_strategy(retry);
-    engine.setup(&SubscriptionCriteria::all(), true).await.unwrap();
+    let (dir, store, engine) = common::engine_with(relay, retry, 500).await;
     Fixture { _dir: dir, store, engine, sink_stats: sink }
 }
 
 fn spec() -> SubscriberSpec {
     SubscriberSpec::new("nats_relay", RunMode::FromBeginning).unwrap().in_group("relay")
-}
-
-/// Appends `per_stream` events to each of `streams` streams, ten at a time, interleaved.
-async fn append(store: &SqliteStore, streams: usize, per_stream: usize) {
-    for round in 0..per_stream / 10 {
-        for s in 0..streams {
-            let stream = StreamName::new(format!("cat{}-{s}", s % 10)).unwrap();
-            let events = (0..10).map(|i| NewEvent::new("Counted", format!("{{\"n\":{}}}", round * 10 + i))).collect();
-            store.append(&stream, ExpectedVersion::Any, events).await.unwrap();
-        }
-    }
-}
-
-/// Runs the relay until its position reaches the head (or fails the test after `timeout`).
-async fn relay_until_caught_up(f: &Fixture, timeout: Duration) {
-    let head = f.store.head().await.unwrap();
-    let deadline = Instant::now() + timeout;
-    loop {
-        f.engine.boot(&SubscriptionCriteria::all()).await.unwrap();
-        f.engine.run(&SubscriptionCriteria::all()).await.unwrap();
-        let subscription = &f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap()[0];
-        if subscription.position >= head {
-            return;
-        }
-        assert!(Instant::now() < deadline, "relay stuck at {} of {head}: {subscription:?}", subscription.position);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// One message as a consumer got it: subject, headers by name, payload.
@@ -190,7 +160,7 @@ async fn every_event_reaches_a_durable_consumer_once_and_in_order_even_after_a_r
     let (name, subjects) = unique();
     let f = fixture(options(NATS, &name, &subjects), spec(), 1000).await;
     append(&f.store, 1_000, 100).await;
-    relay_until_caught_up(&f, Duration::from_secs(240)).await;
+    relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(240)).await;
     assert_eq!(stored_messages(NATS, &name).await, 100_000);
     let consumer = durable_consumer(NATS, &name).await;
     let first = receive(&consumer, 100_000).await;
@@ -202,7 +172,7 @@ async fn every_event_reaches_a_durable_consumer_once_and_in_order_even_after_a_r
     f.engine.reset(&SubscriptionCriteria::all(), ResetTo::Beginning).await.unwrap();
     f.engine.reactivate(&SubscriptionCriteria::all()).await.unwrap();
     append(&f.store, 10, 10).await;
-    relay_until_caught_up(&f, Duration::from_secs(240)).await;
+    relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(240)).await;
     let second = receive(&consumer, 100).await;
     assert_eq!(second.len(), 100, "only the new events reach the consumer");
     assert_eq!(f.sink_stats.duplicates(), 100_000, "the broker recognised every replayed event");
@@ -258,7 +228,7 @@ async fn a_refused_event_mid_batch_is_parked_and_no_stream_is_reordered() {
         .all(|(_, h, _)| h["reel-position"].parse::<u64>().unwrap() < too_large.0 || h["reel-stream"] != "cat3-3"));
 
     // Then the policy parks it and the relay goes on.
-    relay_until_caught_up(&f, Duration::from_secs(60)).await;
+    relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(60)).await;
     let parked = f.engine.overview(&SubscriptionCriteria::all()).await.unwrap()[0].parked.clone();
     assert_eq!(parked.iter().map(|p| p.position).collect::<Vec<_>>(), vec![too_large]);
     let after = receive(&consumer, 800 - before.len()).await;
@@ -274,13 +244,13 @@ async fn a_replay_older_than_the_duplicate_window_is_counted_and_warned_about() 
     options.duplicate_window = Duration::from_secs(1);
     let f = fixture(options, spec(), 1000).await;
     append(&f.store, 10, 10).await;
-    relay_until_caught_up(&f, Duration::from_secs(30)).await;
+    relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(30)).await;
     assert_eq!(f.sink_stats.replays_beyond_window(), 0, "the first run replays nothing");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     f.engine.pause(&SubscriptionCriteria::all()).await.unwrap();
     f.engine.reset(&SubscriptionCriteria::all(), ResetTo::Beginning).await.unwrap();
     f.engine.reactivate(&SubscriptionCriteria::all()).await.unwrap();
-    relay_until_caught_up(&f, Duration::from_secs(30)).await;
+    relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(30)).await;
     assert_eq!(f.sink_stats.replays_beyond_window(), 100, "every replayed event was older than the window");
     // Which is why the relay warns: past the window, the broker does store them again.
     assert_eq!(stored_messages(NATS, &name).await, 200);
@@ -350,7 +320,7 @@ async fn a_broker_outage_is_retried_visibly_until_the_broker_returns() {
     let head = f.store.head().await.unwrap();
     let runner = {
         let f = f.clone();
-        tokio::spawn(async move { relay_until_caught_up(&f, Duration::from_secs(120)).await })
+        tokio::spawn(async move { relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(120)).await })
     };
     // Stop the broker once the relay is part-way.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -375,9 +345,16 @@ async fn a_broker_outage_is_retried_visibly_until_the_broker_returns() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(during.position < head, "the outage came before the end");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let still = f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap().remove(0);
-    assert!(still.retry_attempt > 1, "retried more often than the ordinary limit: {still:?}");
+    // Each attempt waits out the ack timeout (2 s here), so give the retries time to pile up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let still = f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap().remove(0);
+        if still.retry_attempt > 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "retried more often than the ordinary limit: {still:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(f.engine.overview(&SubscriptionCriteria::all()).await.unwrap()[0].parked.is_empty(), "nothing parked");
 
     nats.restart();

@@ -3,16 +3,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use reel_core::{EventStore, ExpectedVersion, NewEvent, Position, RunMode, StreamName, SubscriptionCriteria};
+use reel_core::{EventStore, Position, RunMode, SubscriptionCriteria};
 use reel_relay::{KafkaOptions, KafkaSink, KeyTemplate, Relay};
 use reel_sqlite::SqliteStore;
 use reel_subscriptions::{ClockBasedRetryStrategy, ResetTo, SubscriberSpec, SubscriptionEngine};
+
+mod common;
+use common::{append, relay_until_caught_up};
 
 const BROKERS: &str = "127.0.0.1:9092";
 
@@ -27,8 +30,6 @@ struct Fixture {
 }
 
 async fn fixture(prefix: &str) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path().join("reel.db")).unwrap());
     let mut options = KafkaOptions::new(BROKERS);
     options.topics = KeyTemplate::parse(&format!("{prefix}.{{category}}")).unwrap();
     let sink = KafkaSink::connect(options)
@@ -42,37 +43,8 @@ async fn fixture(prefix: &str) -> Fixture {
         max_attempts: 100,
         max_unavailable_delay: Duration::from_millis(500),
     };
-    let engine = SubscriptionEngine::new(store.clone(), Arc::new(store.subscription_store().unwrap()), vec![relay])
-        .unwrap()
-        .with_batch_size(1_000)
-        .with_retry_strategy(retry);
-    engine.setup(&SubscriptionCriteria::all(), true).await.unwrap();
+    let (dir, store, engine) = common::engine_with(relay, retry, 1_000).await;
     Fixture { _dir: dir, store, engine }
-}
-
-async fn append(store: &SqliteStore, streams: usize, per_stream: usize) {
-    for round in 0..per_stream / 10 {
-        for s in 0..streams {
-            let stream = StreamName::new(format!("cat{}-{s}", s % 10)).unwrap();
-            let events = (0..10).map(|i| NewEvent::new("Counted", format!("{{\"n\":{}}}", round * 10 + i))).collect();
-            store.append(&stream, ExpectedVersion::Any, events).await.unwrap();
-        }
-    }
-}
-
-async fn relay_until_caught_up(f: &Fixture, timeout: Duration) {
-    let head = f.store.head().await.unwrap();
-    let deadline = Instant::now() + timeout;
-    loop {
-        f.engine.boot(&SubscriptionCriteria::all()).await.unwrap();
-        f.engine.run(&SubscriptionCriteria::all()).await.unwrap();
-        let subscription = &f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap()[0];
-        if subscription.position >= head {
-            return;
-        }
-        assert!(Instant::now() < deadline, "relay stuck at {} of {head}: {subscription:?}", subscription.position);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// One record as a consumer got it: topic, partition, offset, key, headers, payload.
@@ -164,7 +136,7 @@ async fn a_consumer_group_gets_every_event_by_id_in_order_and_both_resets_replay
     let prefix = prefix();
     let f = fixture(&prefix).await;
     append(&f.store, 1_000, 100).await;
-    relay_until_caught_up(&f, Duration::from_secs(300)).await;
+    relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(300)).await;
     let topics: Vec<String> = (0..10).map(|c| format!("{prefix}.cat{c}")).collect();
     let group = format!("{prefix}-group");
     let consumer = group_consumer(&group, &topics);
@@ -177,7 +149,7 @@ async fn a_consumer_group_gets_every_event_by_id_in_order_and_both_resets_replay
     f.engine.pause(&SubscriptionCriteria::all()).await.unwrap();
     f.engine.reset(&SubscriptionCriteria::all(), ResetTo::Position(from)).await.unwrap();
     f.engine.reactivate(&SubscriptionCriteria::all()).await.unwrap();
-    relay_until_caught_up(&f, Duration::from_secs(60)).await;
+    relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(60)).await;
     let again = consume(&consumer, 1_000).await;
     assert_eq!(again.len(), 1_000, "the relay replayed from the position");
     assert!(again.iter().all(|r| r.headers["reel-position"].parse::<u64>().unwrap() >= from.0));

@@ -3,15 +3,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reel_core::{
-    Direction, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, RunMode, StreamName, StreamVersion,
-    SubscriptionCriteria,
+    Direction, EventStore, Position, ReadAllFilter, RunMode, StreamName, StreamVersion, SubscriptionCriteria,
 };
 use reel_relay::{KeyTemplate, RedisStreamsSink, Relay};
 use reel_sqlite::SqliteStore;
 use reel_subscriptions::{ClockBasedRetryStrategy, ResetTo, SubscriberSpec, SubscriptionEngine};
+
+mod common;
+use common::{append, relay_until_caught_up};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -35,8 +37,6 @@ struct Fixture {
 }
 
 async fn fixture(keys: &str) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path().join("reel.db")).unwrap());
     let sink = RedisStreamsSink::connect(REDIS, KeyTemplate::parse(keys).unwrap(), None)
         .await
         .expect("Redis must be running at 127.0.0.1:6379 (.ci/run starts it)");
@@ -48,40 +48,8 @@ async fn fixture(keys: &str) -> Fixture {
         max_attempts: 1000,
         ..Default::default()
     };
-    let engine = SubscriptionEngine::new(store.clone(), Arc::new(store.subscription_store().unwrap()), vec![relay])
-        .unwrap()
-        .with_batch_size(500)
-        .with_retry_strategy(retry);
-    engine.setup(&SubscriptionCriteria::all(), true).await.unwrap();
+    let (dir, store, engine) = common::engine_with(relay, retry, 500).await;
     Fixture { _dir: dir, store, engine }
-}
-
-/// Appends `per_stream` events to each of `streams` streams, ten at a time, interleaved across
-/// streams so that every batch the relay reads mixes streams and keys.
-async fn append(store: &SqliteStore, streams: usize, per_stream: usize) {
-    for round in 0..per_stream / 10 {
-        for s in 0..streams {
-            let stream = StreamName::new(format!("cat{}-{s}", s % 10)).unwrap();
-            let events = (0..10).map(|i| NewEvent::new("Counted", format!("{{\"n\":{}}}", round * 10 + i))).collect();
-            store.append(&stream, ExpectedVersion::Any, events).await.unwrap();
-        }
-    }
-}
-
-/// Runs the relay until its position reaches the head (or fails the test after `timeout`).
-async fn relay_until_caught_up(f: &Fixture, timeout: Duration) {
-    let head = f.store.head().await.unwrap();
-    let deadline = Instant::now() + timeout;
-    loop {
-        f.engine.boot(&SubscriptionCriteria::all()).await.unwrap();
-        f.engine.run(&SubscriptionCriteria::all()).await.unwrap();
-        let subscription = &f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap()[0];
-        if subscription.position >= head {
-            return;
-        }
-        assert!(Instant::now() < deadline, "relay stuck at {} of {head}: {subscription:?}", subscription.position);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A Redis Streams entry: key, entry id, fields.
@@ -155,7 +123,7 @@ async fn every_event_reaches_redis_once_and_each_stream_in_order_even_after_a_re
     let prefix = prefix();
     let f = fixture(&format!("{prefix}:{{category}}")).await;
     append(&f.store, 1_000, 100).await;
-    relay_until_caught_up(&f, Duration::from_secs(120)).await;
+    relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(120)).await;
     let keys: Vec<String> = (0..10).map(|c| format!("{prefix}:cat{c}")).collect();
     assert_relayed_exactly_once(&f.store, &entries(&keys).await).await;
 
@@ -164,7 +132,7 @@ async fn every_event_reaches_redis_once_and_each_stream_in_order_even_after_a_re
     f.engine.reset(&SubscriptionCriteria::all(), ResetTo::Beginning).await.unwrap();
     f.engine.reactivate(&SubscriptionCriteria::all()).await.unwrap();
     append(&f.store, 10, 10).await;
-    relay_until_caught_up(&f, Duration::from_secs(120)).await;
+    relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(120)).await;
     assert_relayed_exactly_once(&f.store, &entries(&keys).await).await;
     delete(&keys).await;
 }
@@ -205,7 +173,7 @@ async fn a_refused_entry_mid_batch_keeps_every_stream_in_order_and_resumes_when_
     );
 
     let _: () = redis::cmd("DEL").arg(&blocked).query_async(&mut connection).await.unwrap();
-    relay_until_caught_up(&f, Duration::from_secs(60)).await;
+    relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(60)).await;
     assert_relayed_exactly_once(&f.store, &entries(&keys).await).await;
     delete(&keys).await;
 }
