@@ -3,13 +3,13 @@
 //! Append transactions hold the head row lock, and PostgreSQL releases a row lock only when the
 //! transaction ends, which for a durable commit is after its WAL flush. If appends waited for
 //! their flush under the lock, commits from different processes would flush one after another.
-//! So an append that had to queue for the head commits without waiting for the flush
-//! (`synchronous_commit = off` for that transaction only), which releases the lock as soon as the
-//! commit record is written, and its writer then runs a *barrier*: a tiny durable write that
+//! So every append commits without waiting for the flush (`synchronous_commit = off` for that
+//! transaction only), which releases the lock as soon as the commit record is written, and its
+//! writer then runs a *barrier*: a tiny durable write that
 //! records the head it can see. WAL is flushed in order, so when the barrier's commit is flushed,
 //! every commit it could see is flushed too, and barriers of many processes share one flush
-//! (PostgreSQL's own group commit). An append that got the head at once commits durably and
-//! writes its row itself (`append_group_v2`, migration 6).
+//! (PostgreSQL's own group commit). The one-call append (`append_group_v3`, migration 7) sends
+//! its barrier right behind the call, in the same round trip.
 //!
 //! An append is answered only after its durable commit or its barrier (invariant 5). Readers read
 //! only up to the durable head, the highest position any row records, so nobody ever sees an
@@ -34,10 +34,28 @@ pub(crate) fn durable_head_sql(schema: &str) -> String {
 /// Confirms every commit this connection can see: records the current head in the
 /// connection's row with a durable commit, and returns the durable head.
 pub(crate) async fn confirm(client: &Client, statements: &mut Statements, schema: &str) -> Result<Position, ReelError> {
-    let fail = |e| crate::storage_error("confirming that appends are on disk", e);
-    let barrier = prepared(client, statements, barrier_sql(schema)).await.map_err(fail)?;
-    let row = client.query_one(&barrier, &[]).await.map_err(fail)?;
+    let barrier = barrier(client, statements, schema).await?;
+    run_barrier(client, &barrier).await
+}
+
+/// The barrier statement, prepared on this connection, for callers that pipeline it behind a
+/// write of their own (it then confirms that write too).
+pub(crate) async fn barrier(
+    client: &Client,
+    statements: &mut Statements,
+    schema: &str,
+) -> Result<tokio_postgres::Statement, ReelError> {
+    prepared(client, statements, barrier_sql(schema)).await.map_err(barrier_failed)
+}
+
+/// Runs the barrier; the durable head it returns covers every commit the connection made before.
+pub(crate) async fn run_barrier(client: &Client, barrier: &tokio_postgres::Statement) -> Result<Position, ReelError> {
+    let row = client.query_one(barrier, &[]).await.map_err(barrier_failed)?;
     Ok(Position(row.get::<_, i64>(0) as u64))
+}
+
+fn barrier_failed(e: tokio_postgres::Error) -> ReelError {
+    crate::storage_error("confirming that appends are on disk", e)
 }
 
 /// The error for appends that committed but could not be confirmed on disk: not an

@@ -1,19 +1,19 @@
 //! The one-round-trip append: the usual way a group is written.
 //!
 //! The writer decides the group against what it knows of its streams (remembered from its own
-//! earlier groups, or read without any lock), then calls `append_group_v2` (migration 6), which
-//! in one statement takes the head, checks that every stream is still as the writer saw it,
-//! writes the events with positions after the head and moves the head. When it got the head at
-//! once (no other process was appending), it commits durably and records the new head as durable
-//! itself: one round trip, one flush, as a single store needs. When it had to queue behind
-//! another process, it commits without waiting for the flush, so the head is released at once,
-//! and the writer confirms with a barrier (durable.rs) before answering: processes then share
-//! flushes instead of taking turns at them. When anything differs (another process appended to
-//! one of the streams, an expected version does not hold, an id may be a retry), nothing is
-//! written and the group goes the careful way (`commit_group`: lock first, then decide), which
-//! gives every answer that is not a plain success.
+//! earlier groups, or read without any lock), then calls `append_group_v3` (migration 7), which
+//! in one statement locks the group's streams and checks that each is still as the writer saw
+//! it, then takes the head, writes the events with positions after it and moves it. The head is
+//! held only for that insert, and the call commits without waiting for its flush; a barrier
+//! (durable.rs) sent right behind it in the same round trip waits for the flush before anyone is
+//! answered. So processes share flushes instead of taking turns at them, and a single process
+//! still pays one round trip per group. When anything differs (another process appended to one
+//! of the streams, an expected version does not hold, an id may be a retry), nothing is written
+//! and the group goes the careful way (`commit_group`: lock first, then decide), which gives
+//! every answer that is not a plain success.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use reel_core::backend::idempotency::{check_recent, RecentIds};
 use reel_core::backend::HeadNotifier;
@@ -62,6 +62,7 @@ pub(crate) async fn try_append(
     schema: &str,
     requests: &[&AppendRequest],
     known: &mut KnownStreams,
+    contention: &mut Contention,
     notifier: &HeadNotifier,
 ) -> Option<Vec<Result<AppendResult, ReelError>>> {
     let mut streams = match remembered(requests, known) {
@@ -80,24 +81,38 @@ pub(crate) async fn try_append(
     }
     let unknown = |error: ReelError| Some(requests.iter().map(|_| Err(error.clone())).collect());
     let sql = format!(
-        "SELECT o_head, o_confirmed FROM {schema}.append_group_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        "SELECT {schema}.append_group_v3($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
     );
     let Ok(statement) = prepared(client, statements, sql).await else { return None };
-    let (head, confirmed) = match call_append_group(client, &statement, &streams, &group).await {
-        Call::Written { head, confirmed } => (head, confirmed),
-        Call::Changed => return None,
-        Call::Unknown(error) => return unknown(error),
-    };
-    let durable = if confirmed {
-        Position(head.0 + offset.0)
+    let alone = contention.alone();
+    let (head, durable) = if alone {
+        // Nobody else is appending: the call commits durably and records its own durable head.
+        match call_append_group(client, &statement, &streams, &group, true).await {
+            Call::Written { head } => (head, Position(head.0 + offset.0)),
+            Call::Changed => return None,
+            Call::Unknown(error) => return unknown(error),
+        }
     } else {
-        // It queued behind another process and committed without its flush: confirm first
-        // (invariant 5); a failure leaves it committed but not acknowledged.
-        match durable::confirm(client, statements, schema).await {
-            Ok(durable) => durable,
+        // The call commits without waiting for its flush; the barrier right behind it, in the
+        // same round trip, waits for it (invariant 5). When the call wrote nothing, the barrier
+        // only records a head that was durable already.
+        let Ok(barrier) = durable::barrier(client, statements, schema).await else { return None };
+        let (call, confirmed) = tokio::join!(
+            call_append_group(client, &statement, &streams, &group, false),
+            durable::run_barrier(client, &barrier)
+        );
+        let head = match call {
+            Call::Written { head } => head,
+            Call::Changed => return None,
+            Call::Unknown(error) => return unknown(error),
+        };
+        // A failed barrier leaves the group committed but not acknowledged.
+        match confirmed {
+            Ok(durable) => (head, durable),
             Err(e) => return unknown(durable::unconfirmed(e)),
         }
     };
+    contention.observe(head, Position(head.0 + offset.0));
     for state in streams.values() {
         if let (Some(id), Some(version)) = (state.stream_id, state.version) {
             known.remember(state.name, id, version);
@@ -119,6 +134,36 @@ pub(crate) async fn try_append(
             })
             .collect(),
     )
+}
+
+/// Whether other processes append to the schema, as told by the heads this writer's calls
+/// found: a call that finds the head where this writer's last group left it saw nobody else.
+pub(crate) struct Contention {
+    own_end: Option<Position>,
+    other_seen_at: Instant,
+}
+
+impl Contention {
+    /// How long a writer must have appended alone before its calls commit durably themselves.
+    const ALONE_AFTER: Duration = Duration::from_secs(1);
+
+    /// A writer that has not seen anything yet counts as sharing the schema.
+    pub(crate) fn new() -> Self {
+        Self { own_end: None, other_seen_at: Instant::now() }
+    }
+
+    /// Alone long enough that a durable commit under the head keeps nobody waiting for its flush.
+    fn alone(&self) -> bool {
+        self.other_seen_at.elapsed() >= Self::ALONE_AFTER
+    }
+
+    /// Notes a group written after `head` and ending at `end`.
+    fn observe(&mut self, head: Position, end: Position) {
+        if self.own_end != Some(head) {
+            self.other_seen_at = Instant::now();
+        }
+        self.own_end = Some(end);
+    }
 }
 
 /// The group's streams from memory, when every one is remembered and no request carries ids
@@ -151,11 +196,10 @@ fn plainly_new(request: &AppendRequest, state: &StreamState<'_>) -> bool {
     matches!(check_recent(&request.stream, &state.recent, &request.events), Ok(RecentIds::New))
 }
 
-/// How a call of `append_group` ended.
+/// How a call of `append_group_v3` ended.
 enum Call {
-    /// Written after `head`; `confirmed` when the commit was durable and recorded in the durable
-    /// head already (nobody else was appending), otherwise a barrier must confirm it.
-    Written { head: Position, confirmed: bool },
+    /// Written after `head` (durably, or for a barrier to confirm, as the call was asked).
+    Written { head: Position },
     /// Nothing written: the streams had changed, or the server refused the call (it rolled back).
     Changed,
     /// The connection failed: the call may or may not have committed. Retrying the careful way
@@ -163,12 +207,13 @@ enum Call {
     Unknown(ReelError),
 }
 
-/// Calls `append_group`.
+/// Calls `append_group_v3`.
 async fn call_append_group(
     client: &Client,
     statement: &tokio_postgres::Statement,
     streams: &HashMap<&str, StreamState<'_>>,
     group: &GroupWrite<'_>,
+    durable: bool,
 ) -> Call {
     let (mut checked_ids, mut checked_versions, mut final_ids, mut final_versions) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -210,12 +255,13 @@ async fn call_append_group(
                 &group.data,
                 &group.metadata,
                 &Timestamp::now().unix_micros(),
+                &durable,
             ],
         )
         .await;
     match row {
         Ok(row) => match row.get::<_, Option<i64>>(0) {
-            Some(head) => Call::Written { head: Position(head as u64), confirmed: row.get(1) },
+            Some(head) => Call::Written { head: Position(head as u64) },
             None => Call::Changed,
         },
         // The server answered with an error: the statement rolled back whole.

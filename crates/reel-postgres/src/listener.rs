@@ -4,7 +4,7 @@
 //! died between its commit and its barrier.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reel_core::backend::HeadNotifier;
@@ -19,11 +19,67 @@ use crate::writer::{channel, Statements};
 /// How often the head is read even without notifications.
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
 
+/// Quiet time between announcements on a schema's channel under load, per listening process.
+/// Every announcement is delivered to every listener of the schema, so its cost grows with
+/// their number: without a quiet interval every barrier of every process sent a NOTIFY, which
+/// across 16 processes cost about a third of the append throughput (docs/BENCHMARKS.md). With
+/// it, the deliveries per second stay about the same however many processes listen, and an
+/// append after a quiet interval is announced at once.
+const QUIET_PER_LISTENER: Duration = Duration::from_micros(250);
+
+/// How often the listeners of the schema are counted again.
+const COUNT_LISTENERS_EVERY: Duration = Duration::from_secs(10);
+
+/// The quiet interval for `listeners` processes, plus up to as much again at random, so that
+/// processes waiting for the same interval to end do not all announce at once.
+fn quiet_interval(listeners: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let quiet = QUIET_PER_LISTENER * listeners.max(1);
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    quiet + Duration::from_nanos(random % quiet.as_nanos() as u64)
+}
+
+/// How many connections listen on the schema's channel (one per store), by application name.
+async fn count_listeners(
+    client: &tokio_postgres::Client,
+    application_name: &str,
+) -> Result<u32, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = left($1, 63)", &[&application_name])
+        .await?;
+    Ok(row.get::<_, i64>(0) as u32)
+}
+
+/// The highest durable head announced on the channel that this connection heard (its own
+/// announcements included), and when an announcement was last heard or sent.
+struct Heard {
+    position: Position,
+    at: Instant,
+}
+
+impl Heard {
+    /// An announcement received on the channel: followers of this process learn the new head.
+    fn hear(&mut self, payload: &str, head: &HeadNotifier) {
+        if let Ok(position) = payload.parse::<u64>() {
+            self.position = self.position.max(Position(position));
+            self.at = Instant::now();
+            head.advance(Position(position));
+        }
+    }
+
+    /// An announcement this connection sent.
+    fn announced(&mut self, position: Position) {
+        self.position = self.position.max(position);
+        self.at = Instant::now();
+    }
+}
+
 /// Runs until aborted.
 pub async fn run(url: String, schema: String, head: Arc<HeadNotifier>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match connect_client(&url, &format!("reel-listen-{schema}")).await {
+        let application_name = format!("reel-listen-{schema}");
+        match connect_client(&url, &application_name).await {
             Ok((client, mut connection)) => {
                 // A task drives the connection and forwards notifications; it ends with the connection.
                 let (notifications, mut received) = mpsc::unbounded_channel();
@@ -49,18 +105,17 @@ pub async fn run(url: String, schema: String, head: Arc<HeadNotifier>) {
                     // Catch up with anything appended while not listening, then follow.
                     let mut poll = true;
                     let mut statements = Statements::new();
-                    // The highest durable head announced on the channel that this connection
-                    // heard (its own announcements included) or read itself.
-                    let mut heard = Position(0);
+                    let mut heard = Heard { position: Position(0), at: Instant::now() };
+                    let mut listeners = 1;
+                    let mut listeners_counted_at: Option<Instant> = None;
                     // This process's writer advances `head` after each barrier.
                     let mut confirmed_here = head.watch();
                     loop {
                         if poll {
                             match confirm_if_stalled(&client, &schema, &mut statements).await {
-                                Ok(position) => {
-                                    heard = heard.max(position);
-                                    head.advance(position);
-                                }
+                                // Not counted as heard: what this process confirmed before its
+                                // listener was ready must still be announced to the others.
+                                Ok(position) => head.advance(position),
                                 Err(_) => break,
                             }
                         }
@@ -68,23 +123,40 @@ pub async fn run(url: String, schema: String, head: Arc<HeadNotifier>) {
                             payload = received.recv() => match payload {
                                 Some(payload) => {
                                     poll = false;
-                                    if let Ok(position) = payload.parse::<u64>() {
-                                        heard = heard.max(Position(position));
-                                        head.advance(Position(position));
-                                    }
+                                    heard.hear(&payload, &head);
                                 }
                                 None => break,
                             },
-                            // Announces what this process's writer confirmed, unless another
-                            // announcement heard already covers it: under load many barriers
-                            // share one NOTIFY, and none waits for it.
-                            confirmed = confirmed_here.wait_past(heard) => match confirmed {
-                                Ok(position) => {
+                            // Announces what this process's writer confirmed, unless an
+                            // announcement heard meanwhile covers it. Under load, announcements
+                            // are coalesced: after any announcement on the channel (from any
+                            // process) the next one waits out a short quiet interval, so
+                            // barriers of every process share one NOTIFY, which each listener
+                            // of the schema has to receive and the database to deliver.
+                            confirmed = confirmed_here.wait_past(heard.position) => match confirmed {
+                                Ok(_) => {
                                     poll = false;
-                                    if durable::announce(&client, &mut statements, &schema, position).await.is_err() {
-                                        break;
+                                    if !matches!(listeners_counted_at, Some(at) if at.elapsed() < COUNT_LISTENERS_EVERY) {
+                                        match count_listeners(&client, &application_name).await {
+                                            Ok(count) => listeners = count,
+                                            Err(_) => break,
+                                        }
+                                        listeners_counted_at = Some(Instant::now());
                                     }
-                                    heard = heard.max(position);
+                                    let quiet_until = heard.at + quiet_interval(listeners);
+                                    if Instant::now() < quiet_until {
+                                        tokio::time::sleep_until(quiet_until.into()).await;
+                                    }
+                                    while let Ok(payload) = received.try_recv() {
+                                        heard.hear(&payload, &head);
+                                    }
+                                    let position = confirmed_here.current();
+                                    if position > heard.position {
+                                        if durable::announce(&client, &mut statements, &schema, position).await.is_err() {
+                                            break;
+                                        }
+                                        heard.announced(position);
+                                    }
                                 }
                                 Err(_) => return,
                             },

@@ -15,7 +15,7 @@ use reel_core::backend::idempotency::{
 };
 use reel_core::backend::{answer, fail_all, requests_of, HeadNotifier, Rejected, WriteJob};
 
-use crate::fast_append::{try_append, KnownStreams};
+use crate::fast_append::{try_append, Contention, KnownStreams};
 use reel_core::{
     AppendRequest, AppendResult, EventId, NewEvent, Position, ReelError, StreamName, StreamVersion, Timestamp,
 };
@@ -56,6 +56,7 @@ pub async fn run_writer<C, F>(
 {
     let mut statements = Statements::new();
     let mut known = KnownStreams::default();
+    let mut contention = Contention::new();
     sweep_durable_rows(&client, &schema).await;
     while let Some(first) = jobs.recv().await {
         gather_resubmissions(&jobs).await;
@@ -72,6 +73,7 @@ pub async fn run_writer<C, F>(
                     client = fresh;
                     statements.clear();
                     known = KnownStreams::default();
+                    contention = Contention::new();
                     sweep_durable_rows(&client, &schema).await;
                 }
                 Err(e) => {
@@ -83,7 +85,7 @@ pub async fn run_writer<C, F>(
         let requests = requests_of(&group);
         let events: usize = requests.iter().map(|r| r.events.len()).sum();
         let fast = if events < COPY_FROM_EVENTS {
-            try_append(&client, &mut statements, &schema, &requests, &mut known, &head).await
+            try_append(&client, &mut statements, &schema, &requests, &mut known, &mut contention, &head).await
         } else {
             None
         };
@@ -140,13 +142,25 @@ async fn commit_group(
 ) -> Vec<Result<AppendResult, ReelError>> {
     let fail_all = |e: ReelError| requests.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
     let now = Timestamp::now();
-    let tx = match client.transaction().await {
-        Ok(tx) => tx,
-        Err(e) => return fail_all(crate::storage_error("starting an append transaction", e)),
-    };
-    let (head, mut streams) = match lock_and_load(&tx, statements, schema, requests).await {
-        Ok(loaded) => loaded,
-        Err(e) => return fail_all(e),
+    let mut attempts = 0;
+    let (tx, head, mut streams) = loop {
+        let tx = match client.transaction().await {
+            Ok(tx) => tx,
+            Err(e) => return fail_all(crate::storage_error("starting an append transaction", e)),
+        };
+        match lock_and_load(&tx, statements, schema, requests).await {
+            Ok(Some((head, streams))) => break (tx, head, streams),
+            // Another process created one of the group's streams meanwhile; it is locked with
+            // the others on the next attempt.
+            Ok(None) if attempts < MAX_LOCK_ATTEMPTS => attempts += 1,
+            Ok(None) => {
+                return fail_all(ReelError::storage(
+                    "locking the streams of an append",
+                    "other processes kept creating its streams; try again",
+                ))
+            }
+            Err(e) => return fail_all(e),
+        }
     };
     let mut group = GroupWrite::default();
     let mut head_after = head;
@@ -178,6 +192,9 @@ async fn commit_group(
     }
     results
 }
+
+/// Times the careful path starts over when streams of its group appear between its locks.
+const MAX_LOCK_ATTEMPTS: usize = 8;
 
 /// A stream as the group sees it: stored state plus this group's appends so far.
 pub(crate) struct StreamState<'a> {
@@ -213,16 +230,21 @@ struct Pending<'a> {
     event: &'a NewEvent,
 }
 
-/// Locks the head (which serialises appenders of every process), then reads each stream of the
-/// group; the three statements are pipelined and run in order on the server.
+/// Locks the group's stored streams (in stream id order) and then the head, which serialises
+/// appenders of every process, and reads each stream of the group; the statements are pipelined
+/// and run in order on the server. `None` when a stream of the group was created by another
+/// process between the two locks: its row is not locked, so the caller starts over.
 async fn lock_and_load<'a>(
     tx: &Transaction<'_>,
     statements: &mut Statements,
     schema: &str,
     requests: &[&'a AppendRequest],
-) -> Result<(Position, HashMap<&'a str, StreamState<'a>>), ReelError> {
+) -> Result<Option<(Position, HashMap<&'a str, StreamState<'a>>)>, ReelError> {
     match load(tx, statements, schema, requests, true).await? {
-        (Some(head), streams) => Ok((head, streams)),
+        (Some((head, stored)), streams) if stored == streams.values().filter(|s| s.stream_id.is_some()).count() => {
+            Ok(Some((head, streams)))
+        }
+        (Some(_), _) => Ok(None),
         (None, _) => Err(ReelError::storage("locking the head", "the head row is missing")),
     }
 }
@@ -238,14 +260,15 @@ pub(crate) async fn load_streams<'a>(
     Ok(load(client, statements, schema, requests, false).await?.1)
 }
 
-/// The group's streams, after locking the head when `lock` (then its position comes back too).
+/// The group's streams, locked and followed by the head lock when `lock`: then the head's
+/// position comes back too, with how many of the group's streams exist once the head is held.
 async fn load<'a, C: GenericClient + Sync>(
     client: &C,
     statements: &mut Statements,
     schema: &str,
     requests: &[&'a AppendRequest],
     lock: bool,
-) -> Result<(Option<Position>, HashMap<&'a str, StreamState<'a>>), ReelError> {
+) -> Result<(Option<(Position, usize)>, HashMap<&'a str, StreamState<'a>>), ReelError> {
     let storage = |what: &'static str| move |e: tokio_postgres::Error| crate::storage_error(what, e);
     let mut names: Vec<&str> = requests.iter().map(|r| r.stream.as_str()).collect();
     names.sort_unstable();
@@ -255,19 +278,24 @@ async fn load<'a, C: GenericClient + Sync>(
     with_ids.sort_unstable();
     with_ids.dedup();
 
-    // The advisory lock queues appenders in the lock manager, which hands it straight to the next
-    // one; many waiters on the row lock alone wake together and recheck the row. The row lock
-    // stays, so appenders that do not take the advisory lock are still serialised. The
-    // transaction commits without waiting for its flush, so both are released at once; the
-    // barrier after it waits for the flush instead (see durable.rs).
-    let lock_sql = format!(
-        "SELECT h.position, set_config('synchronous_commit', 'off', true)
-         FROM (SELECT pg_advisory_xact_lock(hashtext('reel-head:{schema}'))) AS queued, {schema}.head h
-         FOR UPDATE OF h"
-    );
-    let lock_statement = prepared(client, statements, lock_sql).await.map_err(storage("locking the head"))?;
-    let lookup_sql = format!("SELECT name, stream_id, version FROM {schema}.streams WHERE name = ANY($1)");
+    // Streams first, in stream id order, then the head: the order `append_group_v3` (migration
+    // 7) takes them in, so appenders never deadlock. The head is taken with its row lock alone
+    // and the transaction commits without waiting for its flush; the barrier after it waits
+    // for the flush instead (see durable.rs).
+    let lookup_sql = if lock {
+        format!(
+            "SELECT name, stream_id, version FROM {schema}.streams WHERE name = ANY($1) ORDER BY stream_id FOR UPDATE"
+        )
+    } else {
+        format!("SELECT name, stream_id, version FROM {schema}.streams WHERE name = ANY($1)")
+    };
     let lookup = prepared(client, statements, lookup_sql).await.map_err(storage("looking up streams"))?;
+    let lock_sql =
+        format!("SELECT h.position, set_config('synchronous_commit', 'off', true) FROM {schema}.head h FOR UPDATE");
+    let lock_statement = prepared(client, statements, lock_sql).await.map_err(storage("locking the head"))?;
+    // A statement of its own, so that its snapshot is taken once the head is held.
+    let count_sql = format!("SELECT count(*) FROM {schema}.streams WHERE name = ANY($1)");
+    let count = prepared(client, statements, count_sql).await.map_err(storage("looking up streams"))?;
     let recent_sql = format!(
         "SELECT s.name, e.event_id, e.stream_version FROM {schema}.streams s
          JOIN {schema}.events e ON e.stream_id = s.stream_id AND e.stream_version >= s.version - {}
@@ -275,16 +303,20 @@ async fn load<'a, C: GenericClient + Sync>(
         RECENT_ID_WINDOW - 1
     );
     let recent = prepared(client, statements, recent_sql).await.map_err(storage("reading recent event ids"))?;
-    // Joined, not try-joined: when the lock fails, the later statements fail too ("transaction is
-    // aborted"), and the lock's error is the one that says why.
-    let (head, found, recent) = tokio::join!(
+    // Joined, not try-joined: when a lock fails, the later statements fail too ("transaction is
+    // aborted"), and the first error is the one that says why.
+    let (found, head, recent) = tokio::join!(
+        async { client.query(&lookup, &[&names]).await.map_err(storage("looking up streams")) },
         async {
             if !lock {
                 return Ok(None);
             }
-            client.query_one(&lock_statement, &[]).await.map(Some).map_err(storage("locking the head"))
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&names];
+            let (head, count) = tokio::join!(client.query_one(&lock_statement, &[]), client.query_one(&count, &params));
+            let head: i64 = head.map_err(storage("locking the head"))?.get(0);
+            let existing: i64 = count.map_err(storage("looking up streams"))?.get(0);
+            Ok(Some((Position(head as u64), existing as usize)))
         },
-        async { client.query(&lookup, &[&names]).await.map_err(storage("looking up streams")) },
         async {
             if with_ids.is_empty() {
                 return Ok(Vec::new());
@@ -292,7 +324,7 @@ async fn load<'a, C: GenericClient + Sync>(
             client.query(&recent, &[&with_ids]).await.map_err(storage("reading recent event ids"))
         },
     );
-    let (head, found, recent) = (head?, found?, recent?);
+    let (found, head, recent) = (found?, head?, recent?);
 
     let mut streams: HashMap<&'a str, StreamState<'a>> = HashMap::with_capacity(names.len());
     for request in requests {
@@ -311,7 +343,7 @@ async fn load<'a, C: GenericClient + Sync>(
             state.recent.insert(EventId(row.get(1)), row.get::<_, i64>(2) as u64);
         }
     }
-    Ok((head.map(|h| Position(h.get::<_, i64>(0) as u64)), streams))
+    Ok((head, streams))
 }
 
 enum Decision {

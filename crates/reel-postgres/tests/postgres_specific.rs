@@ -586,7 +586,7 @@ async fn a_schema_from_before_the_durable_head_migrates_with_its_log_visible() {
     admin
         .batch_execute(&format!(
             "DROP TABLE {schema}.durable_head; DROP FUNCTION {schema}.append_group_v2;
-             UPDATE {schema}.reel_schema SET version = 5;"
+             DROP FUNCTION {schema}.append_group_v3; UPDATE {schema}.reel_schema SET version = 5;"
         ))
         .await
         .unwrap();
@@ -632,4 +632,96 @@ async fn confirmed_appends_are_announced_with_the_durable_head() {
     .await;
     assert_eq!(announced, Ok(Some(1)), "the append was announced with its durable position");
     assert!(durable_head(&admin().await, &schema).await >= 1, "what was announced is durable");
+}
+
+/// Appenders lock a group's streams (by id) before the head, on the one-call path and the careful
+/// path alike, so processes appending to the same streams by both paths never deadlock
+/// (PostgreSQL would break a deadlock by failing one of them, and `deadlocks` would count it).
+/// Four stores × six tasks append to six shared streams with `Any` (one call), retried ids and
+/// stale `Exact` versions (the careful path), and race to create the same new streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_appending_to_shared_streams_by_both_paths_never_deadlock() {
+    const STORES: usize = 4;
+    const TASKS: usize = 6;
+    const ROUNDS: usize = 60;
+    let schema = fresh_schema();
+    let admin = admin().await;
+    let deadlocks = || async {
+        let row = admin
+            .query_one("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let deadlocks_before = deadlocks().await;
+    let mut stores = Vec::new();
+    for _ in 0..STORES {
+        stores.push(Arc::new(connect(&schema).await));
+    }
+    let mut tasks = Vec::new();
+    for (s, store) in stores.iter().enumerate() {
+        for t in 0..TASKS {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut stored = 0u64;
+                for i in 0..ROUNDS {
+                    let shared = StreamName::new(format!("lock-{}", (s + t + i) % 6)).unwrap();
+                    let one = || vec![NewEvent::new("Step", "{}")];
+                    match i % 3 {
+                        0 => {
+                            store.append(&shared, ExpectedVersion::Any, one()).await.unwrap();
+                            stored += 1;
+                        }
+                        1 => {
+                            let id = reel_core::EventId::new_v7();
+                            let with_id = || vec![NewEvent::new("Step", "{}").with_id(id)];
+                            let first = store.append(&shared, ExpectedVersion::Any, with_id()).await.unwrap();
+                            let retry = store.append(&shared, ExpectedVersion::Any, with_id()).await.unwrap();
+                            assert_eq!(first, retry, "a retry returns the original result");
+                            stored += 1;
+                        }
+                        _ => {
+                            let seen = store.stream_version(&shared).await.unwrap();
+                            let expected = seen.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                            match store.append(&shared, expected, one()).await {
+                                Ok(_) => stored += 1,
+                                Err(ReelError::WrongExpectedVersion { .. }) => {}
+                                Err(e) => panic!("append to {shared} failed: {e}"),
+                            }
+                        }
+                    }
+                    if i % 10 == 0 {
+                        // Every store's tasks race to create the same stream.
+                        let fresh = StreamName::new(format!("fresh-{i}")).unwrap();
+                        match store.append(&fresh, ExpectedVersion::NoStream, one()).await {
+                            Ok(_) => stored += 1,
+                            Err(ReelError::WrongExpectedVersion { .. }) => {}
+                            Err(e) => panic!("creating {fresh} failed: {e}"),
+                        }
+                    }
+                }
+                stored
+            }));
+        }
+    }
+    let mut stored = 0;
+    for task in tasks {
+        stored += task.await.unwrap();
+    }
+    let store = &stores[0];
+    assert_eq!(store.head().await.unwrap(), Position(stored), "every acknowledged event is in the log once");
+    let all = store.read_all(Position(1), &ReadAllFilter::default(), 100_000).await.unwrap().events;
+    assert!(all.iter().enumerate().all(|(i, e)| e.position.0 == i as u64 + 1), "gap-free positions");
+    let mut versions: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for event in &all {
+        let next = versions.entry(event.stream.to_string()).or_insert(0);
+        assert_eq!(event.stream_version.0, *next, "{}'s versions follow its positions", event.stream);
+        *next += 1;
+    }
+    for i in (0..ROUNDS).step_by(10) {
+        assert_eq!(versions.get(&format!("fresh-{i}")), Some(&1), "exactly one creator of fresh-{i} won");
+    }
+    // Statistics reach pg_stat_database within a second of a backend's last transaction.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(deadlocks().await, deadlocks_before, "no deadlock was detected (and broken) meanwhile");
 }
