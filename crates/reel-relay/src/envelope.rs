@@ -1,8 +1,11 @@
 //! What every relayed message carries besides the event's data.
 
+use std::borrow::Cow;
+
 use reel_core::RecordedEvent;
 
-/// The headers (or fields) of one relayed event; the payload is the event's data unchanged.
+/// The headers (or fields) of one relayed event; the payload is the event's data unchanged, or
+/// a CloudEvent ([`Payload`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// Name and value pairs, in this order: event id, stream, type, stream version, position,
@@ -25,5 +28,113 @@ impl Envelope {
             headers.push(("reel-metadata", serde_json::Value::Object(event.metadata.clone()).to_string()));
         }
         Self { headers }
+    }
+}
+
+/// What a relayed message's payload holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Payload {
+    /// The event's data, byte for byte (the headers carry everything else).
+    #[default]
+    Data,
+    /// A CloudEvent 1.0 in structured JSON mode: `id` is the event id, `source` is `reel`,
+    /// `subject` the stream, `type` the event type, `time` the recorded time, `data` the event's
+    /// data (or `data_base64` when it is not JSON); the extension attributes `reelposition`,
+    /// `reelstreamversion` and, when there is metadata, `reelmetadata` (JSON text) follow.
+    CloudEvent,
+}
+
+impl Payload {
+    /// The payload of `event` in this form.
+    pub fn of<'a>(&self, event: &'a RecordedEvent) -> Cow<'a, [u8]> {
+        match self {
+            Payload::Data => Cow::Borrowed(event.data.as_slice()),
+            Payload::CloudEvent => Cow::Owned(cloud_event(event)),
+        }
+    }
+
+    /// The content type of the payload in this form, where the event's data is JSON.
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Payload::Data => "application/json",
+            Payload::CloudEvent => "application/cloudevents+json",
+        }
+    }
+}
+
+fn cloud_event(event: &RecordedEvent) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut object = serde_json::Map::with_capacity(11);
+    object.insert("specversion".into(), "1.0".into());
+    object.insert("id".into(), event.id.to_string().into());
+    object.insert("source".into(), "reel".into());
+    object.insert("subject".into(), event.stream.as_str().into());
+    object.insert("type".into(), event.event_type.clone().into());
+    object.insert("time".into(), event.recorded_at.to_string().into());
+    object.insert("reelposition".into(), event.position.0.into());
+    object.insert("reelstreamversion".into(), event.stream_version.0.into());
+    if !event.metadata.is_empty() {
+        object.insert("reelmetadata".into(), serde_json::Value::Object(event.metadata.clone()).to_string().into());
+    }
+    match serde_json::from_slice::<serde_json::Value>(&event.data) {
+        Ok(data) => {
+            object.insert("datacontenttype".into(), "application/json".into());
+            object.insert("data".into(), data);
+        }
+        Err(_) => {
+            object.insert("datacontenttype".into(), "application/octet-stream".into());
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&event.data);
+            object.insert("data_base64".into(), encoded.into());
+        }
+    }
+    serde_json::Value::Object(object).to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reel_core::{EventId, Position, StreamName, StreamVersion, Timestamp};
+
+    fn event(data: &[u8]) -> RecordedEvent {
+        RecordedEvent {
+            position: Position(42),
+            stream: StreamName::new("unit-PL-7").unwrap(),
+            stream_version: StreamVersion(3),
+            id: EventId::new_v7(),
+            event_type: "DoorOpened".into(),
+            data: data.to_vec(),
+            metadata: Default::default(),
+            recorded_at: Timestamp::now(),
+        }
+    }
+
+    #[test]
+    fn data_is_passed_unchanged() {
+        let event = event(b"{\"door\":3}");
+        assert_eq!(Payload::Data.of(&event).as_ref(), b"{\"door\":3}");
+    }
+
+    #[test]
+    fn a_cloud_event_carries_the_event_id_stream_position_and_data() {
+        let event = event(b"{\"door\":3}");
+        let cloud: serde_json::Value = serde_json::from_slice(&Payload::CloudEvent.of(&event)).unwrap();
+        assert_eq!(cloud["specversion"], "1.0");
+        assert_eq!(cloud["id"], event.id.to_string());
+        assert_eq!(cloud["subject"], "unit-PL-7");
+        assert_eq!(cloud["type"], "DoorOpened");
+        assert_eq!(cloud["time"], event.recorded_at.to_string());
+        assert_eq!(cloud["reelposition"], 42);
+        assert_eq!(cloud["reelstreamversion"], 3);
+        assert_eq!(cloud["data"], serde_json::json!({"door": 3}));
+        assert!(cloud.get("reelmetadata").is_none());
+    }
+
+    #[test]
+    fn data_that_is_not_json_goes_in_base64() {
+        let event = event(&[0xff, 0x00, 0x01]);
+        let cloud: serde_json::Value = serde_json::from_slice(&Payload::CloudEvent.of(&event)).unwrap();
+        assert_eq!(cloud["data_base64"], "/wAB");
+        assert_eq!(cloud["datacontenttype"], "application/octet-stream");
+        assert!(cloud.get("data").is_none());
     }
 }

@@ -4,7 +4,7 @@
 //! after a crash, a retry or a reset stores nothing twice, as long as it comes within that
 //! window. The window is time-limited: before it publishes events that may have been published
 //! already (the first batch after a start, or positions it already passed, after a reset), the
-//! relay compares their age with the window and warns (log, the relay's notices, the
+//! relay compares their age with the window and warns (a log line and the
 //! `replays_beyond_window` count) when the broker will no longer recognise them.
 //!
 //! Order: messages of one connection reach the stream in the order they were sent, and the
@@ -24,7 +24,7 @@ use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 use reel_core::{Position, RecordedEvent, Timestamp};
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Payload};
 use crate::relay::{Delivery, DeliveryError, Sink};
 use crate::template::{percent_escape, KeyTemplate};
 
@@ -41,6 +41,8 @@ pub struct JetStreamOptions {
     pub duplicate_window: Duration,
     /// How long to wait for a publish ack before the broker counts as unavailable.
     pub ack_timeout: Duration,
+    /// The event's data, or a CloudEvent.
+    pub payload: Payload,
 }
 
 impl JetStreamOptions {
@@ -53,6 +55,7 @@ impl JetStreamOptions {
             subjects: KeyTemplate::parse("reel.{category}.{stream}").expect("the default template is valid"),
             duplicate_window: Duration::from_secs(120),
             ack_timeout: Duration::from_secs(5),
+            payload: Payload::Data,
         }
     }
 
@@ -87,6 +90,7 @@ pub fn escape_subject_token(value: &str, out: &mut String) {
 pub struct JetStreamSink {
     context: jetstream::Context,
     subjects: KeyTemplate,
+    payload: Payload,
     duplicate_window: Duration,
     replays: Mutex<ReplayWatch>,
     replays_beyond_window: AtomicU64,
@@ -174,6 +178,7 @@ impl JetStreamSink {
         Ok(Self {
             context,
             subjects: options.subjects,
+            payload: options.payload,
             duplicate_window: options.duplicate_window,
             replays: Mutex::new(ReplayWatch::default()),
             replays_beyond_window: AtomicU64::new(0),
@@ -217,7 +222,9 @@ impl JetStreamSink {
 
     fn message(&self, event: &RecordedEvent) -> (String, PublishMessage) {
         let subject = self.subjects.render_with(event, escape_subject_token);
-        let mut message = PublishMessage::build().payload(event.data.clone().into()).message_id(event.id.to_string());
+        let mut message = PublishMessage::build()
+            .payload(self.payload.of(event).into_owned().into())
+            .message_id(event.id.to_string());
         for (name, value) in Envelope::of(event).headers {
             message = message.header(name, value.as_str());
         }

@@ -24,7 +24,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use reel_core::RecordedEvent;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Payload};
 use crate::relay::{Delivery, DeliveryError, Sink};
 use crate::template::KeyTemplate;
 
@@ -42,6 +42,8 @@ pub struct KafkaOptions {
     /// How long a record may wait for its delivery report before it counts as failed, and the
     /// broker as unavailable (`message.timeout.ms`).
     pub delivery_timeout: Duration,
+    /// The event's data, or a CloudEvent.
+    pub payload: Payload,
 }
 
 impl KafkaOptions {
@@ -54,6 +56,7 @@ impl KafkaOptions {
             partitions: 3,
             linger: Duration::from_millis(5),
             delivery_timeout: Duration::from_secs(30),
+            payload: Payload::Data,
         }
     }
 
@@ -185,10 +188,9 @@ impl Sink for KafkaSink {
             for (name, value) in Envelope::of(event).headers {
                 headers = headers.insert(Header { key: name, value: Some(value.as_str()) });
             }
-            let mut record = FutureRecord::to(&topics[index])
-                .key(event.stream.as_str())
-                .payload(event.data.as_slice())
-                .headers(headers);
+            let payload = self.options.payload.of(event);
+            let mut record =
+                FutureRecord::to(&topics[index]).key(event.stream.as_str()).payload(payload.as_ref()).headers(headers);
             // A full local queue waits for the reports in flight; any other refusal to enqueue
             // (a record over `message.max.bytes`…) stops the batch right here.
             loop {

@@ -33,7 +33,7 @@ mod redis_streams;
 mod relay;
 mod template;
 
-pub use envelope::Envelope;
+pub use envelope::{Envelope, Payload};
 pub use jetstream::{escape_subject_token, JetStreamOptions, JetStreamSetupError, JetStreamSink};
 pub use kafka::{escape_topic, KafkaOptions, KafkaSink};
 pub use mqtt::{escape_topic_level, IngestCounts, MqttBridgeOptions, MqttConfigSink, MqttIngest};

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use reel_core::RecordedEvent;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Payload};
 use crate::relay::{Delivery, Sink};
 use crate::template::KeyTemplate;
 
@@ -50,6 +50,7 @@ pub struct RedisStreamsSink {
     connection: ConnectionManager,
     keys: KeyTemplate,
     maxlen: Option<u64>,
+    payload: Payload,
     script: redis::Script,
 }
 
@@ -59,7 +60,13 @@ impl RedisStreamsSink {
     pub async fn connect(url: &str, keys: KeyTemplate, maxlen: Option<u64>) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let connection = client.get_connection_manager().await?;
-        Ok(Self { connection, keys, maxlen, script: redis::Script::new(ADD_BATCH) })
+        Ok(Self { connection, keys, maxlen, payload: Payload::Data, script: redis::Script::new(ADD_BATCH) })
+    }
+
+    /// Writes each entry's `data` field as `payload` says (the event's data by default).
+    pub fn with_payload(mut self, payload: Payload) -> Self {
+        self.payload = payload;
+        self
     }
 }
 
@@ -86,7 +93,7 @@ impl Sink for RedisStreamsSink {
                     invocation.arg(name).arg(value);
                 }
             }
-            invocation.arg("data").arg(event.data.as_slice());
+            invocation.arg("data").arg(self.payload.of(event).as_ref());
             invocation.arg("metadata").arg(metadata);
         }
         let mut connection = self.connection.clone();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reel_core::{
     Direction, EventStore, Position, ReadAllFilter, RunMode, StreamName, StreamVersion, SubscriptionCriteria,
 };
-use reel_relay::{KeyTemplate, RedisStreamsSink, Relay};
+use reel_relay::{KeyTemplate, Payload, RedisStreamsSink, Relay};
 use reel_sqlite::SqliteStore;
 use reel_subscriptions::{ClockBasedRetryStrategy, ResetTo, SubscriberSpec, SubscriptionEngine};
 
@@ -37,9 +37,14 @@ struct Fixture {
 }
 
 async fn fixture(keys: &str) -> Fixture {
+    fixture_with(keys, Payload::Data).await
+}
+
+async fn fixture_with(keys: &str, payload: Payload) -> Fixture {
     let sink = RedisStreamsSink::connect(REDIS, KeyTemplate::parse(keys).unwrap(), None)
         .await
-        .expect("Redis must be running at 127.0.0.1:6379 (.ci/run starts it)");
+        .expect("Redis must be running at 127.0.0.1:6379 (.ci/run starts it)")
+        .with_payload(payload);
     let relay =
         Relay::shared(SubscriberSpec::new("redis_relay", RunMode::FromBeginning).unwrap().in_group("relay"), sink);
     let retry = ClockBasedRetryStrategy {
@@ -175,5 +180,33 @@ async fn a_refused_entry_mid_batch_keeps_every_stream_in_order_and_resumes_when_
     let _: () = redis::cmd("DEL").arg(&blocked).query_async(&mut connection).await.unwrap();
     relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(60)).await;
     assert_relayed_exactly_once(&f.store, &entries(&keys).await).await;
+    delete(&keys).await;
+}
+
+/// `--payload cloudevents`: each entry's data is a CloudEvent whose `id` is the event id, with
+/// the event's stream, type, position and data, and the entry id is still the position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloudevents_relay_sends_each_event_as_a_cloud_event_with_its_id() {
+    let prefix = prefix();
+    let f = fixture_with(&format!("{prefix}:{{category}}"), Payload::CloudEvent).await;
+    append(&f.store, 10, 10).await;
+    relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(60)).await;
+    let keys: Vec<String> = (0..10).map(|c| format!("{prefix}:cat{c}")).collect();
+    let relayed = entries(&keys).await;
+    let stored = f.store.read_all(Position(1), &ReadAllFilter::default(), 1_000).await.unwrap().events;
+    assert_eq!(relayed.len(), stored.len(), "one entry per event");
+    let by_position: HashMap<String, &HashMap<String, Vec<u8>>> =
+        relayed.iter().map(|(_, id, fields)| (id.clone(), fields)).collect();
+    for event in &stored {
+        let fields = by_position[&format!("{}-0", event.position.0)];
+        let cloud: serde_json::Value = serde_json::from_slice(&fields["data"]).unwrap();
+        assert_eq!(cloud["specversion"], "1.0");
+        assert_eq!(cloud["id"], event.id.to_string(), "the CloudEvent id is the event id");
+        assert_eq!(cloud["subject"], event.stream.as_str());
+        assert_eq!(cloud["type"], event.event_type.as_str());
+        assert_eq!(cloud["reelposition"], event.position.0);
+        assert_eq!(cloud["data"], serde_json::from_slice::<serde_json::Value>(&event.data).unwrap());
+        assert_eq!(text(fields, "reel-event-id"), event.id.to_string(), "headers as with plain data");
+    }
     delete(&keys).await;
 }

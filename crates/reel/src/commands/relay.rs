@@ -7,7 +7,7 @@
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
 use reel_relay::{
-    JetStreamOptions, JetStreamSink, KafkaOptions, KafkaSink, KeyTemplate, RedisStreamsSink, Relay, Sink,
+    JetStreamOptions, JetStreamSink, KafkaOptions, KafkaSink, KeyTemplate, Payload, RedisStreamsSink, Relay, Sink,
 };
 
 use super::consume::{run_subscription, seconds, SubscriberArgs};
@@ -44,6 +44,26 @@ pub struct RelayCommonArgs {
     /// Relay only streams whose name starts with this (repeatable); others are passed over.
     #[arg(long)]
     pub stream_prefix: Vec<String>,
+    /// Message payload: the event's data unchanged, or a CloudEvent 1.0 (structured JSON,
+    /// `id` = the event id, `subject` = the stream, `reelposition`, `reelstreamversion`).
+    #[arg(long, value_enum, default_value_t = PayloadArg::Data)]
+    pub payload: PayloadArg,
+}
+
+/// `--payload` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum PayloadArg {
+    Data,
+    Cloudevents,
+}
+
+impl From<PayloadArg> for Payload {
+    fn from(value: PayloadArg) -> Self {
+        match value {
+            PayloadArg::Data => Payload::Data,
+            PayloadArg::Cloudevents => Payload::CloudEvent,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -116,7 +136,8 @@ pub async fn run(cli: &Cli, args: &RelayArgs) -> Result<()> {
             check_common(&redis.common)?;
             let sink = RedisStreamsSink::connect(&redis.url, keys, redis.maxlen)
                 .await
-                .map_err(|e| anyhow!("cannot connect to Redis at {}: {e}", redis.url))?;
+                .map_err(|e| anyhow!("cannot connect to Redis at {}: {e}", redis.url))?
+                .with_payload(redis.common.payload.into());
             relay(cli, &redis.common, sink).await
         }
         RelaySink::Nats(nats) => {
@@ -134,6 +155,7 @@ pub async fn run(cli: &Cli, args: &RelayArgs) -> Result<()> {
             options.subjects = template("--subject", &nats.subject)?;
             options.duplicate_window = seconds(nats.duplicate_window, "--duplicate-window")?;
             options.ack_timeout = seconds(nats.ack_timeout, "--ack-timeout")?;
+            options.payload = nats.common.payload.into();
             check_common(&nats.common)?;
             let sink = JetStreamSink::connect(options).await?;
             relay(cli, &nats.common, sink).await
@@ -156,6 +178,7 @@ pub async fn run(cli: &Cli, args: &RelayArgs) -> Result<()> {
             options.partitions = kafka.topic_partitions;
             options.linger = std::time::Duration::from_millis(kafka.linger_ms);
             options.delivery_timeout = seconds(kafka.delivery_timeout, "--delivery-timeout")?;
+            options.payload = kafka.common.payload.into();
             check_common(&kafka.common)?;
             let sink = KafkaSink::connect(options)
                 .await
