@@ -25,6 +25,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod aggregates;
 mod http;
 mod postgres;
+mod relay;
 mod store;
 mod subscriptions;
 
@@ -161,6 +162,33 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 30)]
         idle_seconds: u64,
     },
+    /// Relays to Redis Streams, NATS JetStream and Kafka beside a plain client of the same library, and append → broker-ack latency.
+    Relay {
+        /// Brokers to measure (all by default); each must be running.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [relay::Broker::Redis, relay::Broker::Nats, relay::Broker::Kafka])]
+        brokers: Vec<relay::Broker>,
+        /// Events to write first and relay.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Events per relay batch (and per batch of the plain clients).
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Seconds of live appends for the latency run.
+        #[arg(long, default_value_t = 5)]
+        latency_seconds: u64,
+        /// Appends per second in the latency run.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u64,
+        /// Redis for the Redis Streams relay.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+        /// NATS for the JetStream relay.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// Kafka bootstrap brokers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka_brokers: String,
+    },
     /// Full `read_all` scan against a raw SQLite scan of the same file, with peak memory.
     Read {
         /// Events to write first and then read.
@@ -296,6 +324,20 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
                 hot_commands: *hot_commands,
             };
             aggregates::bench_aggregates(&dir, &plan).await.map(|(rows, extra)| ("aggregates", rows, extra))
+        }
+        BenchCommand::Relay { brokers, events, batch, latency_seconds, rate, redis_url, nats_url, kafka_brokers } => {
+            let plan = relay::RelayPlan {
+                brokers: brokers.clone(),
+                events: (*events).max(1),
+                batch: (*batch).clamp(1, 10_000),
+                event_size: args.event_size,
+                latency_seconds: (*latency_seconds).max(1),
+                rate: (*rate).clamp(1, 100_000),
+                redis_url: redis_url.clone(),
+                nats_url: nats_url.clone(),
+                kafka_brokers: kafka_brokers.clone(),
+            };
+            relay::bench_relay(&dir, &plan).await.map(|(rows, extra)| ("relay", rows, extra))
         }
         BenchCommand::Read { events, page } => {
             bench_read(&dir, *events, (*page).clamp(1, reel_sqlite::MAX_READ_LIMIT), args.event_size)

@@ -17,28 +17,23 @@ use crate::template::KeyTemplate;
 /// Adds the batch's entries in order; an id at or below the key's top is an entry already
 /// there (a replay) and counts as added. Returns the number added and the first error.
 const ADD_BATCH: &str = r"
-local fields_per_entry = tonumber(ARGV[1])
+local fields = tonumber(ARGV[1]) * 2
 local maxlen = tonumber(ARGV[2])
 local arg = 3
+local command = {}
+local n = 0
+if maxlen > 0 then
+    command[1], command[2], command[3] = 'MAXLEN', '~', maxlen
+    n = 3
+end
 for i, key in ipairs(KEYS) do
-    local id = ARGV[arg]
-    local command = {'XADD', key}
-    if maxlen > 0 then
-        table.insert(command, 'MAXLEN')
-        table.insert(command, '~')
-        table.insert(command, maxlen)
+    for f = 0, fields do
+        command[n + 1 + f] = ARGV[arg + f]
     end
-    table.insert(command, id)
-    for f = 1, fields_per_entry * 2 do
-        table.insert(command, ARGV[arg + f])
-    end
-    arg = arg + 1 + fields_per_entry * 2
-    local ok, err = pcall(redis.call, unpack(command))
-    if not ok then
-        local message = tostring(err and err.err or err)
-        if not string.find(message, 'equal or smaller', 1, true) then
-            return {i - 1, message}
-        end
+    arg = arg + 1 + fields
+    local reply = redis.pcall('XADD', key, unpack(command, 1, n + 1 + fields))
+    if type(reply) == 'table' and reply.err and not string.find(reply.err, 'equal or smaller', 1, true) then
+        return {i - 1, reply.err}
     end
 end
 return {#KEYS, ''}
