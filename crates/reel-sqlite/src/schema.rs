@@ -127,12 +127,29 @@ pub fn open_connection(path: &Path, read_only: bool) -> Result<Connection, ReelE
     let cache_kib = if read_only { 32 * 1024 } else { 2 * 1024 };
     conn.execute_batch(&format!(
         "PRAGMA synchronous = FULL;
-         PRAGMA busy_timeout = 10000;
          PRAGMA cache_size = -{cache_kib};
          PRAGMA temp_store = MEMORY;"
     ))
     .map_err(storage(path, "configuring"))?;
+    conn.busy_handler(Some(wait_for_lock)).map_err(storage(path, "configuring"))?;
     Ok(conn)
+}
+
+/// How a connection waits for the write lock another connection holds (the appender and a
+/// subscription saving its position share one file): SQLite's own `busy_timeout` sleeps 1, 2,
+/// 5, 10 … up to 100 ms between tries, so a lock held for a millisecond could cost the waiter
+/// tens of milliseconds. This retries every 100 µs for the first 10 ms, then every millisecond,
+/// and gives up ("database is locked") after about 10 s, as before.
+fn wait_for_lock(attempt: i32) -> bool {
+    const FINE_TRIES: i32 = 100;
+    const COARSE_TRIES: i32 = 10_000;
+    let pause = match attempt {
+        a if a < FINE_TRIES => std::time::Duration::from_micros(100),
+        a if a < FINE_TRIES + COARSE_TRIES => std::time::Duration::from_millis(1),
+        _ => return false,
+    };
+    std::thread::sleep(pause);
+    true
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), ReelError> {
