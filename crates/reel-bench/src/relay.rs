@@ -130,18 +130,11 @@ async fn bench_broker(
     plan: &RelayPlan,
     run: &str,
 ) -> Result<(Row, Row, (f64, f64, usize))> {
-    let count = events.len() as u64;
-    let batches = events.chunks(plan.batch);
     match broker {
         Broker::Redis => {
             let plain = PlainRedis::connect(&plan.redis_url, &format!("reelbench:{run}:plain")).await?;
-            let baseline = measure_async(format!("redis: plain XADD pipelines of {}", plan.batch), count, async {
-                for batch in batches {
-                    plain.publish(batch).await?;
-                }
-                Ok(())
-            })
-            .await?;
+            let baseline =
+                plain_row(format!("redis: plain XADD pipelines of {}", plan.batch), &plain, events, plan.batch).await?;
             let keys = format!("reelbench:{run}:relay:{{category}}");
             let sink = || async {
                 RedisStreamsSink::connect(&plan.redis_url, KeyTemplate::parse(&keys)?, None)
@@ -166,15 +159,11 @@ async fn bench_broker(
             let setup = options(&format!("reelbench{run}.>"))?;
             let _ = JetStreamSink::connect(setup).await?;
             let plain = PlainJetStream::connect(&plan.nats_url, &plain_subjects).await?;
-            let baseline = measure_async(
+            let baseline = plain_row(
                 format!("nats: plain JetStream publishes, acks awaited per {}", plan.batch),
-                count,
-                async {
-                    for batch in batches {
-                        plain.publish(batch).await?;
-                    }
-                    Ok(())
-                },
+                &plain,
+                events,
+                plan.batch,
             )
             .await?;
             let relay_subjects = format!("reelbench{run}.relay.{{category}}.{{stream}}");
@@ -187,15 +176,11 @@ async fn bench_broker(
         }
         Broker::Kafka => {
             let plain = PlainKafka::connect(&plan.kafka_brokers, &format!("reelbench.{run}.plain")).await?;
-            let baseline = measure_async(
+            let baseline = plain_row(
                 format!("kafka: plain idempotent producer, reports awaited per {}", plan.batch),
-                count,
-                async {
-                    for batch in batches {
-                        plain.publish(batch).await?;
-                    }
-                    Ok(())
-                },
+                &plain,
+                events,
+                plan.batch,
             )
             .await?;
             let options = |topics: String| -> Result<KafkaOptions> {
@@ -321,6 +306,24 @@ async fn ack_latency(dir: &std::path::Path, sink: impl Sink, plan: &RelayPlan) -
     Ok((quantile(0.5), quantile(0.99), latencies.len()))
 }
 
+/// A broker's own client publishing the relay's messages, a batch at a time.
+#[async_trait]
+trait PlainClient {
+    /// Publishes `batch` and waits until the broker acknowledged all of it.
+    async fn publish(&self, batch: &[RecordedEvent]) -> Result<()>;
+}
+
+/// The plain client's row: every event, in batches of `batch`.
+async fn plain_row(name: String, client: &impl PlainClient, events: &[RecordedEvent], batch: usize) -> Result<Row> {
+    measure_async(name, events.len() as u64, async {
+        for chunk in events.chunks(batch) {
+            client.publish(chunk).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// The relay's Redis messages from a plain client: a pipeline of XADDs per batch.
 struct PlainRedis {
     connection: redis::aio::MultiplexedConnection,
@@ -333,7 +336,10 @@ impl PlainRedis {
         let connection = client.get_multiplexed_tokio_connection().await.with_context(|| format!("Redis at {url}"))?;
         Ok(Self { connection, prefix: prefix.to_string() })
     }
+}
 
+#[async_trait]
+impl PlainClient for PlainRedis {
     async fn publish(&self, batch: &[RecordedEvent]) -> Result<()> {
         let mut pipe = redis::pipe();
         for event in batch {
@@ -372,6 +378,14 @@ impl PlainJetStream {
         Ok(Self { context: async_nats::jetstream::new(client), subjects: KeyTemplate::parse(subjects)? })
     }
 
+    async fn delete_stream(&self, stream: &str) -> Result<()> {
+        self.context.delete_stream(stream).await.map_err(|e| anyhow!("deleting JetStream stream {stream}: {e}"))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PlainClient for PlainJetStream {
     async fn publish(&self, batch: &[RecordedEvent]) -> Result<()> {
         let mut acks = Vec::with_capacity(batch.len());
         for event in batch {
@@ -387,11 +401,6 @@ impl PlainJetStream {
         for ack in acks {
             ack.await?;
         }
-        Ok(())
-    }
-
-    async fn delete_stream(&self, stream: &str) -> Result<()> {
-        self.context.delete_stream(stream).await.map_err(|e| anyhow!("deleting JetStream stream {stream}: {e}"))?;
         Ok(())
     }
 }
@@ -422,7 +431,10 @@ impl PlainKafka {
         admin.create_topics(&topics, &AdminOptions::new()).await?;
         Ok(Self { producer, topic_prefix: topic_prefix.to_string() })
     }
+}
 
+#[async_trait]
+impl PlainClient for PlainKafka {
     async fn publish(&self, batch: &[RecordedEvent]) -> Result<()> {
         use rdkafka::message::{Header, OwnedHeaders};
         let topics: Vec<String> =
