@@ -54,7 +54,15 @@ impl RedisStreamsSink {
     /// `maxlen` trims each key to about that many entries (`MAXLEN ~`).
     pub async fn connect(url: &str, keys: KeyTemplate, maxlen: Option<u64>) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
-        let connection = client.get_connection_manager().await?;
+        // Reconnects quickly once Redis is back (the default backoff grows to seconds while it
+        // is away); each attempt is bounded, and so is each answer.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_factor(50)
+            .set_max_delay(1_000)
+            .set_number_of_retries(3)
+            .set_connection_timeout(std::time::Duration::from_secs(2))
+            .set_response_timeout(RESPONSE_TIMEOUT);
+        let connection = client.get_connection_manager_with_config(config).await?;
         Ok(Self { connection, keys, maxlen, payload: Payload::Data, script: redis::Script::new(ADD_BATCH) })
     }
 
@@ -64,6 +72,9 @@ impl RedisStreamsSink {
         self
     }
 }
+
+/// How long a batch may wait for Redis's answer before Redis counts as unavailable.
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Fields of every entry: the envelope's headers without the metadata, then data and metadata.
 const FIELDS: usize = 8;
@@ -92,7 +103,17 @@ impl Sink for RedisStreamsSink {
             invocation.arg("metadata").arg(metadata);
         }
         let mut connection = self.connection.clone();
-        match invocation.invoke_async::<(usize, String)>(&mut connection).await {
+        // While Redis is away the connection manager keeps trying to reconnect and the call
+        // would wait for it forever: a bounded wait turns that into an outage the relay shows
+        // and retries. A batch that was stored after all is recognised by its entry ids.
+        let reply =
+            match tokio::time::timeout(RESPONSE_TIMEOUT, invocation.invoke_async::<(usize, String)>(&mut connection))
+                .await
+            {
+                Ok(reply) => reply,
+                Err(_) => return Delivery::unavailable(0, format!("Redis did not answer within {RESPONSE_TIMEOUT:?}")),
+            };
+        match reply {
             Ok((added, _)) if added >= batch.len() => Delivery::all(batch.len()),
             Ok((added, error)) => Delivery::refused(added, format!("Redis refused XADD: {error}")),
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() => {

@@ -16,7 +16,7 @@ use reel_sqlite::SqliteStore;
 use reel_subscriptions::{ClockBasedRetryStrategy, ResetTo, SubscriberSpec, SubscriptionEngine};
 
 mod common;
-use common::{append, relay_until_caught_up};
+use common::{append, relay_until_caught_up, PrivateServer};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
@@ -257,65 +257,25 @@ async fn a_replay_older_than_the_duplicate_window_is_counted_and_warned_about() 
     delete_stream(NATS, &name).await;
 }
 
-/// A nats-server of the test's own, on a free port, with its JetStream data in `dir`.
-struct PrivateNats {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<std::process::Child>,
+/// A nats-server of the test's own with JetStream, storing in `dir`.
+fn private_nats(dir: &std::path::Path) -> PrivateServer {
+    let dir = dir.to_str().unwrap();
+    PrivateServer::start(
+        &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+        &["-a", "127.0.0.1", "-p", "{port}", "-js", "-sd", dir],
+    )
 }
 
-impl PrivateNats {
-    fn start(dir: &std::path::Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut nats = Self { port, dir: dir.to_path_buf(), child: None };
-        nats.restart();
-        nats
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("nats-server must be installed (Debian package nats-server)");
-        let child = std::process::Command::new(binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "private nats-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        self.stop();
-    }
+fn nats_url(server: &PrivateServer) -> String {
+    format!("nats://127.0.0.1:{}", server.port())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_is_retried_visibly_until_the_broker_returns() {
     let data = tempfile::tempdir().unwrap();
-    let mut nats = PrivateNats::start(data.path());
+    let mut nats = private_nats(data.path());
     let (name, subjects) = unique();
-    let f = Arc::new(fixture(options(&nats.url(), &name, &subjects), spec().park_failures(), 1).await);
+    let f = Arc::new(fixture(options(&nats_url(&nats), &name, &subjects), spec().park_failures(), 1).await);
     append(&f.store, 100, 100).await;
     let head = f.store.head().await.unwrap();
     let runner = {
@@ -359,7 +319,7 @@ async fn a_broker_outage_is_retried_visibly_until_the_broker_returns() {
 
     nats.restart();
     runner.await.unwrap();
-    let consumer = durable_consumer(&nats.url(), &name).await;
+    let consumer = durable_consumer(&nats_url(&nats), &name).await;
     let received = receive(&consumer, 10_000).await;
     assert_relayed_exactly_once(&f.store, &received, &[]).await;
 }

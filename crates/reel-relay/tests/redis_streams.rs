@@ -13,12 +13,16 @@ use reel_sqlite::SqliteStore;
 use reel_subscriptions::{ClockBasedRetryStrategy, ResetTo, SubscriberSpec, SubscriptionEngine};
 
 mod common;
-use common::{append, relay_until_caught_up};
+use common::{append, relay_until_caught_up, PrivateServer};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
 async fn redis() -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(REDIS).unwrap();
+    redis_at(REDIS).await
+}
+
+async fn redis_at(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).unwrap();
     client
         .get_multiplexed_tokio_connection()
         .await
@@ -41,18 +45,28 @@ async fn fixture(keys: &str) -> Fixture {
 }
 
 async fn fixture_with(keys: &str, payload: Payload) -> Fixture {
-    let sink = RedisStreamsSink::connect(REDIS, KeyTemplate::parse(keys).unwrap(), None)
-        .await
-        .expect("Redis must be running at 127.0.0.1:6379 (.ci/run starts it)")
-        .with_payload(payload);
-    let relay =
-        Relay::shared(SubscriberSpec::new("redis_relay", RunMode::FromBeginning).unwrap().in_group("relay"), sink);
     let retry = ClockBasedRetryStrategy {
         base_delay: Duration::from_millis(20),
         delay_factor: 1.0,
         max_attempts: 1000,
         ..Default::default()
     };
+    let spec = SubscriberSpec::new("redis_relay", RunMode::FromBeginning).unwrap().in_group("relay");
+    fixture_at(REDIS, keys, payload, spec, retry).await
+}
+
+async fn fixture_at(
+    url: &str,
+    keys: &str,
+    payload: Payload,
+    spec: SubscriberSpec,
+    retry: ClockBasedRetryStrategy,
+) -> Fixture {
+    let sink = RedisStreamsSink::connect(url, KeyTemplate::parse(keys).unwrap(), None)
+        .await
+        .expect("Redis must be running at 127.0.0.1:6379 (.ci/run starts it)")
+        .with_payload(payload);
+    let relay = Relay::shared(spec, sink);
     let (dir, store, engine) = common::engine_with(relay, retry, 500).await;
     Fixture { _dir: dir, store, engine }
 }
@@ -62,7 +76,11 @@ type Entry = (String, String, HashMap<String, Vec<u8>>);
 
 /// Every entry under `keys`.
 async fn entries(keys: &[String]) -> Vec<Entry> {
-    let mut connection = redis().await;
+    entries_at(REDIS, keys).await
+}
+
+async fn entries_at(url: &str, keys: &[String]) -> Vec<Entry> {
+    let mut connection = redis_at(url).await;
     let mut all = Vec::new();
     for key in keys {
         let reply: Vec<(String, Vec<Vec<u8>>)> =
@@ -209,4 +227,68 @@ async fn a_cloudevents_relay_sends_each_event_as_a_cloud_event_with_its_id() {
         assert_eq!(text(fields, "reel-event-id"), event.id.to_string(), "headers as with plain data");
     }
     delete(&keys).await;
+}
+
+/// Redis stopped (SIGKILL) while the relay is part-way: the relay shows the outage as
+/// `unavailable` and retries for as long as it lasts, without using up its single ordinary retry
+/// or parking anything, and finishes by itself once Redis is back, every event once and in order.
+/// A Redis of the test's own (append-only file, so what it acknowledged survives the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_retried_visibly_until_redis_returns() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let mut server = PrivateServer::start(
+        &["/usr/bin/redis-server", "/usr/local/bin/redis-server"],
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            dir,
+        ],
+    );
+    let url = format!("redis://127.0.0.1:{}", server.port());
+    let retry = ClockBasedRetryStrategy {
+        base_delay: Duration::from_millis(20),
+        delay_factor: 1.5,
+        max_attempts: 1,
+        max_unavailable_delay: Duration::from_millis(300),
+    };
+    let spec = SubscriberSpec::new("redis_relay", RunMode::FromBeginning).unwrap().in_group("relay").park_failures();
+    let f = Arc::new(fixture_at(&url, "reel:{category}", Payload::Data, spec, retry).await);
+    append(&f.store, 100, 100).await;
+    let head = f.store.head().await.unwrap();
+    let runner = {
+        let f = f.clone();
+        tokio::spawn(async move { relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(120)).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap()[0].position.0 == 0 {
+        assert!(std::time::Instant::now() < deadline, "the relay never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let during = loop {
+        let s = f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap().remove(0);
+        if s.error.as_ref().is_some_and(|e| e.is_unavailable()) && s.retry_attempt > 1 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the outage never showed as retries: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(during.position < head, "the outage came before the end");
+    assert!(f.engine.overview(&SubscriptionCriteria::all()).await.unwrap()[0].parked.is_empty(), "nothing parked");
+
+    server.restart();
+    runner.await.unwrap();
+    let keys: Vec<String> = (0..10).map(|c| format!("reel:cat{c}")).collect();
+    assert_relayed_exactly_once(&f.store, &entries_at(&url, &keys).await).await;
 }

@@ -51,3 +51,65 @@ pub async fn relay_until_caught_up(store: &SqliteStore, engine: &SubscriptionEng
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A broker process of the test's own on a free port, to stop and start again mid-test (the
+/// shared brokers of the machine stay up for the other tests). Not every test binary that shares
+/// this module uses it.
+#[allow(dead_code)]
+pub struct PrivateServer {
+    port: u16,
+    program: String,
+    args: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+#[allow(dead_code)]
+impl PrivateServer {
+    /// Starts the first of `programs` that exists with `args`, in which `{port}` becomes the port.
+    pub fn start(programs: &[&str], args: &[&str]) -> Self {
+        let program = programs
+            .iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or_else(|| panic!("one of {programs:?} must be installed for this test"))
+            .to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let args = args.iter().map(|a| a.replace("{port}", &port.to_string())).collect();
+        let mut server = Self { port, program, args, child: None };
+        server.restart();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Starts the process (again) and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new(&self.program)
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.program));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "private {} did not start", self.program);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the process (SIGKILL): the broker is gone at once, as in a crash.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
