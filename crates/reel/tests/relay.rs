@@ -26,6 +26,15 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the subscription `id` has saved `position`.
+fn wait_for_position(cli: &Cli, id: &str, position: u64) {
+    wait_until("the position saved at the head", || {
+        let listed = cli.ok(&["subscriptions", "list", "--json", "--id", id]);
+        let row: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap_or("null")).unwrap();
+        row["position"].as_u64() == Some(position)
+    });
+}
+
 /// Entries of `key`: (entry id, stream, stream version, event id).
 fn entries(connection: &mut redis::Connection, key: &str) -> Vec<(String, String, u64, String)> {
     let reply: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE").arg(key).arg("-").arg("+").query(connection).unwrap();
@@ -70,11 +79,7 @@ fn a_relay_killed_mid_way_resumes_with_nothing_lost_duplicated_or_reordered() {
 
     let mut relay = spawn_relay(&cli, &["relay_1", "--key", &key, "--batch", "20"]);
     wait_until("every event relayed", || length(&mut connection) >= 4_000);
-    wait_until("the position saved at the head", || {
-        let listed = cli.ok(&["subscriptions", "list", "--json", "--id", "relay_1"]);
-        let row: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap_or("null")).unwrap();
-        row["position"].as_u64() == Some(4_000)
-    });
+    wait_for_position(&cli, "relay_1", 4_000);
     std::process::Command::new("kill").arg("-TERM").arg(relay.id().to_string()).status().unwrap();
     assert!(relay.wait().unwrap().success());
 
@@ -161,11 +166,7 @@ fn a_nats_relay_killed_mid_way_resumes_with_nothing_lost_duplicated_or_reordered
     relay.wait().unwrap();
     assert!(stored() < 4_000, "killed mid-way ({} relayed)", stored());
     let mut relay = spawn();
-    wait_until("the position saved at the head", || {
-        let listed = cli.ok(&["subscriptions", "list", "--json", "--id", "nats_1"]);
-        let row: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap_or("null")).unwrap();
-        row["position"].as_u64() == Some(4_000)
-    });
+    wait_for_position(&cli, "nats_1", 4_000);
     std::process::Command::new("kill").arg("-TERM").arg(relay.id().to_string()).status().unwrap();
     assert!(relay.wait().unwrap().success());
     assert_eq!(stored(), 4_000, "every event exactly once: the replay after the kill was dropped by id");
