@@ -2,9 +2,10 @@
 //! workers sharing one database.
 //!
 //! Positions come from a single head row locked inside each append transaction (taken once per
-//! group commit), so they are gap-free and commit-ordered. An append that had to queue for the
-//! lock releases it before its commit's flush, and a durability barrier confirms the flush before
-//! it is answered; readers see the log only up to the durable head. Followers are woken by LISTEN/NOTIFY with a
+//! group commit, after the group's streams), so they are gap-free and commit-ordered. While other
+//! processes append, an append releases the head before its commit's flush, and a durability
+//! barrier sent with it confirms the flush before it is answered; readers see the log only up to
+//! the durable head. Followers are woken by LISTEN/NOTIFY with a
 //! slow fallback poll, and the listening connection reconnects by itself. The store is also a
 //! `SnapshotStore` for aggregates.
 //!

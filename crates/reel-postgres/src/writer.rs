@@ -1,11 +1,11 @@
 //! The writer task: group commit under the head-row lock.
 //!
-//! Concurrent appends of this process are gathered into one transaction. The transaction starts
-//! by locking the head row, which every appender of every process must do, so transactions that
-//! append commit one after another in position order: positions are gap-free and a follower can
-//! never see position p + 1 before p. The lock is taken once per group, not once per append, and
-//! released at commit without waiting for the flush; a barrier then confirms the group on disk
-//! before anyone is answered (durable.rs).
+//! Concurrent appends of this process are gathered into one transaction. It locks the group's
+//! streams (in stream id order) and then the head row, which every appender of every process
+//! must do, so transactions that append commit one after another in position order: positions
+//! are gap-free and a follower can never see position p + 1 before p. The head is taken once per
+//! group, not once per append, and released at commit without waiting for the flush; a barrier
+//! then confirms the group on disk before anyone is answered (durable.rs).
 
 use std::collections::HashMap;
 use std::sync::Arc;
