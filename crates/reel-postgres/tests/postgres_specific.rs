@@ -725,3 +725,28 @@ async fn servers_appending_to_shared_streams_by_both_paths_never_deadlock() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(deadlocks().await, deadlocks_before, "no deadlock was detected (and broken) meanwhile");
 }
+
+/// Invariant 5 for a writer alone on the schema: after a second without anyone else's events
+/// its calls commit durably and record the durable head themselves (no barrier). Each answer is
+/// still covered by the durable head, and another server reads the events at once; when another
+/// server appends in between, the next answer is covered too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_alone_for_a_second_still_answers_only_what_is_durable() {
+    let schema = fresh_schema();
+    let admin = admin().await;
+    let alone = connect(&schema).await;
+    let other = connect(&schema).await;
+    let stream = StreamName::new("unit-1").unwrap();
+    let tick = || vec![NewEvent::new("Tick", "{}")];
+    alone.append(&stream, ExpectedVersion::Any, tick()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    for _ in 0..3 {
+        let result = alone.append(&stream, ExpectedVersion::Any, tick()).await.unwrap();
+        assert!(durable_head(&admin, &schema).await >= result.last_position.0, "answered before it was durable");
+        assert!(other.head().await.unwrap() >= result.last_position, "another server reads it at once");
+    }
+    other.append(&StreamName::new("unit-2").unwrap(), ExpectedVersion::Any, tick()).await.unwrap();
+    let result = alone.append(&stream, ExpectedVersion::Any, tick()).await.unwrap();
+    assert_eq!(result.first_position, Position(6), "after the other server's event");
+    assert!(durable_head(&admin, &schema).await >= 6);
+}
