@@ -15,7 +15,7 @@ use reel_sqlite::SqliteStore;
 use reel_subscriptions::{ClockBasedRetryStrategy, ResetTo, SubscriberSpec, SubscriptionEngine};
 
 mod common;
-use common::{append, relay_until_caught_up};
+use common::{append, relay_until_caught_up, PrivateServer};
 
 const BROKERS: &str = "127.0.0.1:9092";
 
@@ -30,7 +30,12 @@ struct Fixture {
 }
 
 async fn fixture(prefix: &str) -> Fixture {
-    let mut options = KafkaOptions::new(BROKERS);
+    fixture_at(BROKERS, prefix, Duration::from_secs(30)).await
+}
+
+async fn fixture_at(brokers: &str, prefix: &str, delivery_timeout: Duration) -> Fixture {
+    let mut options = KafkaOptions::new(brokers);
+    options.delivery_timeout = delivery_timeout;
     options.topics = KeyTemplate::parse(&format!("{prefix}.{{category}}")).unwrap();
     let sink = KafkaSink::connect(options)
         .await
@@ -58,8 +63,12 @@ struct Record {
 }
 
 fn group_consumer(group: &str, topics: &[String]) -> StreamConsumer {
+    group_consumer_at(BROKERS, group, topics)
+}
+
+fn group_consumer_at(brokers: &str, group: &str, topics: &[String]) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
+        .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -72,8 +81,18 @@ fn group_consumer(group: &str, topics: &[String]) -> StreamConsumer {
 
 /// Reads until `expected` records came (or nothing for 20 s), commits, and returns them.
 async fn consume(consumer: &StreamConsumer, expected: usize) -> Vec<Record> {
+    let mut count = 0;
+    consume_until(consumer, |_| {
+        count += 1;
+        count >= expected
+    })
+    .await
+}
+
+/// Reads until `done` says so of the latest record (or nothing for 20 s), commits, and returns them.
+async fn consume_until(consumer: &StreamConsumer, mut done: impl FnMut(&Record) -> bool) -> Vec<Record> {
     let mut records = Vec::new();
-    while records.len() < expected {
+    loop {
         let Ok(next) = tokio::time::timeout(Duration::from_secs(20), consumer.recv()).await else { break };
         let message = next.unwrap();
         let headers = message
@@ -94,6 +113,9 @@ async fn consume(consumer: &StreamConsumer, expected: usize) -> Vec<Record> {
             headers,
             payload: message.payload().unwrap_or_default().to_vec(),
         });
+        if done(records.last().expect("just pushed")) {
+            break;
+        }
     }
     if !records.is_empty() {
         consumer.commit_consumer_state(CommitMode::Sync).unwrap();
@@ -180,4 +202,66 @@ async fn a_consumer_group_gets_every_event_by_id_in_order_and_both_resets_replay
     let replay = consume(&group_consumer(&group, &topics), all.len()).await;
     assert_eq!(replay.len(), all.len(), "the group read everything again from offset 0");
     assert_every_event_by_id_in_order(&f.store, &replay, &prefix).await;
+}
+
+/// A broker that stops answering mid-way (its process suspended, so its data stays): the relay
+/// shows the outage as retries while it lasts, parks nothing, and resumes by itself when the
+/// broker answers again; the consumer group then gets every event, each stream in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_outage_is_retried_visibly_until_the_broker_answers_again() {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let tansu = format!("{home}/.cache/reel/tools/bin/tansu");
+    let server = PrivateServer::start(
+        &[tansu.as_str()],
+        &[
+            "broker",
+            "--listener-url",
+            "tcp://127.0.0.1:{port}",
+            "--advertised-listener-url",
+            "tcp://127.0.0.1:{port}",
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+    );
+    let brokers = format!("127.0.0.1:{}", server.port());
+    let prefix = prefix();
+    let f = Arc::new(fixture_at(&brokers, &prefix, Duration::from_secs(2)).await);
+    append(&f.store, 100, 100).await;
+    let head = f.store.head().await.unwrap();
+    let runner = {
+        let f = f.clone();
+        tokio::spawn(async move { relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(180)).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap()[0].position.0 == 0 {
+        assert!(std::time::Instant::now() < deadline, "the relay never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.pause();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let during = loop {
+        let s = f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap().remove(0);
+        if s.error.as_ref().is_some_and(|e| e.is_unavailable()) && s.retry_attempt > 1 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the outage never showed as retries: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(during.position < head, "the outage came before the end");
+    assert!(f.engine.overview(&SubscriptionCriteria::all()).await.unwrap()[0].parked.is_empty(), "nothing parked");
+
+    server.resume();
+    runner.await.unwrap();
+    let subscription = f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap().remove(0);
+    assert!(subscription.error.is_none(), "recovered by itself: {subscription:?}");
+    let topics: Vec<String> = (0..10).map(|c| format!("{prefix}.cat{c}")).collect();
+    let consumer = group_consumer_at(&brokers, &format!("{prefix}-group"), &topics);
+    // Records sent again after the outage may come twice; read until every id came.
+    let mut ids = HashSet::new();
+    let records = consume_until(&consumer, |record| {
+        ids.insert(record.headers["reel-event-id"].clone());
+        ids.len() >= head.0 as usize
+    })
+    .await;
+    assert_every_event_by_id_in_order(&f.store, &records, &prefix).await;
 }

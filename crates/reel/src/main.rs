@@ -63,7 +63,7 @@ pub enum Command {
     /// Run a subscription whose handler is a command (events as NDJSON on stdin) or stdout.
     Consume(commands::consume::ConsumeArgs),
     /// Relay the log to a broker (Redis Streams, NATS JetStream, Kafka) as a subscription:
-    /// every event once, each stream in order.
+    /// every event once, each stream in order; several at once with --config relays.toml.
     Relay(commands::relay::RelayArgs),
     /// Bridge devices that speak MQTT: their events in, their config out.
     Bridge(commands::bridge::BridgeArgs),

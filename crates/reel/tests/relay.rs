@@ -207,3 +207,161 @@ fn a_nats_relay_killed_mid_way_resumes_with_nothing_lost_duplicated_or_reordered
     assert_eq!(last_position, 4_000);
     runtime.block_on(async { js.delete_stream(&stream).await.unwrap() });
 }
+
+/// Appends 40 streams of 100 events: `order-0` … `order-19` and `unit-0` … `unit-19`.
+fn append_orders_and_units(cli: &Cli) {
+    let file = cli.path("events.ndjson");
+    let lines: String = (0..100).map(|i| format!("{{\"type\":\"Counted\",\"data\":{{\"i\":{i}}}}}\n")).collect();
+    write(&file, &lines);
+    for s in 0..20 {
+        cli.ok(&["append", &format!("order-{s}"), "--file", file.to_str().unwrap()]);
+        cli.ok(&["append", &format!("unit-{s}"), "--file", file.to_str().unwrap()]);
+    }
+}
+
+/// Checks that `key` holds exactly the events of `category`, each once, each stream in order,
+/// with the positions as entry ids.
+fn assert_relayed_once_in_order(connection: &mut redis::Connection, key: &str, category: &str, count: usize) {
+    let relayed = entries(connection, key);
+    assert_eq!(relayed.len(), count, "{key}: every {category} event exactly once");
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    let mut last_position = 0;
+    for (id, stream, version, _) in &relayed {
+        assert!(stream.starts_with(&format!("{category}-")), "{key} holds only {category} events: {stream}");
+        let position: u64 = id.trim_end_matches("-0").parse().unwrap();
+        assert!(position > last_position, "{key}: positions ascend");
+        last_position = position;
+        let expected = versions.get(stream.as_str()).map_or(0, |v| v + 1);
+        assert_eq!(*version, expected, "{stream} in order");
+        versions.insert(stream, *version);
+    }
+    let _: () = redis::cmd("DEL").arg(key).query(connection).unwrap();
+}
+
+/// `reel relay --config`: two relays from one file, each with its own filter, batch size and
+/// key, run side by side in one process, both listed as ordinary subscriptions.
+#[test]
+fn a_config_file_runs_several_relays_side_by_side() {
+    let cli = Cli::new();
+    append_orders_and_units(&cli);
+    let prefix = format!("reeltest:{}", uuid::Uuid::new_v4());
+    let config = cli.path("relays.toml");
+    write(
+        &config,
+        &format!(
+            r#"
+# Orders to their own key, in batches of 7.
+[[relay]]
+sink = "redis"
+id = "orders_out"
+category = ["order"]
+batch = 7
+key = "{prefix}:{{category}}"
+
+[[relay]]
+sink = "redis"
+id = "units_out"
+stream_prefix = ["unit-"]
+batch = 50
+key = "{prefix}:{{category}}"
+payload = "cloudevents"
+"#
+        ),
+    );
+    let mut relays = cli
+        .command()
+        .args(["relay", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_position(&cli, "orders_out", 4_000);
+    wait_for_position(&cli, "units_out", 4_000);
+    let listed = common::lines(&cli.ok(&["subscriptions", "list", "--json"]));
+    let mut ids: Vec<&str> = listed.iter().map(|row| row["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["orders_out", "units_out"]);
+    assert!(listed.iter().all(|row| row["group"] == "relay"), "{listed:?}");
+    std::process::Command::new("kill").arg("-TERM").arg(relays.id().to_string()).status().unwrap();
+    assert!(relays.wait().unwrap().success(), "both relays stop on SIGTERM");
+
+    let mut connection = redis();
+    assert_relayed_once_in_order(&mut connection, &format!("{prefix}:order"), "order", 2_000);
+    let payload: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:unit"))
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut connection)
+        .unwrap();
+    let fields: Vec<String> = payload[0].1.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+    let data = fields.iter().position(|f| f == "data").map(|i| &fields[i + 1]).expect("a data field");
+    let cloud_event: serde_json::Value = serde_json::from_str(data).unwrap();
+    assert_eq!(cloud_event["specversion"], "1.0", "the second relay's own payload option");
+    assert_relayed_once_in_order(&mut connection, &format!("{prefix}:unit"), "unit", 2_000);
+}
+
+/// A bad relay file is refused as a whole, with the relay and the key named, before any broker
+/// is contacted and before any subscription is created.
+#[test]
+fn bad_relay_files_are_refused_with_a_reason_and_change_nothing() {
+    let cli = Cli::new();
+    let config = cli.path("relays.toml");
+    let good = "[[relay]]\nsink = \"redis\"\nid = \"good\"\nurl = \"redis://127.0.0.1:1\"\n";
+    let cases = [
+        ("[[relay]]\nsink = \"redis\"\nid = \"r1\"\ntopicc = \"x\"\n", "unexpected argument '--topicc'"),
+        ("[[relay]]\nsink = \"redis\"\nkey = \"x\"\n", "needs id"),
+        ("[[relay]]\nsink = \"rabbit\"\nid = \"r1\"\n", "rabbit"),
+        ("[[relay]]\nsink = \"redis\"\nid = \"r1\"\nbatch = \"many\"\n", "many"),
+        ("[[relay]]\nsink = \"redis\"\nid = \"r1\"\nkey = \"reel:{nope}\"\n", "unknown placeholder {nope}"),
+        ("[[relay]]\nsink = \"nats\"\nid = \"r1\"\nduplicate_window = 0\n", "--duplicate-window"),
+        ("[[relay]]\nsink = \"redis\"\nid = \"r1\"\ncategory = [{ a = 1 }]\n", "cannot be a table"),
+        ("[relay]\nsink = \"redis\"\n", "line 6: duplicate key"),
+        ("[[relays]]\nsink = \"redis\"\nid = \"r1\"\n", "unknown top-level key \"relays\""),
+        ("[[relay]\n", "line 6"),
+    ];
+    for (text, reason) in cases {
+        // A good relay first: nothing of it may start when a later one is bad.
+        write(&config, &format!("{good}\n{text}"));
+        let error = cli.fails(&["relay", "--config", config.to_str().unwrap()], 2);
+        assert!(error.contains(reason), "{text:?} → {error}");
+        assert_eq!(error.trim().lines().count(), 1, "one line: {error}");
+    }
+    write(&config, &format!("{good}\n{}", good.replace("redis://127.0.0.1:1", "redis://127.0.0.1:2")));
+    let error = cli.fails(&["relay", "--config", config.to_str().unwrap()], 2);
+    assert!(error.contains("two relays have the id \"good\""), "{error}");
+    let error = cli.fails(&["serve", "--relays", config.to_str().unwrap()], 2);
+    assert!(error.contains("two relays have the id"), "{error}");
+    write(&config, "# nothing yet\n");
+    let error = cli.fails(&["relay", "--config", config.to_str().unwrap()], 2);
+    assert!(error.contains("no [[relay]] table"), "{error}");
+    let error = cli.fails(&["relay", "--config", cli.path("missing.toml").to_str().unwrap()], 2);
+    assert!(error.contains("cannot read"), "{error}");
+    assert_eq!(cli.ok(&["subscriptions", "list", "--json"]).trim(), "", "no subscription was created");
+}
+
+/// `reel serve --relays`: events appended over HTTP reach Redis through a relay running in
+/// the server's process, and the relay shows in the server's own subscription listing.
+#[test]
+fn a_server_runs_the_relays_of_its_config_file() {
+    let cli = Cli::new();
+    let prefix = format!("reeltest:{}", uuid::Uuid::new_v4());
+    let config = cli.path("relays.toml");
+    write(&config, &format!("[[relay]]\nsink = \"redis\"\nid = \"served_out\"\nkey = \"{prefix}:{{category}}\"\n"));
+    let served = cli.serve(&["--relays", config.to_str().unwrap()]);
+    let http = common::http();
+    for i in 0..50 {
+        let body = serde_json::json!({ "type": "Counted", "data": { "i": i } });
+        let answer = http.post(format!("{}/streams/unit-{}", served.base, i % 5)).json(&body).send().unwrap();
+        assert!(answer.status().is_success(), "{}", answer.text().unwrap());
+    }
+    let mut connection = redis();
+    let key = format!("{prefix}:unit");
+    wait_until("the relay inside the server delivers", || {
+        redis::cmd("XLEN").arg(&key).query::<u64>(&mut connection).unwrap() >= 50
+    });
+    let listed: serde_json::Value = http.get(format!("{}/subscriptions", served.base)).send().unwrap().json().unwrap();
+    assert!(listed.to_string().contains("served_out"), "{listed}");
+    assert_relayed_once_in_order(&mut connection, &key, "unit", 50);
+}

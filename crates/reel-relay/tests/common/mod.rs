@@ -99,6 +99,23 @@ impl PrivateServer {
         }
     }
 
+    /// Suspends the process (SIGSTOP): its port still accepts connections but nothing answers,
+    /// as with a broker that hangs; its data stays, unlike after [`PrivateServer::stop`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let child = self.child.as_ref().expect("the server runs");
+        let status = std::process::Command::new("kill").arg(which).arg(child.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill {which} {}", child.id());
+    }
+
     /// Kills the process (SIGKILL): the broker is gone at once, as in a crash.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -110,6 +127,10 @@ impl PrivateServer {
 
 impl Drop for PrivateServer {
     fn drop(&mut self) {
+        // A paused process does not die of SIGKILL until it is resumed on some kernels.
+        if self.child.is_some() {
+            self.resume();
+        }
         self.stop();
     }
 }

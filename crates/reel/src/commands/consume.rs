@@ -26,7 +26,7 @@ use crate::exit::InvalidInput;
 use crate::{store, Cli};
 
 /// What every command that runs one subscription takes: `reel consume`, `reel relay …`.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct SubscriberArgs {
     /// Subscription id (letters, digits, _ - . :); its position is kept in the store.
     pub id: String,
@@ -172,81 +172,154 @@ pub async fn run_subscription(
 ) -> Result<()> {
     // Installed before anything starts, so an early SIGTERM still stops gracefully.
     let signal = shutdown_signal();
-    let mode: RunMode = args.mode.parse()?;
-    let id = SubscriptionId::new(args.id.clone())?;
-    let lease_ttl = seconds(args.lease_ttl, "--lease-ttl")?;
-    let retry = ClockBasedRetryStrategy {
-        base_delay: seconds(args.retry_delay, "--retry-delay")?,
-        delay_factor: 2.0,
-        max_attempts: args.retries,
-        ..ClockBasedRetryStrategy::default()
-    };
-    let mut spec = SubscriberSpec::new(id.as_str(), mode)?.in_group(group).in_categories(args.category.clone());
-    if !args.types.is_empty() {
-        spec = spec.handling(args.types.clone());
-    }
-    if args.park_failures {
-        spec = spec.park_failures();
-    }
-    let mut run_ids = vec![id.clone()];
-    if let Some(count) = args.partitions {
-        let digits = partition_digits(count)?;
-        spec = spec.partitioned(digits)?;
-        run_ids = match args.partition {
-            Some(p) if p < count => vec![SubscriptionId::new(format!("{id}:{p:0width$x}", width = digits as usize))?],
-            Some(p) => bail!(InvalidInput(format!("--partition must be below {count}, got {p}"))),
-            None => (0..count)
-                .map(|p| SubscriptionId::new(format!("{id}:{p:0width$x}", width = digits as usize)))
-                .collect::<Result<_, _>>()?,
-        };
-    }
-    let start = args.start()?;
-    let subscriber = subscriber(spec)?;
     let stores = store::open_with_subscriptions(cli).await?;
-    let engine = SubscriptionEngine::new(stores.events, stores.subscriptions.clone(), vec![subscriber])?
-        .with_batch_size(args.batch.clamp(1, reel_sqlite::MAX_READ_LIMIT))
-        .with_retry_strategy(retry);
-    if let Some(start) = start {
-        let criteria = SubscriptionCriteria::ids(run_ids.clone());
-        let existing = stores.subscriptions.find(&criteria).await?;
-        if existing.is_empty() {
-            engine.setup(&criteria, true).await?;
-            engine.pause(&criteria).await?;
-            engine.reset(&criteria, start).await?;
-            engine.reactivate(&criteria).await?;
-        } else {
-            eprintln!(
-                "{id} exists already (at position {}): the start flags apply to a new subscription only; \
-                 move it with `reel subscriptions reset`",
-                existing[0].position
-            );
+    let run = PreparedSubscription::new(&stores, args, group, subscriber).await?;
+    run_all(vec![run], signal).await
+}
+
+/// One subscription ready to run: its own engine (batch size and retry strategy are per
+/// engine), the ids its worker takes (one, or one per partition) and its run mode.
+pub struct PreparedSubscription {
+    id: SubscriptionId,
+    engine: SubscriptionEngine,
+    options: WorkerOptions,
+    run_ids: Vec<SubscriptionId>,
+    mode: RunMode,
+    subscriptions: Arc<dyn reel_core::SubscriptionStore>,
+}
+
+impl PreparedSubscription {
+    /// Builds the engine for the spec the flags describe and applies the start flags and
+    /// `--replay-parked`, all before the worker starts.
+    pub async fn new(
+        stores: &store::Stores,
+        args: &SubscriberArgs,
+        group: &str,
+        subscriber: impl FnOnce(SubscriberSpec) -> Result<Arc<dyn Subscriber>>,
+    ) -> Result<Self> {
+        let mode: RunMode = args.mode.parse()?;
+        let id = SubscriptionId::new(args.id.clone())?;
+        let lease_ttl = seconds(args.lease_ttl, "--lease-ttl")?;
+        let retry = ClockBasedRetryStrategy {
+            base_delay: seconds(args.retry_delay, "--retry-delay")?,
+            delay_factor: 2.0,
+            max_attempts: args.retries,
+            ..ClockBasedRetryStrategy::default()
+        };
+        let mut spec = SubscriberSpec::new(id.as_str(), mode)?.in_group(group).in_categories(args.category.clone());
+        if !args.types.is_empty() {
+            spec = spec.handling(args.types.clone());
         }
-    }
-    if args.replay_parked {
-        let report = engine.replay_parked(&SubscriptionCriteria::ids(run_ids.clone())).await?;
-        eprintln!("replayed {} parked event(s); {} still failing", report.handled, report.errors.len());
-    }
-    let options =
-        WorkerOptions { criteria: SubscriptionCriteria::ids(run_ids.clone()), lease_ttl, ..WorkerOptions::default() };
-    let subscriptions = stores.subscriptions;
-    let finished = async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Ok(found) = subscriptions.find(&SubscriptionCriteria::ids(run_ids.clone())).await {
-                if found.len() == run_ids.len() && found.iter().all(|s| s.status == SubscriptionStatus::Finished) {
-                    return;
+        if args.park_failures {
+            spec = spec.park_failures();
+        }
+        let mut run_ids = vec![id.clone()];
+        if let Some(count) = args.partitions {
+            let digits = partition_digits(count)?;
+            spec = spec.partitioned(digits)?;
+            run_ids = match args.partition {
+                Some(p) if p < count => {
+                    vec![SubscriptionId::new(format!("{id}:{p:0width$x}", width = digits as usize))?]
                 }
+                Some(p) => bail!(InvalidInput(format!("--partition must be below {count}, got {p}"))),
+                None => (0..count)
+                    .map(|p| SubscriptionId::new(format!("{id}:{p:0width$x}", width = digits as usize)))
+                    .collect::<Result<_, _>>()?,
+            };
+        }
+        let start = args.start()?;
+        let subscriber = subscriber(spec)?;
+        let engine = SubscriptionEngine::new(stores.events.clone(), stores.subscriptions.clone(), vec![subscriber])?
+            .with_batch_size(args.batch.clamp(1, reel_sqlite::MAX_READ_LIMIT))
+            .with_retry_strategy(retry);
+        if let Some(start) = start {
+            let criteria = SubscriptionCriteria::ids(run_ids.clone());
+            let existing = stores.subscriptions.find(&criteria).await?;
+            if existing.is_empty() {
+                engine.setup(&criteria, true).await?;
+                engine.pause(&criteria).await?;
+                engine.reset(&criteria, start).await?;
+                engine.reactivate(&criteria).await?;
+            } else {
+                eprintln!(
+                    "{id} exists already (at position {}): the start flags apply to a new subscription only; \
+                     move it with `reel subscriptions reset`",
+                    existing[0].position
+                );
             }
         }
-    };
-    let stop = async move {
-        tokio::select! {
-            _ = signal => {}
-            _ = finished, if mode == RunMode::Once => {}
+        if args.replay_parked {
+            let report = engine.replay_parked(&SubscriptionCriteria::ids(run_ids.clone())).await?;
+            eprintln!("{id}: replayed {} parked event(s); {} still failing", report.handled, report.errors.len());
         }
-    };
-    Worker::new(engine, options).run(stop).await?;
-    Ok(())
+        let options = WorkerOptions {
+            criteria: SubscriptionCriteria::ids(run_ids.clone()),
+            lease_ttl,
+            ..WorkerOptions::default()
+        };
+        Ok(Self { id, engine, options, run_ids, mode, subscriptions: stores.subscriptions.clone() })
+    }
+
+    /// The subscription's id (its partitions are `ID:0` …).
+    pub fn id(&self) -> &SubscriptionId {
+        &self.id
+    }
+
+    /// Runs the worker until `stop` resolves or, in `once` mode, every part is finished.
+    async fn run(self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+        let Self { engine, options, run_ids, mode, subscriptions, .. } = self;
+        let finished = async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(found) = subscriptions.find(&SubscriptionCriteria::ids(run_ids.clone())).await {
+                    if found.len() == run_ids.len() && found.iter().all(|s| s.status == SubscriptionStatus::Finished) {
+                        return;
+                    }
+                }
+            }
+        };
+        let stop = async move {
+            tokio::select! {
+                _ = stop => {}
+                _ = finished, if mode == RunMode::Once => {}
+            }
+        };
+        Worker::new(engine, options).run(stop).await?;
+        Ok(())
+    }
+}
+
+/// Runs several subscriptions side by side until `signal` resolves (each `once` subscription
+/// stops by itself when finished). The first that fails stops the others and its error is
+/// returned, so a supervisor restarts the whole set rather than running it half.
+pub async fn run_all(runs: Vec<PreparedSubscription>, signal: impl std::future::Future<Output = ()>) -> Result<()> {
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
+    for run in runs {
+        let mut stop = stop.clone();
+        workers.spawn(run.run(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }));
+    }
+    tokio::pin!(signal);
+    let mut outcome = Ok(());
+    loop {
+        tokio::select! {
+            _ = &mut signal, if !*stop_sender.borrow() => { let _ = stop_sender.send(true); }
+            done = workers.join_next() => match done {
+                None => return outcome,
+                Some(result) => {
+                    let result = result.map_err(anyhow::Error::from).and_then(|r| r);
+                    if let Err(e) = result {
+                        let _ = stop_sender.send(true);
+                        if outcome.is_ok() {
+                            outcome = Err(e);
+                        }
+                    }
+                }
+            },
+        }
+    }
 }
 
 /// The hex digits of a partition suffix for `--partitions count`.

@@ -5,19 +5,36 @@
 //! flag is checked before anything connects, so a typo is a one-line error, not a timeout.
 
 use anyhow::{anyhow, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use reel_relay::{
     JetStreamOptions, JetStreamSink, KafkaOptions, KafkaSink, KeyTemplate, Payload, RedisStreamsSink, Relay, Sink,
 };
 
-use super::consume::{run_subscription, seconds, SubscriberArgs};
+use std::path::Path;
+
+use super::consume::{run_all, seconds, PreparedSubscription, SubscriberArgs};
+use super::read::shutdown_signal;
 use crate::exit::InvalidInput;
+use crate::store::Stores;
 use crate::Cli;
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_required = false)]
 pub struct RelayArgs {
     #[command(subcommand)]
-    pub sink: RelaySink,
+    pub sink: Option<RelaySink>,
+    /// Run every relay of this TOML file side by side (`[[relay]]` tables; keys are the flags
+    /// of `reel relay SINK` without the dashes, plus `sink` and `id`), as in the README.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// `[[relay]]` tables of a config file, parsed as the command line would parse them.
+#[derive(Parser, Debug)]
+#[command(name = "reel relay", no_binary_name = false)]
+struct RelayTable {
+    #[command(subcommand)]
+    sink: RelaySink,
 }
 
 #[derive(Subcommand, Debug)]
@@ -34,7 +51,7 @@ pub enum RelaySink {
 }
 
 /// What every relay takes besides its broker's flags.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct RelayCommonArgs {
     #[command(flatten)]
     pub subscriber: SubscriberArgs,
@@ -127,18 +144,128 @@ pub struct KafkaRelayArgs {
 }
 
 pub async fn run(cli: &Cli, args: &RelayArgs) -> Result<()> {
-    match &args.sink {
+    let relays = match (&args.sink, &args.config) {
+        (Some(sink), _) => vec![plan(sink)?],
+        (None, Some(path)) => load_config(path)?,
+        (None, None) => {
+            return Err(anyhow!(InvalidInput(
+                "give a sink (reel relay redis|nats|kafka ID …) or --config relays.toml".into()
+            )))
+        }
+    };
+    let signal = shutdown_signal();
+    let stores = crate::store::open_with_subscriptions(cli).await?;
+    let mut runs = Vec::with_capacity(relays.len());
+    for relay in relays {
+        runs.push(relay.prepare(&stores).await?);
+    }
+    run_all(runs, signal).await
+}
+
+/// Reads a relay config file: every `[[relay]]` is checked (as its flags would be) before any
+/// broker is contacted, and ids must differ.
+pub fn load_config(path: &Path) -> Result<Vec<RelayPlan>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!(InvalidInput(format!("cannot read {}: {e}", path.display()))))?;
+    let tables = parse_config(&text).map_err(|e| anyhow!(InvalidInput(format!("{}: {e}", path.display()))))?;
+    let sinks = tables;
+    let mut plans = Vec::with_capacity(sinks.len());
+    for (i, sink) in sinks.iter().enumerate() {
+        let id = &sink.common().subscriber.id;
+        let plan = plan(sink).map_err(|e| anyhow!(InvalidInput(format!("{}: relay {id}: {e}", path.display()))))?;
+        if sinks[..i].iter().any(|other| other.common().subscriber.id == *id) {
+            return Err(anyhow!(InvalidInput(format!("{}: two relays have the id {id:?}", path.display()))));
+        }
+        plans.push(plan);
+    }
+    Ok(plans)
+}
+
+/// Turns each `[[relay]]` table into the arguments of `reel relay SINK ID …` and parses them
+/// with the same definitions as the command line, so a file and the flags can never differ in
+/// meaning, defaults or checks.
+fn parse_config(text: &str) -> Result<Vec<RelaySink>, String> {
+    let document: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map_or(1, |span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        format!("line {line}: {}", e.message())
+    })?;
+    if let Some(key) = document.keys().find(|k| *k != "relay") {
+        return Err(format!("unknown top-level key {key:?} (expected [[relay]] tables)"));
+    }
+    let tables = match document.get("relay") {
+        Some(toml::Value::Array(tables)) if !tables.is_empty() => tables,
+        _ => return Err("no [[relay]] table".into()),
+    };
+    tables
+        .iter()
+        .enumerate()
+        .map(|(n, table)| {
+            let table = table.as_table().ok_or_else(|| format!("relay {} is not a table", n + 1))?;
+            let text_of = |key: &str| match table.get(key) {
+                Some(toml::Value::String(value)) if !value.is_empty() => Ok(value.clone()),
+                _ => Err(format!("relay {} needs {key} = \"…\"", n + 1)),
+            };
+            let sink = text_of("sink")?;
+            let id = text_of("id")?;
+            let mut argv = vec!["reel relay".to_string(), sink.clone(), id.clone()];
+            for (key, value) in table.iter().filter(|(key, _)| !matches!(key.as_str(), "sink" | "id")) {
+                let flag = format!("--{}", key.replace('_', "-"));
+                let values = match value {
+                    toml::Value::Array(items) => items.iter().collect(),
+                    one => vec![one],
+                };
+                for value in values {
+                    match value {
+                        toml::Value::Boolean(true) => argv.push(flag.clone()),
+                        toml::Value::Boolean(false) => {}
+                        toml::Value::String(text) => argv.extend([flag.clone(), text.clone()]),
+                        toml::Value::Integer(number) => argv.extend([flag.clone(), number.to_string()]),
+                        toml::Value::Float(number) => argv.extend([flag.clone(), number.to_string()]),
+                        other => return Err(format!("relay {id}: {key} cannot be a {}", other.type_str())),
+                    }
+                }
+            }
+            RelayTable::try_parse_from(&argv).map(|parsed| parsed.sink).map_err(|e| {
+                // clap's first line names the problem ("unexpected argument '--topicc' found").
+                let rendered = e.to_string();
+                let line = rendered.lines().next().unwrap_or("invalid").trim_start_matches("error: ");
+                format!("relay {id} ({sink}): {line} (keys are the flags of `reel relay {sink}` without the dashes)")
+            })
+        })
+        .collect()
+}
+
+impl RelaySink {
+    fn common(&self) -> &RelayCommonArgs {
+        match self {
+            RelaySink::Redis(args) => &args.common,
+            RelaySink::Nats(args) => &args.common,
+            RelaySink::Kafka(args) => &args.common,
+        }
+    }
+}
+
+/// A relay whose flags are checked and whose sink is not connected yet.
+pub struct RelayPlan {
+    common: RelayCommonArgs,
+    sink: SinkPlan,
+}
+
+enum SinkPlan {
+    Redis { url: String, keys: KeyTemplate, maxlen: Option<u64>, payload: Payload },
+    Nats(JetStreamOptions),
+    Kafka(KafkaOptions),
+}
+
+/// Checks a relay's flags without contacting anything.
+fn plan(args: &RelaySink) -> Result<RelayPlan> {
+    let sink = match args {
         RelaySink::Redis(redis) => {
             let keys = template("--key", &redis.key)?;
             if !redis.url.starts_with("redis://") {
                 return Err(anyhow!(InvalidInput(format!("--url must be a redis:// URL, got {:?}", redis.url))));
             }
-            check_common(&redis.common)?;
-            let sink = RedisStreamsSink::connect(&redis.url, keys, redis.maxlen)
-                .await
-                .map_err(|e| anyhow!("cannot connect to Redis at {}: {e}", redis.url))?
-                .with_payload(redis.common.payload.into());
-            relay(cli, &redis.common, sink).await
+            SinkPlan::Redis { url: redis.url.clone(), keys, maxlen: redis.maxlen, payload: redis.common.payload.into() }
         }
         RelaySink::Nats(nats) => {
             let mut options = JetStreamOptions::new(nats.url.clone());
@@ -156,9 +283,7 @@ pub async fn run(cli: &Cli, args: &RelayArgs) -> Result<()> {
             options.duplicate_window = seconds(nats.duplicate_window, "--duplicate-window")?;
             options.ack_timeout = seconds(nats.ack_timeout, "--ack-timeout")?;
             options.payload = nats.common.payload.into();
-            check_common(&nats.common)?;
-            let sink = JetStreamSink::connect(options).await?;
-            relay(cli, &nats.common, sink).await
+            SinkPlan::Nats(options)
         }
         RelaySink::Kafka(kafka) => {
             let mut options = KafkaOptions::new(kafka.brokers.clone());
@@ -179,11 +304,43 @@ pub async fn run(cli: &Cli, args: &RelayArgs) -> Result<()> {
             options.linger = std::time::Duration::from_millis(kafka.linger_ms);
             options.delivery_timeout = seconds(kafka.delivery_timeout, "--delivery-timeout")?;
             options.payload = kafka.common.payload.into();
-            check_common(&kafka.common)?;
-            let sink = KafkaSink::connect(options)
-                .await
-                .map_err(|e| anyhow!("cannot reach Kafka at {}: {e}", kafka.brokers))?;
-            relay(cli, &kafka.common, sink).await
+            SinkPlan::Kafka(options)
+        }
+    };
+    let common = args.common();
+    if common.stream_prefix.iter().any(String::is_empty) {
+        return Err(anyhow!(InvalidInput("--stream-prefix must not be empty".into())));
+    }
+    common.subscriber.check()?;
+    Ok(RelayPlan { common: common.clone(), sink })
+}
+
+impl RelayPlan {
+    /// Connects the sink and builds the relay's subscription on `stores`.
+    pub async fn prepare(self, stores: &Stores) -> Result<PreparedSubscription> {
+        let id = &self.common.subscriber.id;
+        match self.sink {
+            SinkPlan::Redis { url, keys, maxlen, payload } => {
+                let sink = RedisStreamsSink::connect(&url, keys, maxlen)
+                    .await
+                    .map_err(|e| anyhow!("relay {id}: cannot connect to Redis at {url}: {e}"))?
+                    .with_payload(payload);
+                relay(stores, &self.common, sink).await
+            }
+            SinkPlan::Nats(options) => {
+                let url = options.url.clone();
+                let sink = JetStreamSink::connect(options)
+                    .await
+                    .map_err(|e| anyhow!("relay {id}: cannot set up JetStream at {url}: {e}"))?;
+                relay(stores, &self.common, sink).await
+            }
+            SinkPlan::Kafka(options) => {
+                let brokers = options.brokers.clone();
+                let sink = KafkaSink::connect(options)
+                    .await
+                    .map_err(|e| anyhow!("relay {id}: cannot reach Kafka at {brokers}: {e}"))?;
+                relay(stores, &self.common, sink).await
+            }
         }
     }
 }
@@ -192,16 +349,9 @@ pub(crate) fn template(flag: &str, text: &str) -> Result<KeyTemplate> {
     KeyTemplate::parse(text).map_err(|e| anyhow!(InvalidInput(format!("{flag}: {e}"))))
 }
 
-fn check_common(common: &RelayCommonArgs) -> Result<()> {
-    if common.stream_prefix.iter().any(String::is_empty) {
-        return Err(anyhow!(InvalidInput("--stream-prefix must not be empty".into())));
-    }
-    common.subscriber.check()
-}
-
-async fn relay(cli: &Cli, common: &RelayCommonArgs, sink: impl Sink) -> Result<()> {
+async fn relay(stores: &Stores, common: &RelayCommonArgs, sink: impl Sink) -> Result<PreparedSubscription> {
     let prefixes = common.stream_prefix.clone();
-    run_subscription(cli, &common.subscriber, &common.group, |spec| {
+    PreparedSubscription::new(stores, &common.subscriber, &common.group, |spec| {
         Ok(Relay::new(spec, sink).with_stream_prefixes(prefixes).into_shared())
     })
     .await

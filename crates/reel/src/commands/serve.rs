@@ -11,6 +11,8 @@ use reel_server::{RequestLimits, Server, ServerConfig, DEFAULT_PORT};
 use reel_subscriptions::cli::shutdown_signal;
 use reel_subscriptions::SubscriptionEngine;
 
+use super::consume::run_all;
+use super::relay;
 use crate::exit::InvalidInput;
 use crate::Cli;
 
@@ -40,13 +42,24 @@ pub struct ServeArgs {
     /// Seconds between SSE heartbeats.
     #[arg(long, default_value_t = 15)]
     pub heartbeat: u64,
+    /// Also run the relays of this TOML file in this process (the format of `reel relay
+    /// --config`). A relay that fails stops the server, so a supervisor restarts both.
+    #[arg(long, value_name = "FILE")]
+    pub relays: Option<std::path::PathBuf>,
 }
 
 pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
     if args.header_timeout == 0 || args.heartbeat == 0 {
         anyhow::bail!(InvalidInput("--header-timeout and --heartbeat must be at least 1 second".into()));
     }
+    // The relays' flags are checked before anything is opened or contacted.
+    let relays = args.relays.as_deref().map(relay::load_config).transpose()?.unwrap_or_default();
+    let signal = shutdown_signal();
     let stores = crate::store::open_with_subscriptions(cli).await?;
+    let mut runs = Vec::with_capacity(relays.len());
+    for relay in relays {
+        runs.push(relay.prepare(&stores).await?);
+    }
     let engine = SubscriptionEngine::new(stores.events.clone(), stores.subscriptions.clone(), Vec::new())?;
     let config = ServerConfig {
         listen: args.listen,
@@ -63,12 +76,42 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
     };
     let server = Server::start(stores.events, engine, config).await.context("starting the server")?;
     let address = server.local_addr();
+    let relay_ids: Vec<String> = runs.iter().map(|run| run.id().to_string()).collect();
     // One line on stdout that scripts (and tests) can wait for.
     println!(
         "{}",
-        serde_json::json!({ "listening": format!("http://{address}"), "store": crate::store::describe(cli) })
+        serde_json::json!({
+            "listening": format!("http://{address}"), "store": crate::store::describe(cli), "relays": relay_ids,
+        })
     );
     tracing::info!(%address, "serving");
-    server.run(shutdown_signal()).await?;
-    Ok(())
+    if runs.is_empty() {
+        server.run(signal).await?;
+        return Ok(());
+    }
+    // The server and the relays stop together: on a signal, or when either of them ends.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait_for_stop = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let serving = async {
+        let outcome = server
+            .run(async {
+                tokio::select! {
+                    _ = signal => {}
+                    _ = wait_for_stop(stopped.clone()) => {}
+                }
+            })
+            .await;
+        let _ = stop.send(true);
+        outcome.map_err(anyhow::Error::from)
+    };
+    let relaying = async {
+        let outcome = run_all(runs, wait_for_stop(stopped.clone())).await;
+        let _ = stop.send(true);
+        outcome
+    };
+    let (served, relayed) = tokio::join!(serving, relaying);
+    relayed.context("a relay stopped the server")?;
+    served
 }
