@@ -116,6 +116,8 @@ pub struct IngestCounts {
     pub events: AtomicU64,
     /// Messages sent to the dead-letter stream.
     pub dead_lettered: AtomicU64,
+    /// Connections made to the broker (1 while it never dropped).
+    pub connections: AtomicU64,
 }
 
 /// Device events from MQTT into the store.
@@ -178,42 +180,44 @@ impl MqttIngest {
     }
 
     /// Follows the events topic until `stop` resolves, reconnecting after broker outages.
+    ///
+    /// The connection runs in a task of its own and hands messages over a channel, so keep-alive
+    /// pings and acknowledgements keep flowing while a message waits for the store (a slow
+    /// commit, or a store that is away and retried): a bridge blocked on its store must not
+    /// look dead to the broker, which would drop the connection and, on some brokers, messages
+    /// that were in flight on it.
     pub async fn run(&self, stop: impl std::future::Future<Output = ()>) -> Result<(), ReelError> {
-        let (client, mut events) = AsyncClient::new(self.options.mqtt("in", false), 1_000);
+        let (client, events) = AsyncClient::new(self.options.mqtt("in", false), 1_000);
+        // The broker sends at most its in-flight window of unacknowledged QoS 1 messages, so
+        // this channel stays short; it only fills with QoS 0 floods, and then the connection
+        // waits for the store like the store waits for the connection.
+        let (messages, mut received) = mpsc::channel::<Publish>(1_000);
+        let connection = tokio::spawn(drive_in(
+            events,
+            client.clone(),
+            self.options.events_topic.clone(),
+            messages,
+            self.counts.clone(),
+        ));
         tokio::pin!(stop);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let event = tokio::select! {
-                _ = &mut stop => return Ok(()),
-                event = events.poll() => event,
+        let outcome = loop {
+            let publish = tokio::select! {
+                _ = &mut stop => break Ok(()),
+                publish = received.recv() => publish,
             };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = Duration::from_millis(100);
-                    tracing::info!(topic = %self.options.events_topic, "MQTT ingest connected");
-                    // Subscribing again after each connect is harmless and covers a broker that lost the session.
-                    // Never an awaiting call inside this loop: the loop is what drains the client's requests.
-                    if let Err(e) = client.try_subscribe(self.options.events_topic.clone(), QoS::AtLeastOnce) {
-                        tracing::warn!(error = %e, "could not subscribe to the events topic");
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    self.ingest(&publish).await;
-                    if let Err(e) = client.try_ack(&publish) {
-                        tracing::warn!(error = %e, "could not queue the MQTT ack; the broker will redeliver");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "MQTT broker unreachable; retrying");
-                    tokio::select! {
-                        _ = &mut stop => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+            let Some(publish) = publish else {
+                break Err(ReelError::Storage {
+                    context: "following the MQTT events topic".into(),
+                    message: "the connection task ended".into(),
+                });
+            };
+            self.ingest(&publish).await;
+            if let Err(e) = client.try_ack(&publish) {
+                tracing::warn!(error = %e, "could not queue the MQTT ack; the broker will redeliver");
             }
-        }
+        };
+        connection.abort();
+        outcome
     }
 
     /// Stores one message's events, or dead-letters it; retries while the store is away.
@@ -327,6 +331,43 @@ impl MqttConfigSink {
         let (acks, receiver) = mpsc::channel(100);
         tokio::spawn(drive_out(events, acks));
         Self { client, topics, acks: Mutex::new(receiver), timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Runs the events connection: subscribes after every connect, forwards each message to the
+/// ingest, and reconnects with backoff after an outage. Never waits on the store itself.
+async fn drive_in(
+    mut events: EventLoop,
+    client: AsyncClient,
+    topic: String,
+    messages: mpsc::Sender<Publish>,
+    counts: Arc<IngestCounts>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(100);
+                counts.connections.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%topic, "MQTT ingest connected");
+                // Subscribing again after each connect is harmless and covers a broker that lost
+                // the session. Never an awaiting call here: this loop drains the client's requests.
+                if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                    tracing::warn!(error = %e, "could not subscribe to the events topic");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if messages.send(publish).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "MQTT broker unreachable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 

@@ -209,3 +209,75 @@ async fn config_reaches_a_subscribed_device_live_and_a_later_one_retained() {
     late.publish(&topic, QoS::AtLeastOnce, true, Vec::<u8>::new()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
+
+/// A store that cannot take the messages for longer than the keep-alive (its write lock held by
+/// another connection for 20 s) does not cost the bridge its broker connection: pings and acks
+/// keep flowing while the message waits, and every event is stored once the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_slower_than_the_keep_alive_keeps_the_broker_connection() {
+    let prefix = format!("reeltest/{}", unique());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reel.db");
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let mut options = MqttBridgeOptions::new("127.0.0.1", 1883);
+    options.client_id = format!("t{}", &unique()[..10]);
+    options.events_topic = format!("{prefix}/devices/+/events");
+    let ingest = Arc::new(MqttIngest::new(options.clone(), store.clone()));
+    let counts = ingest.counts();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let ingest = ingest.clone();
+        tokio::spawn(async move {
+            ingest
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (device, _) = device_client(&format!("d{}", &unique()[..10]));
+    let topic = format!("{prefix}/devices/D1/events");
+    let stored = |store: Arc<SqliteStore>| async move { store.head().await.unwrap().0 };
+    let wait_for = |count: u64| {
+        let store = store.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while stored(store.clone()).await < count {
+                assert!(Instant::now() < deadline, "stuck at {} of {count}", stored(store.clone()).await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    for n in 0..10 {
+        device.publish(&topic, QoS::AtLeastOnce, false, event_json(1, n).to_string()).await.unwrap();
+    }
+    wait_for(10).await;
+
+    // Another connection takes the write lock and keeps it for 20 s (the broker drops a client
+    // it has not heard from in 1.5 × the 10 s keep-alive).
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for n in 10..20 {
+        device.publish(&topic, QoS::AtLeastOnce, false, event_json(1, n).to_string()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(stored(store.clone()).await, 10, "nothing stored while the lock was held");
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    wait_for(20).await;
+    // A connection the broker dropped during the stall shows once the bridge reads again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(counts.connections.load(std::sync::atomic::Ordering::Relaxed), 1, "the connection never dropped");
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let events = store
+        .read_stream(&StreamName::new("unit-D1").unwrap(), StreamVersion(0), Direction::Forward, 100)
+        .await
+        .unwrap();
+    let order: Vec<u64> = events
+        .iter()
+        .map(|e| serde_json::from_slice::<serde_json::Value>(&e.data).unwrap()["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order, (0..20).collect::<Vec<u64>>(), "each event once, in the device's order");
+}
