@@ -24,6 +24,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod aggregates;
 mod http;
+mod mqtt_ingest;
 mod postgres;
 mod relay;
 mod store;
@@ -162,10 +163,11 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 30)]
         idle_seconds: u64,
     },
-    /// Relays to Redis Streams, NATS JetStream and Kafka beside a plain client of the same library, and append → broker-ack latency.
+    /// Relays to Redis Streams, NATS JetStream and Kafka beside a plain client of the same library, and append → broker-ack latency;
+    /// the MQTT bridge's ingest beside a plain subscriber.
     Relay {
         /// Brokers to measure (all by default); each must be running.
-        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [relay::Broker::Redis, relay::Broker::Nats, relay::Broker::Kafka])]
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [relay::Broker::Redis, relay::Broker::Nats, relay::Broker::Kafka, relay::Broker::Mqtt])]
         brokers: Vec<relay::Broker>,
         /// Events to write first and relay.
         #[arg(long, default_value_t = 100_000)]
@@ -188,6 +190,12 @@ pub enum BenchCommand {
         /// Kafka bootstrap brokers.
         #[arg(long, default_value = "127.0.0.1:9092")]
         kafka_brokers: String,
+        /// MQTT broker host for the bridge's ingest.
+        #[arg(long, default_value = "127.0.0.1")]
+        mqtt_host: String,
+        /// MQTT broker port.
+        #[arg(long, default_value_t = 1883)]
+        mqtt_port: u16,
     },
     /// Full `read_all` scan against a raw SQLite scan of the same file, with peak memory.
     Read {
@@ -325,7 +333,18 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             };
             aggregates::bench_aggregates(&dir, &plan).await.map(|(rows, extra)| ("aggregates", rows, extra))
         }
-        BenchCommand::Relay { brokers, events, batch, latency_seconds, rate, redis_url, nats_url, kafka_brokers } => {
+        BenchCommand::Relay {
+            brokers,
+            events,
+            batch,
+            latency_seconds,
+            rate,
+            redis_url,
+            nats_url,
+            kafka_brokers,
+            mqtt_host,
+            mqtt_port,
+        } => {
             let plan = relay::RelayPlan {
                 brokers: brokers.clone(),
                 events: (*events).max(1),
@@ -336,6 +355,8 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
                 redis_url: redis_url.clone(),
                 nats_url: nats_url.clone(),
                 kafka_brokers: kafka_brokers.clone(),
+                mqtt_host: mqtt_host.clone(),
+                mqtt_port: *mqtt_port,
             };
             relay::bench_relay(&dir, &plan).await.map(|(rows, extra)| ("relay", rows, extra))
         }

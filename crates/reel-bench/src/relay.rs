@@ -38,6 +38,8 @@ pub(super) struct RelayPlan {
     pub(super) redis_url: String,
     pub(super) nats_url: String,
     pub(super) kafka_brokers: String,
+    pub(super) mqtt_host: String,
+    pub(super) mqtt_port: u16,
 }
 
 /// A broker the bench relays to.
@@ -46,6 +48,8 @@ pub enum Broker {
     Redis,
     Nats,
     Kafka,
+    /// The MQTT bridge's ingest (device messages into the store), the other way round.
+    Mqtt,
 }
 
 pub(super) async fn bench_relay(dir: &std::path::Path, plan: &RelayPlan) -> Result<(Vec<Row>, serde_json::Value)> {
@@ -63,6 +67,26 @@ pub(super) async fn bench_relay(dir: &std::path::Path, plan: &RelayPlan) -> Resu
     extra.insert("engine_only_events_per_sec".into(), engine_only.events_per_sec.into());
     rows.push(engine_only);
     for broker in &plan.brokers {
+        if *broker == Broker::Mqtt {
+            let mqtt = super::mqtt_ingest::bench_mqtt_ingest(
+                dir,
+                &plan.mqtt_host,
+                plan.mqtt_port,
+                plan.events,
+                plan.event_size,
+                &run,
+            )
+            .await
+            .context("reel bench relay mqtt")?;
+            extra.insert(
+                "mqtt".into(),
+                serde_json::json!({ "plain_events_per_sec": mqtt[0].events_per_sec,
+                    "ingest_events_per_sec": mqtt[1].events_per_sec,
+                    "ratio": mqtt[1].events_per_sec / mqtt[0].events_per_sec }),
+            );
+            rows.extend(mqtt);
+            continue;
+        }
         let name = format!("{broker:?}").to_lowercase();
         let (baseline_row, relay_row, latency) = bench_broker(*broker, dir, &store, &events, plan, &run)
             .await
@@ -174,6 +198,7 @@ async fn bench_broker(
             plain.delete_stream(&stream).await?;
             Ok((baseline, relay, latency))
         }
+        Broker::Mqtt => unreachable!("the MQTT ingest is measured by mqtt_ingest"),
         Broker::Kafka => {
             let plain = PlainKafka::connect(&plan.kafka_brokers, &format!("reelbench.{run}.plain")).await?;
             let baseline = plain_row(

@@ -62,7 +62,18 @@ async fn fixture_at(
     spec: SubscriberSpec,
     retry: ClockBasedRetryStrategy,
 ) -> Fixture {
-    let sink = RedisStreamsSink::connect(url, KeyTemplate::parse(keys).unwrap(), None)
+    fixture_trimmed(url, keys, payload, spec, retry, None).await
+}
+
+async fn fixture_trimmed(
+    url: &str,
+    keys: &str,
+    payload: Payload,
+    spec: SubscriberSpec,
+    retry: ClockBasedRetryStrategy,
+    maxlen: Option<u64>,
+) -> Fixture {
+    let sink = RedisStreamsSink::connect(url, KeyTemplate::parse(keys).unwrap(), maxlen)
         .await
         .expect("Redis must be running at 127.0.0.1:6379 (.ci/run starts it)")
         .with_payload(payload);
@@ -291,4 +302,35 @@ async fn a_redis_outage_is_retried_visibly_until_redis_returns() {
     runner.await.unwrap();
     let keys: Vec<String> = (0..10).map(|c| format!("reel:cat{c}")).collect();
     assert_relayed_exactly_once(&f.store, &entries_at(&url, &keys).await).await;
+}
+
+/// `MAXLEN ~ n`: each key keeps about its last n entries (Redis trims whole nodes, so at least
+/// n and less than n plus a node), and the newest entry is the log's last event of that key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trimmed_relay_keeps_about_the_last_entries_of_each_key() {
+    let prefix = prefix();
+    let retry = ClockBasedRetryStrategy { base_delay: Duration::from_millis(20), ..Default::default() };
+    let spec = SubscriberSpec::new("redis_relay", RunMode::FromBeginning).unwrap().in_group("relay");
+    let f = fixture_trimmed(REDIS, &format!("{prefix}:{{category}}"), Payload::Data, spec, retry, Some(300)).await;
+    append(&f.store, 100, 100).await;
+    relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(120)).await;
+    let mut connection = redis().await;
+    let head = f.store.head().await.unwrap().0;
+    for c in 0..10 {
+        let key = format!("{prefix}:cat{c}");
+        let length: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut connection).await.unwrap();
+        assert!((300..1_000).contains(&length), "{key} trimmed to about 300 of 1,000 entries: {length}");
+        let last: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let position: u64 = last[0].0.trim_end_matches("-0").parse().unwrap();
+        assert!(head - position < 100, "{key} ends with one of the last events: {position} of {head}");
+    }
+    delete(&(0..10).map(|c| format!("{prefix}:cat{c}")).collect::<Vec<_>>()).await;
 }
