@@ -107,6 +107,10 @@ impl MqttBridgeOptions {
     }
 }
 
+/// Most messages stored in one round. The broker's in-flight window (Mosquitto's
+/// `max_inflight_messages`, 20 by default) is what usually bounds a round.
+const MAX_ROUND: usize = 1_000;
+
 /// Counts of what the ingest did since it started.
 #[derive(Debug, Default)]
 pub struct IngestCounts {
@@ -201,23 +205,54 @@ impl MqttIngest {
         ));
         tokio::pin!(stop);
         let outcome = loop {
-            let publish = tokio::select! {
+            let first = tokio::select! {
                 _ = &mut stop => break Ok(()),
                 publish = received.recv() => publish,
             };
-            let Some(publish) = publish else {
+            let Some(first) = first else {
                 break Err(ReelError::Storage {
                     context: "following the MQTT events topic".into(),
                     message: "the connection task ended".into(),
                 });
             };
-            self.ingest(&publish).await;
-            if let Err(e) = client.try_ack(&publish) {
-                tracing::warn!(error = %e, "could not queue the MQTT ack; the broker will redeliver");
+            // Whatever else has arrived is stored together: each device's messages in order, the
+            // devices side by side, so their appends share the store's group commits.
+            let mut round = vec![first];
+            while round.len() < MAX_ROUND {
+                match received.try_recv() {
+                    Ok(publish) => round.push(publish),
+                    Err(_) => break,
+                }
+            }
+            self.ingest_round(&round).await;
+            // Acknowledged in the order received (as MQTT asks), each only after it is stored.
+            for publish in &round {
+                if let Err(e) = client.try_ack(publish) {
+                    tracing::warn!(error = %e, "could not queue the MQTT ack; the broker will redeliver");
+                }
             }
         };
         connection.abort();
         outcome
+    }
+
+    /// Stores the messages of one round: one device's messages one after the other, in the
+    /// order they came, and different devices concurrently.
+    async fn ingest_round(&self, round: &[Publish]) {
+        let mut by_device: Vec<(&str, Vec<&Publish>)> = Vec::new();
+        for publish in round {
+            let device = self.options.device_of(&publish.topic).unwrap_or("");
+            match by_device.iter_mut().find(|(d, _)| *d == device) {
+                Some((_, messages)) => messages.push(publish),
+                None => by_device.push((device, vec![publish])),
+            }
+        }
+        futures_util::future::join_all(by_device.into_iter().map(|(_, messages)| async move {
+            for publish in messages {
+                self.ingest(publish).await;
+            }
+        }))
+        .await;
     }
 
     /// Stores one message's events, or dead-letters it; retries while the store is away.
