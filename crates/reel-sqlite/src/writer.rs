@@ -224,11 +224,16 @@ struct KnownState {
     data_version: Option<i64>,
     head: Option<Position>,
     streams: HashMap<StreamName, (i64, u64)>,
+    /// The latest event ids of streams appended to with ids of the caller's, by stream id.
+    recent: HashMap<i64, RecentIdWindow>,
 }
 
 impl KnownState {
     /// Most streams remembered; past this the memory starts over.
     const MAX_STREAMS: usize = 100_000;
+    /// Most event ids remembered in recent-id windows (about 40 bytes each); past this the
+    /// windows start over.
+    const MAX_RECENT_IDS: usize = 1_000_000;
 
     fn forget(&mut self) {
         *self = KnownState::default();
@@ -268,6 +273,7 @@ fn commit_group(
     };
     // Rows changed by this transaction, remembered only once it commits.
     let mut staged: HashMap<StreamName, (i64, u64)> = HashMap::new();
+    let mut staged_recent: HashMap<i64, RecentIdWindow> = HashMap::new();
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
         let row = match staged.get(&request.stream).or_else(|| known.streams.get(&request.stream)) {
@@ -280,7 +286,8 @@ fn commit_group(
                 }
             },
         };
-        match append_one(&tx, request, row, &mut head, now) {
+        let mut recent = RecentWindows { known: &mut known.recent, staged: &mut staged_recent };
+        match append_one(&tx, request, row, &mut head, now, &mut recent) {
             Ok((result, row)) => {
                 staged.insert(request.stream.clone(), row);
                 results.push(Ok(result));
@@ -306,6 +313,11 @@ fn commit_group(
         known.streams.clear();
     }
     known.streams.extend(staged);
+    let remembered: usize = known.recent.values().chain(staged_recent.values()).map(|w| w.ids.len()).sum();
+    if remembered > KnownState::MAX_RECENT_IDS {
+        known.recent.clear();
+    }
+    known.recent.extend(staged_recent);
     known.head = Some(head);
     notifier.advance(head);
     results
@@ -318,6 +330,7 @@ fn append_one(
     row: Option<(i64, u64)>,
     head: &mut Position,
     now: Timestamp,
+    recent: &mut RecentWindows<'_>,
 ) -> Result<(AppendResult, (i64, u64)), Rejected> {
     let stream = &request.stream;
     let events = &request.events;
@@ -334,14 +347,79 @@ fn append_one(
         );
     }
     // Client-supplied ids may repeat an earlier append whatever the expected version said.
-    if let Some(found @ (stream_id, version)) = row {
-        if events.iter().any(|e| e.id.is_some()) {
-            if let Some(result) = earlier_append_among_recent(conn, stream, stream_id, version, events)? {
-                return Ok((result, found));
-            }
+    let with_ids = events.iter().any(|e| e.id.is_some());
+    if let (Some(found @ (stream_id, version)), true) = (row, with_ids) {
+        let window = recent.window(conn, stream_id, version)?;
+        if let Some(result) = earlier_append_among_recent(conn, stream, stream_id, window, events)? {
+            return Ok((result, found));
         }
     }
-    insert(conn, stream, row, events, head, now).map_err(Rejected::Write)
+    let (result, row) = insert(conn, stream, row, events, head, now).map_err(Rejected::Write)?;
+    // The stream's window moves with this append (a new stream's starts with it), so the next
+    // append with ids is checked without a scan.
+    let first_version = result.next_version.0 + 1 - events.len() as u64;
+    let window = match recent.take(row.0) {
+        Some(window) if window.version + 1 == first_version => Some(window),
+        _ if with_ids && first_version == 0 => Some(RecentIdWindow::default()),
+        // No window of the stream as it was just before: the next append with ids reads one.
+        _ => None,
+    };
+    if let Some(window) = window {
+        let ids = stored_ids(conn, row.0, first_version, events.len()).map_err(Rejected::Write)?;
+        recent.staged.insert(row.0, window.advanced(first_version, ids));
+    }
+    Ok((result, row))
+}
+
+/// The event ids of a stream's latest [`RECENT_ID_WINDOW`] versions, as of `version`.
+#[derive(Clone, Debug, Default)]
+struct RecentIdWindow {
+    /// The stream version the window ends at.
+    version: u64,
+    /// Event id → stream version, for the versions in the window only.
+    ids: HashMap<EventId, u64>,
+    /// The same ids in version order, oldest first, to drop them as the window moves.
+    order: std::collections::VecDeque<EventId>,
+}
+
+impl RecentIdWindow {
+    /// The window after `ids` were appended from `first_version` on.
+    fn advanced(mut self, first_version: u64, ids: Vec<EventId>) -> Self {
+        self.version = first_version + ids.len().max(1) as u64 - 1;
+        for (i, id) in ids.into_iter().enumerate() {
+            self.ids.insert(id, first_version + i as u64);
+            self.order.push_back(id);
+        }
+        while self.order.len() as u64 > RECENT_ID_WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        self
+    }
+}
+
+/// The windows of a group commit: those of earlier commits (`known`) move to `staged` as the
+/// group uses them, and all return to `known` if it commits (a failed commit forgets them all).
+struct RecentWindows<'a> {
+    known: &'a mut HashMap<i64, RecentIdWindow>,
+    staged: &'a mut HashMap<i64, RecentIdWindow>,
+}
+
+impl RecentWindows<'_> {
+    /// Takes the window of `stream_id` (from this group, from earlier ones, or none).
+    fn take(&mut self, stream_id: i64) -> Option<RecentIdWindow> {
+        self.staged.remove(&stream_id).or_else(|| self.known.remove(&stream_id))
+    }
+
+    /// The window of `stream_id` at `version`: remembered if it ends there, read otherwise.
+    fn window(&mut self, conn: &Connection, stream_id: i64, version: u64) -> Result<&HashMap<EventId, u64>, Rejected> {
+        let current = match self.take(stream_id) {
+            Some(window) if window.version == version => window,
+            _ => recent_window(conn, stream_id, version)?,
+        };
+        Ok(&self.staged.entry(stream_id).insert_entry(current).into_mut().ids)
+    }
 }
 
 fn insert(
@@ -456,25 +534,49 @@ fn earlier_append_at(
     same_append(stream, &stored, events).map(Some)
 }
 
-/// Looks for the batch's ids among the stream's latest [`RECENT_ID_WINDOW`] events.
-fn earlier_append_among_recent(
-    conn: &Connection,
-    stream: &StreamName,
-    stream_id: i64,
-    version: u64,
-    events: &[NewEvent],
-) -> Result<Option<AppendResult>, ReelError> {
+/// Reads the event ids of the stream's latest [`RECENT_ID_WINDOW`] events, up to `version`.
+fn recent_window(conn: &Connection, stream_id: i64, version: u64) -> Result<RecentIdWindow, ReelError> {
     let start = version.saturating_sub(RECENT_ID_WINDOW - 1);
     let mut statement = conn
-        .prepare_cached("SELECT event_id, stream_version FROM events WHERE stream_id = ?1 AND stream_version >= ?2")
+        .prepare_cached(
+            "SELECT event_id, stream_version FROM events WHERE stream_id = ?1 AND stream_version >= ?2
+             ORDER BY stream_version",
+        )
         .map_err(|e| ReelError::storage("checking recent event ids", e))?;
-    let recent: HashMap<EventId, u64> = statement
+    let rows: Vec<(EventId, u64)> = statement
         .query_map(params![stream_id, start as i64], |r| {
             Ok((EventId::from_bytes(r.get::<_, [u8; 16]>(0)?), r.get::<_, i64>(1)? as u64))
         })
         .and_then(|rows| rows.collect())
         .map_err(|e| ReelError::storage("checking recent event ids", e))?;
-    match check_recent(stream, &recent, events)? {
+    Ok(RecentIdWindow { version, order: rows.iter().map(|(id, _)| *id).collect(), ids: rows.into_iter().collect() })
+}
+
+/// The ids stored for `count` versions of a stream from `first_version` on.
+fn stored_ids(conn: &Connection, stream_id: i64, first_version: u64, count: usize) -> Result<Vec<EventId>, ReelError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT event_id FROM events WHERE stream_id = ?1 AND stream_version >= ?2
+             ORDER BY stream_version LIMIT ?3",
+        )
+        .map_err(|e| ReelError::storage("remembering appended event ids", e))?;
+    statement
+        .query_map(params![stream_id, first_version as i64, count as i64], |r| {
+            Ok(EventId::from_bytes(r.get::<_, [u8; 16]>(0)?))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| ReelError::storage("remembering appended event ids", e))
+}
+
+/// Looks for the batch's ids among the stream's latest [`RECENT_ID_WINDOW`] events (`recent`).
+fn earlier_append_among_recent(
+    conn: &Connection,
+    stream: &StreamName,
+    stream_id: i64,
+    recent: &HashMap<EventId, u64>,
+    events: &[NewEvent],
+) -> Result<Option<AppendResult>, ReelError> {
+    match check_recent(stream, recent, events)? {
         RecentIds::New => Ok(None),
         RecentIds::RetryFrom(version) => {
             let stored = stored_from(conn, stream_id, version, events.len())?;

@@ -154,3 +154,56 @@ async fn the_stage_report_counts_every_append_and_shows_checkpoints_apart() {
     let plain = SqliteStore::open(dir.path().join("reel.db")).unwrap();
     assert!(plain.stage_report().is_none(), "nothing is recorded unless asked");
 }
+
+fn with_id(event_type: &str) -> NewEvent {
+    NewEvent::new(event_type, "{}").with_id(reel_core::EventId::new_v7())
+}
+
+/// The writer remembers each stream's latest event ids after an append that carried ids, so
+/// the next one is checked without reading them again. What another writer of the same file
+/// appended in between is seen all the same: a retry of its append through this store is
+/// recognised, not stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_recognised_after_another_writer_of_the_file_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reel.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    let s = stream("device-1");
+    a.append(&s, ExpectedVersion::Any, vec![with_id("First")]).await.unwrap();
+    a.append(&s, ExpectedVersion::Any, vec![with_id("Second")]).await.unwrap();
+    let other = vec![with_id("FromB"), with_id("FromB")];
+    let original = b.append(&s, ExpectedVersion::Any, other.clone()).await.unwrap();
+    assert_eq!(a.append(&s, ExpectedVersion::Any, other).await.unwrap(), original, "b's append recognised by a");
+    assert_eq!(a.head().await.unwrap(), Position(4), "stored once");
+}
+
+/// The remembered window is exactly the latest `RECENT_ID_WINDOW` events, as a fresh read
+/// would give: after 1,000 later events the first one's id is no longer among them (a repeat is
+/// a new event, as documented), while the second's still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remembered_id_window_moves_exactly_with_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("reel.db")).unwrap();
+    let s = stream("device-2");
+    let first = vec![with_id("First")];
+    let second = vec![with_id("Second")];
+    store.append(&s, ExpectedVersion::Any, first.clone()).await.unwrap();
+    let second_result = store.append(&s, ExpectedVersion::Any, second.clone()).await.unwrap();
+    // 999 more (versions 2..=1000), in appends of various sizes, some without ids.
+    let mut written = 0;
+    for size in (1..).cycle() {
+        if written == 999 {
+            break;
+        }
+        let size = size.min(999 - written) as usize;
+        let batch: Vec<NewEvent> =
+            (0..size).map(|i| if i % 3 == 2 { NewEvent::new("Plain", "{}") } else { with_id("Filler") }).collect();
+        store.append(&s, ExpectedVersion::Any, batch).await.unwrap();
+        written += size as u64;
+    }
+    assert_eq!(store.stream_version(&s).await.unwrap(), Some(StreamVersion(1000)));
+    assert_eq!(store.append(&s, ExpectedVersion::Any, second).await.unwrap(), second_result, "version 1 is inside");
+    let again = store.append(&s, ExpectedVersion::Any, first).await.unwrap();
+    assert_eq!(again.first_position, Position(1002), "version 0 fell out of the window");
+}
