@@ -348,9 +348,24 @@ fn a_server_runs_the_relays_of_its_config_file() {
     let cli = Cli::new();
     let prefix = format!("reeltest:{}", uuid::Uuid::new_v4());
     let config = cli.path("relays.toml");
+    let http = common::http();
+    // A server whose only relay runs `once` keeps serving after the relay finished.
+    let once = cli.path("once.toml");
+    write(
+        &once,
+        &format!("[[relay]]\nsink = \"redis\"\nid = \"once_out\"\nmode = \"once\"\nkey = \"{prefix}:once\"\n"),
+    );
+    let mut served = cli.serve(&["--relays", once.to_str().unwrap()]);
+    wait_until("the once relay finished", || {
+        let listed = http.get(format!("{}/subscriptions", served.base)).send().unwrap().text().unwrap();
+        listed.contains("finished")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(served.child.try_wait().unwrap().is_none(), "the server still runs after its once relay finished");
+    drop(served);
+
     write(&config, &format!("[[relay]]\nsink = \"redis\"\nid = \"served_out\"\nkey = \"{prefix}:{{category}}\"\n"));
     let served = cli.serve(&["--relays", config.to_str().unwrap()]);
-    let http = common::http();
     for i in 0..50 {
         let body = serde_json::json!({ "type": "Counted", "data": { "i": i } });
         let answer = http.post(format!("{}/streams/unit-{}", served.base, i % 5)).json(&body).send().unwrap();

@@ -89,7 +89,8 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
         server.run(signal).await?;
         return Ok(());
     }
-    // The server and the relays stop together: on a signal, or when either of them ends.
+    // The server and the relays stop together: on a signal, when the server ends, or when a
+    // relay fails (a `once` relay that finished leaves the server running).
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait_for_stop = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
@@ -108,7 +109,9 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
     };
     let relaying = async {
         let outcome = run_all(runs, wait_for_stop(stopped.clone())).await;
-        let _ = stop.send(true);
+        if outcome.is_err() {
+            let _ = stop.send(true);
+        }
         outcome
     };
     let (served, relayed) = tokio::join!(serving, relaying);
