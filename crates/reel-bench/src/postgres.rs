@@ -267,7 +267,11 @@ async fn writer_sweep(
         points.push(serde_json::json!({ "what": "lock hand-off ceiling", "stores": 0, "writers": writers,
             "events_per_sec": ceiling.rate(), "p50_ms": ceiling.quantile_ms(0.5), "p99_ms": ceiling.quantile_ms(0.99) }));
     }
-    for (stores, per_store) in [(1u64, 1u64), (1, 16), (1, 64), (16, 1), (16, 4)] {
+    // The last point carries the caller's own event ids (as a device's uplink does): each
+    // append is then also checked for a retry among the stream's recent ids.
+    for (stores, per_store, ids) in
+        [(1u64, 1u64, false), (1, 16, false), (1, 64, false), (16, 1, false), (16, 4, false), (1, 16, true)]
+    {
         let mut instances = Vec::new();
         for _ in 0..stores {
             instances.push(PostgresStore::connect(&plan.url, schema).await?);
@@ -275,7 +279,7 @@ async fn writer_sweep(
         let instances = Arc::new(instances);
         let writers = stores * per_store;
         let data = Arc::new(data.to_vec());
-        let prefix = format!("sweep{stores}x{per_store}");
+        let prefix = format!("sweep{stores}x{per_store}{}", if ids { "ids" } else { "" });
         eprintln!("sweep: {stores} store instance(s) × {per_store} writer(s), {seconds} s");
         let result = timed(writers, seconds, move |w, n| {
             let (instances, data) = (instances.clone(), data.clone());
@@ -285,15 +289,21 @@ async fn writer_sweep(
                 let expected =
                     n.checked_sub(1).map_or(ExpectedVersion::NoStream, |v| ExpectedVersion::Exact(StreamVersion(v)));
                 let store = &instances[(w % instances.len() as u64) as usize];
-                store.append(&stream, expected, vec![NewEvent::new("Bench", data.to_vec())]).await?;
+                let mut event = NewEvent::new("Bench", data.to_vec());
+                if ids {
+                    event = event.with_id(reel_core::EventId::new_v7());
+                }
+                store.append(&stream, expected, vec![event]).await?;
                 Ok(())
             }
         })
         .await?;
-        let name =
-            format!("reel, {stores} store instance(s) × {per_store} writer(s), single Exact appends, {seconds} s");
+        let with_ids = if ids { " with their own event ids" } else { "" };
+        let name = format!(
+            "reel, {stores} store instance(s) × {per_store} writer(s), single Exact appends{with_ids}, {seconds} s"
+        );
         rows.push(timed_row(name, &result, baselines.get(&writers).map(|b| (*b, "the plain INSERT"))));
-        points.push(serde_json::json!({ "what": "reel", "stores": stores, "writers": writers,
+        points.push(serde_json::json!({ "what": "reel", "stores": stores, "writers": writers, "client_ids": ids,
             "events_per_sec": result.rate(), "p50_ms": result.quantile_ms(0.5), "p99_ms": result.quantile_ms(0.99) }));
     }
     Ok(serde_json::Value::Array(points))
