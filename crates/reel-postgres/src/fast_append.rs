@@ -15,9 +15,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use reel_core::backend::idempotency::{check_recent, RecentIds};
+use reel_core::backend::idempotency::{check_recent, RecentIds, RECENT_ID_WINDOW};
 use reel_core::backend::HeadNotifier;
-use reel_core::{AppendRequest, AppendResult, Position, ReelError, StreamName, Timestamp};
+use reel_core::{AppendRequest, AppendResult, EventId, Position, ReelError, StreamName, Timestamp};
 use tokio_postgres::Client;
 
 use crate::durable;
@@ -25,14 +25,22 @@ use crate::writer::{load_streams, prepared, GroupWrite, Statements, StreamState}
 
 /// Streams this writer has seen: stream id and version. Only a hint: `append_group` checks it
 /// under the lock, so a stale entry costs a retry the careful way, never a wrong answer.
+///
+/// For streams appended with ids it also keeps their latest [`RECENT_ID_WINDOW`] event ids at a
+/// version, so the next append with ids is decided without reading them. The window is used
+/// only while the stream's version is the one it was kept at, and the call checks that version
+/// under the lock: events up to a version never change, so the window is the stored one.
 #[derive(Default)]
 pub(crate) struct KnownStreams {
     streams: HashMap<StreamName, (i64, u64)>,
+    windows: HashMap<StreamName, (u64, HashMap<EventId, u64>)>,
 }
 
 impl KnownStreams {
     /// Most streams remembered; past this the memory starts over.
     const MAX_STREAMS: usize = 100_000;
+    /// Most id windows remembered (up to 1,000 ids each); past this they start over.
+    const MAX_WINDOWS: usize = 1_000;
 
     fn get(&self, name: &StreamName) -> Option<(i64, u64)> {
         self.streams.get(name).copied()
@@ -41,14 +49,31 @@ impl KnownStreams {
     fn remember(&mut self, name: &StreamName, stream_id: i64, version: u64) {
         if self.streams.len() >= Self::MAX_STREAMS {
             self.streams.clear();
+            self.windows.clear();
         }
         self.streams.insert(name.clone(), (stream_id, version));
+    }
+
+    /// Keeps the ids of the window that ends at `version` (`ids` may hold older ones too).
+    fn remember_window(&mut self, name: &StreamName, version: u64, mut ids: HashMap<EventId, u64>) {
+        if self.windows.len() >= Self::MAX_WINDOWS {
+            self.windows.clear();
+        }
+        let start = (version + 1).saturating_sub(RECENT_ID_WINDOW);
+        ids.retain(|_, v| *v >= start && *v <= version);
+        self.windows.insert(name.clone(), (version, ids));
+    }
+
+    /// The window of `name` if it ends at `version`.
+    fn window(&self, name: &StreamName, version: u64) -> Option<&HashMap<EventId, u64>> {
+        self.windows.get(name).filter(|(at, _)| *at == version).map(|(_, ids)| ids)
     }
 
     /// Forgets the group's streams (after the careful path, which may have changed them).
     pub(crate) fn forget(&mut self, requests: &[&AppendRequest]) {
         for request in requests {
             self.streams.remove(&request.stream);
+            self.windows.remove(&request.stream);
         }
     }
 }
@@ -113,12 +138,19 @@ pub(crate) async fn try_append(
         }
     };
     contention.observe(head, Position(head.0 + offset.0));
-    for state in streams.values() {
+    for state in streams.into_values() {
         if let (Some(id), Some(version)) = (state.stream_id, state.version) {
             known.remember(state.name, id, version);
+            if state.window_complete {
+                // The stored window plus this group's ids: the window at the new version.
+                known.remember_window(state.name, version, state.recent);
+            } else {
+                known.windows.remove(state.name);
+            }
         } else {
             // Created by this group: its id is read the next time.
             known.streams.remove(state.name);
+            known.windows.remove(state.name);
         }
     }
     notifier.advance(durable);
@@ -166,18 +198,24 @@ impl Contention {
     }
 }
 
-/// The group's streams from memory, when every one is remembered and no request carries ids
-/// (ids need the stream's recent ids, which only a read gives).
+/// The group's streams from memory, when every one is remembered, and so is the recent-id
+/// window of each one appended with ids.
 fn remembered<'a>(requests: &[&'a AppendRequest], known: &KnownStreams) -> Option<HashMap<&'a str, StreamState<'a>>> {
-    let mut streams = HashMap::with_capacity(requests.len());
+    let mut streams: HashMap<&'a str, StreamState<'a>> = HashMap::with_capacity(requests.len());
     for request in requests {
-        if request.events.iter().any(|e| e.id.is_some()) {
+        let (stream_id, version) = known.get(&request.stream)?;
+        let window = known.window(&request.stream, version);
+        if window.is_none() && request.events.iter().any(|e| e.id.is_some()) {
             return None;
         }
-        let (stream_id, version) = known.get(&request.stream)?;
-        streams
-            .entry(request.stream.as_str())
-            .or_insert_with(|| StreamState::stored(&request.stream, stream_id, version));
+        streams.entry(request.stream.as_str()).or_insert_with(|| {
+            let mut state = StreamState::stored(&request.stream, stream_id, version);
+            if let Some(ids) = window {
+                state.recent = ids.clone();
+                state.window_complete = true;
+            }
+            state
+        });
     }
     Some(streams)
 }

@@ -207,6 +207,9 @@ pub(crate) struct StreamState<'a> {
     pub(crate) version: Option<u64>,
     /// Recent ids (stored window plus this group's), loaded only for streams appended with ids.
     pub(crate) recent: HashMap<EventId, u64>,
+    /// Whether `recent` held every id of the stream's latest [`RECENT_ID_WINDOW`] versions up to
+    /// `stored_version` before the group (so a writer may remember the window after it).
+    pub(crate) window_complete: bool,
     /// This group's events for the stream, in version order.
     pending: Vec<Pending<'a>>,
 }
@@ -214,12 +217,27 @@ pub(crate) struct StreamState<'a> {
 impl<'a> StreamState<'a> {
     /// A stream not stored (yet).
     fn absent(name: &'a StreamName) -> Self {
-        Self { name, stream_id: None, stored_version: None, version: None, recent: HashMap::new(), pending: Vec::new() }
+        Self {
+            name,
+            stream_id: None,
+            stored_version: None,
+            version: None,
+            recent: HashMap::new(),
+            // A stream with no events has an empty window.
+            window_complete: true,
+            pending: Vec::new(),
+        }
     }
 
-    /// A stored stream at `version`.
+    /// A stored stream at `version`, its recent ids not known.
     pub(crate) fn stored(name: &'a StreamName, stream_id: i64, version: u64) -> Self {
-        Self { stream_id: Some(stream_id), stored_version: Some(version), version: Some(version), ..Self::absent(name) }
+        Self {
+            stream_id: Some(stream_id),
+            stored_version: Some(version),
+            version: Some(version),
+            window_complete: false,
+            ..Self::absent(name)
+        }
     }
 }
 
@@ -336,11 +354,21 @@ async fn load<'a, C: GenericClient + Sync>(
             state.stream_id = Some(row.get(1));
             state.stored_version = Some(version);
             state.version = Some(version);
+            state.window_complete = false;
         }
     }
     for row in &recent {
         if let Some(state) = streams.get_mut(row.get::<_, &str>(0)) {
             state.recent.insert(EventId(row.get(1)), row.get::<_, i64>(2) as u64);
+        }
+    }
+    // The ids were read by a statement of their own, after the lookup: the window is the one at
+    // the looked-up version only if no id is newer (a newer read may start its window later).
+    for name in &with_ids {
+        if let Some(state) = streams.get_mut(name) {
+            if let Some(version) = state.stored_version {
+                state.window_complete = state.recent.values().all(|v| *v <= version);
+            }
         }
     }
     Ok((head, streams))

@@ -750,3 +750,58 @@ async fn a_writer_alone_for_a_second_still_answers_only_what_is_durable() {
     assert_eq!(result.first_position, Position(6), "after the other server's event");
     assert!(durable_head(&admin, &schema).await >= 6);
 }
+
+fn with_id(event_type: &str) -> NewEvent {
+    NewEvent::new(event_type, "{}").with_id(reel_core::EventId::new_v7())
+}
+
+/// A writer remembers a stream's recent ids after an append with ids and decides the next one
+/// from memory; what another server appended in between is still seen: a retry of its append
+/// through this one is recognised, not stored twice. So is a retry of this writer's own earlier
+/// append, decided from the remembered window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_recognised_after_another_server_appended_to_the_stream() {
+    let schema = fresh_schema();
+    let a = connect(&schema).await;
+    let b = connect(&schema).await;
+    let s = StreamName::new("device-1").unwrap();
+    let first = vec![with_id("First"), with_id("First")];
+    let first_result = a.append(&s, ExpectedVersion::Any, first.clone()).await.unwrap();
+    for _ in 0..3 {
+        a.append(&s, ExpectedVersion::Any, vec![with_id("Next")]).await.unwrap();
+    }
+    assert_eq!(a.append(&s, ExpectedVersion::Any, first).await.unwrap(), first_result, "a's own retry");
+    let other = vec![with_id("FromB"), with_id("FromB")];
+    let other_result = b.append(&s, ExpectedVersion::Any, other.clone()).await.unwrap();
+    assert_eq!(a.append(&s, ExpectedVersion::Any, other).await.unwrap(), other_result, "b's append through a");
+    a.append(&s, ExpectedVersion::Any, vec![with_id("Last")]).await.unwrap();
+    assert_eq!(a.head().await.unwrap(), Position(8), "each event stored once");
+}
+
+/// The remembered window is exactly the stream's latest 1,000 events: after 1,000 later events
+/// the first one's id is no longer among them (a repeat is a new event, as documented), while
+/// the second's still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remembered_id_window_moves_exactly_with_the_stream_on_postgres() {
+    let schema = fresh_schema();
+    let store = connect(&schema).await;
+    let s = StreamName::new("device-2").unwrap();
+    let first = vec![with_id("First")];
+    let second = vec![with_id("Second")];
+    store.append(&s, ExpectedVersion::Any, first.clone()).await.unwrap();
+    let second_result = store.append(&s, ExpectedVersion::Any, second.clone()).await.unwrap();
+    let mut written = 0u64;
+    let mut size = 0u64;
+    while written < 999 {
+        size = size % 7 + 1;
+        let n = size.min(999 - written);
+        let batch: Vec<NewEvent> =
+            (0..n).map(|i| if i % 3 == 2 { NewEvent::new("Plain", "{}") } else { with_id("Filler") }).collect();
+        store.append(&s, ExpectedVersion::Any, batch).await.unwrap();
+        written += n;
+    }
+    assert_eq!(store.stream_version(&s).await.unwrap(), Some(reel_core::StreamVersion(1000)));
+    assert_eq!(store.append(&s, ExpectedVersion::Any, second).await.unwrap(), second_result, "version 1 is inside");
+    let again = store.append(&s, ExpectedVersion::Any, first).await.unwrap();
+    assert_eq!(again.first_position, Position(1002), "version 0 fell out of the window");
+}
