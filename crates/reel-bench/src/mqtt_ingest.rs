@@ -106,10 +106,8 @@ pub(super) async fn bench_mqtt_ingest(
     if stored != events || counts.dead_lettered.load(Ordering::Relaxed) != 0 {
         anyhow::bail!("the bridge stored {stored} of {events} events");
     }
-    Ok(vec![with_ratio_named(ingest_row, plain.events_per_sec, "the plain subscriber"), plain]
-        .into_iter()
-        .rev()
-        .collect())
+    let plain_rate = plain.events_per_sec;
+    Ok(vec![plain, with_ratio_named(ingest_row, plain_rate, "the plain subscriber")])
 }
 
 /// One device-side client publishing for all the simulated devices.

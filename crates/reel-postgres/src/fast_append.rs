@@ -59,14 +59,26 @@ impl KnownStreams {
         if self.windows.len() >= Self::MAX_WINDOWS {
             self.windows.clear();
         }
-        let start = (version + 1).saturating_sub(RECENT_ID_WINDOW);
-        ids.retain(|_, v| *v >= start && *v <= version);
+        // A window holds one id per version up to `version`, so only one grown past its size
+        // holds versions that fell out of it.
+        if ids.len() as u64 > RECENT_ID_WINDOW {
+            let start = (version + 1).saturating_sub(RECENT_ID_WINDOW);
+            ids.retain(|_, v| *v >= start);
+        }
         self.windows.insert(name.clone(), (version, ids));
     }
 
-    /// The window of `name` if it ends at `version`.
-    fn window(&self, name: &StreamName, version: u64) -> Option<&HashMap<EventId, u64>> {
-        self.windows.get(name).filter(|(at, _)| *at == version).map(|(_, ids)| ids)
+    /// Whether the window of `name` ends at `version`.
+    fn has_window(&self, name: &StreamName, version: u64) -> bool {
+        self.windows.get(name).is_some_and(|(at, _)| *at == version)
+    }
+
+    /// Takes the window of `name` if it ends at `version` (it comes back after the write).
+    fn take_window(&mut self, name: &StreamName, version: u64) -> Option<HashMap<EventId, u64>> {
+        if !self.has_window(name, version) {
+            return None;
+        }
+        self.windows.remove(name).map(|(_, ids)| ids)
     }
 
     /// Forgets the group's streams (after the careful path, which may have changed them).
@@ -200,22 +212,29 @@ impl Contention {
 
 /// The group's streams from memory, when every one is remembered, and so is the recent-id
 /// window of each one appended with ids.
-fn remembered<'a>(requests: &[&'a AppendRequest], known: &KnownStreams) -> Option<HashMap<&'a str, StreamState<'a>>> {
-    let mut streams: HashMap<&'a str, StreamState<'a>> = HashMap::with_capacity(requests.len());
+fn remembered<'a>(
+    requests: &[&'a AppendRequest],
+    known: &mut KnownStreams,
+) -> Option<HashMap<&'a str, StreamState<'a>>> {
+    // Checked first, so that windows are taken only when the group goes this way.
     for request in requests {
-        let (stream_id, version) = known.get(&request.stream)?;
-        let window = known.window(&request.stream, version);
-        if window.is_none() && request.events.iter().any(|e| e.id.is_some()) {
+        let (_, version) = known.get(&request.stream)?;
+        if request.events.iter().any(|e| e.id.is_some()) && !known.has_window(&request.stream, version) {
             return None;
         }
-        streams.entry(request.stream.as_str()).or_insert_with(|| {
-            let mut state = StreamState::stored(&request.stream, stream_id, version);
-            if let Some(ids) = window {
-                state.recent = ids.clone();
-                state.window_complete = true;
-            }
-            state
-        });
+    }
+    let mut streams: HashMap<&'a str, StreamState<'a>> = HashMap::with_capacity(requests.len());
+    for request in requests {
+        if streams.contains_key(request.stream.as_str()) {
+            continue;
+        }
+        let (stream_id, version) = known.get(&request.stream)?;
+        let mut state = StreamState::stored(&request.stream, stream_id, version);
+        if let Some(ids) = known.take_window(&request.stream, version) {
+            state.recent = ids;
+            state.window_complete = true;
+        }
+        streams.insert(request.stream.as_str(), state);
     }
     Some(streams)
 }

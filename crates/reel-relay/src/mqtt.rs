@@ -239,15 +239,17 @@ impl MqttIngest {
     /// Stores the messages of one round: one device's messages one after the other, in the
     /// order they came, and different devices concurrently.
     async fn ingest_round(&self, round: &[Publish]) {
-        let mut by_device: Vec<(&str, Vec<&Publish>)> = Vec::new();
+        let mut by_device: Vec<Vec<&Publish>> = Vec::new();
+        let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for publish in round {
             let device = self.options.device_of(&publish.topic).unwrap_or("");
-            match by_device.iter_mut().find(|(d, _)| *d == device) {
-                Some((_, messages)) => messages.push(publish),
-                None => by_device.push((device, vec![publish])),
-            }
+            let slot = *index.entry(device).or_insert_with(|| {
+                by_device.push(Vec::new());
+                by_device.len() - 1
+            });
+            by_device[slot].push(publish);
         }
-        futures_util::future::join_all(by_device.into_iter().map(|(_, messages)| async move {
+        futures_util::future::join_all(by_device.into_iter().map(|messages| async move {
             for publish in messages {
                 self.ingest(publish).await;
             }

@@ -16,7 +16,7 @@ use reel_sqlite::SqliteStore;
 use reel_subscriptions::{ClockBasedRetryStrategy, ResetTo, SubscriberSpec, SubscriptionEngine};
 
 mod common;
-use common::{append, relay_until_caught_up, PrivateServer};
+use common::{append, relay_until_caught_up, wait_for_outage, wait_until_relaying, PrivateServer};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
@@ -283,27 +283,11 @@ async fn a_broker_outage_is_retried_visibly_until_the_broker_returns() {
         tokio::spawn(async move { relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(120)).await })
     };
     // Stop the broker once the relay is part-way.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let position = f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap()[0].position;
-        if position.0 > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the relay never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until_relaying(&f.engine).await;
     nats.stop();
     // While it is down the relay is in retry, and says why; it does not skip or park anything
     // (one retry is all an ordinary failure gets here).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let during = loop {
-        let s = f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap().remove(0);
-        if s.error.as_ref().is_some_and(|e| e.is_unavailable()) {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the outage never showed: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let during = wait_for_outage(&f.engine, 0, Duration::from_secs(30)).await;
     assert!(during.position < head, "the outage came before the end");
     // Each attempt waits out the ack timeout (2 s here), so give the retries time to pile up.
     let deadline = Instant::now() + Duration::from_secs(30);

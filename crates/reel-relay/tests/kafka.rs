@@ -15,7 +15,7 @@ use reel_sqlite::SqliteStore;
 use reel_subscriptions::{ClockBasedRetryStrategy, ResetTo, SubscriberSpec, SubscriptionEngine};
 
 mod common;
-use common::{append, relay_until_caught_up, PrivateServer};
+use common::{append, relay_until_caught_up, wait_for_outage, wait_until_relaying, PrivateServer};
 
 const BROKERS: &str = "127.0.0.1:9092";
 
@@ -232,21 +232,9 @@ async fn a_kafka_outage_is_retried_visibly_until_the_broker_answers_again() {
         let f = f.clone();
         tokio::spawn(async move { relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(180)).await })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap()[0].position.0 == 0 {
-        assert!(std::time::Instant::now() < deadline, "the relay never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until_relaying(&f.engine).await;
     server.pause();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let during = loop {
-        let s = f.engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap().remove(0);
-        if s.error.as_ref().is_some_and(|e| e.is_unavailable()) && s.retry_attempt > 1 {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "the outage never showed as retries: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let during = wait_for_outage(&f.engine, 2, Duration::from_secs(60)).await;
     assert!(during.position < head, "the outage came before the end");
     assert!(f.engine.overview(&SubscriptionCriteria::all()).await.unwrap()[0].parked.is_empty(), "nothing parked");
 

@@ -43,29 +43,52 @@ fn event_json(device: usize, n: usize) -> serde_json::Value {
     serde_json::json!({ "id": id, "type": "LockerOpened", "data": { "n": n } })
 }
 
+/// A bridge ingest into `store` following `<prefix>/devices/+/events`, connected and subscribed.
+struct RunningIngest {
+    ingest: Arc<MqttIngest>,
+    options: MqttBridgeOptions,
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<Result<(), reel_core::ReelError>>,
+}
+
+impl RunningIngest {
+    async fn start(prefix: &str, store: Arc<SqliteStore>) -> Self {
+        let mut options = MqttBridgeOptions::new("127.0.0.1", 1883);
+        options.client_id = format!("t{}", &unique()[..10]);
+        options.events_topic = format!("{prefix}/devices/+/events");
+        options.validate().unwrap();
+        let ingest = Arc::new(MqttIngest::new(options.clone(), store));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = {
+            let ingest = ingest.clone();
+            tokio::spawn(async move {
+                ingest
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            })
+        };
+        // The ingest subscribes after it connects; give it that moment before devices publish.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Self { ingest, options, stop, running }
+    }
+
+    /// Stops it; it must have run without an error.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.running.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_device_events_are_stored_once_in_each_devices_order() {
     let prefix = format!("reeltest/{}", unique());
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path().join("reel.db")).unwrap());
-    let mut options = MqttBridgeOptions::new("127.0.0.1", 1883);
-    options.client_id = format!("t{}", &unique()[..10]);
-    options.events_topic = format!("{prefix}/devices/+/events");
-    options.validate().unwrap();
-    let ingest = Arc::new(MqttIngest::new(options.clone(), store.clone()));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let ingest = ingest.clone();
-        tokio::spawn(async move {
-            ingest
-                .run(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    };
-    // The ingest subscribes after it connects; give it that moment before devices publish.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let running = RunningIngest::start(&prefix, store.clone()).await;
+    let ingest = running.ingest.clone();
+    let options = running.options.clone();
 
     let (device, _) = device_client(&format!("d{}", &unique()[..10]));
     let mut published = 0;
@@ -123,8 +146,7 @@ async fn redelivered_device_events_are_stored_once_in_each_devices_order() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
 
     assert_eq!(store.head().await.unwrap().0, 10_001 + 2, "10,001 device events and two dead letters, nothing twice");
     for d in 0..100 {
@@ -219,23 +241,8 @@ async fn a_store_slower_than_the_keep_alive_keeps_the_broker_connection() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reel.db");
     let store = Arc::new(SqliteStore::open(&path).unwrap());
-    let mut options = MqttBridgeOptions::new("127.0.0.1", 1883);
-    options.client_id = format!("t{}", &unique()[..10]);
-    options.events_topic = format!("{prefix}/devices/+/events");
-    let ingest = Arc::new(MqttIngest::new(options.clone(), store.clone()));
-    let counts = ingest.counts();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let ingest = ingest.clone();
-        tokio::spawn(async move {
-            ingest
-                .run(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let running = RunningIngest::start(&prefix, store.clone()).await;
+    let counts = running.ingest.counts();
     let (device, _) = device_client(&format!("d{}", &unique()[..10]));
     let topic = format!("{prefix}/devices/D1/events");
     let stored = |store: Arc<SqliteStore>| async move { store.head().await.unwrap().0 };
@@ -269,8 +276,7 @@ async fn a_store_slower_than_the_keep_alive_keeps_the_broker_connection() {
     // A connection the broker dropped during the stall shows once the bridge reads again.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(counts.connections.load(std::sync::atomic::Ordering::Relaxed), 1, "the connection never dropped");
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
     let events = store
         .read_stream(&StreamName::new("unit-D1").unwrap(), StreamVersion(0), Direction::Forward, 100)
         .await

@@ -226,6 +226,9 @@ struct KnownState {
     streams: HashMap<StreamName, (i64, u64)>,
     /// The latest event ids of streams appended to with ids of the caller's, by stream id.
     recent: HashMap<i64, RecentIdWindow>,
+    /// Ids held in `recent`, counted as windows come and go (summing them per commit would
+    /// cost a pass over every window on the commit path).
+    recent_ids: usize,
 }
 
 impl KnownState {
@@ -286,7 +289,8 @@ fn commit_group(
                 }
             },
         };
-        let mut recent = RecentWindows { known: &mut known.recent, staged: &mut staged_recent };
+        let mut recent =
+            RecentWindows { known: &mut known.recent, known_ids: &mut known.recent_ids, staged: &mut staged_recent };
         match append_one(&tx, request, row, &mut head, now, &mut recent) {
             Ok((result, row)) => {
                 staged.insert(request.stream.clone(), row);
@@ -313,11 +317,13 @@ fn commit_group(
         known.streams.clear();
     }
     known.streams.extend(staged);
-    let remembered: usize = known.recent.values().chain(staged_recent.values()).map(|w| w.ids.len()).sum();
-    if remembered > KnownState::MAX_RECENT_IDS {
+    let staged_ids: usize = staged_recent.values().map(|w| w.ids.len()).sum();
+    if known.recent_ids + staged_ids > KnownState::MAX_RECENT_IDS {
         known.recent.clear();
+        known.recent_ids = 0;
     }
     known.recent.extend(staged_recent);
+    known.recent_ids += staged_ids;
     known.head = Some(head);
     notifier.advance(head);
     results
@@ -354,7 +360,9 @@ fn append_one(
             return Ok((result, found));
         }
     }
-    let (result, row) = insert(conn, stream, row, events, head, now).map_err(Rejected::Write)?;
+    // Ids are settled before the insert, so the window below needs no read of what was written.
+    let ids: Vec<EventId> = events.iter().map(|e| e.id.unwrap_or_else(EventId::new_v7)).collect();
+    let (result, row) = insert(conn, stream, row, events, &ids, head, now).map_err(Rejected::Write)?;
     // The stream's window moves with this append (a new stream's starts with it), so the next
     // append with ids is checked without a scan.
     let first_version = result.next_version.0 + 1 - events.len() as u64;
@@ -365,7 +373,6 @@ fn append_one(
         _ => None,
     };
     if let Some(window) = window {
-        let ids = stored_ids(conn, row.0, first_version, events.len()).map_err(Rejected::Write)?;
         recent.staged.insert(row.0, window.advanced(first_version, ids));
     }
     Ok((result, row))
@@ -403,13 +410,18 @@ impl RecentIdWindow {
 /// group uses them, and all return to `known` if it commits (a failed commit forgets them all).
 struct RecentWindows<'a> {
     known: &'a mut HashMap<i64, RecentIdWindow>,
+    known_ids: &'a mut usize,
     staged: &'a mut HashMap<i64, RecentIdWindow>,
 }
 
 impl RecentWindows<'_> {
     /// Takes the window of `stream_id` (from this group, from earlier ones, or none).
     fn take(&mut self, stream_id: i64) -> Option<RecentIdWindow> {
-        self.staged.remove(&stream_id).or_else(|| self.known.remove(&stream_id))
+        self.staged.remove(&stream_id).or_else(|| {
+            let window = self.known.remove(&stream_id)?;
+            *self.known_ids -= window.ids.len();
+            Some(window)
+        })
     }
 
     /// The window of `stream_id` at `version`: remembered if it ends there, read otherwise.
@@ -427,6 +439,7 @@ fn insert(
     stream: &StreamName,
     row: Option<(i64, u64)>,
     events: &[NewEvent],
+    ids: &[EventId],
     head: &mut Position,
     now: Timestamp,
 ) -> Result<(AppendResult, (i64, u64)), ReelError> {
@@ -455,8 +468,7 @@ fn insert(
         )
         .map_err(write_err)?;
     let first_position = head.next();
-    for (i, event) in events.iter().enumerate() {
-        let id = event.id.unwrap_or_else(EventId::new_v7);
+    for (i, (event, id)) in events.iter().zip(ids).enumerate() {
         let metadata = metadata_text(event);
         statement
             .execute(params![
@@ -550,22 +562,6 @@ fn recent_window(conn: &Connection, stream_id: i64, version: u64) -> Result<Rece
         .and_then(|rows| rows.collect())
         .map_err(|e| ReelError::storage("checking recent event ids", e))?;
     Ok(RecentIdWindow { version, order: rows.iter().map(|(id, _)| *id).collect(), ids: rows.into_iter().collect() })
-}
-
-/// The ids stored for `count` versions of a stream from `first_version` on.
-fn stored_ids(conn: &Connection, stream_id: i64, first_version: u64, count: usize) -> Result<Vec<EventId>, ReelError> {
-    let mut statement = conn
-        .prepare_cached(
-            "SELECT event_id FROM events WHERE stream_id = ?1 AND stream_version >= ?2
-             ORDER BY stream_version LIMIT ?3",
-        )
-        .map_err(|e| ReelError::storage("remembering appended event ids", e))?;
-    statement
-        .query_map(params![stream_id, first_version as i64, count as i64], |r| {
-            Ok(EventId::from_bytes(r.get::<_, [u8; 16]>(0)?))
-        })
-        .and_then(|rows| rows.collect())
-        .map_err(|e| ReelError::storage("remembering appended event ids", e))
 }
 
 /// Looks for the batch's ids among the stream's latest [`RECENT_ID_WINDOW`] events (`recent`).

@@ -26,13 +26,16 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// The position the subscription `id` has saved (0 before it exists).
+fn saved_position(cli: &Cli, id: &str) -> u64 {
+    let listed = cli.ok(&["subscriptions", "list", "--json", "--id", id]);
+    let row: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap_or("null")).unwrap();
+    row["position"].as_u64().unwrap_or(0)
+}
+
 /// Waits until the subscription `id` has saved `position`.
 fn wait_for_position(cli: &Cli, id: &str, position: u64) {
-    wait_until("the position saved at the head", || {
-        let listed = cli.ok(&["subscriptions", "list", "--json", "--id", id]);
-        let row: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap_or("null")).unwrap();
-        row["position"].as_u64() == Some(position)
-    });
+    wait_until("the position saved at the head", || saved_position(cli, id) == position);
 }
 
 /// Entries of `key`: (entry id, stream, stream version, event id).
@@ -59,12 +62,7 @@ fn entries(connection: &mut redis::Connection, key: &str) -> Vec<(String, String
 fn a_relay_killed_mid_way_resumes_with_nothing_lost_duplicated_or_reordered() {
     let cli = Cli::new();
     let prefix = format!("reeltest:{}", uuid::Uuid::new_v4());
-    let file = cli.path("events.ndjson");
-    let lines: String = (0..100).map(|i| format!("{{\"type\":\"Counted\",\"data\":{{\"i\":{i}}}}}\n")).collect();
-    write(&file, &lines);
-    for s in 0..40 {
-        cli.ok(&["append", &format!("unit-{s}"), "--file", file.to_str().unwrap()]);
-    }
+    append_counted(&cli, (0..40).map(|s| format!("unit-{s}")));
     let key = format!("{prefix}:{{category}}");
     let stream_key = format!("{prefix}:unit");
     let mut connection = redis();
@@ -128,12 +126,7 @@ fn bad_relay_flags_are_refused_with_a_reason() {
 fn a_nats_relay_killed_mid_way_resumes_with_nothing_lost_duplicated_or_reordered() {
     use futures_util::StreamExt;
     let cli = Cli::new();
-    let file = cli.path("events.ndjson");
-    let lines: String = (0..100).map(|i| format!("{{\"type\":\"Counted\",\"data\":{{\"i\":{i}}}}}\n")).collect();
-    write(&file, &lines);
-    for s in 0..40 {
-        cli.ok(&["append", &format!("unit-{s}"), "--file", file.to_str().unwrap()]);
-    }
+    append_counted(&cli, (0..40).map(|s| format!("unit-{s}")));
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let (stream, subject) = (format!("RT{}", tag.to_uppercase()), format!("rt{tag}.{{category}}.{{stream}}"));
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -218,19 +211,9 @@ fn a_kafka_relay_killed_mid_way_resumes_with_nothing_lost_or_reordered() {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
     let cli = Cli::new();
-    let file = cli.path("events.ndjson");
-    let lines: String = (0..100).map(|i| format!("{{\"type\":\"Counted\",\"data\":{{\"i\":{i}}}}}\n")).collect();
-    write(&file, &lines);
-    for s in 0..40 {
-        cli.ok(&["append", &format!("unit-{s}"), "--file", file.to_str().unwrap()]);
-    }
+    append_counted(&cli, (0..40).map(|s| format!("unit-{s}")));
     let prefix = format!("reeltest-{}", uuid::Uuid::new_v4().simple());
     let topic = format!("{prefix}.{{category}}");
-    let position = |cli: &Cli| -> u64 {
-        let listed = cli.ok(&["subscriptions", "list", "--json", "--id", "kafka_1"]);
-        let row: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap_or("null")).unwrap();
-        row["position"].as_u64().unwrap_or(0)
-    };
     let spawn = || {
         cli.command()
             .args(["relay", "kafka", "kafka_1", "--brokers", "127.0.0.1:9092", "--topic", &topic, "--batch", "20"])
@@ -240,10 +223,10 @@ fn a_kafka_relay_killed_mid_way_resumes_with_nothing_lost_or_reordered() {
             .unwrap()
     };
     let mut relay = spawn();
-    wait_until("some events relayed", || position(&cli) >= 200);
+    wait_until("some events relayed", || saved_position(&cli, "kafka_1") >= 200);
     relay.kill().unwrap(); // SIGKILL
     relay.wait().unwrap();
-    assert!(position(&cli) < 4_000, "killed mid-way");
+    assert!(saved_position(&cli, "kafka_1") < 4_000, "killed mid-way");
     let mut relay = spawn();
     wait_for_position(&cli, "kafka_1", 4_000);
     std::process::Command::new("kill").arg("-TERM").arg(relay.id().to_string()).status().unwrap();
@@ -297,15 +280,19 @@ fn a_kafka_relay_killed_mid_way_resumes_with_nothing_lost_or_reordered() {
     assert!(versions.values().all(|v| *v == 99), "every event of every stream: {versions:?}");
 }
 
-/// Appends 40 streams of 100 events: `order-0` … `order-19` and `unit-0` … `unit-19`.
-fn append_orders_and_units(cli: &Cli) {
+/// Appends 100 `Counted` events to each of `streams`.
+fn append_counted(cli: &Cli, streams: impl IntoIterator<Item = String>) {
     let file = cli.path("events.ndjson");
     let lines: String = (0..100).map(|i| format!("{{\"type\":\"Counted\",\"data\":{{\"i\":{i}}}}}\n")).collect();
     write(&file, &lines);
-    for s in 0..20 {
-        cli.ok(&["append", &format!("order-{s}"), "--file", file.to_str().unwrap()]);
-        cli.ok(&["append", &format!("unit-{s}"), "--file", file.to_str().unwrap()]);
+    for stream in streams {
+        cli.ok(&["append", &stream, "--file", file.to_str().unwrap()]);
     }
+}
+
+/// Appends 40 streams of 100 events: `order-0` … `order-19` and `unit-0` … `unit-19`.
+fn append_orders_and_units(cli: &Cli) {
+    append_counted(cli, (0..20).flat_map(|s| [format!("order-{s}"), format!("unit-{s}")]));
 }
 
 /// Checks that `key` holds exactly the events of `category`, each once, each stream in order,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reel_core::{EventStore, ExpectedVersion, NewEvent, StreamName, SubscriptionCriteria};
+use reel_core::{EventStore, ExpectedVersion, NewEvent, StreamName, Subscription, SubscriptionCriteria};
 use reel_sqlite::SqliteStore;
 use reel_subscriptions::{ClockBasedRetryStrategy, Subscriber, SubscriptionEngine};
 
@@ -48,6 +48,31 @@ pub async fn relay_until_caught_up(store: &SqliteStore, engine: &SubscriptionEng
             return;
         }
         assert!(Instant::now() < deadline, "relay stuck at {} of {head}: {subscription:?}", subscription.position);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the engine's one subscription has saved a position (the relay is part-way).
+#[allow(dead_code)]
+pub async fn wait_until_relaying(engine: &SubscriptionEngine) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap()[0].position.0 == 0 {
+        assert!(Instant::now() < deadline, "the relay never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until the engine's one subscription shows a broker outage retried at least
+/// `min_retries` times, and returns it as it was then.
+#[allow(dead_code)]
+pub async fn wait_for_outage(engine: &SubscriptionEngine, min_retries: u32, within: Duration) -> Subscription {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = engine.subscriptions(&SubscriptionCriteria::all()).await.unwrap().remove(0);
+        if s.error.as_ref().is_some_and(|e| e.is_unavailable()) && s.retry_attempt >= min_retries {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the outage never showed as retries: {s:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

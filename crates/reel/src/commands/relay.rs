@@ -186,7 +186,8 @@ pub fn load_config(path: &Path) -> Result<Vec<RelayPlan>> {
 /// meaning, defaults or checks.
 fn parse_config(text: &str) -> Result<Vec<RelaySink>, String> {
     let document: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let line = e.span().map_or(1, |span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let before = e.span().map_or(0, |span| span.start.min(text.len()));
+        let line = text.as_bytes()[..before].iter().filter(|b| **b == b'\n').count() + 1;
         format!("line {line}: {}", e.message())
     })?;
     if let Some(key) = document.keys().find(|k| *k != "relay") {
