@@ -274,6 +274,10 @@ impl<S: Sink> Sink for Timed<S> {
         }
         delivery
     }
+
+    fn take_warning(&self) -> Option<String> {
+        self.inner.take_warning()
+    }
 }
 
 /// A worker runs a relay from now on a store of its own; events are appended at the plan's

@@ -46,7 +46,7 @@ pub use store::{
 pub use stream_name::StreamName;
 pub use subscription::{
     Lease, ParkedEvent, RunMode, Subscription, SubscriptionCriteria, SubscriptionError, SubscriptionId,
-    SubscriptionStatus, SubscriptionStore,
+    SubscriptionStatus, SubscriptionStore, SubscriptionWarning,
 };
 pub use timestamp::Timestamp;
 pub use upcast::{UpcastFn, Upcasters};

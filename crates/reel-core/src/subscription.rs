@@ -222,6 +222,17 @@ impl Lease {
     }
 }
 
+/// Something a subscriber wants operators to know while it keeps running (it is not failing):
+/// for example, a relay replaying events older than its broker's duplicate window. The latest
+/// one is kept with its time until another replaces it or the subscription is reset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionWarning {
+    /// What happened, in words.
+    pub message: String,
+    /// When it was reported.
+    pub at: Timestamp,
+}
+
 /// The persisted state of one subscriber's progress through the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
@@ -248,6 +259,9 @@ pub struct Subscription {
     /// Bumped by every save; a save based on an older revision is refused (`SubscriptionChanged`),
     /// so an operator's pause is never overwritten by a worker that loaded the row earlier.
     pub revision: u64,
+    /// The latest warning its subscriber reported, if any (see [`SubscriptionWarning`]).
+    #[serde(default)]
+    pub warning: Option<SubscriptionWarning>,
 }
 
 impl Subscription {
@@ -265,6 +279,7 @@ impl Subscription {
             last_saved_at: now,
             lease: None,
             revision: 0,
+            warning: None,
         }
     }
 

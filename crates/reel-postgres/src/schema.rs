@@ -265,6 +265,8 @@ const MIGRATIONS: &[&str] = &[
         RETURN v_head;
      END
      $fn$;",
+    // 8: the latest warning a subscriber reported while it kept running, and when.
+    "ALTER TABLE {s}.subscriptions ADD COLUMN warning_message text, ADD COLUMN warning_at bigint;",
 ];
 
 /// Newest schema version this build knows.

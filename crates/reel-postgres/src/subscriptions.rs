@@ -29,7 +29,8 @@ pub struct PostgresSubscriptionStore {
 }
 
 const COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message, error_previous_status,
-    paused_from, last_saved_at, error_position, lease_owner, lease_renewed_at, lease_expires_at, revision";
+    paused_from, last_saved_at, error_position, lease_owner, lease_renewed_at, lease_expires_at, revision,
+    warning_message, warning_at";
 
 /// A SQL projection whose rows commit in the same PostgreSQL transaction as its checkpoint
 /// (exactly-once effects). Turn it into a subscriber with
@@ -157,7 +158,7 @@ async fn write_state<C: tokio_postgres::GenericClient>(
     let (owner, now) = lease.map_or((None, 0), |(o, t)| (Some(o), t.unix_micros()));
     let row = SubscriptionRow::from_subscription(s);
     let retry_attempt = row.retry_attempt as i32;
-    let params: [&(dyn ToSql + Sync); 14] = [
+    let params: [&(dyn ToSql + Sync); 16] = [
         &row.id,
         &row.group,
         &row.run_mode,
@@ -172,13 +173,16 @@ async fn write_state<C: tokio_postgres::GenericClient>(
         &row.revision,
         &owner,
         &now,
+        &row.warning_message,
+        &row.warning_at,
     ];
     let updated = client
         .execute(
             &format!(
                 "UPDATE {schema}.subscriptions SET group_name = $2, run_mode = $3, status = $4, position = $5,
                    retry_attempt = $6, error_message = $7, error_previous_status = $8, paused_from = $9,
-                   last_saved_at = $10, error_position = $11, revision = revision + 1
+                   last_saved_at = $10, error_position = $11, warning_message = $15, warning_at = $16,
+                   revision = revision + 1
                  WHERE id = $1 AND revision = $12
                    AND ($13::text IS NULL OR (lease_owner = $13 AND lease_expires_at > $14))"
             ),
@@ -214,6 +218,8 @@ fn from_row(row: &Row) -> Result<Subscription, ReelError> {
         lease_renewed_at: row.get(12),
         lease_expires_at: row.get(13),
         revision: row.get(14),
+        warning_message: row.get(15),
+        warning_at: row.get(16),
     }
     .into_subscription()
 }

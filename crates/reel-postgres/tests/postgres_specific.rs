@@ -586,7 +586,9 @@ async fn a_schema_from_before_the_durable_head_migrates_with_its_log_visible() {
     admin
         .batch_execute(&format!(
             "DROP TABLE {schema}.durable_head; DROP FUNCTION {schema}.append_group_v2;
-             DROP FUNCTION {schema}.append_group_v3; UPDATE {schema}.reel_schema SET version = 5;"
+             DROP FUNCTION {schema}.append_group_v3;
+             ALTER TABLE {schema}.subscriptions DROP COLUMN warning_message, DROP COLUMN warning_at;
+             UPDATE {schema}.reel_schema SET version = 5;"
         ))
         .await
         .unwrap();

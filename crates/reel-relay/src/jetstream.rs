@@ -94,6 +94,8 @@ pub struct JetStreamSink {
     duplicate_window: Duration,
     replays: Mutex<ReplayWatch>,
     replays_beyond_window: AtomicU64,
+    /// The warning not yet taken by the relay (shown with its subscription).
+    warning: Mutex<Option<String>>,
     duplicates: AtomicU64,
 }
 
@@ -182,6 +184,7 @@ impl JetStreamSink {
             duplicate_window: options.duplicate_window,
             replays: Mutex::new(ReplayWatch::default()),
             replays_beyond_window: AtomicU64::new(0),
+            warning: Mutex::new(None),
             duplicates: AtomicU64::new(0),
         })
     }
@@ -212,11 +215,15 @@ impl JetStreamSink {
         let beyond = batch.iter().filter(|e| now - e.recorded_at.unix_micros() > window).count();
         if beyond > 0 {
             self.replays_beyond_window.fetch_add(beyond as u64, Ordering::Relaxed);
-            tracing::warn!(
-                from = %first.position, events = beyond, window_secs = self.duplicate_window.as_secs_f64(),
-                "replaying events older than the JetStream duplicate window: those already published before \
-                 will not be recognised by the broker and may be stored twice"
+            let warning = format!(
+                "replayed {beyond} events from position {} older than the JetStream duplicate window ({:?}): \
+                 those published before will not be recognised by the broker and may be stored twice",
+                first.position, self.duplicate_window
             );
+            tracing::warn!(from = %first.position, events = beyond, "{warning}");
+            if let Ok(mut pending) = self.warning.lock() {
+                *pending = Some(warning);
+            }
         }
     }
 
@@ -290,6 +297,10 @@ impl Sink for JetStreamSink {
             None => Delivery::all(batch.len()),
             Some((index, error)) => Delivery { acknowledged: index, error: Some(error) },
         }
+    }
+
+    fn take_warning(&self) -> Option<String> {
+        self.warning.lock().ok()?.take()
     }
 }
 

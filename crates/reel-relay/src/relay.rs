@@ -73,6 +73,12 @@ impl std::fmt::Display for DeliveryError {
 pub trait Sink: Send + Sync + 'static {
     /// Publishes `batch` in order and says how much of it the broker acknowledged.
     async fn publish(&self, batch: &[RecordedEvent]) -> Delivery;
+
+    /// A warning for operators since the last call, shown with the relay's subscription (list,
+    /// dashboard, `/metrics`): for example, a replay the broker may no longer recognise.
+    fn take_warning(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A subscriber that relays its events to a [`Sink`].
@@ -129,6 +135,10 @@ impl<S: Sink> Relay<S> {
 impl<S: Sink> Subscriber for Relay<S> {
     fn spec(&self) -> &SubscriberSpec {
         &self.spec
+    }
+
+    fn take_warning(&self) -> Option<String> {
+        self.sink.take_warning()
     }
 
     async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {

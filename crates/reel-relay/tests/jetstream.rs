@@ -49,6 +49,10 @@ impl reel_relay::Sink for SharedSink {
     async fn publish(&self, batch: &[reel_core::RecordedEvent]) -> reel_relay::Delivery {
         self.0.publish(batch).await
     }
+
+    fn take_warning(&self) -> Option<String> {
+        self.0.take_warning()
+    }
 }
 
 async fn fixture(options: JetStreamOptions, spec: SubscriberSpec, max_attempts: u32) -> Fixture {
@@ -246,12 +250,19 @@ async fn a_replay_older_than_the_duplicate_window_is_counted_and_warned_about() 
     append(&f.store, 10, 10).await;
     relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(30)).await;
     assert_eq!(f.sink_stats.replays_beyond_window(), 0, "the first run replays nothing");
+    assert_eq!(f.engine.overview(&SubscriptionCriteria::all()).await.unwrap()[0].warning, None);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     f.engine.pause(&SubscriptionCriteria::all()).await.unwrap();
     f.engine.reset(&SubscriptionCriteria::all(), ResetTo::Beginning).await.unwrap();
     f.engine.reactivate(&SubscriptionCriteria::all()).await.unwrap();
     relay_until_caught_up(&f.store, &f.engine, Duration::from_secs(30)).await;
     assert_eq!(f.sink_stats.replays_beyond_window(), 100, "every replayed event was older than the window");
+    // Operators see it with the relay's subscription (list, dashboard, /metrics read this).
+    let view = &f.engine.overview(&SubscriptionCriteria::all()).await.unwrap()[0];
+    let warning = view.warning.as_deref().expect("the warning is kept with the subscription");
+    assert!(warning.contains("duplicate window") && warning.contains("from position 1"), "{warning}");
+    assert!(view.warning_at.is_some());
+    assert_eq!(view.status, reel_core::SubscriptionStatus::Active, "a warning is not a failure");
     // Which is why the relay warns: past the window, the broker does store them again.
     assert_eq!(stored_messages(NATS, &name).await, 200);
     delete_stream(NATS, &name).await;

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub subscription_retries: Family<SubscriptionLabel, Gauge>,
     pub subscription_unavailable: Family<SubscriptionLabel, Gauge>,
     pub subscription_parked: Family<SubscriptionLabel, Gauge>,
+    pub subscription_warning_at: Family<SubscriptionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -50,6 +51,7 @@ impl Default for Metrics {
         let subscription_retries = Family::default();
         let subscription_unavailable = Family::default();
         let subscription_parked = Family::default();
+        let subscription_warning_at = Family::default();
         registry.register("events_appended", "Events appended through the API", events_appended.clone());
         registry.register("append_requests", "Append requests that succeeded", append_requests.clone());
         registry.register("append_duration_seconds", "Time to store an append", append_seconds.clone());
@@ -82,6 +84,11 @@ impl Default for Metrics {
             "Events a subscription parked (a relay's dead letters)",
             subscription_parked.clone(),
         );
+        registry.register(
+            "subscription_warning_timestamp_seconds",
+            "When a subscription last reported a warning, in Unix seconds (absent when it has none)",
+            subscription_warning_at.clone(),
+        );
         Self {
             registry,
             events_appended,
@@ -96,6 +103,7 @@ impl Default for Metrics {
             subscription_retries,
             subscription_unavailable,
             subscription_parked,
+            subscription_warning_at,
         }
     }
 }

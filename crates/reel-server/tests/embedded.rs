@@ -12,6 +12,7 @@ use reel_subscriptions::{HandlerError, Message, Subscriber, SubscriberSpec, Subs
 struct Counter {
     spec: SubscriberSpec,
     seen: Arc<AtomicU64>,
+    warned: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -24,6 +25,12 @@ impl Subscriber for Counter {
         self.seen.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
+
+    /// Warns once, after the third event (as a relay warns about an old replay).
+    fn take_warning(&self) -> Option<String> {
+        let third = self.seen.load(Ordering::SeqCst) >= 3;
+        (third && !self.warned.swap(true, Ordering::SeqCst)).then(|| "saw three doors".to_string())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,8 +40,11 @@ async fn the_server_runs_the_worker_for_its_subscribers() {
     let subscriptions = Arc::new(local.subscription_store().unwrap());
     let events: Arc<dyn EventStore> = Arc::new(local);
     let seen = Arc::new(AtomicU64::new(0));
-    let counter =
-        Counter { spec: SubscriberSpec::new("door_counter", RunMode::FromBeginning).unwrap(), seen: seen.clone() };
+    let counter = Counter {
+        spec: SubscriberSpec::new("door_counter", RunMode::FromBeginning).unwrap(),
+        seen: seen.clone(),
+        warned: Default::default(),
+    };
     let engine = SubscriptionEngine::new(events.clone(), subscriptions, vec![Arc::new(counter)]).unwrap();
     let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
     let server = Server::start(events, engine, config).await.unwrap();
@@ -65,6 +75,24 @@ async fn the_server_runs_the_worker_for_its_subscribers() {
         http.get(format!("{base}/subscriptions")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["subscriptions"][0]["id"], "door_counter");
     assert_eq!(listed["subscriptions"][0]["status"], "active");
+    // The subscriber's warning is kept with the subscription, for operators and for alerts.
+    let started = std::time::Instant::now();
+    let listed = loop {
+        let listed: serde_json::Value =
+            http.get(format!("{base}/subscriptions")).send().await.unwrap().json().await.unwrap();
+        if !listed["subscriptions"][0]["warning"].is_null() {
+            break listed;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the warning was never saved: {listed}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(listed["subscriptions"][0]["warning"], "saw three doors");
+    assert!(listed["subscriptions"][0]["warning_at"].is_string(), "{listed}");
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"reel_subscription_warning_timestamp_seconds{subscription="door_counter"} "#),
+        "{metrics}"
+    );
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), 3, "each event handled once");

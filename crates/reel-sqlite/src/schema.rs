@@ -67,6 +67,9 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 4: when a lease holder last renewed (shown to operators beside the owner).
     "ALTER TABLE subscriptions ADD COLUMN lease_renewed_at INTEGER;",
+    // 5: the latest warning a subscriber reported while it kept running, and when.
+    "ALTER TABLE subscriptions ADD COLUMN warning_message TEXT;
+     ALTER TABLE subscriptions ADD COLUMN warning_at INTEGER;",
 ];
 
 /// Newest schema version this build knows.

@@ -21,13 +21,13 @@ pub struct SqliteSubscriptionStore {
     conn: SharedConnection,
 }
 
-/// The state columns, in the order of [`state_values`] (`?1` … `?11`).
+/// The state columns, in the order of [`state_values`] (`?1` … `?13`).
 const STATE_COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message,
-    error_previous_status, paused_from, last_saved_at, error_position";
+    error_previous_status, paused_from, last_saved_at, error_position, warning_message, warning_at";
 /// Everything [`from_row`] reads: leases are written only by the lease methods, the revision by every save.
 const ALL_COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message,
     error_previous_status, paused_from, last_saved_at, error_position, lease_owner, lease_renewed_at,
-    lease_expires_at, revision";
+    lease_expires_at, revision, warning_message, warning_at";
 
 /// A SQL projection whose rows commit in the same SQLite transaction as its checkpoint
 /// (exactly-once effects). Turn it into a subscriber with
@@ -221,7 +221,7 @@ impl ProjectionStore for SqliteSubscriptionStore {
 /// The state UPDATE, compare-and-swap on the revision (and the lease).
 fn write_state_on(
     conn: &Connection,
-    row: [Value; 11],
+    row: [Value; 13],
     revision: u64,
     lease: Option<(String, Timestamp)>,
 ) -> rusqlite::Result<SaveOutcome> {
@@ -232,7 +232,7 @@ fn write_state_on(
         Some((owner, now)) => {
             params.push(owner.into());
             params.push(now.unix_micros().into());
-            " AND lease_owner = ?13 AND lease_expires_at > ?14"
+            " AND lease_owner = ?15 AND lease_expires_at > ?16"
         }
     };
     let id = params[0].clone();
@@ -240,8 +240,9 @@ fn write_state_on(
         .prepare_cached(&format!(
             "UPDATE subscriptions SET group_name = ?2, run_mode = ?3, status = ?4, position = ?5,
                retry_attempt = ?6, error_message = ?7, error_previous_status = ?8, paused_from = ?9,
-               last_saved_at = ?10, error_position = ?11, revision = revision + 1
-             WHERE id = ?1 AND revision = ?12{condition}"
+               last_saved_at = ?10, error_position = ?11, warning_message = ?12, warning_at = ?13,
+               revision = revision + 1
+             WHERE id = ?1 AND revision = ?14{condition}"
         ))?
         .execute(rusqlite::params_from_iter(params))?;
     if updated == 1 {
@@ -272,11 +273,13 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<SubscriptionRow> {
         lease_renewed_at: row.get(12)?,
         lease_expires_at: row.get(13)?,
         revision: row.get(14)?,
+        warning_message: row.get(15)?,
+        warning_at: row.get(16)?,
     })
 }
 
 /// The values of [`STATE_COLUMNS`].
-fn state_values(s: &Subscription) -> [Value; 11] {
+fn state_values(s: &Subscription) -> [Value; 13] {
     let r = SubscriptionRow::from_subscription(s);
     let text = Value::Text;
     let optional_text = |t: Option<String>| t.map_or(Value::Null, Value::Text);
@@ -293,6 +296,8 @@ fn state_values(s: &Subscription) -> [Value; 11] {
         optional_text(r.paused_from),
         Value::Integer(r.last_saved_at),
         optional_int(r.error_position),
+        optional_text(r.warning_message),
+        optional_int(r.warning_at),
     ]
 }
 
@@ -304,7 +309,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
         let inserted = self
             .run("adding a subscription", move |conn| {
                 conn.prepare_cached(&format!(
-                    "INSERT INTO subscriptions ({STATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                    "INSERT INTO subscriptions ({STATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                      ON CONFLICT (id) DO NOTHING"
                 ))?
                 .execute(rusqlite::params_from_iter(row))

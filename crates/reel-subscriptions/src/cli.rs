@@ -191,7 +191,7 @@ async fn list(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria, json
     if !json {
         let _ = writeln!(
             out,
-            "{:<28} {:<12} {:<15} {:<20} {:>10} {:>10} {:>8} {:>7} {:>6}  {:<32} last error",
+            "{:<28} {:<12} {:<15} {:<20} {:>10} {:>10} {:>8} {:>7} {:>6}  {:<32} last error / warning",
             "id", "group", "mode", "status", "position", "lag", "lag s", "retries", "parked", "held by (renewed)"
         );
     }
@@ -215,10 +215,17 @@ async fn list(engine: &SubscriptionEngine, criteria: &SubscriptionCriteria, json
                 "held": s.held,
                 "unattended": s.unattended,
                 "last_saved_at": s.last_saved_at,
+                "warning": s.warning,
+                "warning_at": s.warning_at,
             });
             let _ = writeln!(out, "{line}");
         } else {
-            let error = s.last_error.as_deref().and_then(|e| e.lines().next()).unwrap_or("");
+            // The error when there is one; otherwise the latest warning, with its age.
+            let error = match (&s.last_error, &s.warning, s.warning_at) {
+                (Some(error), _, _) => error.lines().next().unwrap_or("").to_string(),
+                (None, Some(warning), Some(at)) => format!("warning ({}s ago): {warning}", seconds_since(at)),
+                _ => String::new(),
+            };
             // An active subscription that nobody holds is not following the log: say so.
             let status = if s.unattended {
                 format!("{} (no worker)", s.status)

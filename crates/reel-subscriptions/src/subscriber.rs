@@ -247,6 +247,14 @@ pub trait Subscriber: Send + Sync + 'static {
         Err(BatchFailure { index: 0, error: "handle_batch_with_checkpoint is not implemented".into() })
     }
 
+    /// A warning for operators, taken after each batch the engine hands over (and saved with
+    /// the position): something worth knowing that is not a failure, such as a relay replaying
+    /// events older than its broker's duplicate window. The default has none. Only subscribers
+    /// whose position the engine saves report warnings this way.
+    fn take_warning(&self) -> Option<String> {
+        None
+    }
+
     /// Handles a batch of events in order; the position is saved after it. The default hands
     /// each event to `handle`. A failure names the first event not handled: those before it
     /// count as done, it and those after it will be delivered again.

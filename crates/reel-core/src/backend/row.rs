@@ -1,6 +1,8 @@
 //! One plain struct for a stored subscription row, so every backend maps columns the same way.
 
-use crate::{Lease, Position, ReelError, RunMode, Subscription, SubscriptionError, SubscriptionId, Timestamp};
+use crate::{
+    Lease, Position, ReelError, RunMode, Subscription, SubscriptionError, SubscriptionId, SubscriptionWarning, Timestamp,
+};
 
 /// A subscription as columns: text, integers (positions, Unix microseconds) and nulls.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +37,10 @@ pub struct SubscriptionRow {
     pub lease_expires_at: Option<i64>,
     /// `revision`
     pub revision: i64,
+    /// `warning_message`
+    pub warning_message: Option<String>,
+    /// `warning_at`
+    pub warning_at: Option<i64>,
 }
 
 impl SubscriptionRow {
@@ -56,6 +62,8 @@ impl SubscriptionRow {
             lease_renewed_at: s.lease.as_ref().map(|l| l.renewed_at.unix_micros()),
             lease_expires_at: s.lease.as_ref().map(|l| l.expires_at.unix_micros()),
             revision: s.revision as i64,
+            warning_message: s.warning.as_ref().map(|w| w.message.clone()),
+            warning_at: s.warning.as_ref().map(|w| w.at.unix_micros()),
         }
     }
 
@@ -90,6 +98,10 @@ impl SubscriptionRow {
             last_saved_at: Timestamp::from_unix_micros(self.last_saved_at),
             lease,
             revision: self.revision as u64,
+            warning: match (self.warning_message, self.warning_at) {
+                (Some(message), Some(at)) => Some(SubscriptionWarning { message, at: Timestamp::from_unix_micros(at) }),
+                _ => None,
+            },
         })
     }
 }
@@ -108,6 +120,7 @@ mod tests {
         s.fail_at("boom", Some(Position(42))).unwrap();
         s.lease = Some(Lease { owner: "w1".into(), renewed_at: now, expires_at: Timestamp::from_unix_micros(1) });
         s.revision = 7;
+        s.warning = Some(SubscriptionWarning { message: "replayed old events".into(), at: now });
         let back = SubscriptionRow::from_subscription(&s).into_subscription().unwrap();
         assert_eq!(back, s);
         let mut bad = SubscriptionRow::from_subscription(&s);

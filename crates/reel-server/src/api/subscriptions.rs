@@ -49,6 +49,11 @@ pub struct SubscriptionDoc {
     parked_count: u64,
     /// Events it skipped after they kept failing.
     parked: Vec<serde_json::Value>,
+    /// The latest warning it reported while it kept running (for a relay: events replayed
+    /// after its broker's duplicate window had passed), until replaced or reset.
+    warning: Option<String>,
+    /// When that warning was reported (RFC 3339).
+    warning_at: Option<String>,
 }
 
 /// Subscriptions and the head they lag behind.

@@ -71,6 +71,7 @@ pub async fn metrics(State(state): State<AppState>, access: Access) -> Result<Re
     m.subscription_retries.clear();
     m.subscription_unavailable.clear();
     m.subscription_parked.clear();
+    m.subscription_warning_at.clear();
     for s in state.engine.overview(&reel_core::SubscriptionCriteria::all()).await? {
         let label = crate::metrics::SubscriptionLabel { subscription: s.id.to_string() };
         m.subscription_position.get_or_create(&label).set(s.position.0 as i64);
@@ -79,6 +80,9 @@ pub async fn metrics(State(state): State<AppState>, access: Access) -> Result<Re
         m.subscription_retries.get_or_create(&label).set(i64::from(s.retries));
         m.subscription_unavailable.get_or_create(&label).set(i64::from(s.unavailable));
         m.subscription_parked.get_or_create(&label).set(s.parked_count as i64);
+        if let Some(at) = s.warning_at {
+            m.subscription_warning_at.get_or_create(&label).set(at.unix_micros() as f64 / 1_000_000.0);
+        }
     }
     let body = state.metrics.encode();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reel_core::{
     AllReader, Checkpoint, Position, ReadAllFilter, RecordedEvent, ReelError, Subscription, SubscriptionCriteria,
-    SubscriptionStatus,
+    SubscriptionStatus, SubscriptionWarning,
 };
 
 use super::{EngineReport, SubscriptionEngine};
@@ -135,6 +135,10 @@ impl SubscriptionEngine {
                 Ok(Err(BatchFailure { index, error })) => Some((index.min(events.len() - 1), error.to_string())),
                 Err(panic) => Some((0, panic)),
             };
+            if let Some(message) = subscriber.take_warning() {
+                tracing::warn!(id = %subscription.id, %message, "subscriber warning");
+                subscription.warning = Some(SubscriptionWarning { message, at: self.clock.now() });
+            }
             if let Some((index, message)) = failure {
                 // Everything before the failing event is done; the failing one is not.
                 report.handled += index as u64;

@@ -66,6 +66,11 @@ pub struct SubscriptionView {
     pub parked_count: usize,
     /// The events it parked.
     pub parked: Vec<ParkedEvent>,
+    /// The latest warning its subscriber reported while it kept running (for a relay: a replay
+    /// of events older than its broker's duplicate window), until replaced or reset.
+    pub warning: Option<String>,
+    /// When that warning was reported.
+    pub warning_at: Option<Timestamp>,
 }
 
 impl SubscriptionEngine {
@@ -161,6 +166,8 @@ impl SubscriptionEngine {
             }
             subscription.position = Position(next.0 - 1);
             subscription.retry_attempt = 0;
+            // A warning about the run before the reset no longer applies.
+            subscription.warning = None;
             let result = self.save(&mut subscription, &mut report).await;
             self.isolate(result, &subscription.id, &mut report)?;
         }
@@ -203,6 +210,8 @@ impl SubscriptionEngine {
                 retries: s.retry_attempt,
                 last_error: s.error.map(|e| e.message),
                 last_saved_at: s.last_saved_at,
+                warning_at: s.warning.as_ref().map(|w| w.at),
+                warning: s.warning.map(|w| w.message),
             });
         }
         Ok(views)
