@@ -47,6 +47,29 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Whether the server also runs the worker runtime for its engine's subscribers.
     pub run_worker: bool,
+    /// Streams this server serves but never appends to, because another side writes them
+    /// (`reel edge`: the platform's streams for the device). Appends to them get 403
+    /// `stream_read_only`.
+    pub read_only_streams: Vec<ReadOnlyStreams>,
+}
+
+/// Streams written elsewhere: a stream name, or a prefix ending in `*`, and who writes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadOnlyStreams {
+    /// `unitconfig-PL-1001`, or `unitconfig-*`.
+    pub pattern: String,
+    /// Who writes them, for the error message (`the platform`).
+    pub written_by: String,
+}
+
+impl ReadOnlyStreams {
+    /// Whether `stream` is one of them.
+    pub fn matches(&self, stream: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => stream.starts_with(prefix),
+            None => self.pattern == stream,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -57,6 +80,7 @@ impl Default for ServerConfig {
             limits: RequestLimits::default(),
             shutdown_grace: Duration::from_secs(10),
             run_worker: true,
+            read_only_streams: Vec::new(),
         }
     }
 }

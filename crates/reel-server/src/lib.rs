@@ -36,7 +36,7 @@ use reel_core::{EventStore, ReelError};
 use reel_subscriptions::SubscriptionEngine;
 use tokio::net::TcpListener;
 
-pub use config::{RequestLimits, ServerConfig, DEFAULT_PORT};
+pub use config::{ReadOnlyStreams, RequestLimits, ServerConfig, DEFAULT_PORT};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
 
@@ -81,6 +81,7 @@ impl Server {
             metrics: Arc::new(metrics::Metrics::default()),
             live,
             shutdown: watch,
+            read_only_streams: config.read_only_streams.clone(),
         });
         Ok(Self { engine, listener, router: router(state), config, shutdown })
     }

@@ -69,6 +69,9 @@ pub enum Command {
     Bridge(commands::bridge::BridgeArgs),
     /// Serve the HTTP API, live streams and dashboard (default http://127.0.0.1:7311).
     Serve(commands::serve::ServeArgs),
+    /// Run on a device: the local API over the device's own store (works offline), and the
+    /// uplink that copies the device's streams to the central server exactly once.
+    Edge(commands::edge::EdgeArgs),
     /// Create, list and revoke API tokens.
     Token(commands::token::TokenArgs),
     /// Measure throughput and latency (runs the reel-bench binary); prints a table and writes JSON.

@@ -36,6 +36,8 @@ pub struct AppContext {
     pub metrics: Arc<Metrics>,
     pub live: LiveTail,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Streams appended to elsewhere, never through this server.
+    pub read_only_streams: Vec<crate::config::ReadOnlyStreams>,
 }
 
 impl AppContext {

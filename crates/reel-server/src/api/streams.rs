@@ -139,6 +139,13 @@ pub async fn append(
     if !access.can_write(stream.as_str()) {
         return Err(forbidden(format!("appending to {stream}")));
     }
+    if let Some(owned) = state.read_only_streams.iter().find(|r| r.matches(stream.as_str())) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "stream_read_only",
+            format!("{stream} is written by {}, never through this server; nothing was stored", owned.written_by),
+        ));
+    }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let cloudevents = match media.as_str() {

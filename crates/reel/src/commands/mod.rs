@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bridge;
 pub mod consume;
 pub mod debug;
+pub mod edge;
 pub mod event_line;
 pub mod info;
 pub mod read;
@@ -35,6 +36,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Relay(args) => relay::run(&cli, args).await,
         Command::Bridge(args) => bridge::run(&cli, args).await,
         Command::Serve(args) => serve::run(&cli, args).await,
+        Command::Edge(args) => edge::run(&cli, args).await,
         Command::Token(args) => token::run(&cli, args).await,
         Command::Debug(args) => debug::run(&cli, args).await,
     }

@@ -100,19 +100,24 @@ pub struct Served {
 impl Cli {
     /// Starts `reel serve --listen 127.0.0.1:0 <args>` and waits for its address.
     pub fn serve(&self, args: &[&str]) -> Served {
+        self.spawn_server(&[&["serve", "--listen", "127.0.0.1:0"], args].concat())
+    }
+
+    /// Starts `reel <args>` (a command that serves HTTP and prints `{"listening": …}` first,
+    /// such as `serve` or `edge`) and waits for its address.
+    pub fn spawn_server(&self, args: &[&str]) -> Served {
         use std::io::BufRead;
         let mut child = self
             .command()
-            .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn reel serve");
+            .expect("spawn reel");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read address");
         let started: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("reel serve did not start ({e}): {line:?}"));
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("reel {args:?} did not start ({e}): {line:?}"));
         let base = started["listening"].as_str().expect("listening").to_string();
         Served { child, base }
     }

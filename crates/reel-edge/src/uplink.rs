@@ -1,0 +1,182 @@
+//! The uplink: a device's streams copied to the central server, version for version.
+
+use async_trait::async_trait;
+use reel_client::HttpStore;
+use reel_core::{
+    Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent, ReelError, RunMode, StreamName, StreamVersion,
+    Unavailable,
+};
+use reel_subscriptions::{BatchFailure, HandlerError, Message, Subscriber, SubscriberSpec};
+use tokio::sync::OnceCell;
+
+use crate::Ownership;
+
+/// A subscription on the device's store that appends every event of the streams the device owns
+/// to the central server, in the device's order, with the device's event ids and `Exact`
+/// expected versions.
+///
+/// Each run of consecutive events of one stream in a batch is one append. Because the device is
+/// the only writer of its streams, the expected version always holds centrally, except after a
+/// crash between an append and the saved position: the retry then finds its own events there
+/// (by id), skips them and appends the rest. If the central stream holds an event the device
+/// did not write, or is behind what the device already sent, nothing is overwritten or skipped:
+/// the batch fails at that event with a message that says so, and the subscription retries,
+/// then stays in `Error` (`reel subscriptions list`, the dashboard, `/metrics`).
+///
+/// While the central server cannot be reached (or refuses the token) the failure is
+/// [`Unavailable`]: retried with backoff for as long as it lasts, never counted against the
+/// retries; local appends go on regardless, and nothing queued expires.
+pub struct Uplink {
+    spec: SubscriberSpec,
+    ownership: Ownership,
+    central_url: String,
+    token: Option<String>,
+    central: OnceCell<HttpStore>,
+}
+
+impl Uplink {
+    /// The subscription id every device's uplink has in its own store.
+    pub const ID: &'static str = "uplink";
+
+    /// An uplink for `ownership`'s streams to the server at `central_url` (`http://…`), with
+    /// `token` if the server requires one. Nothing is contacted until there is something to send.
+    pub fn new(ownership: Ownership, central_url: impl Into<String>, token: Option<String>) -> Result<Self, ReelError> {
+        let spec = SubscriberSpec::new(Self::ID, RunMode::FromBeginning)?.in_group("edge").in_categories(["unit"]);
+        Ok(Self { spec, ownership, central_url: central_url.into(), token, central: OnceCell::new() })
+    }
+
+    /// The central store, connected on first use (the device may start offline).
+    async fn central(&self) -> Result<&HttpStore, HandlerError> {
+        self.central
+            .get_or_try_init(|| HttpStore::connect(&self.central_url, self.token.clone()))
+            .await
+            .map_err(|e| unavailable(&self.central_url, &e))
+    }
+
+    /// Appends one stream's run of events centrally, or finds it (or its start) there already.
+    async fn push(&self, run: &[RecordedEvent]) -> Result<(), HandlerError> {
+        let central = self.central().await?;
+        let stream = &run[0].stream;
+        let first = run[0].stream_version;
+        match central.append(stream, expected_before(first), copies(run)).await {
+            Ok(_) => Ok(()),
+            Err(ReelError::WrongExpectedVersion { actual, .. }) => self.reconcile(central, run, actual).await,
+            Err(e) => Err(classify(&self.central_url, e)),
+        }
+    }
+
+    /// The central stream is not where this run starts: after a crash between an append and
+    /// the saved position it holds the run's first events already (same ids, same versions);
+    /// anything else is a stream the device did not write alone.
+    async fn reconcile(
+        &self,
+        central: &HttpStore,
+        run: &[RecordedEvent],
+        actual: Option<StreamVersion>,
+    ) -> Result<(), HandlerError> {
+        let stream = &run[0].stream;
+        let first = run[0].stream_version;
+        if actual.is_none_or(|v| v.0 + 1 < first.0) {
+            return Err(diverged(
+                stream,
+                format!(
+                    "the central copy is at version {} but this device already sent up to version {}",
+                    actual.map_or("none (no stream)".to_string(), |v| v.0.to_string()),
+                    first.0.saturating_sub(1)
+                ),
+            ));
+        }
+        let found = central
+            .read_stream(stream, first, Direction::Forward, run.len())
+            .await
+            .map_err(|e| classify(&self.central_url, e))?;
+        for (sent, there) in run.iter().zip(&found) {
+            if sent.id != there.id {
+                return Err(diverged(
+                    stream,
+                    format!(
+                        "version {} is event {} centrally but {} on this device",
+                        there.stream_version.0, there.id, sent.id
+                    ),
+                ));
+            }
+        }
+        if found.len() < run.len() {
+            let rest = &run[found.len()..];
+            match central.append(stream, expected_before(rest[0].stream_version), copies(rest)).await {
+                Ok(_) => {}
+                Err(ReelError::WrongExpectedVersion { .. }) => {
+                    return Err(diverged(stream, "it changed while the uplink was catching up".into()))
+                }
+                Err(e) => return Err(classify(&self.central_url, e)),
+            }
+        }
+        tracing::info!(%stream, from = first.0, found = found.len(), "uplink found events already sent; went on after them");
+        Ok(())
+    }
+}
+
+/// The expected version for an append whose first event is at `first`.
+fn expected_before(first: StreamVersion) -> ExpectedVersion {
+    match first.0 {
+        0 => ExpectedVersion::NoStream,
+        v => ExpectedVersion::Exact(StreamVersion(v - 1)),
+    }
+}
+
+/// The events as the central server stores them: same ids, types, data and metadata.
+fn copies(run: &[RecordedEvent]) -> Vec<NewEvent> {
+    run.iter()
+        .map(|e| NewEvent::new(e.event_type.clone(), e.data.clone()).with_id(e.id).with_metadata(e.metadata.clone()))
+        .collect()
+}
+
+/// Errors that the server's answer makes final for this event; everything else (unreachable,
+/// overloaded, a token refused) is waited out.
+fn classify(url: &str, error: ReelError) -> HandlerError {
+    match error {
+        ReelError::InvalidEvent { .. }
+        | ReelError::InvalidStreamName { .. }
+        | ReelError::TooLarge { .. }
+        | ReelError::DuplicateEventId { .. } => format!("the central server refused the event: {error}").into(),
+        other => unavailable(url, &other),
+    }
+}
+
+fn unavailable(url: &str, error: &ReelError) -> HandlerError {
+    Unavailable(format!("central server {url}: {error}")).into()
+}
+
+fn diverged(stream: &StreamName, why: String) -> HandlerError {
+    format!(
+        "central stream {stream} holds what this device did not write ({why}); the uplink stops here and \
+         overwrites nothing: compare both copies, then fix the central one or reset the uplink"
+    )
+    .into()
+}
+
+#[async_trait]
+impl Subscriber for Uplink {
+    fn spec(&self) -> &SubscriberSpec {
+        &self.spec
+    }
+
+    async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {
+        self.handle_batch(std::slice::from_ref(message.record())).await.map_err(|failure| failure.error)
+    }
+
+    async fn handle_batch(&self, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+        let mut index = 0;
+        while index < batch.len() {
+            let stream = &batch[index].stream;
+            let end = index + batch[index..].iter().take_while(|e| &e.stream == stream).count();
+            if self.ownership.device_owns(stream.as_str()) {
+                if let Err(error) = self.push(&batch[index..end]).await {
+                    return Err(BatchFailure { index, error });
+                }
+            }
+            index = end;
+        }
+        Ok(())
+    }
+}

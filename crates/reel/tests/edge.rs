@@ -1,0 +1,140 @@
+//! `reel edge` as real processes: a device's local API over its own store, and the uplink to a
+//! central `reel serve` on loopback. The device works with the central server away, survives
+//! `kill -9`, and the central copy ends up equal to the device's streams, exactly once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cli, Served};
+
+/// A port nobody listens on yet, for a central server that starts later.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port()
+}
+
+fn edge(device: &Cli, name: &str, central: &str) -> Served {
+    device.spawn_server(&[
+        "edge",
+        "--device",
+        name,
+        "--central",
+        central,
+        "--listen",
+        "127.0.0.1:0",
+        "--max-retry-delay",
+        "0.5",
+    ])
+}
+
+fn append(server: &Served, stream: &str, n: usize) {
+    let answer = server.post_json(&format!("/streams/{stream}"), &format!(r#"{{"type":"Tick","data":{{"n":{n}}}}}"#));
+    assert_eq!(answer.status, 201, "local append to {stream}: {}", answer.text);
+}
+
+/// Every event of `stream` on `server`: (version, id, data).
+fn events(server: &Served, stream: &str) -> Vec<(u64, String, serde_json::Value)> {
+    let mut all = Vec::new();
+    loop {
+        let page = server.get(&format!("/streams/{stream}?from={}&limit=1000", all.len()));
+        if page.status == 404 {
+            return all;
+        }
+        assert_eq!(page.status, 200, "{}", page.text);
+        let batch = page.body["events"].as_array().expect("events").clone();
+        if batch.is_empty() {
+            return all;
+        }
+        all.extend(batch.iter().map(|e| {
+            (e["stream_version"].as_u64().unwrap(), e["id"].as_str().unwrap().to_string(), e["data"].clone())
+        }));
+    }
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_device_works_offline_survives_kill_9_and_its_streams_reach_the_central_server_exactly_once() {
+    let device = Cli::new();
+    let central = Cli::new();
+    let port = free_port();
+    let central_url = format!("http://127.0.0.1:{port}");
+
+    // The central server is not there: local appends work anyway.
+    let mut agent = edge(&device, "d1", &central_url);
+    for n in 0..200 {
+        append(&agent, "unit-d1", n);
+        if n % 4 == 0 {
+            append(&agent, "unit-d1-doors", n);
+        }
+    }
+    append(&agent, "shelf-1", 0);
+    // Killed hard while offline, then restarted: nothing queued is lost.
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let agent = edge(&device, "d1", &central_url);
+    for n in 200..300 {
+        append(&agent, "unit-d1", n);
+    }
+
+    let server = central.spawn_server(&["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    wait_until("the central copy catches up", Duration::from_secs(60), || {
+        events(&server, "unit-d1").len() == 300 && events(&server, "unit-d1-doors").len() == 50
+    });
+    for stream in ["unit-d1", "unit-d1-doors"] {
+        assert_eq!(events(&server, stream), events(&agent, stream), "{stream}: same ids, versions, data, order");
+    }
+    assert!(events(&server, "shelf-1").is_empty(), "streams the device does not own stay on the device");
+
+    // A restart after everything was sent sends nothing again.
+    drop(agent);
+    let agent = edge(&device, "d1", &central_url);
+    append(&agent, "unit-d1", 300);
+    wait_until("the new event arrives", Duration::from_secs(30), || events(&server, "unit-d1").len() == 301);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(events(&server, "unit-d1"), events(&agent, "unit-d1"));
+    assert_eq!(central.head(), 351, "each event once: 301 + 50");
+}
+
+#[test]
+fn the_platforms_streams_are_read_only_on_the_device() {
+    let device = Cli::new();
+    let agent = edge(&device, "d3", &format!("http://127.0.0.1:{}", free_port()));
+    let refused = agent.post_json("/streams/unitconfig-d3", r#"{"type":"PriceSet","data":{"price":3}}"#);
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert_eq!(refused.body["error"], "stream_read_only");
+    assert!(refused.body["message"].as_str().unwrap().contains("the platform"), "{}", refused.text);
+    append(&agent, "unitconfig-d30", 0);
+    assert_eq!(device.head(), 1, "only the other stream was stored");
+}
+
+#[test]
+fn a_central_stream_the_device_did_not_write_alone_stops_the_uplink_and_is_not_overwritten() {
+    let device = Cli::new();
+    let central = Cli::new();
+    let server = central.serve(&[]);
+    // Someone else wrote the device's stream centrally.
+    let foreign = server.post_json("/streams/unit-d2", r#"{"type":"Forged","data":{}}"#);
+    assert_eq!(foreign.status, 201);
+    let agent = edge(&device, "d2", &server.base);
+    for n in 0..3 {
+        append(&agent, "unit-d2", n);
+    }
+    let mut listed = serde_json::Value::Null;
+    wait_until("the uplink reports the divergence", Duration::from_secs(30), || {
+        let out = device.ok(&["subscriptions", "list", "--json"]);
+        listed = serde_json::from_str(out.lines().next().unwrap_or("null")).unwrap();
+        listed["last_error"].as_str().is_some_and(|e| e.contains("did not write"))
+    });
+    assert_eq!(listed["id"], "uplink");
+    assert_eq!(listed["status"], "error", "{listed}");
+    assert_eq!(listed["position"], 0, "it stopped before the first event: {listed}");
+    let there = events(&server, "unit-d2");
+    assert_eq!(there.len(), 1, "the central stream was not overwritten: {there:?}");
+}
