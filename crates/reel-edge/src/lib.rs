@@ -8,6 +8,8 @@
 //!   Since the device is the only writer of those streams, the central copy is the device's
 //!   stream event for event, and a retry after any crash is recognised exactly (no dedupe
 //!   window). Anything else found centrally stops the uplink there and says so.
+//! - [`Downlink`]: follows the platform's stream for the device on the central server and
+//!   copies it into the device's store, live while online and caught up after reconnecting.
 //!
 //! ```
 //! use reel_edge::Ownership;
@@ -20,8 +22,10 @@
 //! # Ok::<(), reel_core::ReelError>(())
 //! ```
 
+mod downlink;
 mod ownership;
 mod uplink;
 
+pub use downlink::Downlink;
 pub use ownership::Ownership;
 pub use uplink::Uplink;

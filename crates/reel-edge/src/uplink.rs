@@ -117,15 +117,15 @@ impl Uplink {
 }
 
 /// The expected version for an append whose first event is at `first`.
-fn expected_before(first: StreamVersion) -> ExpectedVersion {
+pub(crate) fn expected_before(first: StreamVersion) -> ExpectedVersion {
     match first.0 {
         0 => ExpectedVersion::NoStream,
         v => ExpectedVersion::Exact(StreamVersion(v - 1)),
     }
 }
 
-/// The events as the central server stores them: same ids, types, data and metadata.
-fn copies(run: &[RecordedEvent]) -> Vec<NewEvent> {
+/// The events as another store keeps them: same ids, types, data and metadata.
+pub(crate) fn copies(run: &[RecordedEvent]) -> Vec<NewEvent> {
     run.iter()
         .map(|e| NewEvent::new(e.event_type.clone(), e.data.clone()).with_id(e.id).with_metadata(e.metadata.clone()))
         .collect()

@@ -138,3 +138,38 @@ fn a_central_stream_the_device_did_not_write_alone_stops_the_uplink_and_is_not_o
     let there = events(&server, "unit-d2");
     assert_eq!(there.len(), 1, "the central stream was not overwritten: {there:?}");
 }
+
+#[test]
+fn configuration_set_centrally_reaches_the_device_live_and_after_it_was_away() {
+    let device = Cli::new();
+    let central = Cli::new();
+    let server = central.serve(&[]);
+    let set = |price: u32| {
+        let answer =
+            server.post_json("/streams/unitconfig-d4", &format!(r#"{{"type":"PriceSet","data":{{"price":{price}}}}}"#));
+        assert_eq!(answer.status, 201, "{}", answer.text);
+    };
+    // Set while the device was away: it arrives once the device runs.
+    set(1);
+    set(2);
+    let agent = edge(&device, "d4", &server.base);
+    wait_until("the queued configuration arrives", Duration::from_secs(30), || {
+        events(&agent, "unitconfig-d4").len() == 2
+    });
+    // Set while it runs: it arrives live.
+    set(3);
+    let started = Instant::now();
+    wait_until("the live change arrives", Duration::from_secs(30), || events(&agent, "unitconfig-d4").len() == 3);
+    println!("live configuration change reached the device in {:?}", started.elapsed());
+    // Away again (killed), changed meanwhile, back: caught up, nothing twice.
+    drop(agent);
+    set(4);
+    let agent = edge(&device, "d4", &server.base);
+    wait_until("the configuration catches up", Duration::from_secs(30), || {
+        events(&agent, "unitconfig-d4").len() == 4
+    });
+    let local = events(&agent, "unitconfig-d4");
+    assert_eq!(local, events(&server, "unitconfig-d4"), "same ids, versions and data as the platform's");
+    let prices: Vec<u64> = local.iter().map(|(_, _, data)| data["price"].as_u64().unwrap()).collect();
+    assert_eq!(prices, [1, 2, 3, 4]);
+}

@@ -1,6 +1,7 @@
 //! `reel edge`: a device's own Reel. It serves the same HTTP API as `reel serve` on loopback
 //! over the device's embedded store, so apps on the device append and read with no network,
-//! and runs the uplink that copies the device's streams to the central server (reel_edge).
+//! runs the uplink that copies the device's streams to the central server, and the downlink
+//! that copies the platform's stream for the device (its configuration) back (reel_edge).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use reel_edge::{Ownership, Uplink};
+use reel_edge::{Downlink, Ownership, Uplink};
 use reel_server::{ReadOnlyStreams, Server, ServerConfig};
 use reel_subscriptions::cli::shutdown_signal;
 use reel_subscriptions::{ClockBasedRetryStrategy, SubscriptionEngine};
@@ -72,6 +73,8 @@ pub async fn run(cli: &Cli, args: &EdgeArgs) -> Result<()> {
         }],
         ..ServerConfig::default()
     };
+    let downlink =
+        Downlink::new(ownership.clone(), args.central.clone(), cli.token.clone(), stores.events.clone(), max_retry_delay);
     let server = Server::start(stores.events, engine, config).await.context("starting the device's local API")?;
     // One line on stdout that scripts (and tests) can wait for.
     println!(
@@ -81,6 +84,13 @@ pub async fn run(cli: &Cli, args: &EdgeArgs) -> Result<()> {
             "device": ownership.device(), "central": args.central,
         })
     );
-    server.run(signal).await?;
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let following = tokio::spawn(downlink.run(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    let served = server.run(signal).await;
+    let _ = stop.send(true);
+    let _ = following.await;
+    served?;
     Ok(())
 }

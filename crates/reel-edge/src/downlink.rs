@@ -1,0 +1,120 @@
+//! The downlink: the platform's stream for a device, copied from the central server into the
+//! device's store as it grows.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reel_client::HttpStore;
+use reel_core::{Direction, EventStore, ReelError, StreamName, StreamVersion};
+
+use crate::uplink::{copies, expected_before};
+use crate::Ownership;
+
+/// Follows `unitconfig-NAME` on the central server and appends what is new to the device's
+/// store, with the platform's event ids and versions, so local apps read the device's
+/// configuration and commands without the network.
+///
+/// Live while the central server is reachable (it wakes on the central head's long poll, so a
+/// change arrives within a second), caught up after any time away (it starts from the version
+/// the device already has), with nothing to retry centrally. The local copy is the central
+/// stream version for version: the platform is its only writer, and the device's own API
+/// refuses appends to it.
+pub struct Downlink {
+    ownership: Ownership,
+    central_url: String,
+    token: Option<String>,
+    local: Arc<dyn EventStore>,
+    max_delay: Duration,
+}
+
+/// Events copied per read of the central stream.
+const PAGE: usize = 1_000;
+
+impl Downlink {
+    /// A downlink for `ownership`'s device from the server at `central_url` into `local`;
+    /// while the server cannot be reached it tries again with backoff up to `max_delay`.
+    pub fn new(
+        ownership: Ownership,
+        central_url: impl Into<String>,
+        token: Option<String>,
+        local: Arc<dyn EventStore>,
+        max_delay: Duration,
+    ) -> Self {
+        Self { ownership, central_url: central_url.into(), token, local, max_delay }
+    }
+
+    /// Runs until `stop` resolves. Failures are logged and retried; none ends it.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let stream = match StreamName::new(self.ownership.config_stream()) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::error!(error = %e, "no downlink: the device's config stream name is invalid");
+                return;
+            }
+        };
+        let mut central: Option<HttpStore> = None;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let outcome = match &central {
+                Some(store) => self.catch_up(store, &stream).await,
+                None => match HttpStore::connect(&self.central_url, self.token.clone()).await {
+                    Ok(store) => {
+                        central = Some(store);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            let wait = match outcome {
+                Ok(()) => {
+                    delay = Duration::from_millis(100);
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, central = %self.central_url, retry_in = ?delay, "downlink failed; retrying");
+                    let wait = delay;
+                    delay = (delay * 2).min(self.max_delay);
+                    Some(wait)
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = pause(central.as_ref(), wait) => {}
+            }
+        }
+    }
+
+    /// Copies everything the central stream has past the local copy.
+    async fn catch_up(&self, central: &HttpStore, stream: &StreamName) -> Result<(), ReelError> {
+        loop {
+            let from = self.local.stream_version(stream).await?.map_or(0, |v| v.0 + 1);
+            let found = match central.read_stream(stream, StreamVersion(from), Direction::Forward, PAGE).await {
+                Ok(found) => found,
+                Err(ReelError::StreamNotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let Some(first) = found.first() else { return Ok(()) };
+            self.local.append(stream, expected_before(first.stream_version), copies(&found)).await?;
+            tracing::info!(%stream, from, events = found.len(), "downlink copied configuration");
+            if found.len() < PAGE {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Waits `wait` after a failure, or, with nothing to wait for, until the central head moves
+/// (at most 25 s, then the stream is looked at anyway).
+async fn pause(central: Option<&HttpStore>, wait: Option<Duration>) {
+    match (central, wait) {
+        (Some(central), None) => {
+            let mut head = central.watch_head();
+            let now = head.current();
+            let _ = tokio::time::timeout(Duration::from_secs(25), head.wait_past(now)).await;
+        }
+        (_, Some(wait)) => tokio::time::sleep(wait).await,
+        (None, None) => tokio::time::sleep(Duration::from_millis(100)).await,
+    }
+}
