@@ -14,17 +14,27 @@ fn free_port() -> u16 {
 }
 
 fn edge(device: &Cli, name: &str, central: &str) -> Served {
-    device.spawn_server(&[
-        "edge",
+    edge_with(device, name, central, &[])
+}
+
+/// `reel edge` with `extra` global flags (such as `--token T`).
+fn edge_with(device: &Cli, name: &str, central: &str, extra: &[&str]) -> Served {
+    let args = [
+        extra,
+        &[
+            "edge",
         "--device",
         name,
         "--central",
         central,
         "--listen",
         "127.0.0.1:0",
-        "--max-retry-delay",
-        "0.5",
-    ])
+            "--max-retry-delay",
+            "0.5",
+        ],
+    ]
+    .concat();
+    device.spawn_server(&args)
 }
 
 fn append(server: &Served, stream: &str, n: usize) {
@@ -172,4 +182,107 @@ fn configuration_set_centrally_reaches_the_device_live_and_after_it_was_away() {
     assert_eq!(local, events(&server, "unitconfig-d4"), "same ids, versions and data as the platform's");
     let prices: Vec<u64> = local.iter().map(|(_, _, data)| data["price"].as_u64().unwrap()).collect();
     assert_eq!(prices, [1, 2, 3, 4]);
+}
+
+/// A device's token as the platform would issue it: its own streams and its configuration.
+fn device_token(central: &Cli, name: &str) -> (String, String) {
+    let own = format!("unit-{name}");
+    let scopes = [
+        format!("write:{own}"),
+        format!("write:{own}-*"),
+        format!("read:{own}"),
+        format!("read:{own}-*"),
+        format!("read:unitconfig-{name}"),
+    ];
+    let mut args = vec!["token", "create", "--name", name];
+    for scope in &scopes {
+        args.extend(["--scope", scope.as_str()]);
+    }
+    let created: serde_json::Value = serde_json::from_str(&central.ok(&args)).unwrap();
+    (created["token"].as_str().unwrap().to_string(), created["id"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn a_token_revoked_while_the_device_works_stops_nothing_local_and_a_new_one_resumes_the_uplink() {
+    let device = Cli::new();
+    let central = Cli::new();
+    let (admin, _) = {
+        let created: serde_json::Value =
+            serde_json::from_str(&central.ok(&["token", "create", "--name", "admin", "--scope", "admin"])).unwrap();
+        (created["token"].as_str().unwrap().to_string(), ())
+    };
+    let (first, first_id) = device_token(&central, "d5");
+    let server = central.serve(&["--require-tokens"]);
+    let central_events = |stream: &str| {
+        let page = server.call("GET", &format!("/streams/{stream}?limit=1000"), None, b"", Some(&admin));
+        page.body["events"].as_array().map_or(0, |events| events.len())
+    };
+    let agent = edge_with(&device, "d5", &server.base, &["--token", &first]);
+    for n in 0..10 {
+        append(&agent, "unit-d5", n);
+    }
+    wait_until("the first events arrive", Duration::from_secs(30), || central_events("unit-d5") == 10);
+
+    central.ok(&["token", "revoke", &first_id]);
+    // Until the server has taken the revocation in, an append may still pass: wait for it.
+    wait_until("the revocation takes effect", Duration::from_secs(10), || {
+        server.call("GET", "/streams/unit-d5", None, b"", Some(&first)).status == 401
+    });
+    for n in 10..20 {
+        append(&agent, "unit-d5", n);
+    }
+    wait_until("the uplink says why it waits", Duration::from_secs(30), || {
+        let listed: serde_json::Value =
+            serde_json::from_str(device.ok(&["subscriptions", "list", "--json"]).lines().next().unwrap()).unwrap();
+        listed["unavailable"] == true
+            && listed["last_error"].as_str().is_some_and(|e| e.contains("unknown or revoked"))
+    });
+    assert_eq!(central_events("unit-d5"), 10, "nothing is sent without a valid token");
+
+    // A new token (the agent restarted with it): everything pending arrives, nothing twice.
+    let (second, _) = device_token(&central, "d5");
+    drop(agent);
+    let agent = edge_with(&device, "d5", &server.base, &["--token", &second]);
+    wait_until("the pending events arrive", Duration::from_secs(30), || central_events("unit-d5") == 20);
+    assert_eq!(events(&agent, "unit-d5").len(), 20);
+}
+
+#[test]
+fn a_central_server_killed_mid_backlog_gets_every_event_once_after_its_restart() {
+    let device = Cli::new();
+    let central = Cli::new();
+    let port = free_port();
+    let central_url = format!("http://127.0.0.1:{port}");
+    let agent = edge(&device, "d6", &central_url);
+    // A backlog built offline, 500 events per local append.
+    const BACKLOG: u64 = 20_000;
+    for batch in 0..BACKLOG / 500 {
+        let events: Vec<String> =
+            (0..500).map(|i| format!(r#"{{"type":"Tick","data":{{"n":{}}}}}"#, batch * 500 + i)).collect();
+        let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
+        let answer = agent.post_json("/streams/unit-d6", &body);
+        assert_eq!(answer.status, 201, "{}", answer.text);
+    }
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = central.spawn_server(&["serve", "--listen", &listen]);
+    // Killed as soon as the first events are in: the uplink is in the middle of the backlog.
+    let started = Instant::now();
+    let arrived = loop {
+        let head = server.get("/head").body["head"].as_u64().unwrap_or(0);
+        if head > 0 {
+            break head;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the uplink never started");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(arrived < BACKLOG, "killed part-way ({arrived} of {BACKLOG} in)");
+    server.child.kill().unwrap(); // SIGKILL, mid-backlog
+    server.child.wait().unwrap();
+    let server = central.spawn_server(&["serve", "--listen", &listen]);
+    wait_until("the whole backlog arrives", Duration::from_secs(90), || {
+        server.get("/head").body["head"].as_u64() == Some(BACKLOG)
+    });
+    let there = events(&server, "unit-d6");
+    assert_eq!(there, events(&agent, "unit-d6"), "same ids, versions and data, in the device's order");
+    assert_eq!(there.len() as u64, BACKLOG, "nothing twice");
 }
