@@ -40,14 +40,14 @@ fn reel_binary() -> Result<std::path::PathBuf> {
 }
 
 /// A `reel serve` child process, killed when dropped.
-struct ServerProcess {
+pub(super) struct ServerProcess {
     child: std::process::Child,
-    base: String,
+    pub(super) base: String,
     address: String,
 }
 
 impl ServerProcess {
-    fn start(store: &std::path::Path) -> Result<Self> {
+    pub(super) fn start(store: &std::path::Path) -> Result<Self> {
         use std::io::BufRead;
         let mut child = std::process::Command::new(reel_binary()?)
             .args(["serve", "--listen", "127.0.0.1:0", "--live-buffer", "100000"])
@@ -66,7 +66,7 @@ impl ServerProcess {
     }
 
     /// Resident memory of the server, in MiB.
-    fn rss_mib(&self) -> f64 {
+    pub(super) fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         let kib: f64 = status
             .lines()

@@ -23,6 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod aggregates;
+mod edge;
 mod http;
 mod mqtt_ingest;
 mod postgres;
@@ -197,6 +198,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1883)]
         mqtt_port: u16,
     },
+    /// A device's backlog drained by its uplink into a central `reel serve` process, beside a
+    /// plain HTTP client appending the same events in batches of the same size.
+    Edge {
+        /// Events in the device's backlog.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Events per uplink batch (and per plain append).
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+    },
     /// Full `read_all` scan against a raw SQLite scan of the same file, with peak memory.
     Read {
         /// Events to write first and then read.
@@ -359,6 +370,11 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
                 mqtt_port: *mqtt_port,
             };
             relay::bench_relay(&dir, &plan).await.map(|(rows, extra)| ("relay", rows, extra))
+        }
+        BenchCommand::Edge { events, batch } => {
+            edge::bench_edge(&dir, (*events).max(1), (*batch).clamp(1, 10_000), args.event_size)
+                .await
+                .map(|(rows, extra)| ("edge", rows, extra))
         }
         BenchCommand::Read { events, page } => {
             bench_read(&dir, *events, (*page).clamp(1, reel_sqlite::MAX_READ_LIMIT), args.event_size)

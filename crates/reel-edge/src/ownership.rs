@@ -50,9 +50,10 @@ impl Ownership {
 
     /// Whether the device writes `stream` (`unit-NAME` or `unit-NAME-*`).
     pub fn device_owns(&self, stream: &str) -> bool {
-        stream.strip_prefix("unit-").and_then(|rest| rest.strip_prefix(self.device.as_str())).is_some_and(|rest| {
-            rest.is_empty() || rest.starts_with('-')
-        })
+        stream
+            .strip_prefix("unit-")
+            .and_then(|rest| rest.strip_prefix(self.device.as_str()))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
     }
 
     /// Whether the platform writes `stream` (`unitconfig-NAME`), so the device must not.

@@ -29,7 +29,8 @@ pub async fn round_trips_every_field(store: Store) {
     });
     s.paused_from = Some(SubscriptionStatus::Active);
     s.last_saved_at = Timestamp::from_unix_micros(99);
-    s.warning = Some(SubscriptionWarning { message: "replayed old events".into(), at: Timestamp::from_unix_micros(98) });
+    s.warning =
+        Some(SubscriptionWarning { message: "replayed old events".into(), at: Timestamp::from_unix_micros(98) });
     store.update(&mut s).await.unwrap();
     assert_eq!(s.revision, 1, "a save bumps the revision");
     assert_eq!(store.get(&s.id).await.unwrap(), Some(s.clone()));

@@ -21,17 +21,7 @@ fn edge(device: &Cli, name: &str, central: &str) -> Served {
 fn edge_with(device: &Cli, name: &str, central: &str, extra: &[&str]) -> Served {
     let args = [
         extra,
-        &[
-            "edge",
-        "--device",
-        name,
-        "--central",
-        central,
-        "--listen",
-        "127.0.0.1:0",
-            "--max-retry-delay",
-            "0.5",
-        ],
+        &["edge", "--device", name, "--central", central, "--listen", "127.0.0.1:0", "--max-retry-delay", "0.5"],
     ]
     .concat();
     device.spawn_server(&args)
@@ -175,9 +165,7 @@ fn configuration_set_centrally_reaches_the_device_live_and_after_it_was_away() {
     drop(agent);
     set(4);
     let agent = edge(&device, "d4", &server.base);
-    wait_until("the configuration catches up", Duration::from_secs(30), || {
-        events(&agent, "unitconfig-d4").len() == 4
-    });
+    wait_until("the configuration catches up", Duration::from_secs(30), || events(&agent, "unitconfig-d4").len() == 4);
     let local = events(&agent, "unitconfig-d4");
     assert_eq!(local, events(&server, "unitconfig-d4"), "same ids, versions and data as the platform's");
     let prices: Vec<u64> = local.iter().map(|(_, _, data)| data["price"].as_u64().unwrap()).collect();
@@ -234,8 +222,7 @@ fn a_token_revoked_while_the_device_works_stops_nothing_local_and_a_new_one_resu
     wait_until("the uplink says why it waits", Duration::from_secs(30), || {
         let listed: serde_json::Value =
             serde_json::from_str(device.ok(&["subscriptions", "list", "--json"]).lines().next().unwrap()).unwrap();
-        listed["unavailable"] == true
-            && listed["last_error"].as_str().is_some_and(|e| e.contains("unknown or revoked"))
+        listed["unavailable"] == true && listed["last_error"].as_str().is_some_and(|e| e.contains("unknown or revoked"))
     });
     assert_eq!(central_events("unit-d5"), 10, "nothing is sent without a valid token");
 

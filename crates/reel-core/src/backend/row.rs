@@ -1,7 +1,8 @@
 //! One plain struct for a stored subscription row, so every backend maps columns the same way.
 
 use crate::{
-    Lease, Position, ReelError, RunMode, Subscription, SubscriptionError, SubscriptionId, SubscriptionWarning, Timestamp,
+    Lease, Position, ReelError, RunMode, Subscription, SubscriptionError, SubscriptionId, SubscriptionWarning,
+    Timestamp,
 };
 
 /// A subscription as columns: text, integers (positions, Unix microseconds) and nulls.

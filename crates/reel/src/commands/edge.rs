@@ -73,8 +73,13 @@ pub async fn run(cli: &Cli, args: &EdgeArgs) -> Result<()> {
         }],
         ..ServerConfig::default()
     };
-    let downlink =
-        Downlink::new(ownership.clone(), args.central.clone(), cli.token.clone(), stores.events.clone(), max_retry_delay);
+    let downlink = Downlink::new(
+        ownership.clone(),
+        args.central.clone(),
+        cli.token.clone(),
+        stores.events.clone(),
+        max_retry_delay,
+    );
     let server = Server::start(stores.events, engine, config).await.context("starting the device's local API")?;
     // One line on stdout that scripts (and tests) can wait for.
     println!(

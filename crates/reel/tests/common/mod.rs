@@ -107,13 +107,8 @@ impl Cli {
     /// such as `serve` or `edge`) and waits for its address.
     pub fn spawn_server(&self, args: &[&str]) -> Served {
         use std::io::BufRead;
-        let mut child = self
-            .command()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn reel");
+        let mut child =
+            self.command().args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn reel");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read address");
         let started: serde_json::Value =
