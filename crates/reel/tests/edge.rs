@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Cli, Served};
@@ -272,4 +274,90 @@ fn a_central_server_killed_mid_backlog_gets_every_event_once_after_its_restart()
     let there = events(&server, "unit-d6");
     assert_eq!(there, events(&agent, "unit-d6"), "same ids, versions and data, in the device's order");
     assert_eq!(there.len() as u64, BACKLOG, "nothing twice");
+}
+
+/// A TCP proxy to `target` that breaks its first `broken` connections: even ones after part of
+/// the request went through (the server sees half a request), odd ones as soon as the answer
+/// starts (the server committed, the client never hears it). Later connections pass.
+/// Returns its port and how many requests and answers it cut.
+fn breaking_proxy(target: String, broken: usize) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+    let port = listener.local_addr().unwrap().port();
+    let (requests_cut, answers_cut) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (requests, answers) = (requests_cut.clone(), answers_cut.clone());
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { continue };
+            let Ok(upstream) = TcpStream::connect(&target) else { continue };
+            let cut_request = n < broken && n % 2 == 0;
+            let cut_answer = n < broken && n % 2 == 1;
+            let (mut from_client, mut to_upstream) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            let (requests, answers) = (requests.clone(), answers.clone());
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 16 * 1024];
+                let mut sent = 0;
+                while let Ok(read) = from_client.read(&mut buffer) {
+                    if read == 0 {
+                        break;
+                    }
+                    let part =
+                        if cut_request && sent + read > 20_000 { (20_000 - sent.min(20_000)).min(read) } else { read };
+                    if to_upstream.write_all(&buffer[..part]).is_err() {
+                        break;
+                    }
+                    sent += part;
+                    if part < read {
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        let _ = to_upstream.shutdown(Shutdown::Both);
+                        let _ = from_client.shutdown(Shutdown::Both);
+                        break;
+                    }
+                }
+            });
+            let (mut from_upstream, mut to_client) = (upstream, client);
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 16 * 1024];
+                while let Ok(read) = from_upstream.read(&mut buffer) {
+                    if read == 0 || cut_answer {
+                        if read > 0 {
+                            answers.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let _ = to_client.shutdown(Shutdown::Both);
+                        let _ = from_upstream.shutdown(Shutdown::Both);
+                        break;
+                    }
+                    if to_client.write_all(&buffer[..read]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, requests_cut, answers_cut)
+}
+
+#[test]
+fn connections_broken_mid_request_and_mid_answer_lose_nothing_and_store_nothing_twice() {
+    let device = Cli::new();
+    let central = Cli::new();
+    let server = central.serve(&[]);
+    let (proxy, requests_cut, answers_cut) = breaking_proxy(server.base.trim_start_matches("http://").to_string(), 12);
+    let agent = edge(&device, "d7", &format!("http://127.0.0.1:{proxy}"));
+    for batch in 0..20 {
+        let events: Vec<String> =
+            (0..250).map(|i| format!(r#"{{"type":"Tick","data":{{"n":{}}}}}"#, batch * 250 + i)).collect();
+        let answer = agent.post_json("/streams/unit-d7", &format!(r#"{{"events":[{}]}}"#, events.join(",")));
+        assert_eq!(answer.status, 201, "{}", answer.text);
+    }
+    wait_until("every event arrives through the broken connections", Duration::from_secs(90), || {
+        server.get("/head").body["head"].as_u64() == Some(5_000)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let there = events(&server, "unit-d7");
+    assert_eq!(there, events(&agent, "unit-d7"), "same ids, versions and data, in the device's order");
+    assert_eq!(server.get("/head").body["head"].as_u64(), Some(5_000), "nothing twice");
+    let (requests, answers) = (requests_cut.load(Ordering::SeqCst), answers_cut.load(Ordering::SeqCst));
+    assert!(requests > 0 && answers > 0, "both kinds of break happened: {requests} requests, {answers} answers cut");
 }
