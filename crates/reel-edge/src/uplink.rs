@@ -60,36 +60,41 @@ impl Uplink {
         let first = run[0].stream_version;
         match central.append(stream, expected_before(first), copies(run)).await {
             Ok(_) => Ok(()),
-            Err(ReelError::WrongExpectedVersion { actual, .. }) => self.reconcile(central, run, actual).await,
+            // Not where the run starts, or a retry of an earlier append that covered only part
+            // of this run (the server refuses those as duplicates): look at what is there.
+            Err(ReelError::WrongExpectedVersion { .. } | ReelError::DuplicateEventId { .. }) => {
+                self.reconcile(central, run).await
+            }
             Err(e) => Err(classify(&self.central_url, e)),
         }
     }
 
-    /// The central stream is not where this run starts: after a crash between an append and
-    /// the saved position it holds the run's first events already (same ids, same versions);
-    /// anything else is a stream the device did not write alone.
-    async fn reconcile(
-        &self,
-        central: &HttpStore,
-        run: &[RecordedEvent],
-        actual: Option<StreamVersion>,
-    ) -> Result<(), HandlerError> {
+    /// The central stream is not where this run starts: after a crash or a lost answer it holds
+    /// the run's first events already (same ids, same versions), possibly from an append whose
+    /// batch ended elsewhere; anything else is a stream the device did not write alone.
+    async fn reconcile(&self, central: &HttpStore, run: &[RecordedEvent]) -> Result<(), HandlerError> {
         let stream = &run[0].stream;
         let first = run[0].stream_version;
-        if actual.is_none_or(|v| v.0 + 1 < first.0) {
-            return Err(diverged(
-                stream,
-                format!(
-                    "the central copy is at version {} but this device already sent up to version {}",
-                    actual.map_or("none (no stream)".to_string(), |v| v.0.to_string()),
-                    first.0.saturating_sub(1)
-                ),
-            ));
+        let found = match central.read_stream(stream, first, Direction::Forward, run.len()).await {
+            Ok(found) => found,
+            Err(ReelError::StreamNotFound { .. }) => Vec::new(),
+            Err(e) => return Err(classify(&self.central_url, e)),
+        };
+        if found.is_empty() {
+            let actual = central.stream_version(stream).await.map_err(|e| classify(&self.central_url, e))?;
+            if actual.map_or(first.0 > 0, |v| v.0 + 1 < first.0) {
+                return Err(diverged(
+                    stream,
+                    format!(
+                        "the central copy is at version {} but this device already sent up to version {}",
+                        actual.map_or("none (no stream)".to_string(), |v| v.0.to_string()),
+                        first.0.saturating_sub(1)
+                    ),
+                ));
+            }
+            // Exactly where the run starts after all: it moved meanwhile; try again.
+            return Err(Unavailable(format!("central stream {stream} changed while the uplink looked at it")).into());
         }
-        let found = central
-            .read_stream(stream, first, Direction::Forward, run.len())
-            .await
-            .map_err(|e| classify(&self.central_url, e))?;
         for (sent, there) in run.iter().zip(&found) {
             if sent.id != there.id {
                 return Err(diverged(
