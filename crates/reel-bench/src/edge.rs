@@ -9,7 +9,7 @@ use reel_client::HttpStore;
 use reel_core::{
     EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, StreamName, StreamVersion, SubscriptionCriteria,
 };
-use reel_edge::{Ownership, Uplink};
+use reel_edge::{CentralServer, Ownership, Uplink};
 use reel_sqlite::SqliteStore;
 use reel_subscriptions::SubscriptionEngine;
 
@@ -68,7 +68,7 @@ pub(super) async fn bench_edge(
         })
         .await?;
 
-    let uplink = Uplink::new(owner.clone(), server.base.clone(), None)?;
+    let uplink = Uplink::new(owner.clone(), Arc::new(CentralServer::new(server.base.clone(), None)))?;
     let engine = SubscriptionEngine::new(
         Arc::new(device.clone()),
         Arc::new(device.subscription_store()?),

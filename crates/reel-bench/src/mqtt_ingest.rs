@@ -79,17 +79,7 @@ pub(super) async fn bench_mqtt_ingest(
     options.validate().map_err(|e| anyhow!(e))?;
     let ingest = Arc::new(MqttIngest::new(options, store.clone()));
     let counts = ingest.counts();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let ingest = ingest.clone();
-        tokio::spawn(async move {
-            ingest
-                .run(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    };
+    let (stop, running) = ingest.spawn();
     while counts.connections.load(Ordering::Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -9,21 +9,20 @@ use reel_client::HttpStore;
 use reel_core::{Direction, EventStore, ReelError, StreamName, StreamVersion};
 
 use crate::uplink::{copies, expected_before};
-use crate::Ownership;
+use crate::{CentralServer, Ownership};
 
 /// Follows `unitconfig-NAME` on the central server and appends what is new to the device's
 /// store, with the platform's event ids and versions, so local apps read the device's
 /// configuration and commands without the network.
 ///
 /// Live while the central server is reachable (it wakes on the central head's long poll, so a
-/// change arrives within a second), caught up after any time away (it starts from the version
-/// the device already has), with nothing to retry centrally. The local copy is the central
+/// change is fetched as soon as the central head moves), caught up after any time away (it
+/// starts from the version the device already has), with nothing to retry centrally. The local copy is the central
 /// stream version for version: the platform is its only writer, and the device's own API
 /// refuses appends to it.
 pub struct Downlink {
     ownership: Ownership,
-    central_url: String,
-    token: Option<String>,
+    central: Arc<CentralServer>,
     local: Arc<dyn EventStore>,
     max_delay: Duration,
 }
@@ -32,16 +31,15 @@ pub struct Downlink {
 const PAGE: usize = 1_000;
 
 impl Downlink {
-    /// A downlink for `ownership`'s device from the server at `central_url` into `local`;
-    /// while the server cannot be reached it tries again with backoff up to `max_delay`.
+    /// A downlink for `ownership`'s device from `central` into `local`; while the server cannot
+    /// be reached it tries again with backoff up to `max_delay`.
     pub fn new(
         ownership: Ownership,
-        central_url: impl Into<String>,
-        token: Option<String>,
+        central: Arc<CentralServer>,
         local: Arc<dyn EventStore>,
         max_delay: Duration,
     ) -> Self {
-        Self { ownership, central_url: central_url.into(), token, local, max_delay }
+        Self { ownership, central, local, max_delay }
     }
 
     /// Runs until `stop` resolves. Failures are logged and retried; none ends it.
@@ -54,34 +52,32 @@ impl Downlink {
                 return;
             }
         };
-        let mut central: Option<HttpStore> = None;
         let mut delay = Duration::from_millis(100);
         loop {
-            let outcome = match &central {
-                Some(store) => self.catch_up(store, &stream).await,
-                None => match HttpStore::connect(&self.central_url, self.token.clone()).await {
-                    Ok(store) => {
-                        central = Some(store);
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                },
+            let outcome = match self.central.store().await {
+                Ok(central) => self.catch_up(central, &stream).await.map(|()| central),
+                Err(e) => Err(e),
             };
-            let wait = match outcome {
-                Ok(()) => {
-                    delay = Duration::from_millis(100);
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, central = %self.central_url, retry_in = ?delay, "downlink failed; retrying");
-                    let wait = delay;
-                    delay = (delay * 2).min(self.max_delay);
-                    Some(wait)
+            let pause = async {
+                match outcome {
+                    // Nothing to wait for: until the central head moves (at most 25 s, then the
+                    // stream is looked at anyway).
+                    Ok(central) => {
+                        delay = Duration::from_millis(100);
+                        let mut head = central.watch_head();
+                        let now = head.current();
+                        let _ = tokio::time::timeout(Duration::from_secs(25), head.wait_past(now)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, central = %self.central.url(), retry_in = ?delay, "downlink failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(self.max_delay);
+                    }
                 }
             };
             tokio::select! {
                 _ = &mut stop => return,
-                _ = pause(central.as_ref(), wait) => {}
+                _ = pause => {}
             }
         }
     }
@@ -102,19 +98,5 @@ impl Downlink {
                 return Ok(());
             }
         }
-    }
-}
-
-/// Waits `wait` after a failure, or, with nothing to wait for, until the central head moves
-/// (at most 25 s, then the stream is looked at anyway).
-async fn pause(central: Option<&HttpStore>, wait: Option<Duration>) {
-    match (central, wait) {
-        (Some(central), None) => {
-            let mut head = central.watch_head();
-            let now = head.current();
-            let _ = tokio::time::timeout(Duration::from_secs(25), head.wait_past(now)).await;
-        }
-        (_, Some(wait)) => tokio::time::sleep(wait).await,
-        (None, None) => tokio::time::sleep(Duration::from_millis(100)).await,
     }
 }

@@ -1,5 +1,7 @@
 //! The uplink: a device's streams copied to the central server, version for version.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use reel_client::HttpStore;
 use reel_core::{
@@ -7,9 +9,8 @@ use reel_core::{
     Unavailable,
 };
 use reel_subscriptions::{BatchFailure, HandlerError, Message, Subscriber, SubscriberSpec};
-use tokio::sync::OnceCell;
 
-use crate::Ownership;
+use crate::{CentralServer, Ownership};
 
 /// A subscription on the device's store that appends every event of the streams the device owns
 /// to the central server, in the device's order, with the device's event ids and `Exact`
@@ -29,28 +30,23 @@ use crate::Ownership;
 pub struct Uplink {
     spec: SubscriberSpec,
     ownership: Ownership,
-    central_url: String,
-    token: Option<String>,
-    central: OnceCell<HttpStore>,
+    central: Arc<CentralServer>,
 }
 
 impl Uplink {
     /// The subscription id every device's uplink has in its own store.
     pub const ID: &'static str = "uplink";
 
-    /// An uplink for `ownership`'s streams to the server at `central_url` (`http://…`), with
-    /// `token` if the server requires one. Nothing is contacted until there is something to send.
-    pub fn new(ownership: Ownership, central_url: impl Into<String>, token: Option<String>) -> Result<Self, ReelError> {
+    /// An uplink for `ownership`'s streams to `central`. Nothing is contacted until there is
+    /// something to send.
+    pub fn new(ownership: Ownership, central: Arc<CentralServer>) -> Result<Self, ReelError> {
         let spec = SubscriberSpec::new(Self::ID, RunMode::FromBeginning)?.in_group("edge").in_categories(["unit"]);
-        Ok(Self { spec, ownership, central_url: central_url.into(), token, central: OnceCell::new() })
+        Ok(Self { spec, ownership, central })
     }
 
     /// The central store, connected on first use (the device may start offline).
     async fn central(&self) -> Result<&HttpStore, HandlerError> {
-        self.central
-            .get_or_try_init(|| HttpStore::connect(&self.central_url, self.token.clone()))
-            .await
-            .map_err(|e| unavailable(&self.central_url, &e))
+        self.central.store().await.map_err(|e| unavailable(self.central.url(), &e))
     }
 
     /// Appends one stream's run of events centrally, or finds it (or its start) there already.
@@ -65,7 +61,7 @@ impl Uplink {
             Err(ReelError::WrongExpectedVersion { .. } | ReelError::DuplicateEventId { .. }) => {
                 self.reconcile(central, run).await
             }
-            Err(e) => Err(classify(&self.central_url, e)),
+            Err(e) => Err(classify(self.central.url(), e)),
         }
     }
 
@@ -78,10 +74,10 @@ impl Uplink {
         let found = match central.read_stream(stream, first, Direction::Forward, run.len()).await {
             Ok(found) => found,
             Err(ReelError::StreamNotFound { .. }) => Vec::new(),
-            Err(e) => return Err(classify(&self.central_url, e)),
+            Err(e) => return Err(classify(self.central.url(), e)),
         };
         if found.is_empty() {
-            let actual = central.stream_version(stream).await.map_err(|e| classify(&self.central_url, e))?;
+            let actual = central.stream_version(stream).await.map_err(|e| classify(self.central.url(), e))?;
             if actual.map_or(first.0 > 0, |v| v.0 + 1 < first.0) {
                 return Err(diverged(
                     stream,
@@ -113,12 +109,34 @@ impl Uplink {
                 Err(ReelError::WrongExpectedVersion { .. }) => {
                     return Err(diverged(stream, "it changed while the uplink was catching up".into()))
                 }
-                Err(e) => return Err(classify(&self.central_url, e)),
+                Err(e) => return Err(classify(self.central.url(), e)),
             }
         }
         tracing::info!(%stream, from = first.0, found = found.len(), "uplink found events already sent; went on after them");
         Ok(())
     }
+}
+
+/// Most events in one central append, and most bytes of event data and metadata: well inside a
+/// server's default limits (10,000 events, 16 MiB per request) whatever the engine's batch size
+/// and the events' sizes.
+const MAX_APPEND_EVENTS: usize = 1_000;
+const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
+
+/// How many of `run`'s first events go in one append (at least one).
+fn append_size(run: &[RecordedEvent]) -> usize {
+    let mut bytes = 0;
+    let fits = run
+        .iter()
+        .take(MAX_APPEND_EVENTS)
+        .take_while(|e| {
+            let metadata =
+                if e.metadata.is_empty() { 0 } else { serde_json::to_vec(&e.metadata).map_or(0, |m| m.len()) };
+            bytes += e.data.len() + e.event_type.len() + metadata;
+            bytes <= MAX_APPEND_BYTES
+        })
+        .count();
+    fits.max(1)
 }
 
 /// The expected version for an append whose first event is at `first`.
@@ -155,7 +173,7 @@ fn unavailable(url: &str, error: &ReelError) -> HandlerError {
 fn diverged(stream: &StreamName, why: String) -> HandlerError {
     format!(
         "central stream {stream} holds what this device did not write ({why}); the uplink stops here and \
-         overwrites nothing: compare both copies, then fix the central one or reset the uplink"
+         overwrites nothing: compare both copies and stop whoever else writes it centrally"
     )
     .into()
 }
@@ -175,12 +193,17 @@ impl Subscriber for Uplink {
         while index < batch.len() {
             let stream = &batch[index].stream;
             let end = index + batch[index..].iter().take_while(|e| &e.stream == stream).count();
-            if self.ownership.device_owns(stream.as_str()) {
-                if let Err(error) = self.push(&batch[index..end]).await {
+            if !self.ownership.device_owns(stream.as_str()) {
+                index = end;
+                continue;
+            }
+            while index < end {
+                let part = append_size(&batch[index..end]);
+                if let Err(error) = self.push(&batch[index..index + part]).await {
                     return Err(BatchFailure { index, error });
                 }
+                index += part;
             }
-            index = end;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use reel_core::{
     Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamName, StreamVersion, SubscriptionCriteria,
 };
-use reel_edge::{Ownership, Uplink};
+use reel_edge::{CentralServer, Ownership, Uplink};
 use reel_server::{Server, ServerConfig};
 use reel_sqlite::SqliteStore;
 use reel_subscriptions::SubscriptionEngine;
@@ -21,7 +21,8 @@ struct Central {
 async fn central(dir: &std::path::Path) -> Central {
     let store = SqliteStore::open(dir.join("central.db")).unwrap();
     let engine =
-        SubscriptionEngine::new(Arc::new(store.clone()), Arc::new(store.subscription_store().unwrap()), vec![]).unwrap();
+        SubscriptionEngine::new(Arc::new(store.clone()), Arc::new(store.subscription_store().unwrap()), vec![])
+            .unwrap();
     let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
     let server = Server::start(Arc::new(store.clone()), engine, config).await.unwrap();
     let base = format!("http://{}", server.local_addr());
@@ -34,9 +35,15 @@ async fn central(dir: &std::path::Path) -> Central {
 
 /// The device's store with `n` events in `unit-x`, and those events.
 async fn device(dir: &std::path::Path, n: usize) -> (SqliteStore, Vec<RecordedEvent>) {
+    device_with(dir, n, 0).await
+}
+
+/// The same with `pad` bytes of padding in each event's data.
+async fn device_with(dir: &std::path::Path, n: usize, pad: usize) -> (SqliteStore, Vec<RecordedEvent>) {
     let store = SqliteStore::open(dir.join("device.db")).unwrap();
     let stream = StreamName::new("unit-x").unwrap();
-    let events = (0..n).map(|i| NewEvent::new("Tick", format!(r#"{{"n":{i}}}"#))).collect();
+    let padding = "x".repeat(pad);
+    let events = (0..n).map(|i| NewEvent::new("Tick", format!(r#"{{"n":{i},"pad":"{padding}"}}"#))).collect();
     store.append(&stream, ExpectedVersion::NoStream, events).await.unwrap();
     let recorded = store.read_stream(&stream, StreamVersion(0), Direction::Forward, n).await.unwrap();
     (store, recorded)
@@ -44,7 +51,7 @@ async fn device(dir: &std::path::Path, n: usize) -> (SqliteStore, Vec<RecordedEv
 
 /// Runs the uplink until it has nothing left to do; returns the subscription's last error.
 async fn run_uplink(device: &SqliteStore, central: &str) -> Option<String> {
-    let uplink = Uplink::new(Ownership::for_device("x").unwrap(), central, None).unwrap();
+    let uplink = Uplink::new(Ownership::for_device("x").unwrap(), Arc::new(CentralServer::new(central, None))).unwrap();
     let engine = SubscriptionEngine::new(
         Arc::new(device.clone()),
         Arc::new(device.subscription_store().unwrap()),
@@ -90,4 +97,20 @@ async fn a_central_stream_that_differs_after_the_events_sent_before_stops_the_up
     let there = central.store.read_stream(&stream, StreamVersion(0), Direction::Forward, 100).await.unwrap();
     assert_eq!(there.len(), 4, "nothing overwritten, nothing added");
     assert_eq!(there[3].event_type, "Forged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_larger_than_a_request_may_be_goes_out_in_several_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = central(dir.path()).await;
+    // 30 events of 600 kB: 18 MB in one run of one batch, over the server's 16 MiB request limit.
+    let (device, events) = device_with(dir.path(), 30, 600_000).await;
+
+    assert_eq!(run_uplink(&device, &central.base).await, None, "no failure");
+    let stream = StreamName::new("unit-x").unwrap();
+    let there = central.store.read_stream(&stream, StreamVersion(0), Direction::Forward, 100).await.unwrap();
+    let ids = |events: &[RecordedEvent]| events.iter().map(|e| (e.stream_version, e.id)).collect::<Vec<_>>();
+    assert_eq!(ids(&there), ids(&events), "each event once, same ids and versions, in order");
+    let appends: std::collections::BTreeSet<_> = there.iter().map(|e| e.recorded_at).collect();
+    assert!(appends.len() > 1, "more than one append: {}", appends.len());
 }

@@ -183,6 +183,23 @@ impl MqttIngest {
         self.counts.clone()
     }
 
+    /// Runs [`MqttIngest::run`] in a task of its own; it stops when the returned sender is used
+    /// or dropped, and the task ends with `run`'s outcome.
+    pub fn spawn(
+        self: &Arc<Self>,
+    ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), ReelError>>) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ingest = self.clone();
+        let running = tokio::spawn(async move {
+            ingest
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        (stop, running)
+    }
+
     /// Follows the events topic until `stop` resolves, reconnecting after broker outages.
     ///
     /// The connection runs in a task of its own and hands messages over a channel, so keep-alive

@@ -58,17 +58,7 @@ impl RunningIngest {
         options.events_topic = format!("{prefix}/devices/+/events");
         options.validate().unwrap();
         let ingest = Arc::new(MqttIngest::new(options.clone(), store));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = {
-            let ingest = ingest.clone();
-            tokio::spawn(async move {
-                ingest
-                    .run(async move {
-                        let _ = stopped.await;
-                    })
-                    .await
-            })
-        };
+        let (stop, running) = ingest.spawn();
         // The ingest subscribes after it connects; give it that moment before devices publish.
         tokio::time::sleep(Duration::from_millis(500)).await;
         Self { ingest, options, stop, running }

@@ -34,6 +34,19 @@ fn append(server: &Served, stream: &str, n: usize) {
     assert_eq!(answer.status, 201, "local append to {stream}: {}", answer.text);
 }
 
+/// Appends events `first..first + n` (`{"n": i}`) to `stream` on the device in one local append.
+fn append_many(server: &Served, stream: &str, first: usize, n: usize) {
+    let events: Vec<String> = (first..first + n).map(|i| format!(r#"{{"type":"Tick","data":{{"n":{i}}}}}"#)).collect();
+    let answer = server.post_json(&format!("/streams/{stream}"), &format!(r#"{{"events":[{}]}}"#, events.join(",")));
+    assert_eq!(answer.status, 201, "local append to {stream}: {}", answer.text);
+}
+
+/// The device's uplink subscription as `reel subscriptions list --json` shows it.
+fn uplink_status(device: &Cli) -> serde_json::Value {
+    let listed = device.ok(&["subscriptions", "list", "--json"]);
+    serde_json::from_str(listed.lines().next().unwrap_or("null")).unwrap()
+}
+
 /// Every event of `stream` on `server`: (version, id, data).
 fn events(server: &Served, stream: &str) -> Vec<(u64, String, serde_json::Value)> {
     let mut all = Vec::new();
@@ -130,8 +143,7 @@ fn a_central_stream_the_device_did_not_write_alone_stops_the_uplink_and_is_not_o
     }
     let mut listed = serde_json::Value::Null;
     wait_until("the uplink reports the divergence", Duration::from_secs(30), || {
-        let out = device.ok(&["subscriptions", "list", "--json"]);
-        listed = serde_json::from_str(out.lines().next().unwrap_or("null")).unwrap();
+        listed = uplink_status(&device);
         listed["last_error"].as_str().is_some_and(|e| e.contains("did not write"))
     });
     assert_eq!(listed["id"], "uplink");
@@ -174,6 +186,16 @@ fn configuration_set_centrally_reaches_the_device_live_and_after_it_was_away() {
     assert_eq!(prices, [1, 2, 3, 4]);
 }
 
+/// A token created on `central`'s store with `scopes`: (secret, id).
+fn token(central: &Cli, name: &str, scopes: &[String]) -> (String, String) {
+    let mut args = vec!["token", "create", "--name", name];
+    for scope in scopes {
+        args.extend(["--scope", scope.as_str()]);
+    }
+    let created: serde_json::Value = serde_json::from_str(&central.ok(&args)).unwrap();
+    (created["token"].as_str().unwrap().to_string(), created["id"].as_str().unwrap().to_string())
+}
+
 /// A device's token as the platform would issue it: its own streams and its configuration.
 fn device_token(central: &Cli, name: &str) -> (String, String) {
     let own = format!("unit-{name}");
@@ -184,23 +206,14 @@ fn device_token(central: &Cli, name: &str) -> (String, String) {
         format!("read:{own}-*"),
         format!("read:unitconfig-{name}"),
     ];
-    let mut args = vec!["token", "create", "--name", name];
-    for scope in &scopes {
-        args.extend(["--scope", scope.as_str()]);
-    }
-    let created: serde_json::Value = serde_json::from_str(&central.ok(&args)).unwrap();
-    (created["token"].as_str().unwrap().to_string(), created["id"].as_str().unwrap().to_string())
+    token(central, name, &scopes)
 }
 
 #[test]
 fn a_token_revoked_while_the_device_works_stops_nothing_local_and_a_new_one_resumes_the_uplink() {
     let device = Cli::new();
     let central = Cli::new();
-    let (admin, _) = {
-        let created: serde_json::Value =
-            serde_json::from_str(&central.ok(&["token", "create", "--name", "admin", "--scope", "admin"])).unwrap();
-        (created["token"].as_str().unwrap().to_string(), ())
-    };
+    let (admin, _) = token(&central, "admin", &["admin".to_string()]);
     let (first, first_id) = device_token(&central, "d5");
     let server = central.serve(&["--require-tokens"]);
     let central_events = |stream: &str| {
@@ -222,8 +235,7 @@ fn a_token_revoked_while_the_device_works_stops_nothing_local_and_a_new_one_resu
         append(&agent, "unit-d5", n);
     }
     wait_until("the uplink says why it waits", Duration::from_secs(30), || {
-        let listed: serde_json::Value =
-            serde_json::from_str(device.ok(&["subscriptions", "list", "--json"]).lines().next().unwrap()).unwrap();
+        let listed = uplink_status(&device);
         listed["unavailable"] == true && listed["last_error"].as_str().is_some_and(|e| e.contains("unknown or revoked"))
     });
     assert_eq!(central_events("unit-d5"), 10, "nothing is sent without a valid token");
@@ -246,11 +258,7 @@ fn a_central_server_killed_mid_backlog_gets_every_event_once_after_its_restart()
     // A backlog built offline, 500 events per local append.
     const BACKLOG: u64 = 20_000;
     for batch in 0..BACKLOG / 500 {
-        let events: Vec<String> =
-            (0..500).map(|i| format!(r#"{{"type":"Tick","data":{{"n":{}}}}}"#, batch * 500 + i)).collect();
-        let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
-        let answer = agent.post_json("/streams/unit-d6", &body);
-        assert_eq!(answer.status, 201, "{}", answer.text);
+        append_many(&agent, "unit-d6", batch as usize * 500, 500);
     }
     let listen = format!("127.0.0.1:{port}");
     let mut server = central.spawn_server(&["serve", "--listen", &listen]);
@@ -346,10 +354,7 @@ fn connections_broken_mid_request_and_mid_answer_lose_nothing_and_store_nothing_
     let (proxy, requests_cut, answers_cut) = breaking_proxy(server.base.trim_start_matches("http://").to_string(), 12);
     let agent = edge(&device, "d7", &format!("http://127.0.0.1:{proxy}"));
     for batch in 0..20 {
-        let events: Vec<String> =
-            (0..250).map(|i| format!(r#"{{"type":"Tick","data":{{"n":{}}}}}"#, batch * 250 + i)).collect();
-        let answer = agent.post_json("/streams/unit-d7", &format!(r#"{{"events":[{}]}}"#, events.join(",")));
-        assert_eq!(answer.status, 201, "{}", answer.text);
+        append_many(&agent, "unit-d7", batch * 250, 250);
     }
     wait_until("every event arrives through the broken connections", Duration::from_secs(90), || {
         server.get("/head").body["head"].as_u64() == Some(5_000)

@@ -79,17 +79,7 @@ pub async fn run(cli: &Cli, args: &BridgeArgs) -> Result<()> {
 
     let events = store::open(cli).await?;
     let ingest = Arc::new(MqttIngest::new(options.clone(), events));
-    let (stop_ingest, ingest_stopped) = tokio::sync::oneshot::channel::<()>();
-    let ingesting = {
-        let ingest = ingest.clone();
-        tokio::spawn(async move {
-            ingest
-                .run(async move {
-                    let _ = ingest_stopped.await;
-                })
-                .await
-        })
-    };
+    let (stop_ingest, ingesting) = ingest.spawn();
     let sink = MqttConfigSink::connect(&options, topics);
     let category = mqtt.config_category.clone();
     let relayed = run_subscription(cli, &mqtt.subscriber, "bridge", move |spec| {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use reel_edge::{Downlink, Ownership, Uplink};
+use reel_edge::{CentralServer, Downlink, Ownership, Uplink};
 use reel_server::{ReadOnlyStreams, Server, ServerConfig};
 use reel_subscriptions::cli::shutdown_signal;
 use reel_subscriptions::{ClockBasedRetryStrategy, SubscriptionEngine};
@@ -57,7 +57,9 @@ pub async fn run(cli: &Cli, args: &EdgeArgs) -> Result<()> {
     }
     let signal = shutdown_signal();
     let stores = store::open_with_subscriptions(cli).await?;
-    let uplink = Uplink::new(ownership.clone(), args.central.clone(), cli.token.clone())?;
+    // One client of the central server, shared by the uplink and the downlink.
+    let central = Arc::new(CentralServer::new(args.central.clone(), cli.token.clone()));
+    let uplink = Uplink::new(ownership.clone(), central.clone())?;
     let retry = ClockBasedRetryStrategy {
         base_delay: Duration::from_secs(1),
         max_unavailable_delay: max_retry_delay,
@@ -73,13 +75,7 @@ pub async fn run(cli: &Cli, args: &EdgeArgs) -> Result<()> {
         }],
         ..ServerConfig::default()
     };
-    let downlink = Downlink::new(
-        ownership.clone(),
-        args.central.clone(),
-        cli.token.clone(),
-        stores.events.clone(),
-        max_retry_delay,
-    );
+    let downlink = Downlink::new(ownership.clone(), central, stores.events.clone(), max_retry_delay);
     let server = Server::start(stores.events, engine, config).await.context("starting the device's local API")?;
     // One line on stdout that scripts (and tests) can wait for.
     println!(
