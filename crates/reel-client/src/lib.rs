@@ -75,6 +75,19 @@ impl HttpStore {
         Ok(Self { inner: Arc::new(Inner { base, token, http, head: notifier, follower }) })
     }
 
+    /// Sends device `device`'s heartbeat (`POST /devices/{name}/heartbeat`): the platform keeps
+    /// its presence from them.
+    pub async fn heartbeat(&self, device: &str, body: &api::HeartbeatBody) -> Result<api::HeartbeatAnswer, ReelError> {
+        let body = serde_json::to_vec(body).map_err(|e| ReelError::storage("encoding a heartbeat", e))?;
+        let path = format!("/devices/{}/heartbeat", encode_segment(device));
+        self.client().call(Method::POST, &path, Some(body.as_slice()), None).await
+    }
+
+    /// The devices the server keeps presence of (`GET /devices`).
+    pub async fn devices(&self) -> Result<api::DeviceList, ReelError> {
+        self.client().call(Method::GET, "/devices", None, None).await
+    }
+
     fn client(&self) -> Client {
         Client { base: self.inner.base.clone(), token: self.inner.token.clone(), http: self.inner.http.clone() }
     }

@@ -160,3 +160,82 @@ pub struct RecordedEventDoc {
     /// RFC 3339.
     recorded_at: String,
 }
+
+/// A device's heartbeat (`POST /devices/{name}/heartbeat`). Heartbeats are not stored as
+/// events: they keep the device's presence row current, and only a change between online and
+/// offline becomes an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    /// How often the device sends heartbeats, in milliseconds (1,000 to 86,400,000). It counts
+    /// as offline only after a multiple of this (1.5× by default) passes in silence.
+    pub interval_ms: u64,
+    /// The device's clock when it sent this, in Unix milliseconds: the skew is reported, never
+    /// used to order anything.
+    pub clock_ms: i64,
+    /// Round-trip time of its previous exchange with the platform, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<u32>,
+    /// Its name for people (kept until another is sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// How many events of its configuration stream (`unitconfig-NAME`) it holds: the
+    /// configuration it has received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<u64>,
+}
+
+/// The answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatAnswer {
+    /// The platform's clock when it received the heartbeat, in Unix milliseconds.
+    pub server_clock_ms: i64,
+    /// The device's clock minus the platform's, in milliseconds (half the round trip allowed for).
+    pub clock_skew_ms: i64,
+}
+
+/// One device as the platform sees it: the presence table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceEntry {
+    /// Its name.
+    pub device: String,
+    /// Its name for people.
+    pub display_name: Option<String>,
+    /// Online in its latest session.
+    pub online: bool,
+    /// Its latest session: how many times it came online.
+    pub session: u64,
+    /// When it came online or went offline last.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub since: Option<crate::Timestamp>,
+    /// Round-trip time of its last exchange with the platform, in milliseconds ("Offline" when
+    /// it is not online).
+    pub rtt_ms: Option<u32>,
+    /// When it was last heard from: last online at.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub last_heard_at: crate::Timestamp,
+    /// Its declared heartbeat interval, in milliseconds.
+    pub interval_ms: u64,
+    /// Its clock minus the platform's at its last heartbeat, in milliseconds.
+    pub clock_skew_ms: i64,
+    /// Whether that skew is beyond the reporting threshold.
+    pub clock_skew_reported: bool,
+    /// Configuration events it has acknowledged holding.
+    pub config_version: Option<u64>,
+    /// When it last acknowledged new configuration: last config pushed.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub config_acked_at: Option<crate::Timestamp>,
+}
+
+/// Every device the platform has heard from, by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceList {
+    /// The devices.
+    pub devices: Vec<DeviceEntry>,
+    /// How many are online.
+    pub online: usize,
+}

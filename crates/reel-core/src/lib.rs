@@ -23,6 +23,7 @@ mod event;
 mod head;
 mod limits;
 mod position;
+mod presence;
 mod projection;
 mod snapshot;
 mod store;
@@ -38,6 +39,7 @@ pub use event::{EventId, NewEvent, RecordedEvent};
 pub use head::HeadWatch;
 pub use limits::AppendLimits;
 pub use position::{ExpectedVersion, Position, StreamVersion};
+pub use presence::{check_device_name, presence_stream, DevicePresence, Heartbeat, PresenceState, PresenceStore};
 pub use projection::{BatchFailure, Checkpoint, HandlerError, ProjectionStore, Unavailable, UNAVAILABLE_PREFIX};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{

@@ -18,14 +18,7 @@ impl Ownership {
     /// The ownership of device `name`: 1–100 characters of letters, digits, `-` and `_`
     /// (it becomes part of stream names).
     pub fn for_device(name: &str) -> Result<Self, ReelError> {
-        let valid = !name.is_empty()
-            && name.len() <= 100
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid {
-            return Err(ReelError::InvalidArgument(format!(
-                "device name {name:?} must be 1-100 characters of letters, digits, - and _"
-            )));
-        }
+        reel_core::check_device_name(name)?;
         let ownership = Self { device: name.to_string() };
         // Both names must be valid stream names.
         StreamName::new(ownership.device_stream())?;

@@ -21,6 +21,7 @@
 mod durable;
 mod fast_append;
 mod listener;
+mod presence;
 mod reader;
 mod schema;
 mod snapshots;

@@ -267,6 +267,27 @@ const MIGRATIONS: &[&str] = &[
      $fn$;",
     // 8: the latest warning a subscriber reported while it kept running, and when.
     "ALTER TABLE {s}.subscriptions ADD COLUMN warning_message text, ADD COLUMN warning_at bigint;",
+    // 9: device presence (a row per device, updated by heartbeats) and the leases that split
+    // presence work between worker processes.
+    "CREATE TABLE {s}.devices (
+        device          text PRIMARY KEY,
+        display_name    text,
+        interval_ms     bigint NOT NULL,
+        rtt_ms          integer,
+        last_heard_at   bigint NOT NULL,
+        clock_skew_ms   bigint NOT NULL,
+        config_version  bigint,
+        config_acked_at bigint,
+        online          boolean NOT NULL DEFAULT false,
+        session         bigint NOT NULL DEFAULT 0,
+        changes         bigint NOT NULL DEFAULT 0,
+        since           bigint
+     );
+     CREATE TABLE {s}.work_leases (
+        name       text PRIMARY KEY,
+        owner      text NOT NULL,
+        expires_at bigint NOT NULL
+     );",
 ];
 
 /// Newest schema version this build knows.

@@ -151,7 +151,7 @@ async fn eight_writers_and_three_followers_see_one_gap_free_order() {
                 let mut round = 0u64;
                 while written < EVENTS_PER_WRITER {
                     round += 1;
-                    if round % 4 == 0 {
+                    if round.is_multiple_of(4) {
                         let shared = StreamName::new(format!("shared-{}", round % 3)).unwrap();
                         loop {
                             let expected = store

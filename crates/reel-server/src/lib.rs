@@ -19,6 +19,7 @@ mod error;
 mod live;
 mod metrics;
 mod openapi;
+mod presence;
 pub mod scopes;
 pub mod tokens;
 
@@ -39,6 +40,7 @@ use tokio::net::TcpListener;
 pub use config::{ReadOnlyStreams, RequestLimits, ServerConfig, DEFAULT_PORT};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
+pub use presence::{fold as fold_presence, Presence, PresenceOptions};
 
 use api::AppState;
 
@@ -46,7 +48,7 @@ use api::AppState;
 pub struct Server {
     engine: SubscriptionEngine,
     listener: TcpListener,
-    router: Router,
+    state: api::AppContext,
     config: ServerConfig,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -73,7 +75,7 @@ impl Server {
         }
         let (shutdown, watch) = tokio::sync::watch::channel(false);
         let live = live::LiveTail::start(events.clone(), config.limits.live_buffer, watch.clone()).await?;
-        let state = Arc::new(api::AppContext {
+        let state = api::AppContext {
             events,
             engine: engine.clone(),
             tokens,
@@ -82,8 +84,16 @@ impl Server {
             live,
             shutdown: watch,
             read_only_streams: config.read_only_streams.clone(),
-        });
-        Ok(Self { engine, listener, router: router(state), config, shutdown })
+            presence: None,
+        };
+        Ok(Self { engine, listener, state, config, shutdown })
+    }
+
+    /// Keeps device presence (`POST /devices/{name}/heartbeat`, `GET /devices`, the dashboard's
+    /// devices table) and, when the server runs its worker, sweeps it for changes.
+    pub fn with_presence(mut self, presence: Presence) -> Self {
+        self.state.presence = Some(presence);
+        self
     }
 
     /// Where it listens (useful with port 0).
@@ -95,6 +105,13 @@ impl Server {
     /// `shutdown` completes; then stops accepting, ends live streams, waits up to the grace period
     /// for open requests and stops the worker, which saves its positions and releases its leases.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ReelError> {
+        let presence_worker = match (&self.state.presence, self.config.run_worker) {
+            (Some(presence), true) => {
+                let owner = format!("presence-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+                Some(tokio::spawn(presence.clone().run(owner, self.shutdown.subscribe())))
+            }
+            _ => None,
+        };
         let mut stopped = self.shutdown.subscribe();
         let worker = (self.config.run_worker && self.engine.subscriber_ids().next().is_some()).then(|| {
             let options = reel_subscriptions::WorkerOptions::default();
@@ -107,7 +124,7 @@ impl Server {
         // then costs less than with protocol detection.
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(self.config.limits.header_timeout);
-        let service = hyper_util::service::TowerToHyperService::new(self.router);
+        let service = hyper_util::service::TowerToHyperService::new(router(Arc::new(self.state)));
         tokio::pin!(shutdown);
         loop {
             let (socket, peer) = tokio::select! {
@@ -136,6 +153,9 @@ impl Server {
         if tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown()).await.is_err() {
             tracing::warn!("open connections did not finish within the grace period");
         }
+        if let Some(presence) = presence_worker {
+            let _ = presence.await;
+        }
         if let Some(worker) = worker {
             worker.await.map_err(|e| ReelError::storage("stopping the worker", e))??;
         }
@@ -152,6 +172,8 @@ fn router(state: AppState) -> Router {
         .route("/all", get(api::all::read_all))
         .route("/all/live", get(api::live::all_live))
         .route("/head", get(api::all::head))
+        .route("/devices", get(api::devices::list))
+        .route("/devices/{name}/heartbeat", post(api::devices::heartbeat))
         .route("/subscriptions", get(api::subscriptions::list))
         .route("/subscriptions/{id}/pause", post(api::subscriptions::pause))
         .route("/subscriptions/{id}/reactivate", post(api::subscriptions::reactivate))

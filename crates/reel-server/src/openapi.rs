@@ -17,6 +17,8 @@ use crate::api;
         api::all::read_all,
         api::all::head,
         api::live::all_live,
+        api::devices::heartbeat,
+        api::devices::list,
         api::subscriptions::list,
         api::subscriptions::pause,
         api::subscriptions::reactivate,

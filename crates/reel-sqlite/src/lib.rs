@@ -19,6 +19,7 @@
 
 mod checkpointer;
 mod connection;
+mod presence;
 mod queries;
 mod reader;
 mod schema;
@@ -41,6 +42,7 @@ use reel_core::{
 };
 use tokio::sync::oneshot;
 
+pub use presence::SqlitePresenceStore;
 pub use reel_core::MAX_READ_LIMIT;
 pub use schema::SCHEMA_VERSION;
 pub use snapshots::SqliteSnapshotStore;
@@ -186,6 +188,11 @@ impl SqliteStore {
     /// The aggregate snapshot store kept in the same file.
     pub fn snapshot_store(&self) -> Result<SqliteSnapshotStore, ReelError> {
         SqliteSnapshotStore::open(&self.inner.path, Arc::clone(&self.inner.readers))
+    }
+
+    /// Device presence kept in the same file.
+    pub fn presence_store(&self) -> Result<SqlitePresenceStore, ReelError> {
+        SqlitePresenceStore::open(&self.inner.path)
     }
 
     /// The subscription store kept in the same file.

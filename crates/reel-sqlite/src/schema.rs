@@ -70,6 +70,27 @@ const MIGRATIONS: &[&str] = &[
     // 5: the latest warning a subscriber reported while it kept running, and when.
     "ALTER TABLE subscriptions ADD COLUMN warning_message TEXT;
      ALTER TABLE subscriptions ADD COLUMN warning_at INTEGER;",
+    // 6: device presence (a row per device, updated by heartbeats) and the leases that split
+    // presence work between worker processes.
+    "CREATE TABLE devices (
+        device          TEXT PRIMARY KEY,
+        display_name    TEXT,
+        interval_ms     INTEGER NOT NULL,
+        rtt_ms          INTEGER,
+        last_heard_at   INTEGER NOT NULL,
+        clock_skew_ms   INTEGER NOT NULL,
+        config_version  INTEGER,
+        config_acked_at INTEGER,
+        online          INTEGER NOT NULL DEFAULT 0,
+        session         INTEGER NOT NULL DEFAULT 0,
+        changes         INTEGER NOT NULL DEFAULT 0,
+        since           INTEGER
+     );
+     CREATE TABLE work_leases (
+        name       TEXT PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+     );",
 ];
 
 /// Newest schema version this build knows.

@@ -79,7 +79,7 @@ impl StageRecorder {
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let list = &mut samples[stage as usize];
         let room = MAX_SAMPLES.saturating_sub(list.len()).min(times);
-        list.extend(std::iter::repeat(micros).take(room));
+        list.extend(std::iter::repeat_n(micros, room));
     }
 
     /// Quantiles of every stage recorded so far, and forgets them.

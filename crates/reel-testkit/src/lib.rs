@@ -14,6 +14,7 @@
 pub mod contract;
 pub mod crash;
 pub mod model;
+pub mod presence;
 pub mod subscriptions;
 
 use std::any::Any;

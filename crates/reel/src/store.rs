@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use reel_core::{AppendLimits, EventStore, SubscriptionStore};
+use reel_core::{AppendLimits, EventStore, PresenceStore, SubscriptionStore};
 use reel_postgres::PostgresStore;
 use reel_sqlite::{SqliteOptions, SqliteStore};
 
@@ -57,10 +57,12 @@ pub fn limits(cli: &Cli) -> Result<AppendLimits> {
     Ok(AppendLimits { max_event_bytes: cli.max_event_bytes, max_batch_events: cli.max_batch_events })
 }
 
-/// The event store and the subscription store kept beside it.
+/// The event store and the subscription and presence stores kept beside it.
 pub struct Stores {
     pub events: Arc<dyn EventStore>,
     pub subscriptions: Arc<dyn SubscriptionStore>,
+    /// Device presence; `None` for a remote store (the server it names keeps its own).
+    pub presence: Option<Arc<dyn PresenceStore>>,
 }
 
 /// Opens the event store and its subscription store.
@@ -72,7 +74,8 @@ pub async fn open_with_subscriptions(cli: &Cli) -> Result<Stores> {
                 .await
                 .with_context(|| format!("opening schema {} of the PostgreSQL store", cli.schema))?;
             let subscriptions = store.subscription_store().await.context("opening the subscription store")?;
-            Ok(Stores { events: Arc::new(store), subscriptions: Arc::new(subscriptions) })
+            let store = Arc::new(store);
+            Ok(Stores { events: store.clone(), subscriptions: Arc::new(subscriptions), presence: Some(store) })
         }
         Dsn::Http(url) => {
             let store = reel_client::HttpStore::connect(&url, cli.token.clone())
@@ -83,13 +86,18 @@ pub async fn open_with_subscriptions(cli: &Cli) -> Result<Stores> {
             let local = SqliteStore::open_with(path, options)
                 .with_context(|| format!("opening subscription store {}", path.display()))?;
             let subscriptions = local.subscription_store().context("opening the subscription store")?;
-            Ok(Stores { events: Arc::new(store), subscriptions: Arc::new(subscriptions) })
+            Ok(Stores { events: Arc::new(store), subscriptions: Arc::new(subscriptions), presence: None })
         }
         Dsn::Sqlite(path) => {
             let store =
                 SqliteStore::open_with(&path, options).with_context(|| format!("opening store {}", path.display()))?;
             let subscriptions = store.subscription_store().context("opening the subscription store")?;
-            Ok(Stores { events: Arc::new(store), subscriptions: Arc::new(subscriptions) })
+            let presence = store.presence_store().context("opening the presence store")?;
+            Ok(Stores {
+                events: Arc::new(store),
+                subscriptions: Arc::new(subscriptions),
+                presence: Some(Arc::new(presence)),
+            })
         }
     }
 }

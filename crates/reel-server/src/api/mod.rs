@@ -2,6 +2,7 @@
 //! query parsing that answers in JSON).
 
 pub mod all;
+pub mod devices;
 pub mod live;
 pub mod streams;
 pub mod subscriptions;
@@ -38,6 +39,8 @@ pub struct AppContext {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Streams appended to elsewhere, never through this server.
     pub read_only_streams: Vec<crate::config::ReadOnlyStreams>,
+    /// Device presence, when the server keeps it.
+    pub presence: Option<crate::presence::Presence>,
 }
 
 impl AppContext {

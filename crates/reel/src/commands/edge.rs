@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use reel_edge::{CentralServer, Downlink, Ownership, Uplink};
+use reel_edge::{CentralServer, Downlink, Heartbeats, Ownership, Uplink};
 use reel_server::{ReadOnlyStreams, Server, ServerConfig};
 use reel_subscriptions::cli::shutdown_signal;
 use reel_subscriptions::{ClockBasedRetryStrategy, SubscriptionEngine};
@@ -34,6 +34,17 @@ pub struct EdgeArgs {
     /// Longest wait between tries while the central server is unreachable, in seconds.
     #[arg(long, default_value_t = 30.0)]
     pub max_retry_delay: f64,
+    /// Seconds between heartbeats to the central server (its presence table counts the device
+    /// offline after a multiple of this in silence, 1.5× by default).
+    #[arg(long, default_value_t = 10.0)]
+    pub heartbeat_interval: f64,
+    /// The device's name for people, shown in the central server's devices table.
+    #[arg(long)]
+    pub display_name: Option<String>,
+    /// Report the device's clock this many seconds off in heartbeats (to try a fleet with wrong
+    /// clocks: the skew is reported and changes nothing else).
+    #[arg(long, hide = true, allow_hyphen_values = true, default_value_t = 0.0)]
+    pub simulate_clock_offset: f64,
 }
 
 pub async fn run(cli: &Cli, args: &EdgeArgs) -> Result<()> {
@@ -48,6 +59,21 @@ pub async fn run(cli: &Cli, args: &EdgeArgs) -> Result<()> {
         )));
     }
     let max_retry_delay = super::consume::seconds(args.max_retry_delay, "--max-retry-delay")?;
+    if !(1.0..=86_400.0).contains(&args.heartbeat_interval) {
+        bail!(InvalidInput(format!(
+            "--heartbeat-interval must be 1 to 86400 seconds, got {}",
+            args.heartbeat_interval
+        )));
+    }
+    let heartbeat_interval = Duration::from_secs_f64(args.heartbeat_interval);
+    if !args.simulate_clock_offset.is_finite() || args.simulate_clock_offset.abs() > 10.0 * 365.0 * 86_400.0 {
+        bail!(InvalidInput("--simulate-clock-offset must be a number of seconds within ten years".into()));
+    }
+    if let Some(name) = &args.display_name {
+        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+            bail!(InvalidInput("--display-name must be 1-200 characters without control characters".into()));
+        }
+    }
     // The device's store is the source of truth, on the device: the embedded store only.
     if !matches!(Dsn::parse(&cli.store)?, Dsn::Sqlite(_)) {
         bail!(InvalidInput(format!(
@@ -75,7 +101,10 @@ pub async fn run(cli: &Cli, args: &EdgeArgs) -> Result<()> {
         }],
         ..ServerConfig::default()
     };
-    let downlink = Downlink::new(ownership.clone(), central, stores.events.clone(), max_retry_delay);
+    let downlink = Downlink::new(ownership.clone(), central.clone(), stores.events.clone(), max_retry_delay);
+    let heartbeats = Heartbeats::new(ownership.clone(), central, stores.events.clone(), heartbeat_interval)
+        .with_display_name(args.display_name.clone())
+        .with_clock_offset_ms((args.simulate_clock_offset * 1_000.0) as i64);
     let server = Server::start(stores.events, engine, config).await.context("starting the device's local API")?;
     // One line on stdout that scripts (and tests) can wait for.
     println!(
@@ -85,13 +114,15 @@ pub async fn run(cli: &Cli, args: &EdgeArgs) -> Result<()> {
             "device": ownership.device(), "central": args.central,
         })
     );
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let following = tokio::spawn(downlink.run(async move {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
-    }));
+    };
+    let following = tokio::spawn(downlink.run(until_stopped(stopped.clone())));
+    let beating = tokio::spawn(heartbeats.run(until_stopped(stopped)));
     let served = server.run(signal).await;
     let _ = stop.send(true);
-    let _ = following.await;
+    let _ = tokio::join!(following, beating);
     served?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use reel_server::{RequestLimits, Server, ServerConfig, DEFAULT_PORT};
+use reel_server::{Presence, PresenceOptions, RequestLimits, Server, ServerConfig, DEFAULT_PORT};
 use reel_subscriptions::cli::shutdown_signal;
 use reel_subscriptions::SubscriptionEngine;
 
@@ -46,11 +46,29 @@ pub struct ServeArgs {
     /// --config`). A relay that fails stops the server, so a supervisor restarts both.
     #[arg(long, value_name = "FILE")]
     pub relays: Option<std::path::PathBuf>,
+    /// A device counts as offline after this many of its declared heartbeat intervals pass
+    /// without one (device presence, `GET /devices`).
+    #[arg(long, default_value_t = 1.5)]
+    pub offline_after: f64,
+    /// Split presence work between server processes into 16^N partitions of device names
+    /// (0 to 3); a process that dies leaves its share to the others.
+    #[arg(long, default_value_t = 1)]
+    pub presence_partitions: u8,
+    /// Seconds a process holds its presence partitions without renewing them (it renews every
+    /// third of it): how long a dead process's share waits before another takes it over.
+    #[arg(long, default_value_t = 15.0)]
+    pub presence_lease: f64,
 }
 
 pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
     if args.header_timeout == 0 || args.heartbeat == 0 {
         anyhow::bail!(InvalidInput("--header-timeout and --heartbeat must be at least 1 second".into()));
+    }
+    if !(args.offline_after.is_finite() && (1.0..=100.0).contains(&args.offline_after)) {
+        anyhow::bail!(InvalidInput(format!("--offline-after must be 1 to 100 intervals, got {}", args.offline_after)));
+    }
+    if args.presence_partitions > 3 {
+        anyhow::bail!(InvalidInput(format!("--presence-partitions must be 0 to 3, got {}", args.presence_partitions)));
     }
     // The relays' flags are checked before anything is opened or contacted.
     let relays = args.relays.as_deref().map(relay::load_config).transpose()?.unwrap_or_default();
@@ -74,7 +92,16 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
         run_worker: !args.no_worker,
         ..ServerConfig::default()
     };
-    let server = Server::start(stores.events, engine, config).await.context("starting the server")?;
+    let mut server = Server::start(stores.events.clone(), engine, config).await.context("starting the server")?;
+    if let Some(rows) = stores.presence.clone() {
+        let options = PresenceOptions {
+            offline_after: args.offline_after,
+            lease_ttl: super::consume::seconds(args.presence_lease, "--presence-lease")?,
+            partition_digits: args.presence_partitions,
+            ..PresenceOptions::default()
+        };
+        server = server.with_presence(Presence::new(stores.events, rows, options));
+    }
     let address = server.local_addr();
     let relay_ids: Vec<String> = runs.iter().map(|run| run.id().to_string()).collect();
     // One line on stdout that scripts (and tests) can wait for.

@@ -174,3 +174,12 @@ impl Served {
         self.call("POST", path, Some("application/json"), body.as_bytes(), None)
     }
 }
+
+/// Waits until `done` holds, checking every 100 ms; fails the test after `within`.
+pub fn wait_until(what: &str, within: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "{what} within {within:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

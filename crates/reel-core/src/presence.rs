@@ -1,0 +1,118 @@
+//! Device presence: which devices of a fleet are online, kept by the platform from their
+//! heartbeats. Heartbeats update a row per device and are not events; only a change of state
+//! (`UnitCameOnline`, `UnitWentOffline`) becomes an event, in the device's `unitpresence-NAME`
+//! stream, and the row's [`PresenceState`] is that stream folded.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{ReelError, StreamName, Timestamp};
+
+/// Checks a device name: 1–100 characters of letters, digits, `-` and `_` (it becomes part of
+/// stream names such as `unit-NAME` and `unitpresence-NAME`).
+pub fn check_device_name(name: &str) -> Result<(), ReelError> {
+    let valid = !name.is_empty()
+        && name.len() <= 100
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(ReelError::InvalidArgument(format!(
+            "device name {name:?} must be 1-100 characters of letters, digits, - and _"
+        )));
+    }
+    Ok(())
+}
+
+/// `unitpresence-NAME`: where a device's presence changes are recorded (by the platform).
+pub fn presence_stream(device: &str) -> Result<StreamName, ReelError> {
+    check_device_name(device)?;
+    StreamName::new(format!("unitpresence-{device}"))
+}
+
+/// One heartbeat as the platform received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The device's name.
+    pub device: String,
+    /// Its name for people, if it sent one (kept from earlier heartbeats otherwise).
+    pub display_name: Option<String>,
+    /// How often it says it sends heartbeats: it counts as offline only after a multiple of this.
+    pub interval: Duration,
+    /// Round-trip time of its previous exchange with the platform, in milliseconds.
+    pub rtt_ms: Option<u32>,
+    /// Its clock minus the platform's at receipt, in milliseconds: reported, never used to order.
+    pub clock_skew_ms: i64,
+    /// How many configuration events it holds (its copy of `unitconfig-NAME`).
+    pub config_version: Option<u64>,
+    /// When the platform received it (the platform's clock).
+    pub received_at: Timestamp,
+}
+
+/// A device's presence state: its `unitpresence-NAME` stream folded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PresenceState {
+    /// Online in the latest session.
+    pub online: bool,
+    /// The latest session: 1 for the first time it came online, counting up.
+    pub session: u64,
+    /// Events in the presence stream (the expected version of the next one is `changes - 1`).
+    pub changes: u64,
+    /// When the current state began (platform clock).
+    pub since: Option<Timestamp>,
+}
+
+/// What the platform knows of one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DevicePresence {
+    /// The device's name.
+    pub device: String,
+    /// Its name for people.
+    pub display_name: Option<String>,
+    /// Its declared heartbeat interval, in milliseconds.
+    pub interval_ms: u64,
+    /// Round-trip time of its last exchange, in milliseconds.
+    pub rtt_ms: Option<u32>,
+    /// When it was last heard from (platform clock).
+    pub last_heard_at: Timestamp,
+    /// Its clock minus the platform's, in milliseconds, at its last heartbeat.
+    pub clock_skew_ms: i64,
+    /// How many configuration events it said it holds.
+    pub config_version: Option<u64>,
+    /// When that number last went up: the configuration it acknowledged last.
+    pub config_acked_at: Option<Timestamp>,
+    /// Online or offline, and since when.
+    pub state: PresenceState,
+}
+
+impl DevicePresence {
+    /// Whether it has been silent for longer than `factor` times its own interval at `now`.
+    pub fn is_silent(&self, now: Timestamp, factor: f64) -> bool {
+        let allowed = (self.interval_ms as f64 * factor * 1_000.0) as i64;
+        now.unix_micros().saturating_sub(self.last_heard_at.unix_micros()) > allowed
+    }
+}
+
+/// Keeps the presence row of every device, and the leases that split presence work between
+/// worker processes. Backends implement it beside their `EventStore`.
+#[async_trait]
+pub trait PresenceStore: Send + Sync {
+    /// Records a heartbeat: creates the device's row or updates it (state untouched).
+    async fn record_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), ReelError>;
+    /// Every known device, by name.
+    async fn devices(&self) -> Result<Vec<DevicePresence>, ReelError>;
+    /// Saves a device's folded presence state, unless the stored one has seen more changes.
+    async fn save_presence_state(&self, device: &str, state: &PresenceState) -> Result<(), ReelError>;
+    /// Takes or renews the lease on `partition` (`presence:3a`) for `owner` until `now + ttl`
+    /// when it is free, expired or already `owner`'s. Returns whether `owner` holds it now.
+    async fn claim_partition(
+        &self,
+        partition: &str,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, ReelError>;
+    /// Gives `partition` up if `owner` holds it.
+    async fn release_partition(&self, partition: &str, owner: &str) -> Result<(), ReelError>;
+    /// How many leases whose names start with `prefix` are unexpired at `now`.
+    async fn count_claims(&self, prefix: &str, now: Timestamp) -> Result<usize, ReelError>;
+}
