@@ -44,12 +44,15 @@ struct Inner {
     token: Option<String>,
     http: reqwest::Client,
     head: Arc<HeadNotifier>,
-    follower: tokio::task::JoinHandle<()>,
+    /// `None` for a client that does not follow the head.
+    follower: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.follower.abort();
+        if let Some(follower) = &self.follower {
+            follower.abort();
+        }
     }
 }
 
@@ -57,6 +60,20 @@ impl HttpStore {
     /// Connects to the server at `base` (`http://host:port`), checking that it answers and that
     /// the token (if any) is accepted.
     pub async fn connect(base: &str, token: Option<String>) -> Result<Self, ReelError> {
+        let unfollowed = Self::unfollowed(base, token)?;
+        let client = unfollowed.client();
+        let head: api::HeadBody = client.call(Method::GET, "/head", None, None).await?;
+        let notifier = Arc::new(HeadNotifier::new(Position(head.head)));
+        let follower = Some(tokio::spawn(follow_head(client, notifier.clone())));
+        let Inner { base, token, http, .. } = &*unfollowed.inner;
+        let (base, token, http) = (base.clone(), token.clone(), http.clone());
+        Ok(Self { inner: Arc::new(Inner { base, token, http, head: notifier, follower }) })
+    }
+
+    /// A client of the server at `base` that contacts nothing until it is used and does not
+    /// follow the head (its `watch_head` never wakes): for reading from and appending to many
+    /// servers without keeping a long poll open to each, as the platform does with units.
+    pub fn unfollowed(base: &str, token: Option<String>) -> Result<Self, ReelError> {
         let base = base.trim_end_matches('/').to_string();
         if !base.starts_with("http://") {
             return Err(ReelError::InvalidArgument(format!(
@@ -68,11 +85,8 @@ impl HttpStore {
             .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .map_err(|e| ReelError::storage("building the HTTP client", e))?;
-        let client = Client { base: base.clone(), token: token.clone(), http: http.clone() };
-        let head: api::HeadBody = client.call(Method::GET, "/head", None, None).await?;
-        let notifier = Arc::new(HeadNotifier::new(Position(head.head)));
-        let follower = tokio::spawn(follow_head(client, notifier.clone()));
-        Ok(Self { inner: Arc::new(Inner { base, token, http, head: notifier, follower }) })
+        let head = Arc::new(HeadNotifier::new(Position(0)));
+        Ok(Self { inner: Arc::new(Inner { base, token, http, head, follower: None }) })
     }
 
     /// Sends device `device`'s heartbeat (`POST /devices/{name}/heartbeat`): the platform keeps

@@ -214,9 +214,9 @@ pub struct DeviceEntry {
     /// Round-trip time of its last exchange with the platform, in milliseconds ("Offline" when
     /// it is not online).
     pub rtt_ms: Option<u32>,
-    /// When it was last heard from: last online at.
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub last_heard_at: crate::Timestamp,
+    /// When it was last heard from: last online at (none for a registered unit never heard).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub last_heard_at: Option<crate::Timestamp>,
     /// Its declared heartbeat interval, in milliseconds.
     pub interval_ms: u64,
     /// Its clock minus the platform's at its last heartbeat, in milliseconds.
@@ -228,6 +228,13 @@ pub struct DeviceEntry {
     /// When it last acknowledged new configuration: last config pushed.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub config_acked_at: Option<crate::Timestamp>,
+    /// For a unit without the agent: where the platform reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// For a unit without the agent: `push` (configuration is delivered to it) or `fetch` (its
+    /// events are fetched from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 /// Every device the platform has heard from, by name.

@@ -39,7 +39,10 @@ pub use event::{EventId, NewEvent, RecordedEvent};
 pub use head::HeadWatch;
 pub use limits::AppendLimits;
 pub use position::{ExpectedVersion, Position, StreamVersion};
-pub use presence::{check_device_name, presence_stream, DevicePresence, Heartbeat, PresenceState, PresenceStore};
+pub use presence::{
+    check_device_name, presence_stream, DevicePresence, Heartbeat, PresenceState, PresenceStore, UnitLink,
+    UnitRegistration,
+};
 pub use projection::{BatchFailure, Checkpoint, HandlerError, ProjectionStore, Unavailable, UNAVAILABLE_PREFIX};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{

@@ -61,6 +61,51 @@ pub struct PresenceState {
     pub since: Option<Timestamp>,
 }
 
+/// How the platform reaches a unit that does not run the agent (`reel edge`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitLink {
+    /// The unit takes configuration at its endpoint: the platform pings it and delivers new
+    /// configuration events there, one request each, with an idempotency key.
+    Push,
+    /// The unit serves Reel's HTTP API at its endpoint: the platform pings it and fetches the
+    /// events of its streams from there, exactly once, as the uplink would have sent them.
+    Fetch,
+}
+
+impl UnitLink {
+    /// `push` or `fetch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitLink::Push => "push",
+            UnitLink::Fetch => "fetch",
+        }
+    }
+
+    /// From `push` or `fetch`.
+    pub fn parse(text: &str) -> Result<Self, ReelError> {
+        match text {
+            "push" => Ok(UnitLink::Push),
+            "fetch" => Ok(UnitLink::Fetch),
+            other => Err(ReelError::InvalidArgument(format!("a unit's link is push or fetch, not {other:?}"))),
+        }
+    }
+}
+
+/// A unit registered with the platform because it does not send heartbeats itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitRegistration {
+    /// The unit's name.
+    pub device: String,
+    /// Its name for people.
+    pub display_name: Option<String>,
+    /// How often the platform pings it (and fetches from it): its heartbeat interval.
+    pub interval: Duration,
+    /// `http://…` where the platform reaches it.
+    pub endpoint: String,
+    /// What the platform does there.
+    pub link: UnitLink,
+}
+
 /// What the platform knows of one device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DevicePresence {
@@ -72,7 +117,7 @@ pub struct DevicePresence {
     pub interval_ms: u64,
     /// Round-trip time of its last exchange, in milliseconds.
     pub rtt_ms: Option<u32>,
-    /// When it was last heard from (platform clock).
+    /// When it was last heard from (platform clock); 0 (1970) for a registered unit never heard.
     pub last_heard_at: Timestamp,
     /// Its clock minus the platform's, in milliseconds, at its last heartbeat.
     pub clock_skew_ms: i64,
@@ -82,6 +127,10 @@ pub struct DevicePresence {
     pub config_acked_at: Option<Timestamp>,
     /// Online or offline, and since when.
     pub state: PresenceState,
+    /// Where the platform reaches a registered unit, and how; `None` for agents.
+    pub endpoint: Option<(String, UnitLink)>,
+    /// For a fetched unit: the position in its log up to which its events were fetched.
+    pub fetch_position: u64,
 }
 
 impl DevicePresence {
@@ -98,6 +147,13 @@ impl DevicePresence {
 pub trait PresenceStore: Send + Sync {
     /// Records a heartbeat: creates the device's row or updates it (state untouched).
     async fn record_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), ReelError>;
+    /// Registers a unit the platform reaches itself, or changes its registration (its
+    /// presence and what was fetched from it stay).
+    async fn register_unit(&self, unit: &UnitRegistration) -> Result<(), ReelError>;
+    /// Removes a device's row (its events stay); returns whether there was one.
+    async fn forget_device(&self, device: &str) -> Result<bool, ReelError>;
+    /// Saves how far a fetched unit's log was copied, unless more was saved already.
+    async fn save_fetch_position(&self, device: &str, position: u64) -> Result<(), ReelError>;
     /// Every known device, by name.
     async fn devices(&self) -> Result<Vec<DevicePresence>, ReelError>;
     /// Saves a device's folded presence state, unless the stored one has seen more changes.

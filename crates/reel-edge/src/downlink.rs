@@ -8,7 +8,7 @@ use std::time::Duration;
 use reel_client::HttpStore;
 use reel_core::{Direction, EventStore, ReelError, StreamName, StreamVersion};
 
-use crate::uplink::{copies, expected_before};
+use crate::copy::{copies, expected_before};
 use crate::{CentralServer, Ownership};
 
 /// Follows `unitconfig-NAME` on the central server and appends what is new to the device's

@@ -12,6 +12,8 @@
 //!   window). Anything else found centrally stops the uplink there and says so.
 //! - [`Downlink`]: follows the platform's stream for the device on the central server and
 //!   copies it into the device's store, live while online and caught up after reconnecting.
+//! - [`UnitLinks`]: the platform's side of units without the agent: pinged for presence, their
+//!   configuration pushed to them, or their events fetched from them.
 //! - [`Heartbeats`]: tell the platform the device is online (its presence), with the round-trip
 //!   time, the device's clock (skew is reported, never used) and the configuration it holds.
 //!
@@ -27,13 +29,16 @@
 //! ```
 
 mod central;
+mod copy;
 mod downlink;
 mod heartbeat;
+mod links;
 mod ownership;
 mod uplink;
 
 pub use central::CentralServer;
 pub use downlink::Downlink;
 pub use heartbeat::Heartbeats;
+pub use links::{LinkOptions, UnitLinks};
 pub use ownership::Ownership;
 pub use uplink::Uplink;

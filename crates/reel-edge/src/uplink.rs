@@ -4,12 +4,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use reel_client::HttpStore;
-use reel_core::{
-    Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent, ReelError, RunMode, StreamName, StreamVersion,
-    Unavailable,
-};
+use reel_core::{RecordedEvent, ReelError, RunMode, Unavailable};
 use reel_subscriptions::{BatchFailure, HandlerError, Message, Subscriber, SubscriberSpec};
 
+use crate::copy::{copy_run, CopyFailure};
 use crate::{CentralServer, Ownership};
 
 /// A subscription on the device's store that appends every event of the streams the device owns
@@ -52,68 +50,12 @@ impl Uplink {
     /// Appends one stream's run of events centrally, or finds it (or its start) there already.
     async fn push(&self, run: &[RecordedEvent]) -> Result<(), HandlerError> {
         let central = self.central().await?;
-        let stream = &run[0].stream;
-        let first = run[0].stream_version;
-        match central.append(stream, expected_before(first), copies(run)).await {
-            Ok(_) => Ok(()),
-            // Not where the run starts, or a retry of an earlier append that covered only part
-            // of this run (the server refuses those as duplicates): look at what is there.
-            Err(ReelError::WrongExpectedVersion { .. } | ReelError::DuplicateEventId { .. }) => {
-                self.reconcile(central, run).await
-            }
-            Err(e) => Err(classify(self.central.url(), e)),
-        }
-    }
-
-    /// The central stream is not where this run starts: after a crash or a lost answer it holds
-    /// the run's first events already (same ids, same versions), possibly from an append whose
-    /// batch ended elsewhere; anything else is a stream the device did not write alone.
-    async fn reconcile(&self, central: &HttpStore, run: &[RecordedEvent]) -> Result<(), HandlerError> {
-        let stream = &run[0].stream;
-        let first = run[0].stream_version;
-        let found = match central.read_stream(stream, first, Direction::Forward, run.len()).await {
-            Ok(found) => found,
-            Err(ReelError::StreamNotFound { .. }) => Vec::new(),
-            Err(e) => return Err(classify(self.central.url(), e)),
-        };
-        if found.is_empty() {
-            let actual = central.stream_version(stream).await.map_err(|e| classify(self.central.url(), e))?;
-            if actual.map_or(first.0 > 0, |v| v.0 + 1 < first.0) {
-                return Err(diverged(
-                    stream,
-                    format!(
-                        "the central copy is at version {} but this device already sent up to version {}",
-                        actual.map_or("none (no stream)".to_string(), |v| v.0.to_string()),
-                        first.0.saturating_sub(1)
-                    ),
-                ));
-            }
-            // Exactly where the run starts after all: it moved meanwhile; try again.
-            return Err(Unavailable(format!("central stream {stream} changed while the uplink looked at it")).into());
-        }
-        for (sent, there) in run.iter().zip(&found) {
-            if sent.id != there.id {
-                return Err(diverged(
-                    stream,
-                    format!(
-                        "version {} is event {} centrally but {} on this device",
-                        there.stream_version.0, there.id, sent.id
-                    ),
-                ));
-            }
-        }
-        if found.len() < run.len() {
-            let rest = &run[found.len()..];
-            match central.append(stream, expected_before(rest[0].stream_version), copies(rest)).await {
-                Ok(_) => {}
-                Err(ReelError::WrongExpectedVersion { .. }) => {
-                    return Err(diverged(stream, "it changed while the uplink was catching up".into()))
-                }
-                Err(e) => return Err(classify(self.central.url(), e)),
-            }
-        }
-        tracing::info!(%stream, from = first.0, found = found.len(), "uplink found events already sent; went on after them");
-        Ok(())
+        copy_run(central, run).await.map_err(|failure| match failure {
+            CopyFailure::Diverged(why) => why.into(),
+            CopyFailure::Refused(e) => format!("the central server refused the event: {e}").into(),
+            CopyFailure::Unavailable(e) => unavailable(self.central.url(), &e),
+            CopyFailure::Moved(why) => Unavailable(why).into(),
+        })
     }
 }
 
@@ -139,43 +81,8 @@ fn append_size(run: &[RecordedEvent]) -> usize {
     fits.max(1)
 }
 
-/// The expected version for an append whose first event is at `first`.
-pub(crate) fn expected_before(first: StreamVersion) -> ExpectedVersion {
-    match first.0 {
-        0 => ExpectedVersion::NoStream,
-        v => ExpectedVersion::Exact(StreamVersion(v - 1)),
-    }
-}
-
-/// The events as another store keeps them: same ids, types, data and metadata.
-pub(crate) fn copies(run: &[RecordedEvent]) -> Vec<NewEvent> {
-    run.iter()
-        .map(|e| NewEvent::new(e.event_type.clone(), e.data.clone()).with_id(e.id).with_metadata(e.metadata.clone()))
-        .collect()
-}
-
-/// Errors that the server's answer makes final for this event; everything else (unreachable,
-/// overloaded, a token refused) is waited out.
-fn classify(url: &str, error: ReelError) -> HandlerError {
-    match error {
-        ReelError::InvalidEvent { .. }
-        | ReelError::InvalidStreamName { .. }
-        | ReelError::TooLarge { .. }
-        | ReelError::DuplicateEventId { .. } => format!("the central server refused the event: {error}").into(),
-        other => unavailable(url, &other),
-    }
-}
-
 fn unavailable(url: &str, error: &ReelError) -> HandlerError {
     Unavailable(format!("central server {url}: {error}")).into()
-}
-
-fn diverged(stream: &StreamName, why: String) -> HandlerError {
-    format!(
-        "central stream {stream} holds what this device did not write ({why}); the uplink stops here and \
-         overwrites nothing: compare both copies and stop whoever else writes it centrally"
-    )
-    .into()
 }
 
 #[async_trait]

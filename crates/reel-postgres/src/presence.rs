@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reel_core::{DevicePresence, Heartbeat, PresenceState, PresenceStore, ReelError, Timestamp};
+use reel_core::{
+    DevicePresence, Heartbeat, PresenceState, PresenceStore, ReelError, Timestamp, UnitLink, UnitRegistration,
+};
 
 use crate::PostgresStore;
 
@@ -43,6 +45,56 @@ impl PresenceStore for PostgresStore {
         Ok(())
     }
 
+    async fn register_unit(&self, unit: &UnitRegistration) -> Result<(), ReelError> {
+        let schema = self.schema();
+        self.reader()
+            .await?
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.devices AS d (device, display_name, interval_ms, last_heard_at, clock_skew_ms,
+                                                     endpoint, link)
+                     VALUES ($1, $2, $3, 0, 0, $4, $5)
+                     ON CONFLICT (device) DO UPDATE SET
+                        display_name = coalesce(excluded.display_name, d.display_name),
+                        interval_ms = excluded.interval_ms, endpoint = excluded.endpoint, link = excluded.link"
+                ),
+                &[
+                    &unit.device,
+                    &unit.display_name,
+                    &(unit.interval.as_millis() as i64),
+                    &unit.endpoint,
+                    &unit.link.as_str(),
+                ],
+            )
+            .await
+            .map_err(|e| crate::storage_error("registering a unit", e))?;
+        Ok(())
+    }
+
+    async fn forget_device(&self, device: &str) -> Result<bool, ReelError> {
+        let schema = self.schema();
+        let removed = self
+            .reader()
+            .await?
+            .execute(&format!("DELETE FROM {schema}.devices WHERE device = $1"), &[&device])
+            .await
+            .map_err(|e| crate::storage_error("forgetting a device", e))?;
+        Ok(removed == 1)
+    }
+
+    async fn save_fetch_position(&self, device: &str, position: u64) -> Result<(), ReelError> {
+        let schema = self.schema();
+        self.reader()
+            .await?
+            .execute(
+                &format!("UPDATE {schema}.devices SET fetch_position = $2 WHERE device = $1 AND fetch_position < $2"),
+                &[&device, &(position as i64)],
+            )
+            .await
+            .map_err(|e| crate::storage_error("saving a fetch position", e))?;
+        Ok(())
+    }
+
     async fn devices(&self) -> Result<Vec<DevicePresence>, ReelError> {
         let schema = self.schema();
         let rows = self
@@ -51,7 +103,7 @@ impl PresenceStore for PostgresStore {
             .query(
                 &format!(
                     "SELECT device, display_name, interval_ms, rtt_ms, last_heard_at, clock_skew_ms, config_version,
-                            config_acked_at, online, session, changes, since
+                            config_acked_at, online, session, changes, since, endpoint, link, fetch_position
                      FROM {schema}.devices ORDER BY device"
                 ),
                 &[],
@@ -75,6 +127,11 @@ impl PresenceStore for PostgresStore {
                     changes: r.get::<_, i64>(10) as u64,
                     since: r.get::<_, Option<i64>>(11).map(Timestamp::from_unix_micros),
                 },
+                endpoint: match (r.get::<_, Option<String>>(12), r.get::<_, Option<String>>(13)) {
+                    (Some(endpoint), Some(link)) => Some((endpoint, UnitLink::parse(&link).unwrap_or(UnitLink::Push))),
+                    _ => None,
+                },
+                fetch_position: r.get::<_, i64>(14) as u64,
             })
             .collect())
     }

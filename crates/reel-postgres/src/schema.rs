@@ -268,7 +268,8 @@ const MIGRATIONS: &[&str] = &[
     // 8: the latest warning a subscriber reported while it kept running, and when.
     "ALTER TABLE {s}.subscriptions ADD COLUMN warning_message text, ADD COLUMN warning_at bigint;",
     // 9: device presence (a row per device, updated by heartbeats) and the leases that split
-    // presence work between worker processes.
+    // presence work between worker processes. Units without the agent are registered with the
+    // endpoint the platform pings and pushes configuration to, or fetches events from.
     "CREATE TABLE {s}.devices (
         device          text PRIMARY KEY,
         display_name    text,
@@ -281,7 +282,10 @@ const MIGRATIONS: &[&str] = &[
         online          boolean NOT NULL DEFAULT false,
         session         bigint NOT NULL DEFAULT 0,
         changes         bigint NOT NULL DEFAULT 0,
-        since           bigint
+        since           bigint,
+        endpoint        text,
+        link            text,
+        fetch_position  bigint NOT NULL DEFAULT 0
      );
      CREATE TABLE {s}.work_leases (
         name       text PRIMARY KEY,

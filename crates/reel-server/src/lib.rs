@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 pub use config::{ReadOnlyStreams, RequestLimits, ServerConfig, DEFAULT_PORT};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
-pub use presence::{fold as fold_presence, Presence, PresenceOptions};
+pub use presence::{fold as fold_presence, PartitionWork, Presence, PresenceOptions};
 
 use api::AppState;
 

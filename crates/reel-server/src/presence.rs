@@ -21,10 +21,19 @@ use std::time::Duration;
 
 use reel_core::api::{DeviceEntry, HeartbeatAnswer, HeartbeatBody};
 use reel_core::{
-    check_device_name, presence_stream, Direction, EventStore, ExpectedVersion, Heartbeat, NewEvent, PresenceState,
-    PresenceStore, RecordedEvent, ReelError, StreamName, StreamVersion, Timestamp,
+    check_device_name, presence_stream, DevicePresence, Direction, EventStore, ExpectedVersion, Heartbeat, NewEvent,
+    PresenceState, PresenceStore, RecordedEvent, ReelError, StreamName, StreamVersion, Timestamp,
 };
 use serde_json::json;
+
+/// More work for the devices of the partitions a process holds, done after each sweep with
+/// their presence as it stands (the platform's side of units without the agent: pinging them,
+/// pushing configuration to them, fetching their events).
+#[async_trait::async_trait]
+pub trait PartitionWork: Send + Sync {
+    /// Does what is due at `now` for `devices` (those of this process's partitions).
+    async fn run(&self, now: Timestamp, devices: &[DevicePresence]);
+}
 
 /// How presence is decided and the work split.
 #[derive(Clone, Debug)]
@@ -59,6 +68,7 @@ pub struct Presence {
     events: Arc<dyn EventStore>,
     rows: Arc<dyn PresenceStore>,
     options: PresenceOptions,
+    work: Option<Arc<dyn PartitionWork>>,
 }
 
 /// Longest declared heartbeat interval: a day.
@@ -67,7 +77,13 @@ const MAX_INTERVAL_MS: u64 = 86_400_000;
 impl Presence {
     /// Presence kept in `rows`, its changes appended to `events`.
     pub fn new(events: Arc<dyn EventStore>, rows: Arc<dyn PresenceStore>, options: PresenceOptions) -> Self {
-        Self { events, rows, options }
+        Self { events, rows, options, work: None }
+    }
+
+    /// Also runs `work` for the held partitions' devices after each sweep.
+    pub fn with_work(mut self, work: Arc<dyn PartitionWork>) -> Self {
+        self.work = Some(work);
+        self
     }
 
     /// Records `device`'s heartbeat received at `now`; bad fields are `InvalidArgument` and
@@ -125,13 +141,15 @@ impl Presence {
                 session: d.state.session,
                 since: d.state.since,
                 rtt_ms: d.rtt_ms,
-                last_heard_at: d.last_heard_at,
+                last_heard_at: (d.last_heard_at.unix_micros() > 0).then_some(d.last_heard_at),
                 interval_ms: d.interval_ms,
                 clock_skew_reported: d.clock_skew_ms.abs() > threshold,
                 clock_skew_ms: d.clock_skew_ms,
                 config_version: d.config_version,
                 config_acked_at: d.config_acked_at,
                 display_name: d.display_name,
+                link: d.endpoint.as_ref().map(|(_, link)| link.as_str().to_string()),
+                endpoint: d.endpoint.map(|(endpoint, _)| endpoint),
                 device: d.device,
             })
             .collect())
@@ -140,18 +158,27 @@ impl Presence {
     /// Records every change of the devices in `partitions` (of 16^digits) at `now`; returns
     /// how many it recorded.
     pub async fn sweep(&self, now: Timestamp, partitions: &HashSet<u32>) -> Result<usize, ReelError> {
-        self.sweep_as(now, partitions, "").await
+        let (changed, _) = self.sweep_as(now, partitions, "").await?;
+        Ok(changed)
     }
 
-    /// [`Self::sweep`], naming the deciding process in each event's metadata (`recorded_by`).
-    async fn sweep_as(&self, now: Timestamp, partitions: &HashSet<u32>, owner: &str) -> Result<usize, ReelError> {
+    /// [`Self::sweep`], naming the deciding process in each event's metadata (`recorded_by`);
+    /// also returns the partitions' devices with their presence after the sweep.
+    async fn sweep_as(
+        &self,
+        now: Timestamp,
+        partitions: &HashSet<u32>,
+        owner: &str,
+    ) -> Result<(usize, Vec<DevicePresence>), ReelError> {
         let mut changed = 0;
-        for device in self.rows.devices().await? {
+        let mut swept = Vec::new();
+        for mut device in self.rows.devices().await? {
             if !partitions.contains(&self.partition_of(&device.device)?) {
                 continue;
             }
             let online = !device.is_silent(now, self.options.offline_after);
             if online == device.state.online {
+                swept.push(device);
                 continue;
             }
             let stream = presence_stream(&device.device)?;
@@ -190,6 +217,7 @@ impl Presence {
                 Ok(_) => {
                     tracing::info!(device = %device.device, session = next.session, "{event_type}");
                     self.rows.save_presence_state(&device.device, &next).await?;
+                    device.state = next;
                     changed += 1;
                 }
                 // Another process recorded a change first, or someone appended to the stream:
@@ -197,11 +225,13 @@ impl Presence {
                 Err(ReelError::WrongExpectedVersion { .. }) => {
                     let folded = fold(&self.read_all_of(&stream).await?);
                     self.rows.save_presence_state(&device.device, &folded).await?;
+                    device.state = folded;
                 }
                 Err(e) => return Err(e),
             }
+            swept.push(device);
         }
-        Ok(changed)
+        Ok((changed, swept))
     }
 
     /// The partition `device` falls in.
@@ -250,8 +280,14 @@ impl Presence {
                 claimed_at = Some(std::time::Instant::now());
             }
             if !held.is_empty() {
-                if let Err(e) = self.sweep_as(Timestamp::now(), &held, &owner).await {
-                    tracing::warn!(error = %e, "presence sweep failed; trying again");
+                let now = Timestamp::now();
+                match self.sweep_as(now, &held, &owner).await {
+                    Ok((_, devices)) => {
+                        if let Some(work) = &self.work {
+                            work.run(now, &devices).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "presence sweep failed; trying again"),
                 }
             }
             tokio::select! {

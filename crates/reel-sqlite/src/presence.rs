@@ -4,7 +4,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reel_core::{DevicePresence, Heartbeat, PresenceState, PresenceStore, ReelError, Timestamp};
+use reel_core::{
+    DevicePresence, Heartbeat, PresenceState, PresenceStore, ReelError, Timestamp, UnitLink, UnitRegistration,
+};
 use rusqlite::params;
 
 use crate::connection::SharedConnection;
@@ -60,12 +62,57 @@ impl PresenceStore for SqlitePresenceStore {
         Ok(())
     }
 
+    async fn register_unit(&self, unit: &UnitRegistration) -> Result<(), ReelError> {
+        let unit = unit.clone();
+        self.conn
+            .run("registering a unit", move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO devices (device, display_name, interval_ms, last_heard_at, clock_skew_ms, endpoint, link)
+                     VALUES (?1, ?2, ?3, 0, 0, ?4, ?5)
+                     ON CONFLICT (device) DO UPDATE SET
+                        display_name = coalesce(excluded.display_name, display_name),
+                        interval_ms = excluded.interval_ms, endpoint = excluded.endpoint, link = excluded.link",
+                )?
+                .execute(params![
+                    unit.device,
+                    unit.display_name,
+                    unit.interval.as_millis() as i64,
+                    unit.endpoint,
+                    unit.link.as_str()
+                ])
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn forget_device(&self, device: &str) -> Result<bool, ReelError> {
+        let device = device.to_string();
+        let removed = self
+            .conn
+            .run("forgetting a device", move |conn| {
+                conn.prepare_cached("DELETE FROM devices WHERE device = ?1")?.execute(params![device])
+            })
+            .await?;
+        Ok(removed == 1)
+    }
+
+    async fn save_fetch_position(&self, device: &str, position: u64) -> Result<(), ReelError> {
+        let device = device.to_string();
+        self.conn
+            .run("saving a fetch position", move |conn| {
+                conn.prepare_cached("UPDATE devices SET fetch_position = ?2 WHERE device = ?1 AND fetch_position < ?2")?
+                    .execute(params![device, position as i64])
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn devices(&self) -> Result<Vec<DevicePresence>, ReelError> {
         self.conn
             .run("listing devices", |conn| {
                 let mut statement = conn.prepare_cached(
                     "SELECT device, display_name, interval_ms, rtt_ms, last_heard_at, clock_skew_ms, config_version,
-                            config_acked_at, online, session, changes, since
+                            config_acked_at, online, session, changes, since, endpoint, link, fetch_position
                      FROM devices ORDER BY device",
                 )?;
                 let rows = statement.query_map([], |r| {
@@ -84,6 +131,12 @@ impl PresenceStore for SqlitePresenceStore {
                             changes: r.get::<_, i64>(10)? as u64,
                             since: r.get::<_, Option<i64>>(11)?.map(Timestamp::from_unix_micros),
                         },
+                        endpoint: match (r.get::<_, Option<String>>(12)?, r.get::<_, Option<String>>(13)?) {
+                            (Some(endpoint), Some(link)) => Some((endpoint, link)),
+                            _ => None,
+                        }
+                        .map(|(endpoint, link)| (endpoint, UnitLink::parse(&link).unwrap_or(UnitLink::Push))),
+                        fetch_position: r.get::<_, i64>(14)? as u64,
                     })
                 })?;
                 rows.collect()

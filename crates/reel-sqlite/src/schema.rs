@@ -71,7 +71,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE subscriptions ADD COLUMN warning_message TEXT;
      ALTER TABLE subscriptions ADD COLUMN warning_at INTEGER;",
     // 6: device presence (a row per device, updated by heartbeats) and the leases that split
-    // presence work between worker processes.
+    // presence work between worker processes. Units without the agent are registered with the
+    // endpoint the platform pings and pushes configuration to, or fetches events from.
     "CREATE TABLE devices (
         device          TEXT PRIMARY KEY,
         display_name    TEXT,
@@ -84,7 +85,10 @@ const MIGRATIONS: &[&str] = &[
         online          INTEGER NOT NULL DEFAULT 0,
         session         INTEGER NOT NULL DEFAULT 0,
         changes         INTEGER NOT NULL DEFAULT 0,
-        since           INTEGER
+        since           INTEGER,
+        endpoint        TEXT,
+        link            TEXT,
+        fetch_position  INTEGER NOT NULL DEFAULT 0
      );
      CREATE TABLE work_leases (
         name       TEXT PRIMARY KEY,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reel_core::{Heartbeat, PresenceState, PresenceStore, Timestamp};
+use reel_core::{Heartbeat, PresenceState, PresenceStore, Timestamp, UnitLink, UnitRegistration};
 
 /// Shared handle to the presence store under test.
 pub type Store = Arc<dyn PresenceStore>;
@@ -41,6 +41,7 @@ pub async fn heartbeats_update_the_row_but_not_the_state(store: Store) {
     assert_eq!(a.last_heard_at, at(5));
     assert_eq!((a.config_version, a.config_acked_at), (Some(2), Some(at(0))));
     assert_eq!(a.state, PresenceState::default(), "heartbeats alone change no state");
+    assert_eq!(a.endpoint, None, "an agent has no endpoint");
 
     // A late heartbeat (received before the latest) does not move the last time heard back.
     store.record_heartbeat(&heartbeat("a", 3)).await.unwrap();
@@ -83,11 +84,40 @@ pub async fn partitions_are_claimed_exclusively_until_expiry(store: Store) {
     assert!(store.claim_partition("presence:0", "w3", at(16), ttl).await.unwrap(), "released: free at once");
 }
 
+/// A registered unit has a row before it is ever heard from; heartbeats keep its endpoint and
+/// registering again keeps its presence; a fetch position only moves forward.
+pub async fn units_are_registered_and_forgotten(store: Store) {
+    let unit = UnitRegistration {
+        device: "u".into(),
+        display_name: Some("Unit U".into()),
+        interval: Duration::from_secs(60),
+        endpoint: "http://127.0.0.1:9/unit".into(),
+        link: UnitLink::Push,
+    };
+    store.register_unit(&unit).await.unwrap();
+    let row = store.devices().await.unwrap().remove(0);
+    assert_eq!(row.endpoint, Some(("http://127.0.0.1:9/unit".into(), UnitLink::Push)));
+    assert_eq!((row.last_heard_at, row.interval_ms, row.fetch_position), (Timestamp::from_unix_micros(0), 60_000, 0));
+    assert!(row.is_silent(at(0), 1.5), "never heard from: offline");
+    store.record_heartbeat(&Heartbeat { interval: Duration::from_secs(60), ..heartbeat("u", 1) }).await.unwrap();
+    store.register_unit(&UnitRegistration { link: UnitLink::Fetch, display_name: None, ..unit }).await.unwrap();
+    let row = store.devices().await.unwrap().remove(0);
+    assert_eq!(row.last_heard_at, at(1), "registering again keeps what was heard");
+    assert_eq!(row.display_name.as_deref(), Some("Unit U"));
+    assert_eq!(row.endpoint.map(|(_, link)| link), Some(UnitLink::Fetch));
+    store.save_fetch_position("u", 40).await.unwrap();
+    store.save_fetch_position("u", 30).await.unwrap();
+    assert_eq!(store.devices().await.unwrap()[0].fetch_position, 40, "never back");
+    assert!(store.forget_device("u").await.unwrap());
+    assert!(!store.forget_device("u").await.unwrap());
+    assert!(store.devices().await.unwrap().is_empty());
+}
+
 /// Generates one test per clause. `$factory().await` returns `(Arc<dyn PresenceStore>, guard)`.
 #[macro_export]
 macro_rules! presence_store_conformance_tests {
     ($factory:expr) => {
-        $crate::presence_store_conformance_tests!(@tests $factory; heartbeats_update_the_row_but_not_the_state, presence_state_never_goes_back, partitions_are_claimed_exclusively_until_expiry);
+        $crate::presence_store_conformance_tests!(@tests $factory; heartbeats_update_the_row_but_not_the_state, presence_state_never_goes_back, partitions_are_claimed_exclusively_until_expiry, units_are_registered_and_forgotten);
     };
     (@tests $factory:expr; $($name:ident),*) => {
         $(

@@ -72,6 +72,9 @@ pub enum Command {
     /// Run on a device: the local API over the device's own store (works offline), and the
     /// uplink that copies the device's streams to the central server exactly once.
     Edge(commands::edge::EdgeArgs),
+    /// The platform's devices: presence of agents and registered units, registration of units
+    /// the platform pings, pushes configuration to or fetches events from.
+    Devices(commands::devices::DevicesArgs),
     /// Create, list and revoke API tokens.
     Token(commands::token::TokenArgs),
     /// Measure throughput and latency (runs the reel-bench binary); prints a table and writes JSON.

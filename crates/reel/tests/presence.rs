@@ -254,3 +254,105 @@ fn two_servers_on_one_database_record_each_change_once_and_a_dead_ones_share_is_
         assert_eq!(changes(&second, name), [came(1), went(1)], "{name}");
     }
 }
+
+/// Deliveries a unit received: (idempotency key, body).
+type Deliveries = std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>;
+
+/// A unit's endpoint on a thread: answers every request 200 and keeps the POSTs' keys and bodies.
+fn unit_endpoint() -> (String, Deliveries) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/config", listener.local_addr().unwrap());
+    let posts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let received = posts.clone();
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { continue };
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = socket.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                let Some(end) = text.find("\r\n\r\n") else { continue };
+                let head = text[..end].to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if request.len() < end + 4 + length {
+                    continue;
+                }
+                if head.starts_with("post") {
+                    let key =
+                        head.lines().find_map(|l| l.strip_prefix("idempotency-key:")).unwrap_or("").trim().to_string();
+                    let body = serde_json::from_slice(&request[end + 4..end + 4 + length]).unwrap();
+                    received.lock().unwrap().push((key, body));
+                }
+                let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                break;
+            }
+        }
+    });
+    (url, posts)
+}
+
+#[test]
+fn a_registered_push_unit_is_pinged_by_reel_serve_and_gets_its_configuration_once() {
+    let central = Cli::new();
+    let (url, posts) = unit_endpoint();
+    for (args, reason) in [
+        (vec!["devices", "register", "u 1", "--endpoint", url.as_str(), "--link", "push"], "device name"),
+        (vec!["devices", "register", "u1", "--endpoint", "ftp://x", "--link", "push"], "--endpoint"),
+        (vec!["devices", "register", "u1", "--endpoint", url.as_str(), "--link", "carrier-pigeon"], "push or fetch"),
+        (
+            vec!["devices", "register", "u1", "--endpoint", url.as_str(), "--link", "push", "--interval", "0"],
+            "--interval",
+        ),
+    ] {
+        let error = central.fails(&args, 2);
+        assert!(error.contains(reason), "{args:?}: {error}");
+    }
+    assert_eq!(central.ok(&["devices", "list"]), "", "bad registrations stored nothing");
+    central.ok(&[
+        "devices",
+        "register",
+        "u1",
+        "--endpoint",
+        &url,
+        "--link",
+        "push",
+        "--interval",
+        "1",
+        "--display-name",
+        "Unit 1",
+    ]);
+    central.ok(&["append", "unitconfig-u1", "--type", "PriceSet", "--data", r#"{"price":5}"#]);
+    let server = central.serve(&[]);
+    wait_until("the unit gets its configuration", Duration::from_secs(20), || !posts.lock().unwrap().is_empty());
+    wait_until("the unit shows online with it acknowledged", Duration::from_secs(10), || {
+        let d = &devices(&server)["u1"];
+        d["online"] == true && d["config_version"] == 1
+    });
+    let listed = devices(&server);
+    assert_eq!((listed["u1"]["link"].as_str(), listed["u1"]["display_name"].as_str()), (Some("push"), Some("Unit 1")));
+    assert!(listed["u1"]["rtt_ms"].is_u64(), "pings measure the round trip");
+    std::thread::sleep(Duration::from_secs(2));
+    let delivered = posts.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1, "delivered once: {delivered:?}");
+    let event = &events_of(&server, "unitconfig-u1")[0];
+    assert_eq!(delivered[0].0, event["id"].as_str().unwrap(), "the event id is the idempotency key");
+    assert_eq!(delivered[0].1["data"]["price"], 5);
+    drop(server);
+    let line = central.ok(&["devices", "list"]);
+    assert!(line.contains(r#""device":"u1""#), "{line}");
+    central.ok(&["devices", "forget", "u1"]);
+    assert_eq!(central.ok(&["devices", "list"]), "");
+    assert!(central.fails(&["devices", "forget", "u1"], 2).contains("no device named u1"));
+}
+
+fn events_of(server: &Served, stream: &str) -> Vec<serde_json::Value> {
+    server.get(&format!("/streams/{stream}")).body["events"].as_array().cloned().unwrap_or_default()
+}

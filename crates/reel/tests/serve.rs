@@ -75,7 +75,9 @@ fn bad_input_gets_a_json_4xx_and_changes_nothing() {
     let big_batch =
         format!(r#"{{"events":[{}]}}"#, (0..200).map(|_| r#"{"type":"A","data":1}"#).collect::<Vec<_>>().join(","));
     let json = Some("application/json");
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (what, path, content type, body, status, error code)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("invalid JSON", "/streams/unit-1", json, b"{\"type\":".to_vec(), 400, "invalid_json"),
         ("wrong field type", "/streams/unit-1", json, br#"{"type":5,"data":1}"#.to_vec(), 400, "invalid_body"),
         ("missing type", "/streams/unit-1", json, br#"{"data":1}"#.to_vec(), 400, "invalid_event"),

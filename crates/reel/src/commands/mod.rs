@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bridge;
 pub mod consume;
 pub mod debug;
+pub mod devices;
 pub mod edge;
 pub mod event_line;
 pub mod info;
@@ -38,6 +39,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::run(&cli, args).await,
         Command::Edge(args) => edge::run(&cli, args).await,
         Command::Token(args) => token::run(&cli, args).await,
+        Command::Devices(args) => devices::run(&cli, args).await,
         Command::Debug(args) => debug::run(&cli, args).await,
     }
 }

@@ -3,10 +3,12 @@
 //! (unless `--no-worker`); the CLI registers none, so its subscriptions run in `reel consume`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use reel_edge::{LinkOptions, UnitLinks};
 use reel_server::{Presence, PresenceOptions, RequestLimits, Server, ServerConfig, DEFAULT_PORT};
 use reel_subscriptions::cli::shutdown_signal;
 use reel_subscriptions::SubscriptionEngine;
@@ -58,6 +60,13 @@ pub struct ServeArgs {
     /// third of it): how long a dead process's share waits before another takes it over.
     #[arg(long, default_value_t = 15.0)]
     pub presence_lease: f64,
+    /// Seconds to wait before each retry of a configuration delivery to a push unit that
+    /// failed (the last repeats); counted only while the unit is online.
+    #[arg(long, value_delimiter = ',', default_value = "60,300,900")]
+    pub push_retry: Vec<f64>,
+    /// Units pinged, pushed to or fetched from at the same time by this process.
+    #[arg(long, default_value_t = 64)]
+    pub unit_concurrency: usize,
 }
 
 pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
@@ -67,6 +76,11 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
     if !(args.offline_after.is_finite() && (1.0..=100.0).contains(&args.offline_after)) {
         anyhow::bail!(InvalidInput(format!("--offline-after must be 1 to 100 intervals, got {}", args.offline_after)));
     }
+    if args.push_retry.is_empty() || args.unit_concurrency == 0 {
+        anyhow::bail!(InvalidInput("--push-retry needs at least one wait and --unit-concurrency at least 1".into()));
+    }
+    let retry_steps =
+        args.push_retry.iter().map(|s| super::consume::seconds(*s, "--push-retry")).collect::<Result<Vec<_>>>()?;
     if args.presence_partitions > 3 {
         anyhow::bail!(InvalidInput(format!("--presence-partitions must be 0 to 3, got {}", args.presence_partitions)));
     }
@@ -100,7 +114,12 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
             partition_digits: args.presence_partitions,
             ..PresenceOptions::default()
         };
-        server = server.with_presence(Presence::new(stores.events, rows, options));
+        let links = UnitLinks::new(
+            stores.events.clone(),
+            rows.clone(),
+            LinkOptions { retry_steps, concurrency: args.unit_concurrency, ..LinkOptions::default() },
+        );
+        server = server.with_presence(Presence::new(stores.events, rows, options).with_work(Arc::new(links)));
     }
     let address = server.local_addr();
     let relay_ids: Vec<String> = runs.iter().map(|run| run.id().to_string()).collect();
