@@ -97,6 +97,32 @@ impl HttpStore {
         self.client().call(Method::POST, &path, Some(body.as_slice()), None).await
     }
 
+    /// Up to `limit` events of `stream` from version `from` on, waiting up to `wait` (at most the
+    /// server's maximum, 60 s by default) for the first when there are none yet: a long poll on
+    /// one stream, woken by the server only when that stream grows. An empty answer means none
+    /// arrived in time (also when the stream does not exist yet).
+    pub async fn wait_for_stream(
+        &self,
+        stream: &StreamName,
+        from: StreamVersion,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<RecordedEvent>, ReelError> {
+        reel_core::backend::check_read_limit(limit)?;
+        let path = format!(
+            "/streams/{}?from={}&limit={}&wait={}",
+            encode_segment(stream.as_str()),
+            from.0.min(i64::MAX as u64),
+            limit.min(api::MAX_PAGE),
+            wait.as_secs()
+        );
+        match self.client().call::<api::StreamPage>(Method::GET, &path, None, Some(stream)).await {
+            Ok(page) => Ok(page.events),
+            Err(ReelError::StreamNotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The devices the server keeps presence of (`GET /devices`).
     pub async fn devices(&self) -> Result<api::DeviceList, ReelError> {
         self.client().call(Method::GET, "/devices", None, None).await

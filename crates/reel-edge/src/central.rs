@@ -4,9 +4,9 @@ use reel_client::HttpStore;
 use reel_core::ReelError;
 use tokio::sync::OnceCell;
 
-/// The central server (`http://…`, with a token if it requires one), connected on first use
-/// (a device may start offline) and shared by the uplink and the downlink, so a device keeps
-/// one client and one follower of the central head, not one each.
+/// The central server (`http://…`, with a token if it requires one), contacted on first use
+/// (a device may start offline) and shared by the uplink, the downlink and the heartbeats, so a
+/// device keeps one client (one connection pool), not one each.
 pub struct CentralServer {
     url: String,
     token: Option<String>,
@@ -24,9 +24,10 @@ impl CentralServer {
         &self.url
     }
 
-    /// The client, connecting first if no call has yet; a failed connection is tried again by
-    /// the next call.
+    /// The client. It keeps no long poll of its own on the central head (each of thousands of
+    /// devices would be woken by every append of every other one); the downlink waits on its
+    /// own stream instead.
     pub(crate) async fn store(&self) -> Result<&HttpStore, ReelError> {
-        self.store.get_or_try_init(|| HttpStore::connect(&self.url, self.token.clone())).await
+        self.store.get_or_try_init(|| async { HttpStore::unfollowed(&self.url, self.token.clone()) }).await
     }
 }

@@ -15,9 +15,9 @@ use crate::{CentralServer, Ownership};
 /// store, with the platform's event ids and versions, so local apps read the device's
 /// configuration and commands without the network.
 ///
-/// Live while the central server is reachable (it wakes on the central head's long poll, so a
-/// change is fetched as soon as the central head moves), caught up after any time away (it
-/// starts from the version the device already has), with nothing to retry centrally. The local copy is the central
+/// Live while the central server is reachable (a long poll on its stream alone wakes it as soon
+/// as the platform appends there, and no other stream's events do), caught up after any time
+/// away (it starts from the version the device already has), with nothing to retry centrally. The local copy is the central
 /// stream version for version: the platform is its only writer, and the device's own API
 /// refuses appends to it.
 pub struct Downlink {
@@ -60,13 +60,17 @@ impl Downlink {
             };
             let pause = async {
                 match outcome {
-                    // Nothing to wait for: until the central head moves (at most 25 s, then the
-                    // stream is looked at anyway).
+                    // Caught up: wait on the central server until the stream grows (a long poll on
+                    // this stream alone, 25 s at a time).
                     Ok(central) => {
                         delay = Duration::from_millis(100);
-                        let mut head = central.watch_head();
-                        let now = head.current();
-                        let _ = tokio::time::timeout(Duration::from_secs(25), head.wait_past(now)).await;
+                        match self.local.stream_version(&stream).await {
+                            Ok(version) => {
+                                let from = StreamVersion(version.map_or(0, |v| v.0 + 1));
+                                let _ = central.wait_for_stream(&stream, from, 1, Duration::from_secs(25)).await;
+                            }
+                            Err(_) => tokio::time::sleep(delay).await,
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, central = %self.central.url(), retry_in = ?delay, "downlink failed; retrying");

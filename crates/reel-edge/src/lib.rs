@@ -1,8 +1,8 @@
 //! Reel on devices that work offline: the device's own store is the source of truth for the
 //! streams it owns, and an uplink copies them to the central server, version for version.
 //!
-//! - [`CentralServer`]: the central server as the device reaches it, connected on first use
-//!   and shared by uplink and downlink.
+//! - [`CentralServer`]: the central server as the device reaches it, contacted on first use
+//!   and shared by the uplink, the downlink and the heartbeats.
 //! - [`Ownership`]: every stream has one writing side. A device owns `unit-NAME` and
 //!   `unit-NAME-*`; the platform owns `unitconfig-NAME` (configuration and commands for it).
 //! - [`Uplink`]: a subscription on the device's store that appends each owned stream's new

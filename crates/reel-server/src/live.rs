@@ -4,10 +4,11 @@
 //! falls more than the buffer behind is dropped with a final `dropped` event telling it where to
 //! resume, instead of being buffered without bound.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use reel_core::{AllReader, EventStore, Position, ReadAllFilter, RecordedEvent};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
 /// An event of the live tail with its JSON, encoded once for every client.
 pub struct LiveEvent {
@@ -19,6 +20,39 @@ pub struct LiveEvent {
 #[derive(Clone)]
 pub struct LiveTail {
     sender: broadcast::Sender<Arc<LiveEvent>>,
+    waiters: Arc<StreamWaiters>,
+}
+
+/// Long polls waiting for one stream to grow (`GET /streams/{s}?wait=…`), woken by the live
+/// tail when an event of their stream passes: ten thousand idle device downlinks cost one map
+/// lookup per event, not a wake-up each.
+#[derive(Default)]
+pub struct StreamWaiters {
+    waiting: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl StreamWaiters {
+    /// What wakes waiters of `stream` (create the `notified()` future, enable it, then look
+    /// at the stream once more before waiting, so nothing appended in between is missed).
+    pub fn notify_of(&self, stream: &str) -> Arc<Notify> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.entry(stream.to_string()).or_default().clone()
+    }
+
+    /// Gives up waiting on `notify` for `stream`: forgets it when nobody else waits.
+    pub fn done(&self, stream: &str, notify: Arc<Notify>) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if waiting.get(stream).is_some_and(|n| Arc::ptr_eq(n, &notify)) && Arc::strong_count(&notify) <= 2 {
+            waiting.remove(stream);
+        }
+    }
+
+    fn wake(&self, stream: &str) {
+        let notify = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(stream);
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
+    }
 }
 
 impl LiveTail {
@@ -30,7 +64,8 @@ impl LiveTail {
     ) -> Result<Self, reel_core::ReelError> {
         let (sender, _) = broadcast::channel(buffer);
         let head = store.head().await?;
-        let tail = Self { sender: sender.clone() };
+        let waiters = Arc::new(StreamWaiters::default());
+        let tail = Self { sender: sender.clone(), waiters: waiters.clone() };
         tokio::spawn(async move {
             let mut reader = AllReader::new(store.clone(), head.next(), ReadAllFilter::default(), 1000);
             let mut watch = store.watch_head();
@@ -38,6 +73,7 @@ impl LiveTail {
                 match reader.next_page().await {
                     Ok(Some(page)) if !page.is_empty() => {
                         for event in page {
+                            waiters.wake(event.stream.as_str());
                             // No receivers is fine: nobody is watching right now.
                             let json = serde_json::to_string(&event).unwrap_or_default();
                             let _ = sender.send(Arc::new(LiveEvent { event, json }));
@@ -59,6 +95,11 @@ impl LiveTail {
             }
         });
         Ok(tail)
+    }
+
+    /// The long polls waiting for streams.
+    pub fn waiters(&self) -> &StreamWaiters {
+        &self.waiters
     }
 
     /// A receiver of events appended from now on.

@@ -351,6 +351,33 @@ fn long_poll_answers_when_an_event_arrives() {
     assert_eq!(moved.body["head"], 2);
 }
 
+#[test]
+fn a_long_poll_on_one_stream_answers_when_that_stream_grows_and_not_for_others() {
+    let cli = Cli::new();
+    let server = cli.serve(&[]);
+    let base = server.base.clone();
+    // The stream does not exist yet: the poll waits for it.
+    let poll = std::thread::spawn(move || {
+        let text =
+            common::http().get(format!("{base}/streams/unitconfig-9?from=0&wait=30")).send().unwrap().text().unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    server.post_json("/streams/unit-9", r#"{"type":"Other","data":1}"#);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!poll.is_finished(), "an event of another stream does not answer it");
+    server.post_json("/streams/unitconfig-9", r#"{"type":"PriceSet","data":{"price":2}}"#);
+    let page = poll.join().unwrap();
+    assert_eq!(page["events"][0]["type"], "PriceSet", "{page}");
+    // Past the end, it waits and answers empty; a stream that never appears answers 404.
+    let empty = server.get("/streams/unitconfig-9?from=1&wait=1");
+    assert_eq!((empty.status, empty.body["events"].as_array().map(Vec::len)), (200, Some(0)));
+    assert_eq!(server.get("/streams/unitconfig-10?wait=1").status, 404);
+    let refused = server.get("/streams/unitconfig-9?direction=backward&wait=1");
+    assert_eq!((refused.status, refused.body["error"].as_str()), (400, Some("invalid_query")));
+    assert_eq!(server.get("/streams/unitconfig-9?wait=61").status, 400, "beyond the server's maximum");
+}
+
 /// Reads SSE frames (blank-line separated) from a live response.
 fn frames(reader: &mut impl BufRead, count: usize) -> Vec<String> {
     let mut frames = Vec::new();

@@ -119,7 +119,7 @@ pub async fn read_all(
 }
 
 /// The long-poll wait asked for, at most the server's maximum.
-fn wait_for(state: &AppState, seconds: Option<u64>) -> Result<Duration, ApiError> {
+pub fn wait_for(state: &AppState, seconds: Option<u64>) -> Result<Duration, ApiError> {
     let wait = Duration::from_secs(seconds.unwrap_or(0));
     if wait > state.limits.max_wait {
         return Err(ApiError::bad_request(

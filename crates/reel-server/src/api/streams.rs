@@ -312,6 +312,49 @@ fn cloud_events(text: &str) -> Result<Vec<NewEvent>, ApiError> {
     Ok(events)
 }
 
+/// Waits up to `wait` for `stream` to have events at `from`, then reads them (a stream that still
+/// does not exist is `StreamNotFound`).
+async fn wait_for_stream(
+    state: &AppState,
+    stream: &StreamName,
+    from: u64,
+    limit: usize,
+    wait: std::time::Duration,
+) -> Result<Vec<reel_core::RecordedEvent>, ReelError> {
+    let waiters = state.live.waiters();
+    let notify = waiters.notify_of(stream.as_str());
+    let outcome = read_or_wait(state, stream, from, limit, wait, &notify).await;
+    waiters.done(stream.as_str(), notify);
+    outcome
+}
+
+async fn read_or_wait(
+    state: &AppState,
+    stream: &StreamName,
+    from: u64,
+    limit: usize,
+    wait: std::time::Duration,
+    notify: &tokio::sync::Notify,
+) -> Result<Vec<reel_core::RecordedEvent>, ReelError> {
+    // Enabled before the stream is looked at again: an event appended in between wakes it.
+    let woken = notify.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    let read = || state.events.read_stream(stream, StreamVersion(from), Direction::Forward, limit);
+    match read().await {
+        Ok(events) if events.is_empty() => {}
+        Err(ReelError::StreamNotFound { .. }) => {}
+        other => return other,
+    }
+    let mut shutdown = state.shutdown.clone();
+    tokio::select! {
+        _ = woken => {}
+        _ = tokio::time::sleep(wait) => {}
+        _ = shutdown.changed() => {}
+    }
+    read().await
+}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReadStreamQuery {
@@ -323,6 +366,9 @@ pub struct ReadStreamQuery {
     limit: Option<usize>,
     /// `forward` (default) or `backward`.
     direction: Option<DirectionParam>,
+    /// Forward only: seconds to wait when the stream has nothing at `from` yet (or does not
+    /// exist yet), answering as soon as it does (0 to the server's maximum).
+    wait: Option<u64>,
 }
 
 #[derive(Deserialize, Clone, Copy, ToSchema, PartialEq)]
@@ -359,7 +405,19 @@ pub async fn read(
     let (direction, default_from) =
         if backward { (Direction::Backward, i64::MAX as u64) } else { (Direction::Forward, 0) };
     let from = query.from.unwrap_or(default_from).min(i64::MAX as u64);
-    let events = state.events.read_stream(&stream, StreamVersion(from), direction, limit).await?;
+    let wait = super::all::wait_for(&state, query.wait)?;
+    if backward && !wait.is_zero() {
+        return Err(ApiError::bad_request("invalid_query", "wait is for reading forward"));
+    }
+    let events = match state.events.read_stream(&stream, StreamVersion(from), direction, limit).await {
+        Ok(events) if events.is_empty() && !wait.is_zero() => {
+            wait_for_stream(&state, &stream, from, limit, wait).await?
+        }
+        Err(ReelError::StreamNotFound { .. }) if !wait.is_zero() => {
+            wait_for_stream(&state, &stream, from, limit, wait).await?
+        }
+        other => other?,
+    };
     state.metrics.events_read.inc_by(events.len() as u64);
     let next = match (events.len() == limit, events.last()) {
         (true, Some(last)) if !backward => Some(last.stream_version.0 + 1),
