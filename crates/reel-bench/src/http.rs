@@ -44,13 +44,65 @@ pub(super) struct ServerProcess {
     child: std::process::Child,
     pub(super) base: String,
     address: String,
+    store: std::path::PathBuf,
+    live_buffer: usize,
 }
 
 impl ServerProcess {
     pub(super) fn start(store: &std::path::Path) -> Result<Self> {
+        Self::start_at(store, "127.0.0.1:0", 100_000)
+    }
+
+    /// With `reel serve`'s defaults (a live buffer of 10,000 events), as an operator runs it.
+    pub(super) fn start_default(store: &std::path::Path) -> Result<Self> {
+        Self::start_at(store, "127.0.0.1:0", 10_000)
+    }
+
+    /// Kills it (SIGKILL: nothing is flushed or released).
+    pub(super) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same address and store.
+    pub(super) fn restart(&mut self) -> Result<()> {
+        self.kill();
+        // The port may take a moment to be free again.
+        let started = std::time::Instant::now();
+        loop {
+            match Self::start_at(&self.store, &self.address, self.live_buffer) {
+                Ok(again) => {
+                    *self = again;
+                    return Ok(());
+                }
+                Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    eprintln!("restarting the server: {e:#}; trying again");
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// CPU time the server has used (user and system), in seconds.
+    pub(super) fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// Files (sockets included) the server has open.
+    pub(super) fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |dir| dir.count())
+    }
+
+    fn start_at(store: &std::path::Path, listen: &str, live_buffer: usize) -> Result<Self> {
         use std::io::BufRead;
         let mut child = std::process::Command::new(reel_binary()?)
-            .args(["serve", "--listen", "127.0.0.1:0", "--live-buffer", "100000"])
+            .args(["serve", "--listen", listen, "--live-buffer", &live_buffer.to_string()])
             .env("REEL_STORE", store)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -62,7 +114,7 @@ impl ServerProcess {
             serde_json::from_str(&line).with_context(|| format!("server said {line:?}"))?;
         let base = started["listening"].as_str().context("no address")?.to_string();
         let address = base.trim_start_matches("http://").to_string();
-        Ok(Self { child, base, address })
+        Ok(Self { child, base, address, store: store.to_path_buf(), live_buffer })
     }
 
     /// Resident memory of the server, in MiB.

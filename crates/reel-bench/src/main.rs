@@ -24,6 +24,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod aggregates;
 mod edge;
+mod edge_fleet;
 mod http;
 mod mqtt_ingest;
 mod postgres;
@@ -208,6 +209,27 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000)]
         batch: usize,
     },
+    /// Many devices (agents in this process, each with its own store) against one central
+    /// `reel serve` process, each appending one event a second with random offline periods:
+    /// central ingest, append-to-central latency, drain after an outage of the central server,
+    /// central CPU and memory, and central memory with many idle downlink long polls.
+    EdgeFleet {
+        /// Simulated devices.
+        #[arg(long, default_value_t = 1_000)]
+        devices: usize,
+        /// Seconds measured while the fleet runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Seconds the central server is down.
+        #[arg(long, default_value_t = 300)]
+        outage: u64,
+        /// Idle downlink long polls held open at the end.
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+        /// Seconds between each device's heartbeats.
+        #[arg(long, default_value_t = 10)]
+        heartbeat: u64,
+    },
     /// Full `read_all` scan against a raw SQLite scan of the same file, with peak memory.
     Read {
         /// Events to write first and then read.
@@ -375,6 +397,18 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             edge::bench_edge(&dir, (*events).max(1), (*batch).clamp(1, 10_000), args.event_size)
                 .await
                 .map(|(rows, extra)| ("edge", rows, extra))
+        }
+        BenchCommand::EdgeFleet { devices, seconds, outage, idle, heartbeat } => {
+            let plan = edge_fleet::FleetPlan {
+                devices: (*devices).max(1),
+                seconds: (*seconds).max(1),
+                outage: *outage,
+                idle: *idle,
+                heartbeat: (*heartbeat).max(1),
+            };
+            edge_fleet::bench_edge_fleet(&dir, &plan, args.event_size)
+                .await
+                .map(|(rows, extra)| ("edge-fleet", rows, extra))
         }
         BenchCommand::Read { events, page } => {
             bench_read(&dir, *events, (*page).clamp(1, reel_sqlite::MAX_READ_LIMIT), args.event_size)

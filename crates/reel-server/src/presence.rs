@@ -107,6 +107,9 @@ impl Presence {
                 return invalid("display_name must be 1-200 characters without control characters".into());
             }
         }
+        if body.config_version.is_some_and(|v| v > i64::MAX as u64) {
+            return invalid("config_version is a stream version: at most 9223372036854775807".into());
+        }
         if body.clock_ms <= 0 {
             return invalid(format!("clock_ms must be the device's clock in Unix milliseconds, got {}", body.clock_ms));
         }

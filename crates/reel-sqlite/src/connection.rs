@@ -12,14 +12,19 @@ use crate::schema::open_connection;
 /// forgotten by a power loss without harm (checkpoints are at-least-once; snapshots only speed
 /// loads up). Commits stay atomic.
 #[derive(Clone)]
-pub(crate) struct SharedConnection(Arc<Mutex<Connection>>);
+pub(crate) struct SharedConnection {
+    conn: Arc<Mutex<Connection>>,
+    /// Callers wait for their turn here, asleep, rather than each on a blocking thread of its
+    /// own: a thousand devices' heartbeats at once would otherwise hold a thousand threads.
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
 
 impl SharedConnection {
     pub(crate) fn open(path: &Path) -> Result<Self, ReelError> {
         let conn = open_connection(path, false)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| ReelError::storage(format!("configuring {}", path.display()), e))?;
-        Ok(Self(Arc::new(Mutex::new(conn))))
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), turn: Arc::new(tokio::sync::Mutex::new(())) })
     }
 
     /// Runs `work` on the connection in a blocking thread.
@@ -28,7 +33,8 @@ impl SharedConnection {
         what: &'static str,
         work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, ReelError> {
-        let conn = Arc::clone(&self.0);
+        let _turn = self.turn.lock().await;
+        let conn = Arc::clone(&self.conn);
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().map_err(|_| ReelError::storage(what, "connection lock poisoned"))?;
             work(&conn).map_err(|e| ReelError::storage(what, e))

@@ -79,7 +79,8 @@ fn a_device_works_offline_survives_kill_9_and_its_streams_reach_the_central_serv
     let port = free_port();
     let central_url = format!("http://127.0.0.1:{port}");
 
-    // The central server is not there: local appends work anyway.
+    // The central server is not there: local appends work anyway (5,000 events in all: some
+    // one by one across two streams, the rest in local batches).
     let mut agent = edge(&device, "d1", &central_url);
     for n in 0..200 {
         append(&agent, "unit-d1", n);
@@ -88,31 +89,36 @@ fn a_device_works_offline_survives_kill_9_and_its_streams_reach_the_central_serv
         }
     }
     append(&agent, "shelf-1", 0);
+    for first in (200..2_500).step_by(500) {
+        append_many(&agent, "unit-d1", first, 500.min(2_500 - first));
+    }
     // Killed hard while offline, then restarted: nothing queued is lost.
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     let agent = edge(&device, "d1", &central_url);
-    for n in 200..300 {
-        append(&agent, "unit-d1", n);
+    for first in (2_500..4_950).step_by(500) {
+        append_many(&agent, "unit-d1", first, 500.min(4_950 - first));
     }
 
     let server = central.spawn_server(&["serve", "--listen", &format!("127.0.0.1:{port}")]);
     wait_until("the central copy catches up", Duration::from_secs(60), || {
-        events(&server, "unit-d1").len() == 300 && events(&server, "unit-d1-doors").len() == 50
+        events(&server, "unit-d1").len() == 4_950 && events(&server, "unit-d1-doors").len() == 50
     });
     for stream in ["unit-d1", "unit-d1-doors"] {
         assert_eq!(events(&server, stream), events(&agent, stream), "{stream}: same ids, versions, data, order");
     }
+    let numbers: Vec<u64> = events(&server, "unit-d1").iter().map(|(_, _, data)| data["n"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, (0..4_950).collect::<Vec<_>>(), "in the device's order");
     assert!(events(&server, "shelf-1").is_empty(), "streams the device does not own stay on the device");
 
     // A restart after everything was sent sends nothing again.
     drop(agent);
     let agent = edge(&device, "d1", &central_url);
-    append(&agent, "unit-d1", 300);
-    wait_until("the new event arrives", Duration::from_secs(30), || events(&server, "unit-d1").len() == 301);
+    append(&agent, "unit-d1", 4_950);
+    wait_until("the new event arrives", Duration::from_secs(30), || events(&server, "unit-d1").len() == 4_951);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(events(&server, "unit-d1"), events(&agent, "unit-d1"));
-    assert_eq!(central.head(), 351 + presence_changes(&server, "d1"), "each event once: 301 + 50");
+    assert_eq!(central.head(), 5_001 + presence_changes(&server, "d1"), "each event once: 4,951 + 50");
 }
 
 #[test]

@@ -31,6 +31,7 @@ fn presence(state: &AppState) -> Result<&Presence, ApiError> {
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "The token may not write unit-NAME", body = ErrorBody),
         (status = 404, description = "This server does not keep presence", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
     )
 )]
 pub async fn heartbeat(

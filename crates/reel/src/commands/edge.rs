@@ -32,7 +32,7 @@ pub struct EdgeArgs {
     #[arg(long, env = "REEL_LISTEN", default_value = "127.0.0.1:7312")]
     pub listen: SocketAddr,
     /// Longest wait between tries while the central server is unreachable, in seconds.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 10.0)]
     pub max_retry_delay: f64,
     /// Seconds between heartbeats to the central server (its presence table counts the device
     /// offline after a multiple of this in silence, 1.5× by default).
