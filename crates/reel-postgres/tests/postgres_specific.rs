@@ -588,6 +588,7 @@ async fn a_schema_from_before_the_durable_head_migrates_with_its_log_visible() {
             "DROP TABLE {schema}.durable_head; DROP FUNCTION {schema}.append_group_v2;
              DROP FUNCTION {schema}.append_group_v3;
              ALTER TABLE {schema}.subscriptions DROP COLUMN warning_message, DROP COLUMN warning_at;
+             DROP TABLE {schema}.devices; DROP TABLE {schema}.work_leases;
              UPDATE {schema}.reel_schema SET version = 5;"
         ))
         .await

@@ -27,7 +27,9 @@ fn the_dashboard_pauses_a_subscription_shows_the_live_tail_and_the_devices() {
     cli.ok(&["devices", "register", "PL-0999", "--endpoint", "http://127.0.0.1:9/config", "--link", "push"]);
     let server = cli.serve(&[]);
     let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-    let beat = format!(r#"{{"interval_ms":60000,"clock_ms":{clock},"rtt_ms":12,"display_name":"Station One","config_version":2}}"#);
+    let beat = format!(
+        r#"{{"interval_ms":60000,"clock_ms":{clock},"rtt_ms":12,"display_name":"Station One","config_version":2}}"#
+    );
     assert_eq!(server.post_json("/devices/PL-1001/heartbeat", &beat).status, 200);
     let screenshot = std::env::temp_dir().join(format!("reel-dashboard-{}.png", std::process::id()));
     let append_url = format!("{}/streams/unit-PL-1002", server.base);
