@@ -35,9 +35,9 @@ try {
   const online = page.locator('#devices tr[data-device="PL-1001"]');
   await page.waitForFunction(() => document.querySelector('#devices tr[data-device="PL-1001"] td.status')?.textContent === "Online", null, { timeout: 10000 });
   const cells = await online.locator("td").allTextContents();
-  if (cells[1] !== "Station One" || cells[3] !== "12 ms" || cells[5] !== "a few seconds ago" || !cells[4].includes("(v2)")) throw new Error("unexpected online row: " + cells.join(" | "));
+  if (cells[1] !== "Station One" || cells[3] !== "12 ms" || cells[5] !== "a few seconds ago" || !cells[4].includes("(v2)") || cells[7] !== "agent") throw new Error("unexpected online row: " + cells.join(" | "));
   const never = await page.locator('#devices tr[data-device="PL-0999"] td').allTextContents();
-  if (never[2] !== "Offline" || never[3] !== "Offline" || never[5] !== "never") throw new Error("unexpected offline row: " + never.join(" | "));
+  if (never[2] !== "Offline" || never[3] !== "Offline" || never[5] !== "never" || never[7] !== "push") throw new Error("unexpected offline row: " + never.join(" | "));
   const order = async () => page.locator("#devices tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.device));
   if ((await order()).join() !== "PL-0999,PL-1001") throw new Error("expected name order, saw " + (await order()));
   await page.locator('#devices th[data-sort="device"]').click();

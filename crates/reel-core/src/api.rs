@@ -235,6 +235,9 @@ pub struct DeviceEntry {
     /// events are fetched from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// For a unit without the agent: why the last delivery or fetch failed, until one works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_error: Option<String>,
 }
 
 /// Every device the platform has heard from, by name.

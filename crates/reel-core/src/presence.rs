@@ -131,6 +131,9 @@ pub struct DevicePresence {
     pub endpoint: Option<(String, UnitLink)>,
     /// For a fetched unit: the position in its log up to which its events were fetched.
     pub fetch_position: u64,
+    /// For a registered unit: why the platform's last delivery to it or fetch from it failed,
+    /// until one succeeds.
+    pub link_error: Option<String>,
 }
 
 impl DevicePresence {
@@ -154,6 +157,8 @@ pub trait PresenceStore: Send + Sync {
     async fn forget_device(&self, device: &str) -> Result<bool, ReelError>;
     /// Saves how far a fetched unit's log was copied, unless more was saved already.
     async fn save_fetch_position(&self, device: &str, position: u64) -> Result<(), ReelError>;
+    /// Saves why the platform's last delivery to or fetch from a unit failed (`None`: it worked).
+    async fn save_link_error(&self, device: &str, error: Option<&str>) -> Result<(), ReelError>;
     /// Every known device, by name.
     async fn devices(&self) -> Result<Vec<DevicePresence>, ReelError>;
     /// Saves a device's folded presence state, unless the stored one has seen more changes.

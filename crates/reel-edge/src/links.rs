@@ -167,6 +167,16 @@ impl UnitLinks {
         }
     }
 
+    /// Records why the last delivery or fetch failed (`None`: it worked), when that changed.
+    async fn link_status(&self, device: &DevicePresence, error: Option<String>) {
+        if device.link_error == error {
+            return;
+        }
+        if let Err(e) = self.rows.save_link_error(&device.device, error.as_deref()).await {
+            tracing::warn!(device = %device.device, error = %e, "could not save a unit's link status");
+        }
+    }
+
     /// Delivers the configuration events the unit does not hold yet, in order.
     async fn push(&self, now: Timestamp, head: Position, device: &DevicePresence, endpoint: &str, due: &mut Schedule) {
         let Ok(stream) = StreamName::new(format!("unitconfig-{}", device.device)) else { return };
@@ -182,6 +192,7 @@ impl UnitLinks {
         };
         if pending.is_empty() {
             due.up_to_date_at = Some(head);
+            self.link_status(device, None).await;
             return;
         }
         for event in &pending {
@@ -211,8 +222,15 @@ impl UnitLinks {
                 device = %device.device, version = event.stream_version.0, error = %failure, retry_in = ?wait,
                 "configuration not delivered; retried while the unit is online"
             );
+            let why = format!(
+                "configuration version {} not delivered: {failure}; tried again in {} s while online",
+                event.stream_version.0,
+                wait.as_secs()
+            );
+            self.link_status(device, Some(why)).await;
             return;
         }
+        self.link_status(device, None).await;
     }
 
     /// Copies the unit's new events centrally, exactly.
@@ -222,6 +240,7 @@ impl UnitLinks {
             (Err(e), _) | (_, Err(e)) => {
                 due.stopped = Some(e.to_string());
                 tracing::error!(device = %device.device, error = %e, "cannot fetch from this unit");
+                self.link_status(device, Some(format!("cannot fetch from this unit: {e}"))).await;
                 return;
             }
         };
@@ -232,6 +251,8 @@ impl UnitLinks {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(device = %device.device, error = %e, "fetching from the unit failed; tried again later");
+                    self.link_status(device, Some(format!("fetching failed: {e}; tried again at the next interval")))
+                        .await;
                     return;
                 }
             };
@@ -248,16 +269,20 @@ impl UnitLinks {
                     Ok(()) => {}
                     Err(CopyFailure::Diverged(why)) | Err(CopyFailure::Refused(ReelError::InvalidArgument(why))) => {
                         tracing::error!(device = %device.device, "{why}");
+                        self.link_status(device, Some(format!("fetching stopped: {why}"))).await;
                         due.stopped = Some(why);
                         return;
                     }
                     Err(CopyFailure::Refused(e)) => {
                         tracing::error!(device = %device.device, error = %e, "the central store refused the unit's events; fetching from it stops");
+                        let why = format!("fetching stopped: the central store refused the unit's events: {e}");
+                        self.link_status(device, Some(why)).await;
                         due.stopped = Some(e.to_string());
                         return;
                     }
                     Err(CopyFailure::Unavailable(e)) => {
                         tracing::warn!(device = %device.device, error = %e, "fetched events not stored; tried again later");
+                        self.link_status(device, Some(format!("fetched events not stored: {e}"))).await;
                         return;
                     }
                     Err(CopyFailure::Moved(why)) => {
@@ -274,10 +299,12 @@ impl UnitLinks {
                 }
             }
             if page.events.is_empty() || page.next <= from {
+                self.link_status(device, None).await;
                 return;
             }
             from = page.next;
         }
+        self.link_status(device, None).await;
     }
 }
 

@@ -154,8 +154,11 @@ async fn a_failing_unit_is_retried_on_the_schedule_only_while_online_and_from_th
     assert!(!platform.row("u1").await.state.online, "not online before the sweep has seen the answer");
     assert_eq!(posts(), 0, "nothing is pushed to a unit not known to be online");
     platform.round(at(1)).await; // online: delivered at once; it fails
-    assert!(platform.row("u1").await.state.online);
+    let row = platform.row("u1").await;
+    assert!(row.state.online);
     assert_eq!(posts(), 1);
+    let why = row.link_error.expect("the failure is shown with the device");
+    assert!(why.contains("version 0 not delivered") && why.contains("60 s"), "{why}");
     platform.round(at(30)).await;
     assert_eq!(posts(), 1, "the first retry waits 60 s");
     platform.round(at(61)).await; // pinged again; second attempt fails
@@ -182,6 +185,8 @@ async fn a_failing_unit_is_retried_on_the_schedule_only_while_online_and_from_th
     assert_eq!(row.state.session, 2);
     assert_eq!(posts(), 3);
     assert_eq!((row.config_version, row.config_acked_at), (Some(1), Some(at(462))), "acknowledged");
+    platform.round(at(463)).await;
+    assert_eq!(platform.row("u1").await.link_error, None, "cleared once delivered");
     let delivered = unit.posts.lock().unwrap().clone();
     let id = platform.events("unitconfig-u1").await[0].id.to_string();
     assert!(delivered.iter().all(|(key, _)| key == &id), "every attempt carries the event id as its key");
@@ -194,10 +199,10 @@ async fn a_failing_unit_is_retried_on_the_schedule_only_while_online_and_from_th
         .append(&config, ExpectedVersion::Any, vec![NewEvent::new("PriceSet", r#"{"price":4}"#)])
         .await
         .unwrap();
-    platform.round(at(463)).await;
+    platform.round(at(464)).await;
     assert_eq!(posts(), 4);
     assert_ne!(unit.posts.lock().unwrap()[3].0, id);
-    platform.round(at(464)).await;
+    platform.round(at(465)).await;
     assert_eq!(posts(), 4, "nothing twice");
     assert_eq!(platform.row("u1").await.config_version, Some(2));
 }
@@ -280,5 +285,8 @@ async fn a_central_stream_the_unit_did_not_write_stops_fetching_from_it_and_is_n
     platform.round(at(61)).await;
     let central = platform.events("unit-f2").await;
     assert_eq!(central.len(), 1, "nothing overwritten or added after it");
-    assert_eq!(platform.row("f2").await.fetch_position, 0);
+    let row = platform.row("f2").await;
+    assert_eq!(row.fetch_position, 0);
+    let why = row.link_error.expect("shown with the device");
+    assert!(why.contains("fetching stopped") && why.contains("did not write"), "{why}");
 }

@@ -56,7 +56,8 @@ impl PresenceStore for PostgresStore {
                      VALUES ($1, $2, $3, 0, 0, $4, $5)
                      ON CONFLICT (device) DO UPDATE SET
                         display_name = coalesce(excluded.display_name, d.display_name),
-                        interval_ms = excluded.interval_ms, endpoint = excluded.endpoint, link = excluded.link"
+                        interval_ms = excluded.interval_ms, endpoint = excluded.endpoint, link = excluded.link,
+                        link_error = NULL"
                 ),
                 &[
                     &unit.device,
@@ -95,6 +96,16 @@ impl PresenceStore for PostgresStore {
         Ok(())
     }
 
+    async fn save_link_error(&self, device: &str, error: Option<&str>) -> Result<(), ReelError> {
+        let schema = self.schema();
+        self.reader()
+            .await?
+            .execute(&format!("UPDATE {schema}.devices SET link_error = $2 WHERE device = $1"), &[&device, &error])
+            .await
+            .map_err(|e| crate::storage_error("saving a unit's link error", e))?;
+        Ok(())
+    }
+
     async fn devices(&self) -> Result<Vec<DevicePresence>, ReelError> {
         let schema = self.schema();
         let rows = self
@@ -103,7 +114,8 @@ impl PresenceStore for PostgresStore {
             .query(
                 &format!(
                     "SELECT device, display_name, interval_ms, rtt_ms, last_heard_at, clock_skew_ms, config_version,
-                            config_acked_at, online, session, changes, since, endpoint, link, fetch_position
+                            config_acked_at, online, session, changes, since, endpoint, link, fetch_position,
+                            link_error
                      FROM {schema}.devices ORDER BY device"
                 ),
                 &[],
@@ -132,6 +144,7 @@ impl PresenceStore for PostgresStore {
                     _ => None,
                 },
                 fetch_position: r.get::<_, i64>(14) as u64,
+                link_error: r.get(15),
             })
             .collect())
     }

@@ -285,7 +285,8 @@ const MIGRATIONS: &[&str] = &[
         since           bigint,
         endpoint        text,
         link            text,
-        fetch_position  bigint NOT NULL DEFAULT 0
+        fetch_position  bigint NOT NULL DEFAULT 0,
+        link_error      text
      );
      CREATE TABLE {s}.work_leases (
         name       text PRIMARY KEY,

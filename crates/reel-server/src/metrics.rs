@@ -34,6 +34,11 @@ pub struct Metrics {
     pub subscription_unavailable: Family<SubscriptionLabel, Gauge>,
     pub subscription_parked: Family<SubscriptionLabel, Gauge>,
     pub subscription_warning_at: Family<SubscriptionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Fleet-wide device counts (no label per device: a fleet has thousands).
+    pub devices: Gauge,
+    pub devices_online: Gauge,
+    pub devices_clock_skewed: Gauge,
+    pub devices_link_failing: Gauge,
 }
 
 impl Default for Metrics {
@@ -89,8 +94,26 @@ impl Default for Metrics {
             "When a subscription last reported a warning, in Unix seconds (absent when it has none)",
             subscription_warning_at.clone(),
         );
+        let (devices, devices_online) = (Gauge::default(), Gauge::default());
+        let (devices_clock_skewed, devices_link_failing) = (Gauge::default(), Gauge::default());
+        registry.register("devices", "Devices the server keeps presence of", devices.clone());
+        registry.register("devices_online", "Devices online now", devices_online.clone());
+        registry.register(
+            "devices_clock_skewed",
+            "Devices whose clock is off by more than the reporting threshold",
+            devices_clock_skewed.clone(),
+        );
+        registry.register(
+            "devices_link_failing",
+            "Units without the agent whose last configuration delivery or fetch failed",
+            devices_link_failing.clone(),
+        );
         Self {
             registry,
+            devices,
+            devices_online,
+            devices_clock_skewed,
+            devices_link_failing,
             events_appended,
             append_requests,
             append_seconds,

@@ -153,6 +153,7 @@ impl Presence {
                 display_name: d.display_name,
                 link: d.endpoint.as_ref().map(|(_, link)| link.as_str().to_string()),
                 endpoint: d.endpoint.map(|(endpoint, _)| endpoint),
+                link_error: d.link_error,
                 device: d.device,
             })
             .collect())

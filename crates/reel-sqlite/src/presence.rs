@@ -71,7 +71,8 @@ impl PresenceStore for SqlitePresenceStore {
                      VALUES (?1, ?2, ?3, 0, 0, ?4, ?5)
                      ON CONFLICT (device) DO UPDATE SET
                         display_name = coalesce(excluded.display_name, display_name),
-                        interval_ms = excluded.interval_ms, endpoint = excluded.endpoint, link = excluded.link",
+                        interval_ms = excluded.interval_ms, endpoint = excluded.endpoint, link = excluded.link,
+                        link_error = NULL",
                 )?
                 .execute(params![
                     unit.device,
@@ -107,12 +108,24 @@ impl PresenceStore for SqlitePresenceStore {
         Ok(())
     }
 
+    async fn save_link_error(&self, device: &str, error: Option<&str>) -> Result<(), ReelError> {
+        let (device, error) = (device.to_string(), error.map(str::to_string));
+        self.conn
+            .run("saving a unit's link error", move |conn| {
+                conn.prepare_cached("UPDATE devices SET link_error = ?2 WHERE device = ?1")?
+                    .execute(params![device, error])
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn devices(&self) -> Result<Vec<DevicePresence>, ReelError> {
         self.conn
             .run("listing devices", |conn| {
                 let mut statement = conn.prepare_cached(
                     "SELECT device, display_name, interval_ms, rtt_ms, last_heard_at, clock_skew_ms, config_version,
-                            config_acked_at, online, session, changes, since, endpoint, link, fetch_position
+                            config_acked_at, online, session, changes, since, endpoint, link, fetch_position,
+                            link_error
                      FROM devices ORDER BY device",
                 )?;
                 let rows = statement.query_map([], |r| {
@@ -137,6 +150,7 @@ impl PresenceStore for SqlitePresenceStore {
                         }
                         .map(|(endpoint, link)| (endpoint, UnitLink::parse(&link).unwrap_or(UnitLink::Push))),
                         fetch_position: r.get::<_, i64>(14)? as u64,
+                        link_error: r.get(15)?,
                     })
                 })?;
                 rows.collect()

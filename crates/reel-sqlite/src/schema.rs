@@ -88,7 +88,8 @@ const MIGRATIONS: &[&str] = &[
         since           INTEGER,
         endpoint        TEXT,
         link            TEXT,
-        fetch_position  INTEGER NOT NULL DEFAULT 0
+        fetch_position  INTEGER NOT NULL DEFAULT 0,
+        link_error      TEXT
      );
      CREATE TABLE work_leases (
         name       TEXT PRIMARY KEY,

@@ -67,6 +67,12 @@ fn presence_flips_after_the_devices_own_silence_threshold_once_per_change_and_la
     wait_until("both devices online", Duration::from_secs(10), || {
         online(&server, "p1") == Some(true) && online(&server, "p2") == Some(true)
     });
+    let metrics = server.get("/metrics").text;
+    for line in
+        ["reel_devices 2", "reel_devices_online 2", "reel_devices_clock_skewed 0", "reel_devices_link_failing 0"]
+    {
+        assert!(metrics.lines().any(|l| l == line), "{line} in /metrics:\n{metrics}");
+    }
     let listed = devices(&server);
     assert_eq!(listed["p1"]["display_name"], "Station 1");
     assert_eq!(listed["p1"]["interval_ms"], 1000);
@@ -77,6 +83,7 @@ fn presence_flips_after_the_devices_own_silence_threshold_once_per_change_and_la
     p1.child.wait().unwrap();
     wait_until("p1 offline", Duration::from_secs(10), || online(&server, "p1") == Some(false));
     assert_eq!(changes(&server, "p1"), [came(1), went(1)]);
+    assert!(server.get("/metrics").text.lines().any(|l| l == "reel_devices_online 1"));
 
     // A late and a repeated change of the session that is over do not bring it back.
     for late in

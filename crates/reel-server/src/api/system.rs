@@ -84,6 +84,14 @@ pub async fn metrics(State(state): State<AppState>, access: Access) -> Result<Re
             m.subscription_warning_at.get_or_create(&label).set(at.unix_micros() as f64 / 1_000_000.0);
         }
     }
+    if let Some(presence) = &state.presence {
+        let devices = presence.devices().await?;
+        let count = |keep: fn(&reel_core::api::DeviceEntry) -> bool| devices.iter().filter(|d| keep(d)).count() as i64;
+        m.devices.set(devices.len() as i64);
+        m.devices_online.set(count(|d| d.online));
+        m.devices_clock_skewed.set(count(|d| d.clock_skew_reported));
+        m.devices_link_failing.set(count(|d| d.link_error.is_some()));
+    }
     let body = state.metrics.encode();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }
