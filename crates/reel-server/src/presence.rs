@@ -268,19 +268,24 @@ impl Presence {
             0 => 1,
             digits => 16u32.pow(u32::from(digits.min(4))),
         };
-        let width = usize::from(self.options.partition_digits.max(1));
-        let name = |partition: u32| format!("presence:{partition:0width$x}");
         let member = format!("{MEMBERS}{owner}");
-        // Processes start their search at different partitions, so they rarely contend.
         let offset = owner.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % count;
+        let set = PartitionSet { count, offset, width: usize::from(self.options.partition_digits.max(1)) };
         let mut held = HashSet::new();
         let mut claimed_at: Option<std::time::Instant> = None;
+        let mut idle = false;
         loop {
-            if claimed_at.is_none_or(|at| at.elapsed() >= self.options.lease_ttl / 3) {
-                match self.claim_share(&owner, &member, count, offset, &held, &name).await {
+            // A server without devices (most of them) renews only its membership and claims no
+            // partitions; it claims its share within one sweep interval of the first heartbeat or
+            // registration.
+            let no_devices = held.is_empty() && matches!(self.rows.devices().await, Ok(devices) if devices.is_empty());
+            let first_devices = idle && !no_devices;
+            if first_devices || claimed_at.is_none_or(|at| at.elapsed() >= self.options.lease_ttl / 3) {
+                match self.claim_share(&owner, &member, &set, &held, !no_devices).await {
                     Ok(now_held) => held = now_held,
                     Err(e) => tracing::warn!(error = %e, "could not claim presence partitions; trying again"),
                 }
+                idle = no_devices;
                 claimed_at = Some(std::time::Instant::now());
             }
             if !held.is_empty() {
@@ -301,38 +306,57 @@ impl Presence {
         }
         // Leave at once rather than when the leases lapse.
         for partition in held {
-            let _ = self.rows.release_partition(&name(partition), &owner).await;
+            let _ = self.rows.release_partition(&set.name(partition), &owner).await;
         }
         let _ = self.rows.release_partition(&member, &owner).await;
     }
 
-    /// Renews this process's membership and takes (or keeps) its fair share of partitions.
+    /// Renews this process's membership and, with `partitions`, takes (or keeps) its fair share
+    /// of partitions.
     async fn claim_share(
         &self,
         owner: &str,
         member: &str,
-        count: u32,
-        offset: u32,
+        set: &PartitionSet,
         held: &HashSet<u32>,
-        name: &impl Fn(u32) -> String,
+        partitions: bool,
     ) -> Result<HashSet<u32>, ReelError> {
         let ttl = self.options.lease_ttl;
         let now = Timestamp::now();
         self.rows.claim_partition(member, owner, now, ttl).await?;
+        if !partitions {
+            return Ok(HashSet::new());
+        }
         let members = self.rows.count_claims(MEMBERS, now).await?.max(1) as u32;
-        let fair = count.div_ceil(members) as usize;
+        let fair = set.count.div_ceil(members) as usize;
         let mut taken = HashSet::new();
-        for i in 0..count {
-            let partition = (offset + i) % count;
+        for i in 0..set.count {
+            let partition = (set.offset + i) % set.count;
             if taken.len() < fair {
-                if self.rows.claim_partition(&name(partition), owner, now, ttl).await? {
+                if self.rows.claim_partition(&set.name(partition), owner, now, ttl).await? {
                     taken.insert(partition);
                 }
             } else if held.contains(&partition) {
-                self.rows.release_partition(&name(partition), owner).await?;
+                self.rows.release_partition(&set.name(partition), owner).await?;
             }
         }
         Ok(taken)
+    }
+}
+
+/// The partitions of presence work and where this process starts looking among them.
+struct PartitionSet {
+    count: u32,
+    /// Processes start their search at different partitions, so they rarely contend.
+    offset: u32,
+    /// Hex digits in a partition's name.
+    width: usize,
+}
+
+impl PartitionSet {
+    /// The lease name of `partition` (`presence:3a`).
+    fn name(&self, partition: u32) -> String {
+        format!("presence:{partition:0width$x}", width = self.width)
     }
 }
 
