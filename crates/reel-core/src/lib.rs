@@ -40,8 +40,8 @@ pub use head::HeadWatch;
 pub use limits::AppendLimits;
 pub use position::{ExpectedVersion, Position, StreamVersion};
 pub use presence::{
-    check_device_name, presence_stream, DevicePresence, Heartbeat, PresenceState, PresenceStore, UnitLink,
-    UnitRegistration,
+    check_device_name, check_display_name, presence_stream, DevicePresence, Heartbeat, PresenceState, PresenceStore,
+    UnitLink, UnitRegistration,
 };
 pub use projection::{BatchFailure, Checkpoint, HandlerError, ProjectionStore, Unavailable, UNAVAILABLE_PREFIX};
 pub use snapshot::{Snapshot, SnapshotStore};

@@ -23,6 +23,15 @@ pub fn check_device_name(name: &str) -> Result<(), ReelError> {
     Ok(())
 }
 
+/// Checks a device's name for people: 1–200 characters without control characters. `field`
+/// names it in the error (`display_name`, `--display-name`).
+pub fn check_display_name(name: &str, field: &str) -> Result<(), ReelError> {
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ReelError::InvalidArgument(format!("{field} must be 1-200 characters without control characters")));
+    }
+    Ok(())
+}
+
 /// `unitpresence-NAME`: where a device's presence changes are recorded (by the platform).
 pub fn presence_stream(device: &str) -> Result<StreamName, ReelError> {
     check_device_name(device)?;

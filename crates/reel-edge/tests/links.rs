@@ -2,9 +2,11 @@
 //! presence from pings, configuration pushed on the retry schedule only while the unit is
 //! online, and events fetched from a unit exactly once.
 
+mod common;
+
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reel_core::{
@@ -12,74 +14,9 @@ use reel_core::{
     UnitRegistration,
 };
 use reel_edge::{LinkOptions, UnitLinks};
-use reel_server::{PartitionWork, Presence, PresenceOptions, Server, ServerConfig};
+use reel_server::{PartitionWork, Presence, PresenceOptions};
 use reel_sqlite::SqliteStore;
-use reel_subscriptions::SubscriptionEngine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A unit's endpoint: answers pings while `up`; refuses the first `fail_posts` deliveries.
-struct FakeUnit {
-    url: String,
-    up: Arc<AtomicBool>,
-    /// Every delivery received: (idempotency key, body).
-    posts: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
-}
-
-async fn fake_unit(fail_posts: usize) -> FakeUnit {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/config", listener.local_addr().unwrap());
-    let up = Arc::new(AtomicBool::new(true));
-    let posts = Arc::new(Mutex::new(Vec::new()));
-    let failures = Arc::new(AtomicUsize::new(fail_posts));
-    let (up_flag, received) = (up.clone(), posts.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
-            let (up, received, failures) = (up_flag.clone(), received.clone(), failures.clone());
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                // One request per connection: headers, then the body by its length.
-                loop {
-                    let Ok(n) = socket.read(&mut buffer).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buffer[..n]);
-                    let text = String::from_utf8_lossy(&request).to_string();
-                    let Some(end) = text.find("\r\n\r\n") else { continue };
-                    let head = text[..end].to_ascii_lowercase();
-                    let length = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                    if request.len() < end + 4 + length {
-                        continue;
-                    }
-                    let status = if !up.load(Ordering::SeqCst) {
-                        "503 Service Unavailable"
-                    } else if head.starts_with("post") {
-                        let key = head.lines().find_map(|l| l.strip_prefix("idempotency-key:")).unwrap_or("").trim();
-                        let body = serde_json::from_slice(&request[end + 4..end + 4 + length]).unwrap();
-                        received.lock().unwrap().push((key.to_string(), body));
-                        if failures.load(Ordering::SeqCst) > 0 {
-                            failures.fetch_sub(1, Ordering::SeqCst);
-                            "500 Internal Server Error"
-                        } else {
-                            "200 OK"
-                        }
-                    } else {
-                        "200 OK"
-                    };
-                    let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                    let _ = socket.write_all(answer.as_bytes()).await;
-                    return;
-                }
-            });
-        }
-    });
-    FakeUnit { url, up, posts }
-}
+use reel_testkit::unit_endpoint::UnitEndpoint;
 
 /// The platform: a store, presence over it (one partition) and the unit links.
 struct Platform {
@@ -140,7 +77,7 @@ fn at(seconds: i64) -> Timestamp {
 async fn a_failing_unit_is_retried_on_the_schedule_only_while_online_and_from_the_start_when_back() {
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path());
-    let unit = fake_unit(2).await;
+    let unit = UnitEndpoint::start(2);
     platform.register("u1", &unit.url, UnitLink::Push).await;
     let config = StreamName::new("unitconfig-u1").unwrap();
     platform
@@ -148,7 +85,7 @@ async fn a_failing_unit_is_retried_on_the_schedule_only_while_online_and_from_th
         .append(&config, ExpectedVersion::NoStream, vec![NewEvent::new("PriceSet", r#"{"price":3}"#)])
         .await
         .unwrap();
-    let posts = || unit.posts.lock().unwrap().len();
+    let posts = || unit.deliveries();
 
     platform.round(at(0)).await; // pinged: heard
     assert!(!platform.row("u1").await.state.online, "not online before the sweep has seen the answer");
@@ -207,21 +144,6 @@ async fn a_failing_unit_is_retried_on_the_schedule_only_while_online_and_from_th
     assert_eq!(platform.row("u1").await.config_version, Some(2));
 }
 
-/// A unit serving Reel's API over its own store, in this process.
-async fn unit_server(store: &SqliteStore) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let engine =
-        SubscriptionEngine::new(Arc::new(store.clone()), Arc::new(store.subscription_store().unwrap()), vec![])
-            .unwrap();
-    let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
-    let server = Server::start(Arc::new(store.clone()), engine, config).await.unwrap();
-    let base = format!("http://{}", server.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    (base, stop)
-}
-
 async fn ticks(store: &SqliteStore, stream: &str, first: usize, n: usize) {
     let events = (first..first + n).map(|i| NewEvent::new("Tick", format!(r#"{{"n":{i}}}"#))).collect();
     store.append(&StreamName::new(stream).unwrap(), ExpectedVersion::Any, events).await.unwrap();
@@ -232,7 +154,7 @@ async fn a_units_events_are_fetched_exactly_once_even_after_a_fetch_stored_them_
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path());
     let unit = SqliteStore::open(dir.path().join("unit.db")).unwrap();
-    let (base, _stop) = unit_server(&unit).await;
+    let (base, _stop) = common::serve(&unit).await;
     ticks(&unit, "unit-f1", 0, 1_500).await;
     ticks(&unit, "shelf-9", 0, 3).await; // not the unit's to send
     ticks(&unit, "unit-f1-doors", 0, 20).await;
@@ -275,7 +197,7 @@ async fn a_central_stream_the_unit_did_not_write_stops_fetching_from_it_and_is_n
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path());
     let unit = SqliteStore::open(dir.path().join("unit.db")).unwrap();
-    let (base, _stop) = unit_server(&unit).await;
+    let (base, _stop) = common::serve(&unit).await;
     ticks(&unit, "unit-f2", 0, 10).await;
     ticks(&platform.store, "unit-f2", 100, 1).await; // someone else wrote it centrally
     platform.register("f2", &base, UnitLink::Fetch).await;

@@ -2,13 +2,14 @@
 //! for the cases a test of real processes cannot produce on demand: an earlier append whose
 //! answer was lost and whose batch ended somewhere else than the retry's.
 
+mod common;
+
 use std::sync::Arc;
 
 use reel_core::{
     Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamName, StreamVersion, SubscriptionCriteria,
 };
 use reel_edge::{CentralServer, Ownership, Uplink};
-use reel_server::{Server, ServerConfig};
 use reel_sqlite::SqliteStore;
 use reel_subscriptions::SubscriptionEngine;
 
@@ -20,16 +21,7 @@ struct Central {
 
 async fn central(dir: &std::path::Path) -> Central {
     let store = SqliteStore::open(dir.join("central.db")).unwrap();
-    let engine =
-        SubscriptionEngine::new(Arc::new(store.clone()), Arc::new(store.subscription_store().unwrap()), vec![])
-            .unwrap();
-    let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
-    let server = Server::start(Arc::new(store.clone()), engine, config).await.unwrap();
-    let base = format!("http://{}", server.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let (base, stop) = common::serve(&store).await;
     Central { store, base, _stop: stop }
 }
 

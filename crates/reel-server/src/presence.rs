@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use reel_core::api::{DeviceEntry, HeartbeatAnswer, HeartbeatBody};
 use reel_core::{
-    check_device_name, presence_stream, DevicePresence, Direction, EventStore, ExpectedVersion, Heartbeat, NewEvent,
-    PresenceState, PresenceStore, RecordedEvent, ReelError, StreamName, StreamVersion, Timestamp,
+    check_device_name, check_display_name, presence_stream, DevicePresence, Direction, EventStore, ExpectedVersion,
+    Heartbeat, NewEvent, PresenceState, PresenceStore, RecordedEvent, ReelError, StreamName, StreamVersion, Timestamp,
 };
 use serde_json::json;
 
@@ -103,9 +103,7 @@ impl Presence {
             return invalid("rtt_ms must be at most 3600000 (an hour)".into());
         }
         if let Some(name) = &body.display_name {
-            if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-                return invalid("display_name must be 1-200 characters without control characters".into());
-            }
+            check_display_name(name, "display_name")?;
         }
         if body.config_version.is_some_and(|v| v > i64::MAX as u64) {
             return invalid("config_version is a stream version: at most 9223372036854775807".into());
@@ -162,21 +160,24 @@ impl Presence {
     /// Records every change of the devices in `partitions` (of 16^digits) at `now`; returns
     /// how many it recorded.
     pub async fn sweep(&self, now: Timestamp, partitions: &HashSet<u32>) -> Result<usize, ReelError> {
-        let (changed, _) = self.sweep_as(now, partitions, "").await?;
+        let devices = self.rows.devices().await?;
+        let (changed, _) = self.sweep_as(now, partitions, "", devices).await?;
         Ok(changed)
     }
 
-    /// [`Self::sweep`], naming the deciding process in each event's metadata (`recorded_by`);
-    /// also returns the partitions' devices with their presence after the sweep.
+    /// [`Self::sweep`] over `devices` (the rows as just read), naming the deciding process in
+    /// each event's metadata (`recorded_by`); also returns the partitions' devices with their
+    /// presence after the sweep.
     async fn sweep_as(
         &self,
         now: Timestamp,
         partitions: &HashSet<u32>,
         owner: &str,
+        devices: Vec<DevicePresence>,
     ) -> Result<(usize, Vec<DevicePresence>), ReelError> {
         let mut changed = 0;
         let mut swept = Vec::new();
-        for mut device in self.rows.devices().await? {
+        for mut device in devices {
             if !partitions.contains(&self.partition_of(&device.device)?) {
                 continue;
             }
@@ -275,10 +276,18 @@ impl Presence {
         let mut claimed_at: Option<std::time::Instant> = None;
         let mut idle = false;
         loop {
+            // One read of the rows per round, for the decision to claim and for the sweep.
+            let devices = match self.rows.devices().await {
+                Ok(devices) => devices,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the presence rows; trying again");
+                    Vec::new()
+                }
+            };
             // A server without devices (most of them) renews only its membership and claims no
             // partitions; it claims its share within one sweep interval of the first heartbeat or
             // registration.
-            let no_devices = held.is_empty() && matches!(self.rows.devices().await, Ok(devices) if devices.is_empty());
+            let no_devices = held.is_empty() && devices.is_empty();
             let first_devices = idle && !no_devices;
             if first_devices || claimed_at.is_none_or(|at| at.elapsed() >= self.options.lease_ttl / 3) {
                 match self.claim_share(&owner, &member, &set, &held, !no_devices).await {
@@ -288,9 +297,9 @@ impl Presence {
                 idle = no_devices;
                 claimed_at = Some(std::time::Instant::now());
             }
-            if !held.is_empty() {
+            if !held.is_empty() && !devices.is_empty() {
                 let now = Timestamp::now();
-                match self.sweep_as(now, &held, &owner).await {
+                match self.sweep_as(now, &held, &owner, devices).await {
                     Ok((_, devices)) => {
                         if let Some(work) = &self.work {
                             work.run(now, &devices).await;

@@ -16,6 +16,7 @@ pub mod crash;
 pub mod model;
 pub mod presence;
 pub mod subscriptions;
+pub mod unit_endpoint;
 
 use std::any::Any;
 use std::sync::Arc;

@@ -262,54 +262,11 @@ fn two_servers_on_one_database_record_each_change_once_and_a_dead_ones_share_is_
     }
 }
 
-/// Deliveries a unit received: (idempotency key, body).
-type Deliveries = std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>;
-
-/// A unit's endpoint on a thread: answers every request 200 and keeps the POSTs' keys and bodies.
-fn unit_endpoint() -> (String, Deliveries) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/config", listener.local_addr().unwrap());
-    let posts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let received = posts.clone();
-    std::thread::spawn(move || {
-        for socket in listener.incoming() {
-            let Ok(mut socket) = socket else { continue };
-            let mut request = Vec::new();
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = socket.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                request.extend_from_slice(&buffer[..n]);
-                let text = String::from_utf8_lossy(&request).to_string();
-                let Some(end) = text.find("\r\n\r\n") else { continue };
-                let head = text[..end].to_ascii_lowercase();
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if request.len() < end + 4 + length {
-                    continue;
-                }
-                if head.starts_with("post") {
-                    let key =
-                        head.lines().find_map(|l| l.strip_prefix("idempotency-key:")).unwrap_or("").trim().to_string();
-                    let body = serde_json::from_slice(&request[end + 4..end + 4 + length]).unwrap();
-                    received.lock().unwrap().push((key, body));
-                }
-                let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                break;
-            }
-        }
-    });
-    (url, posts)
-}
-
 #[test]
 fn a_registered_push_unit_is_pinged_by_reel_serve_and_gets_its_configuration_once() {
     let central = Cli::new();
-    let (url, posts) = unit_endpoint();
+    let unit = reel_testkit::unit_endpoint::UnitEndpoint::start(0);
+    let (url, posts) = (unit.url.clone(), unit.posts.clone());
     for (args, reason) in [
         (vec!["devices", "register", "u 1", "--endpoint", url.as_str(), "--link", "push"], "device name"),
         (vec!["devices", "register", "u1", "--endpoint", "ftp://x", "--link", "push"], "--endpoint"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use reel_core::{check_device_name, PresenceStore, UnitLink, UnitRegistration};
+use reel_core::{check_device_name, check_display_name, PresenceStore, UnitLink, UnitRegistration};
 use reel_server::{Presence, PresenceOptions};
 
 use crate::exit::InvalidInput;
@@ -76,9 +76,7 @@ pub async fn run(cli: &Cli, args: &DevicesArgs) -> Result<()> {
                 bail!(InvalidInput(format!("--interval must be 1 to 86400 seconds, got {interval}")));
             }
             if let Some(display) = display_name {
-                if display.is_empty() || display.chars().count() > 200 || display.chars().any(char::is_control) {
-                    bail!(InvalidInput("--display-name must be 1-200 characters without control characters".into()));
-                }
+                check_display_name(display, "--display-name").map_err(|e| InvalidInput(e.to_string()))?;
             }
             let (rows, _) = presence_store(cli).await?;
             let unit = UnitRegistration {

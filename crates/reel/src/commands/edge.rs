@@ -70,9 +70,7 @@ pub async fn run(cli: &Cli, args: &EdgeArgs) -> Result<()> {
         bail!(InvalidInput("--simulate-clock-offset must be a number of seconds within ten years".into()));
     }
     if let Some(name) = &args.display_name {
-        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            bail!(InvalidInput("--display-name must be 1-200 characters without control characters".into()));
-        }
+        reel_core::check_display_name(name, "--display-name").map_err(|e| InvalidInput(e.to_string()))?;
     }
     // The device's store is the source of truth, on the device: the embedded store only.
     if !matches!(Dsn::parse(&cli.store)?, Dsn::Sqlite(_)) {
