@@ -438,11 +438,11 @@ async fn populate(store: &SqliteStore, events: u64, payload: &[u8], bar: &indica
         let mut requests = Vec::new();
         while requests.len() < 10 && written < events {
             let n = (events - written).min(1000);
-            requests.push(AppendRequest {
-                stream: bench_stream(stream % 1000),
-                expected: ExpectedVersion::Any,
-                events: (0..n).map(|_| NewEvent::new("Bench", payload.to_vec())).collect(),
-            });
+            requests.push(AppendRequest::new(
+                bench_stream(stream % 1000),
+                ExpectedVersion::Any,
+                (0..n).map(|_| NewEvent::new("Bench", payload.to_vec())).collect(),
+            ));
             written += n;
             stream += 1;
         }

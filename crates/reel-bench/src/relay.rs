@@ -117,10 +117,12 @@ async fn populate_interleaved(store: &SqliteStore, events: u64, payload: &[u8], 
     let mut written = 0u64;
     while written < events {
         let requests: Vec<AppendRequest> = (written..events.min(written + 1_000))
-            .map(|i| AppendRequest {
-                stream: bench_stream(i % 1_000),
-                expected: ExpectedVersion::Any,
-                events: vec![NewEvent::new("Bench", payload.to_vec())],
+            .map(|i| {
+                AppendRequest::new(
+                    bench_stream(i % 1_000),
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new("Bench", payload.to_vec())],
+                )
             })
             .collect();
         written += requests.len() as u64;

@@ -1,4 +1,4 @@
-use crate::{EventId, ExpectedVersion, StreamName, StreamVersion};
+use crate::{EventId, ExpectedVersion, Position, StreamName, StreamVersion};
 
 /// Result with Reel's error.
 pub type Result<T, E = ReelError> = std::result::Result<T, E>;
@@ -25,6 +25,15 @@ pub enum ReelError {
         id: EventId,
         /// Why it is not an idempotent retry.
         reason: String,
+    },
+    /// An append's condition failed: an event matching its query is stored after its `after`
+    /// position; nothing was stored.
+    #[error("append condition failed on {stream}: an event matching the query is stored at position {position}")]
+    ConditionFailed {
+        /// The stream appended to.
+        stream: StreamName,
+        /// The first matching event's position (after the condition's `after`).
+        position: Position,
     },
     /// A stream name failed validation.
     #[error("invalid stream name {name:?}: {reason}")]
@@ -134,6 +143,7 @@ impl ReelError {
         match self {
             ReelError::WrongExpectedVersion { .. } => "wrong_expected_version",
             ReelError::DuplicateEventId { .. } => "duplicate_event_id",
+            ReelError::ConditionFailed { .. } => "condition_failed",
             ReelError::InvalidStreamName { .. } => "invalid_stream_name",
             ReelError::InvalidEvent { .. } => "invalid_event",
             ReelError::TooLarge { .. } => "too_large",

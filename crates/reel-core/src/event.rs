@@ -53,12 +53,21 @@ pub struct NewEvent {
     pub data: Vec<u8>,
     /// Correlation, causation, device, occurred_at … as a JSON object.
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Tags such as `locker:7`, which queries and append conditions select events by across
+    /// streams (see [`crate::Query`]). Stored in the given order.
+    pub tags: Vec<String>,
 }
 
 impl NewEvent {
     /// An event with raw bytes as payload and no metadata.
     pub fn new(event_type: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
-        Self { id: None, event_type: event_type.into(), data: data.into(), metadata: Default::default() }
+        Self {
+            id: None,
+            event_type: event_type.into(),
+            data: data.into(),
+            metadata: Default::default(),
+            tags: Vec::new(),
+        }
     }
 
     /// An event whose payload is `value` serialized as JSON.
@@ -80,14 +89,20 @@ impl NewEvent {
         self
     }
 
-    /// Bytes this event occupies for the size limit: type, data and serialized metadata.
+    /// Adds tags (checked when the event is appended).
+    pub fn with_tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
+        self.tags.extend(tags.into_iter().map(Into::into));
+        self
+    }
+
+    /// Bytes this event occupies for the size limit: type, data, serialized metadata and tags.
     pub fn size_bytes(&self) -> usize {
         let metadata = if self.metadata.is_empty() {
             2
         } else {
             serde_json::to_vec(&self.metadata).map(|m| m.len()).unwrap_or(usize::MAX / 4)
         };
-        self.event_type.len() + self.data.len() + metadata
+        self.event_type.len() + self.data.len() + metadata + self.tags.iter().map(String::len).sum::<usize>()
     }
 }
 
@@ -108,6 +123,8 @@ pub struct RecordedEvent {
     pub data: Vec<u8>,
     /// Its metadata object.
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Its tags, in the order they were appended.
+    pub tags: Vec<String>,
     /// When the store committed it.
     pub recorded_at: Timestamp,
 }
@@ -130,14 +147,27 @@ impl RecordedEvent {
             && new.event_type == self.event_type
             && new.data == self.data
             && new.metadata == self.metadata
+            && new.tags == self.tags
+    }
+
+    /// The event as it would be appended again (same id, type, data, metadata and tags).
+    pub fn to_new_event(&self) -> NewEvent {
+        NewEvent {
+            id: Some(self.id),
+            event_type: self.event_type.clone(),
+            data: self.data.clone(),
+            metadata: self.metadata.clone(),
+            tags: self.tags.clone(),
+        }
     }
 }
 
-/// JSON form: `position, stream, stream_version, id, type, data, metadata, recorded_at`.
+/// JSON form: `position, stream, stream_version, id, type, data, metadata, tags, recorded_at`
+/// (`tags` only when there are any).
 /// `data` is inlined when it is JSON; otherwise it is written as `data_base64`.
 impl Serialize for RecordedEvent {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(8))?;
+        let mut map = serializer.serialize_map(Some(8 + usize::from(!self.tags.is_empty())))?;
         map.serialize_entry("position", &self.position)?;
         map.serialize_entry("stream", &self.stream)?;
         map.serialize_entry("stream_version", &self.stream_version)?;
@@ -148,6 +178,9 @@ impl Serialize for RecordedEvent {
             Err(_) => map.serialize_entry("data_base64", &base64_encode(&self.data))?,
         }
         map.serialize_entry("metadata", &self.metadata)?;
+        if !self.tags.is_empty() {
+            map.serialize_entry("tags", &self.tags)?;
+        }
         map.serialize_entry("recorded_at", &self.recorded_at)?;
         map.end()
     }
@@ -170,6 +203,8 @@ impl<'de> Deserialize<'de> for RecordedEvent {
             data_base64: Option<String>,
             #[serde(default)]
             metadata: serde_json::Map<String, serde_json::Value>,
+            #[serde(default)]
+            tags: Vec<String>,
             recorded_at: Timestamp,
         }
         let wire = Wire::deserialize(deserializer)?;
@@ -189,6 +224,7 @@ impl<'de> Deserialize<'de> for RecordedEvent {
             event_type: wire.event_type,
             data,
             metadata: wire.metadata,
+            tags: wire.tags,
             recorded_at: wire.recorded_at,
         })
     }
@@ -212,6 +248,7 @@ mod tests {
             event_type: "Opened".into(),
             data: data.to_vec(),
             metadata: Default::default(),
+            tags: vec!["locker:7".into()],
             recorded_at: Timestamp::from_unix_micros(0),
         }
     }
@@ -222,6 +259,7 @@ mod tests {
         assert_eq!(json["data"]["a"], 1);
         assert_eq!(json["position"], 5);
         assert_eq!(json["type"], "Opened");
+        assert_eq!(json["tags"][0], "locker:7");
         let json = serde_json::to_value(recorded(&[0xff, 0x00])).unwrap();
         assert_eq!(json["data_base64"], "/wA=");
         assert!(json.get("data").is_none());

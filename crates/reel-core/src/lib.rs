@@ -25,6 +25,7 @@ mod limits;
 mod position;
 mod presence;
 mod projection;
+mod query;
 mod snapshot;
 mod store;
 mod stream_name;
@@ -44,6 +45,7 @@ pub use presence::{
     UnitLink, UnitRegistration,
 };
 pub use projection::{BatchFailure, Checkpoint, HandlerError, ProjectionStore, Unavailable, UNAVAILABLE_PREFIX};
+pub use query::{check_tag, AppendCondition, Query, QueryItem, QueryPage, MAX_QUERY_ITEMS, MAX_TAG_BYTES};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{
     AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats, StreamInfo, MAX_READ_LIMIT,

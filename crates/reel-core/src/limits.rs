@@ -1,6 +1,6 @@
 use std::collections::HashSet;
 
-use crate::{NewEvent, ReelError};
+use crate::{check_tag, AppendRequest, NewEvent, ReelError};
 
 /// Limits every append is checked against before anything is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -9,17 +9,28 @@ pub struct AppendLimits {
     pub max_event_bytes: usize,
     /// Most events in one append. Default 10,000.
     pub max_batch_events: usize,
+    /// Most tags on one event. Default 16.
+    pub max_tags_per_event: usize,
 }
 
 impl Default for AppendLimits {
     fn default() -> Self {
-        Self { max_event_bytes: 1024 * 1024, max_batch_events: 10_000 }
+        Self { max_event_bytes: 1024 * 1024, max_batch_events: 10_000, max_tags_per_event: 16 }
     }
 }
 
 impl AppendLimits {
     /// Longest event type in bytes.
     pub const MAX_TYPE_BYTES: usize = 255;
+
+    /// Checks a request: its events (see [`AppendLimits::validate`]) and its condition's query.
+    pub fn validate_request(&self, request: &AppendRequest) -> Result<(), ReelError> {
+        self.validate(&request.events)?;
+        match &request.condition {
+            Some(condition) => condition.fail_if_events_match.validate(),
+            None => Ok(()),
+        }
+    }
 
     /// Checks a batch: not empty, within limits, non-empty types without control characters,
     /// no id twice within the batch.
@@ -54,6 +65,16 @@ impl AppendLimits {
                     limit: self.max_event_bytes,
                 });
             }
+            if event.tags.len() > self.max_tags_per_event {
+                return Err(ReelError::TooLarge {
+                    what: format!("event #{index} (tags)"),
+                    size: event.tags.len(),
+                    limit: self.max_tags_per_event,
+                });
+            }
+            for tag in &event.tags {
+                check_tag(tag).map_err(|e| invalid(e.to_string()))?;
+            }
             if let Some(id) = event.id {
                 if !ids.insert(id) {
                     return Err(invalid(format!("event id {id} appears twice in the batch")));
@@ -71,7 +92,11 @@ mod tests {
 
     #[test]
     fn rejects_each_kind_of_bad_batch() {
-        let limits = AppendLimits { max_event_bytes: 100, max_batch_events: 3 };
+        let limits = AppendLimits { max_event_bytes: 100, max_batch_events: 3, max_tags_per_event: 2 };
+        assert!(limits.validate(&[NewEvent::new("T", "{}").with_tags(["a", "b", "c"])]).is_err());
+        assert!(limits.validate(&[NewEvent::new("T", "{}").with_tags(["a\u{7}"])]).is_err());
+        assert!(limits.validate(&[NewEvent::new("T", "{}").with_tags([""])]).is_err());
+        assert!(limits.validate(&[NewEvent::new("T", "{}").with_tags(["a", "b"])]).is_ok());
         assert!(limits.validate(&[]).is_err());
         assert!(limits.validate(&[NewEvent::new("", "{}")]).is_err());
         assert!(limits.validate(&[NewEvent::new("a\tb", "{}")]).is_err());

@@ -1,7 +1,10 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::{ExpectedVersion, HeadWatch, NewEvent, Position, RecordedEvent, ReelError, StreamName, StreamVersion};
+use crate::{
+    AppendCondition, ExpectedVersion, HeadWatch, NewEvent, Position, Query, QueryPage, RecordedEvent, ReelError,
+    StreamName, StreamVersion,
+};
 
 /// Largest page any read returns (`read_stream`, `read_all`, `streams`).
 pub const MAX_READ_LIMIT: usize = 100_000;
@@ -26,6 +29,22 @@ pub struct AppendRequest {
     pub expected: ExpectedVersion,
     /// Events, stored all or none.
     pub events: Vec<NewEvent>,
+    /// Checked beside `expected`, in the same ordered commit: the append stores nothing if an
+    /// event matching the condition's query is stored after its `after` position.
+    pub condition: Option<AppendCondition>,
+}
+
+impl AppendRequest {
+    /// A request without a condition.
+    pub fn new(stream: StreamName, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        Self { stream, expected, events, condition: None }
+    }
+
+    /// Adds a condition.
+    pub fn with_condition(mut self, condition: AppendCondition) -> Self {
+        self.condition = Some(condition);
+        self
+    }
 }
 
 /// Reading direction within a stream.
@@ -47,12 +66,17 @@ pub struct ReadAllFilter {
     pub event_types: Vec<String>,
     /// Stream name prefix.
     pub stream_prefix: Option<String>,
+    /// Tags the event must all carry.
+    pub tags: Vec<String>,
 }
 
 impl ReadAllFilter {
     /// True when it lets every event through.
     pub fn is_empty(&self) -> bool {
-        self.categories.is_empty() && self.event_types.is_empty() && self.stream_prefix.is_none()
+        self.categories.is_empty()
+            && self.event_types.is_empty()
+            && self.stream_prefix.is_none()
+            && self.tags.is_empty()
     }
 
     /// Whether `event` passes the filter.
@@ -60,6 +84,7 @@ impl ReadAllFilter {
         (self.categories.is_empty() || self.categories.iter().any(|c| c == event.stream.category()))
             && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
             && self.stream_prefix.as_deref().is_none_or(|p| event.stream.as_str().starts_with(p))
+            && self.tags.iter().all(|t| event.tags.contains(t))
     }
 }
 
@@ -109,15 +134,41 @@ pub trait EventStore: Send + Sync {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, ReelError>;
 
+    /// Appends `events` if `expected` holds and no event matching `condition` is stored after
+    /// its `after` position, both decided atomically; otherwise stores nothing and fails with
+    /// `WrongExpectedVersion` or `ConditionFailed`. A retry of a committed conditional append
+    /// (same ids) returns the original result.
+    async fn append_if(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        condition: AppendCondition,
+    ) -> Result<AppendResult, ReelError> {
+        let request = AppendRequest::new(stream.clone(), expected, events).with_condition(condition);
+        self.append_many(vec![request]).await.pop().unwrap_or(Err(ReelError::Closed))
+    }
+
     /// Several independent appends, each atomic on its own, applied in the given order.
     /// Backends that can, commit them together (one transaction, one fsync).
+    ///
+    /// This default refuses conditional requests: a store checks conditions only where it can
+    /// decide them in its ordered commit, so it overrides this method.
     async fn append_many(&self, requests: Vec<AppendRequest>) -> Vec<Result<AppendResult, ReelError>> {
         let mut results = Vec::with_capacity(requests.len());
         for request in requests {
+            if request.condition.is_some() {
+                results.push(Err(ReelError::InvalidArgument("this store does not check append conditions".into())));
+                continue;
+            }
             results.push(self.append(&request.stream, request.expected, request.events).await);
         }
         results
     }
+
+    /// Up to `limit` events matching `query` at positions after `after`, in position order, and
+    /// the head at the time of the read (read from one snapshot). Served by the tag index.
+    async fn read_query(&self, query: &Query, after: Position, limit: usize) -> Result<QueryPage, ReelError>;
 
     /// Up to `limit` events of `stream` starting at version `from`, in `direction`.
     /// A stream without events is `StreamNotFound`.

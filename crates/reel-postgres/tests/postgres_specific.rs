@@ -336,21 +336,17 @@ async fn a_large_group_is_copied_in_and_keeps_every_guarantee() {
     let big: Vec<NewEvent> =
         (0..700).map(|i| NewEvent::new("Tick", format!("{{\"i\":{i}}}")).with_id(EventId::new_v7())).collect();
     let requests = vec![
-        AppendRequest {
-            stream: StreamName::new("unit-new").unwrap(),
-            expected: ExpectedVersion::NoStream,
-            events: big.clone(),
-        },
-        AppendRequest {
-            stream: existing.clone(),
-            expected: ExpectedVersion::Exact(StreamVersion(0)),
-            events: vec![NewEvent::new("Second", "{}")],
-        },
-        AppendRequest {
-            stream: existing.clone(),
-            expected: ExpectedVersion::Exact(StreamVersion(0)),
-            events: vec![NewEvent::new("Conflict", "{}")],
-        },
+        AppendRequest::new(StreamName::new("unit-new").unwrap(), ExpectedVersion::NoStream, big.clone()),
+        AppendRequest::new(
+            existing.clone(),
+            ExpectedVersion::Exact(StreamVersion(0)),
+            vec![NewEvent::new("Second", "{}")],
+        ),
+        AppendRequest::new(
+            existing.clone(),
+            ExpectedVersion::Exact(StreamVersion(0)),
+            vec![NewEvent::new("Conflict", "{}")],
+        ),
     ];
     // One append_many is one group: 701 events, over the COPY threshold.
     let results = store.append_many(requests).await;

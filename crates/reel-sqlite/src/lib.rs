@@ -26,6 +26,7 @@ mod schema;
 mod snapshots;
 mod stages;
 mod subscriptions;
+mod tag_index;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -38,7 +39,8 @@ use async_trait::async_trait;
 use reel_core::backend::HeadNotifier;
 use reel_core::{
     AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadWatch, NewEvent,
-    Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion,
+    Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
+    StreamVersion,
 };
 use tokio::sync::oneshot;
 
@@ -254,7 +256,7 @@ impl EventStore for SqliteStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, ReelError> {
         self.inner.limits.validate(&events)?;
-        let request = AppendRequest { stream: stream.clone(), expected, events };
+        let request = AppendRequest::new(stream.clone(), expected, events);
         self.submit(vec![request]).await?.pop().unwrap_or(Err(ReelError::Closed))
     }
 
@@ -283,6 +285,13 @@ impl EventStore for SqliteStore {
         reel_core::backend::check_read_limit(limit)?;
         let filter = filter.clone();
         self.inner.readers.run(move |pool, conn| reader::read_all(pool, conn, from, &filter, limit)).await
+    }
+
+    async fn read_query(&self, query: &Query, after: Position, limit: usize) -> Result<QueryPage, ReelError> {
+        reel_core::backend::check_read_limit(limit)?;
+        query.validate()?;
+        let query = query.clone();
+        self.inner.readers.run(move |pool, conn| reader::read_query(pool, conn, &query, after, limit)).await
     }
 
     async fn head(&self) -> Result<Position, ReelError> {

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use reel_core::{
-    AllPage, Direction, EventId, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
-    StreamVersion, Timestamp,
+    AllPage, Direction, EventId, Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError, StoreStats,
+    StreamInfo, StreamName, StreamVersion, Timestamp,
 };
 use rusqlite::{params_from_iter, types::Value, Connection};
 use tokio::sync::Semaphore;
@@ -119,6 +119,7 @@ impl ReaderPool {
                 event_type: row.get(4).map_err(err)?,
                 data: row.get(5).map_err(err)?,
                 metadata,
+                tags: crate::tag_index::tags_from_text(row.get(8).map_err(err)?)?,
                 recorded_at: Timestamp::from_unix_micros(row.get(7).map_err(err)?),
             });
         }
@@ -126,7 +127,8 @@ impl ReaderPool {
     }
 }
 
-const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at";
+const EVENT_COLUMNS: &str =
+    "position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at, tags";
 
 pub fn read_stream(
     pool: &ReaderPool,
@@ -224,9 +226,45 @@ fn filtered_sql(from: Position, window_end: u64, filter: &ReadAllFilter, limit: 
             " AND +stream_id IN (SELECT stream_id FROM streams WHERE substr(CAST(name AS BLOB), 1, ?{len}) = ?{text})"
         ));
     }
+    for tag in &filter.tags {
+        args.push(Value::Text(tag.clone()));
+        let tag = args.len();
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM event_tags t WHERE t.tag = ?{tag} AND t.position = events.position)"
+        ));
+    }
     args.push(Value::Integer(limit as i64));
     sql.push_str(&format!(" ORDER BY position LIMIT ?{}", args.len()));
     (sql, args)
+}
+
+/// Positions read per statement when a query's page is fetched (well under SQLite's limit on
+/// arguments).
+const POSITIONS_PER_READ: usize = 500;
+
+/// A page of `query`'s events after `after` and the head, from one read transaction.
+pub fn read_query(
+    pool: &ReaderPool,
+    conn: &Connection,
+    query: &Query,
+    after: Position,
+    limit: usize,
+) -> Result<QueryPage, ReelError> {
+    conn.execute_batch("BEGIN").map_err(|e| ReelError::storage("starting a read", e))?;
+    let page = (|| {
+        let head = head(conn)?;
+        let positions = crate::tag_index::matching_positions(conn, query, after, limit)?;
+        let mut events = Vec::with_capacity(positions.len());
+        for chunk in positions.chunks(POSITIONS_PER_READ) {
+            let list = (1..=chunk.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position IN ({list}) ORDER BY position");
+            let args = chunk.iter().map(|p| Value::Integer(*p as i64)).collect();
+            events.extend(pool.events(conn, &sql, args, chunk.len())?);
+        }
+        Ok(QueryPage { events, head })
+    })();
+    let _ = conn.execute_batch("COMMIT");
+    page
 }
 
 pub fn streams(

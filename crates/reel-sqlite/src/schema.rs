@@ -96,6 +96,15 @@ const MIGRATIONS: &[&str] = &[
         owner      TEXT NOT NULL,
         expires_at INTEGER NOT NULL
      );",
+    // 7: tags. Each event's tags are kept with it (a JSON array, NULL when none) and indexed by
+    // tag then position, which serves queries and append conditions (tag_index.rs). Existing
+    // events have no tags, so the index starts empty.
+    "ALTER TABLE events ADD COLUMN tags TEXT;
+     CREATE TABLE event_tags (
+        tag      TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        PRIMARY KEY (tag, position)
+     ) WITHOUT ROWID;",
 ];
 
 /// Newest schema version this build knows.

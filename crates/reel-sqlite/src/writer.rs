@@ -24,6 +24,7 @@ use reel_core::backend::idempotency::{check_recent, retry_start, same_append, Re
 
 use crate::queries;
 use crate::stages::{Stage, StageRecorder};
+use crate::tag_index;
 
 pub use reel_core::backend::idempotency::RECENT_ID_WINDOW;
 
@@ -360,6 +361,15 @@ fn append_one(
             return Ok((result, found));
         }
     }
+    // Decided inside the write transaction, after every earlier append of this group was
+    // inserted: nothing can commit between this check and the insert (invariant 22).
+    if let Some(condition) = &request.condition {
+        condition.check_after(*head)?;
+        let after = condition.after_position();
+        if let Some(position) = tag_index::first_match(conn, &condition.fail_if_events_match, after)? {
+            return Err(ReelError::ConditionFailed { stream: stream.clone(), position }.into());
+        }
+    }
     // Ids are settled before the insert, so the window below needs no read of what was written.
     let ids: Vec<EventId> = events.iter().map(|e| e.id.unwrap_or_else(EventId::new_v7)).collect();
     let (result, row) = insert(conn, stream, row, events, &ids, head, now).map_err(Rejected::Write)?;
@@ -463,16 +473,17 @@ fn insert(
     };
     let mut statement = conn
         .prepare_cached(
-            "INSERT INTO events (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO events (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at, tags)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .map_err(write_err)?;
     let first_position = head.next();
     for (i, (event, id)) in events.iter().zip(ids).enumerate() {
         let metadata = metadata_text(event);
+        let position = first_position.0 + i as u64;
         statement
             .execute(params![
-                (first_position.0 + i as u64) as i64,
+                position as i64,
                 stream_id,
                 (first_version + i as u64) as i64,
                 &id.as_bytes()[..],
@@ -480,8 +491,12 @@ fn insert(
                 event.data,
                 metadata,
                 now.unix_micros(),
+                tag_index::tags_text(&event.tags),
             ])
             .map_err(write_err)?;
+        if !event.tags.is_empty() {
+            tag_index::insert_tags(conn, position, &event.tags).map_err(write_err)?;
+        }
     }
     *head = Position(head.0 + n);
     let result = AppendResult { first_position, last_position: *head, next_version: StreamVersion(last_version) };
@@ -498,13 +513,14 @@ fn stored_from(conn: &Connection, stream_id: i64, start: u64, limit: usize) -> R
     let err = |e| ReelError::storage("checking for a retried append", e);
     let mut statement = conn
         .prepare_cached(
-            "SELECT position, stream_version, event_id, event_type, data, metadata FROM events
+            "SELECT position, stream_version, event_id, event_type, data, metadata, tags FROM events
              WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3",
         )
         .map_err(err)?;
     let rows = statement
         .query_map(params![stream_id, start as i64, limit as i64], |r| {
             let metadata: Option<String> = r.get(5)?;
+            let tags: Option<String> = r.get(6)?;
             Ok((
                 Position(r.get::<_, i64>(0)? as u64),
                 r.get::<_, i64>(1)? as u64,
@@ -512,19 +528,21 @@ fn stored_from(conn: &Connection, stream_id: i64, start: u64, limit: usize) -> R
                 r.get::<_, String>(3)?,
                 r.get::<_, Vec<u8>>(4)?,
                 metadata,
+                tags,
             ))
         })
         .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
         .map_err(err)?;
     rows.into_iter()
-        .map(|(position, version, id, event_type, data, metadata)| {
+        .map(|(position, version, id, event_type, data, metadata, tags)| {
             let metadata = match metadata {
                 None => Default::default(),
                 Some(text) => {
                     serde_json::from_str(&text).map_err(|e| ReelError::storage("decoding stored metadata", e))?
                 }
             };
-            Ok(StoredForRetry { position, version, id, event_type, data, metadata })
+            let tags = tag_index::tags_from_text(tags)?;
+            Ok(StoredForRetry { position, version, id, event_type, data, metadata, tags })
         })
         .collect()
 }

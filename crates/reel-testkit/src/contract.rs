@@ -298,8 +298,7 @@ pub async fn bad_input_changes_nothing(store: Store) {
 
 /// `append_many` answers each request on its own: one failing request does not sink the others. (Invariant 1.)
 pub async fn append_many_keeps_each_request_atomic(store: Store) {
-    let req =
-        |name: &str, expected, count| AppendRequest { stream: stream(name), expected, events: events("M", count) };
+    let req = |name: &str, expected, count| AppendRequest::new(stream(name), expected, events("M", count));
     let results = store
         .append_many(vec![
             req("many-1", ExpectedVersion::NoStream, 2),

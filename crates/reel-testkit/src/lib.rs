@@ -1,4 +1,4 @@
-//! The store contract of docs/DESIGN.md (invariants 1-8) as tests any backend runs with one macro call.
+//! The store contract of docs/DESIGN.md (invariants 1-8, 22 and 23) as tests any backend runs with one macro call.
 //!
 //! ```text
 //! reel_testkit::store_conformance_tests!(|| async {
@@ -11,6 +11,7 @@
 //! The factory is called once per test (and once per property-test case), so every test gets an
 //! empty store of its own and tests can run in parallel.
 
+pub mod boundaries;
 pub mod contract;
 pub mod crash;
 pub mod model;
@@ -60,10 +61,26 @@ macro_rules! store_conformance_tests {
             streams_and_stats,
             concurrent_writers_keep_order,
         );
+        $crate::store_conformance_tests!(@boundaries $factory;
+            tags_are_stored_and_queried,
+            conditional_appends_decide_exactly,
+            retried_conditional_append_returns_the_original,
+            bad_tags_and_conditions_change_nothing,
+            conflicting_conditions_commit_exactly_once,
+        );
         #[test]
         fn model_based_random_appends() {
             $crate::model::run_model_test(|| $factory());
         }
+    };
+    (@boundaries $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let test_store: $crate::TestStore = ($factory)().await;
+                $crate::boundaries::$name(test_store.store.clone()).await;
+            }
+        )*
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
         $(

@@ -1,6 +1,6 @@
 //! Model-based property test: random appends (every expected-version kind, retries, tampered
-//! duplicates, batches) run against the store and against a plain in-memory model; every answer
-//! and the final log must agree.
+//! duplicates, batches, tags and append conditions) and queries run against the store and against
+//! a plain in-memory model; every answer and the final log must agree.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,7 +8,8 @@ use std::future::Future;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use reel_core::{
-    AppendResult, Direction, EventId, ExpectedVersion, NewEvent, Position, ReelError, StreamName, StreamVersion,
+    AppendCondition, AppendResult, Direction, EventId, ExpectedVersion, NewEvent, Position, Query, QueryItem,
+    ReelError, StreamName, StreamVersion,
 };
 
 use crate::contract::read_everything;
@@ -21,23 +22,55 @@ const WINDOW: usize = 1_000;
 #[derive(Clone, Debug)]
 #[allow(missing_docs)]
 pub enum Op {
-    /// A new batch: stream 0..3, expected-version kind, offset for `Exact`, size, client ids or not.
-    Fresh { stream: usize, kind: u8, offset: i8, size: usize, client_ids: bool },
+    /// A new batch: stream 0..3, expected-version kind, offset for `Exact`, size, client ids or
+    /// not, tags (a bit per tag of three), and maybe a condition.
+    Fresh { stream: usize, kind: u8, offset: i8, size: usize, client_ids: bool, tags: u8, condition: Option<Cond> },
     /// Re-send an earlier successful append, with its own expected version or with `Any`.
     Retry { pick: usize, as_any: bool },
     /// Re-send an earlier append's ids with changed data.
     Tamper { pick: usize },
     /// Read a stream back.
     Read { stream: usize },
+    /// Read a query's events after a position.
+    Query { cond: Cond },
+}
+
+/// A generated query and position: tag 0..3, restricted to one type or not, and how far before
+/// the head its `after` is (0: at the head; 255: no `after`; past the start: 0).
+#[derive(Clone, Copy, Debug)]
+#[allow(missing_docs)]
+pub struct Cond {
+    pub tag: u8,
+    pub typed: bool,
+    pub back: u8,
+}
+
+impl Cond {
+    fn query(&self) -> Query {
+        let item = QueryItem::tags([format!("t:{}", self.tag)]);
+        let item = if self.typed { item.with_types(["T1"]) } else { item };
+        Query::new(vec![item]).expect("valid generated query")
+    }
+
+    fn after(&self, head: u64) -> Option<Position> {
+        (self.back != 255).then(|| Position(head.saturating_sub(u64::from(self.back))))
+    }
+}
+
+fn cond() -> impl Strategy<Value = Cond> {
+    (0..3u8, any::<bool>(), prop_oneof![0..4u8, Just(255u8)]).prop_map(|(tag, typed, back)| Cond { tag, typed, back })
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => (0..3usize, 0..4u8, -1..=1i8, 1..4usize, any::<bool>())
-            .prop_map(|(stream, kind, offset, size, client_ids)| Op::Fresh { stream, kind, offset, size, client_ids }),
+        5 => (0..3usize, 0..4u8, -1..=1i8, 1..4usize, any::<bool>(), 0..8u8, proptest::option::of(cond()))
+            .prop_map(|(stream, kind, offset, size, client_ids, tags, condition)| {
+                Op::Fresh { stream, kind, offset, size, client_ids, tags, condition }
+            }),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, as_any)| Op::Retry { pick, as_any }),
         1 => any::<usize>().prop_map(|pick| Op::Tamper { pick }),
         1 => (0..3usize).prop_map(|stream| Op::Read { stream }),
+        1 => cond().prop_map(|cond| Op::Query { cond }),
     ]
 }
 
@@ -46,6 +79,7 @@ struct ModelEvent {
     id: EventId,
     event_type: String,
     data: Vec<u8>,
+    tags: Vec<String>,
     position: Position,
 }
 
@@ -60,7 +94,26 @@ struct Model {
 type Outcome = Result<AppendResult, &'static str>;
 
 impl Model {
-    fn append(&mut self, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Outcome {
+    /// Positions of the events matching `query` after `after`, in order.
+    fn matching(&self, query: &Query, after: Position) -> Vec<Position> {
+        let mut found: Vec<Position> = self
+            .streams
+            .values()
+            .flatten()
+            .filter(|e| e.position > after && query.matches(&e.event_type, &e.tags))
+            .map(|e| e.position)
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn append(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        condition: Option<&AppendCondition>,
+    ) -> Outcome {
         let stored = self.streams.get(stream).cloned().unwrap_or_default();
         let actual = stored.len().checked_sub(1).map(|v| StreamVersion(v as u64));
         if !expected.is_satisfied_by(actual) {
@@ -87,6 +140,15 @@ impl Model {
             Some(_) => return Err("duplicate_event_id"),
             None => {}
         }
+        // Retries are recognised first: a committed conditional append is not refused by its own events.
+        if let Some(condition) = condition {
+            if condition.after_position().0 > self.head {
+                return Err("invalid_argument");
+            }
+            if !self.matching(&condition.fail_if_events_match, condition.after_position()).is_empty() {
+                return Err("condition_failed");
+            }
+        }
         let first_position = Position(self.head + 1);
         let entry = self.streams.entry(stream.to_string()).or_default();
         for e in events {
@@ -95,6 +157,7 @@ impl Model {
                 id: e.id.unwrap_or_else(EventId::new_v7),
                 event_type: e.event_type.clone(),
                 data: e.data.clone(),
+                tags: e.tags.clone(),
                 position: Position(self.head),
             });
         }
@@ -109,7 +172,7 @@ impl Model {
 fn compare(stored: &[ModelEvent], at: usize, events: &[NewEvent]) -> Outcome {
     for (i, e) in events.iter().enumerate() {
         match stored.get(at + i) {
-            Some(s) if Some(s.id) == e.id && s.event_type == e.event_type && s.data == e.data => {}
+            Some(s) if Some(s.id) == e.id && s.event_type == e.event_type && s.data == e.data && s.tags == e.tags => {}
             _ => return Err("duplicate_event_id"),
         }
     }
@@ -140,10 +203,20 @@ async fn check_history(test_store: TestStore, ops: Vec<Op>) -> Result<(), TestCa
     let store = test_store.store.clone();
     let names: Vec<StreamName> = (0..3).map(|i| StreamName::new(format!("model-{i}")).expect("name")).collect();
     let mut model = Model::default();
-    let mut history: Vec<(usize, ExpectedVersion, Vec<NewEvent>)> = Vec::new();
+    let mut history: Vec<(usize, ExpectedVersion, Vec<NewEvent>, Option<AppendCondition>)> = Vec::new();
     let mut counter = 0u64;
     for op in ops {
-        let (stream, expected, events) = match op {
+        let (stream, expected, events, condition) = match op {
+            Op::Query { cond } => {
+                let query = cond.query();
+                let after = cond.after(model.head).unwrap_or_default();
+                let page =
+                    store.read_query(&query, after, 1000).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let got: Vec<Position> = page.events.iter().map(|e| e.position).collect();
+                prop_assert_eq!(got, model.matching(&query, after), "read_query {:?} after {}", query, after);
+                prop_assert_eq!(page.head, Position(model.head));
+                continue;
+            }
             Op::Read { stream } => {
                 let got = store.read_stream(&names[stream], StreamVersion(0), Direction::Forward, 1000).await;
                 let want = model.streams.get(names[stream].as_str());
@@ -158,7 +231,7 @@ async fn check_history(test_store: TestStore, ops: Vec<Op>) -> Result<(), TestCa
                 }
                 continue;
             }
-            Op::Fresh { stream, kind, offset, size, client_ids } => {
+            Op::Fresh { stream, kind, offset, size, client_ids, tags, condition } => {
                 let current = model.streams.get(names[stream].as_str()).map_or(-1, |s| s.len() as i64 - 1);
                 let expected = match kind {
                     0 => ExpectedVersion::Any,
@@ -169,7 +242,8 @@ async fn check_history(test_store: TestStore, ops: Vec<Op>) -> Result<(), TestCa
                 let events = (0..size)
                     .map(|_| {
                         counter += 1;
-                        let e = NewEvent::new(format!("T{}", counter % 3), format!("{{\"n\":{counter}}}"));
+                        let e = NewEvent::new(format!("T{}", counter % 3), format!("{{\"n\":{counter}}}"))
+                            .with_tags((0..3).filter(|t| tags & (1 << t) != 0).map(|t| format!("t:{t}")));
                         if client_ids {
                             e.with_id(EventId::new_v7())
                         } else {
@@ -177,26 +251,31 @@ async fn check_history(test_store: TestStore, ops: Vec<Op>) -> Result<(), TestCa
                         }
                     })
                     .collect();
-                (stream, expected, events)
+                let condition =
+                    condition.map(|c| AppendCondition { fail_if_events_match: c.query(), after: c.after(model.head) });
+                (stream, expected, events, condition)
             }
             Op::Retry { pick, as_any } => {
                 if history.is_empty() {
                     continue;
                 }
-                let (stream, expected, events) = history[pick % history.len()].clone();
-                (stream, if as_any { ExpectedVersion::Any } else { expected }, events)
+                let (stream, expected, events, condition) = history[pick % history.len()].clone();
+                (stream, if as_any { ExpectedVersion::Any } else { expected }, events, condition)
             }
             Op::Tamper { pick } => {
                 if history.is_empty() {
                     continue;
                 }
-                let (stream, _, mut events) = history[pick % history.len()].clone();
+                let (stream, _, mut events, _) = history[pick % history.len()].clone();
                 events[0].data = b"{\"tampered\":true}".to_vec();
-                (stream, ExpectedVersion::Any, events)
+                (stream, ExpectedVersion::Any, events, None)
             }
         };
-        let want = model.append(names[stream].as_str(), expected, &events);
-        let got = store.append(&names[stream], expected, events.clone()).await;
+        let want = model.append(names[stream].as_str(), expected, &events, condition.as_ref());
+        let got = match &condition {
+            Some(condition) => store.append_if(&names[stream], expected, events.clone(), condition.clone()).await,
+            None => store.append(&names[stream], expected, events.clone()).await,
+        };
         match (&got, &want) {
             (Ok(g), Ok(w)) => prop_assert_eq!(g, w, "append to {} with {:?}", names[stream], expected),
             (Err(g), Err(w)) => prop_assert_eq!(g.code(), *w, "append to {} with {:?}: {}", names[stream], expected, g),
@@ -210,7 +289,7 @@ async fn check_history(test_store: TestStore, ops: Vec<Op>) -> Result<(), TestCa
             ),
         }
         if got.is_ok() && events.iter().all(|e| e.id.is_some()) {
-            history.push((stream, expected, events));
+            history.push((stream, expected, events, condition));
         }
     }
     let log = read_everything(&store).await;
@@ -221,6 +300,7 @@ async fn check_history(test_store: TestStore, ops: Vec<Op>) -> Result<(), TestCa
         prop_assert_eq!(got.position, want.position);
         prop_assert_eq!(&got.data, &want.data);
         prop_assert_eq!(&got.event_type, &want.event_type);
+        prop_assert_eq!(&got.tags, &want.tags);
     }
     Ok(())
 }

@@ -36,6 +36,9 @@ pub struct Cli {
     /// Most events accepted in one append.
     #[arg(long, global = true, env = "REEL_MAX_BATCH_EVENTS", default_value_t = 10_000)]
     pub max_batch_events: usize,
+    /// Most tags accepted on one event.
+    #[arg(long, global = true, env = "REEL_MAX_TAGS_PER_EVENT", default_value_t = 16)]
+    pub max_tags_per_event: usize,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -54,7 +54,11 @@ pub fn limits(cli: &Cli) -> Result<AppendLimits> {
     if cli.max_event_bytes == 0 || cli.max_batch_events == 0 {
         bail!(InvalidInput("--max-event-bytes and --max-batch-events must be at least 1".into()));
     }
-    Ok(AppendLimits { max_event_bytes: cli.max_event_bytes, max_batch_events: cli.max_batch_events })
+    Ok(AppendLimits {
+        max_event_bytes: cli.max_event_bytes,
+        max_batch_events: cli.max_batch_events,
+        max_tags_per_event: cli.max_tags_per_event,
+    })
 }
 
 /// The event store and the subscription and presence stores kept beside it.

@@ -21,7 +21,7 @@ where
     F: FnOnce(Vec<AppendRequest>) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<Result<AppendResult, ReelError>>, ReelError>>,
 {
-    let checks: Vec<Result<(), ReelError>> = requests.iter().map(|r| limits.validate(&r.events)).collect();
+    let checks: Vec<Result<(), ReelError>> = requests.iter().map(|r| limits.validate_request(r)).collect();
     let valid: Vec<AppendRequest> =
         requests.into_iter().zip(&checks).filter(|(_, c)| c.is_ok()).map(|(r, _)| r).collect();
     let mut stored = match submit(valid).await {

@@ -23,6 +23,8 @@ pub struct StoredForRetry {
     pub data: Vec<u8>,
     /// Its metadata.
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Its tags.
+    pub tags: Vec<String>,
 }
 
 /// Where the events of an append with `expected` sit if it was stored before: right after the
@@ -91,7 +93,11 @@ pub fn same_append(
                 format!("the earlier append stored a different event at version {}", s.version),
             ));
         }
-        if event.event_type != s.event_type || event.data != s.data || event.metadata != s.metadata {
+        if event.event_type != s.event_type
+            || event.data != s.data
+            || event.metadata != s.metadata
+            || event.tags != s.tags
+        {
             return Err(duplicate(s.id, format!("already stored at version {} with different content", s.version)));
         }
     }

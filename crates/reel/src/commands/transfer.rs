@@ -106,7 +106,7 @@ pub async fn import(cli: &Cli, args: &ImportArgs) -> Result<()> {
                     None => ExpectedVersion::NoStream,
                     Some(v) => ExpectedVersion::Exact(StreamVersion(v)),
                 };
-                import.pending.push((number, AppendRequest { stream: stream.clone(), expected, events: vec![event] }));
+                import.pending.push((number, AppendRequest::new(stream.clone(), expected, vec![event])));
             }
         }
         import.pending_events += 1;
