@@ -25,8 +25,9 @@ use reel_core::api;
 use reel_core::backend::HeadNotifier;
 use reel_core::wire::encode_segment;
 use reel_core::{
-    AllPage, AppendResult, Direction, EventId, EventStore, ExpectedVersion, HeadWatch, NewEvent, Position,
-    ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion,
+    AllPage, AppendCondition, AppendRequest, AppendResult, Direction, EventId, EventStore, ExpectedVersion, HeadWatch,
+    NewEvent, Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
+    StreamVersion,
 };
 use reqwest::{Method, StatusCode};
 
@@ -204,19 +205,21 @@ impl Client {
     }
 }
 
-#[async_trait]
-impl EventStore for HttpStore {
-    async fn append(
+impl HttpStore {
+    /// One append, with its condition when it has one.
+    async fn append_request(
         &self,
         stream: &StreamName,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        condition: Option<&AppendCondition>,
     ) -> Result<AppendResult, ReelError> {
         // Every event gets an id before the first attempt, so a retry after a lost answer is
-        // recognised by the server and stored once.
+        // recognised by the server and stored once (a conditional one too: the server answers a
+        // retry of a committed append with its result before it looks at the condition).
         let events: Vec<NewEvent> =
             events.into_iter().map(|e| if e.id.is_some() { e } else { e.with_id(EventId::new_v7()) }).collect();
-        let body = wire::append_body(expected, &events)?;
+        let body = wire::append_body(expected, &events, condition)?;
         let answer: api::AppendResponse = self
             .client()
             .call(
@@ -231,6 +234,56 @@ impl EventStore for HttpStore {
             last_position: Position(answer.last_position),
             next_version: StreamVersion(answer.next_version),
         })
+    }
+}
+
+#[async_trait]
+impl EventStore for HttpStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, ReelError> {
+        self.append_request(stream, expected, events, None).await
+    }
+
+    /// One call per request, in order (the server groups concurrent calls into one commit).
+    async fn append_many(&self, requests: Vec<AppendRequest>) -> Vec<Result<AppendResult, ReelError>> {
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            let condition = request.condition.as_ref();
+            results
+                .push(self.append_request(&request.stream, request.expected, request.events.clone(), condition).await);
+        }
+        results
+    }
+
+    async fn read_query(&self, query: &Query, after: Position, limit: usize) -> Result<QueryPage, ReelError> {
+        reel_core::backend::check_read_limit(limit)?;
+        query.validate()?;
+        let mut page = QueryPage::default();
+        let mut after = after;
+        let mut first = true;
+        // The server pages at MAX_PAGE; larger reads take several calls, all answered up to the
+        // head of the first (a later page's events past it are left for the next read).
+        loop {
+            let want = (limit - page.events.len()).min(api::MAX_PAGE);
+            let request = api::QueryRequest { items: query.items.clone(), after: after.0, limit: Some(want) };
+            let body = serde_json::to_vec(&request).map_err(|e| ReelError::storage("encoding a query", e))?;
+            let answer: api::QueryPageBody = self.client().call(Method::POST, "/query", Some(&body), None).await?;
+            if first {
+                page.head = Position(answer.head);
+                first = false;
+            }
+            let got = answer.events.len();
+            page.events.extend(answer.events.into_iter().filter(|e| e.position <= page.head));
+            if got < want || page.events.len() >= limit {
+                break;
+            }
+            after = Position(answer.next_after);
+        }
+        Ok(page)
     }
 
     async fn read_stream(
@@ -279,7 +332,7 @@ impl EventStore for HttpStore {
     async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
         reel_core::backend::check_read_limit(limit)?;
         let mut path = format!("/all?from={}&limit={}", from.0.max(1), limit.min(api::MAX_PAGE));
-        for (name, values) in [("category", &filter.categories), ("type", &filter.event_types)] {
+        for (name, values) in [("category", &filter.categories), ("type", &filter.event_types), ("tag", &filter.tags)] {
             if !values.is_empty() {
                 path.push_str(&format!("&{name}={}", encode_segment(&values.join(","))));
             }

@@ -2,7 +2,7 @@
 //! themselves are `reel_core::api`, shared with the server.
 
 use base64::Engine as _;
-use reel_core::{EventId, ExpectedVersion, NewEvent, ReelError, StreamName, StreamVersion};
+use reel_core::{AppendCondition, EventId, ExpectedVersion, NewEvent, ReelError, StreamName, StreamVersion};
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -11,6 +11,8 @@ use serde_json::value::RawValue;
 struct AppendBody<'a> {
     expected_version: ExpectedVersion,
     events: Vec<WireEvent<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    condition: Option<&'a AppendCondition>,
 }
 
 #[derive(Serialize)]
@@ -25,11 +27,17 @@ struct WireEvent<'a> {
     id: Option<String>,
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     metadata: &'a serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tags: &'a [String],
 }
 
 /// The append body. A JSON payload goes as `data`, written verbatim (its bytes, key order
 /// included, are what the server stores); anything else as `data_base64`.
-pub fn append_body(expected: ExpectedVersion, events: &[NewEvent]) -> Result<Vec<u8>, ReelError> {
+pub fn append_body(
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    condition: Option<&AppendCondition>,
+) -> Result<Vec<u8>, ReelError> {
     let events = events
         .iter()
         .map(|e| {
@@ -40,10 +48,11 @@ pub fn append_body(expected: ExpectedVersion, events: &[NewEvent]) -> Result<Vec
                 data_base64: data.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(&e.data)),
                 id: e.id.map(|id| id.to_string()),
                 metadata: &e.metadata,
+                tags: &e.tags,
             }
         })
         .collect();
-    serde_json::to_vec(&AppendBody { expected_version: expected, events })
+    serde_json::to_vec(&AppendBody { expected_version: expected, events, condition })
         .map_err(|e| ReelError::storage("encoding an append", e))
 }
 
@@ -68,6 +77,9 @@ pub fn error(status: StatusCode, body: &[u8], stream: Option<&StreamName>) -> Re
         },
         "duplicate_event_id" => {
             ReelError::DuplicateEventId { stream: stream(), id: EventId(uuid::Uuid::nil()), reason: body.message }
+        }
+        "condition_failed" => {
+            ReelError::ConditionFailed { stream: stream(), position: reel_core::Position(body.position.unwrap_or(0)) }
         }
         "stream_not_found" => ReelError::StreamNotFound { stream: stream() },
         "subscription_not_found" => ReelError::SubscriptionNotFound { id: body.message },

@@ -135,6 +135,39 @@ pub struct ErrorBody {
     /// On a size limit: the limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// On a failed condition: the position of the first event that matched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
+/// `POST /query`: the events of a query after a position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// Items, any of: an event matches an item when its type is one of the item's `types` (none
+    /// listed: any type) and it carries all of the item's `tags`.
+    pub items: Vec<crate::QueryItem>,
+    /// Only events after this position (default 0: from the start).
+    #[serde(default)]
+    pub after: u64,
+    /// Most events to return, 1 to 10,000 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// A page of a query's events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueryPageBody {
+    /// Matching events in position order.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<RecordedEventDoc>))]
+    pub events: Vec<RecordedEvent>,
+    /// The head when the page was read: the `after` of a condition decided on this read.
+    pub head: u64,
+    /// Where the next page starts (its `after`): the last event returned, or the head when the
+    /// page is the last.
+    pub next_after: u64,
 }
 
 /// An event as the API returns it (documentation of `RecordedEvent`'s JSON form).
@@ -157,6 +190,8 @@ pub struct RecordedEventDoc {
     /// The payload, when it is not JSON.
     data_base64: Option<String>,
     metadata: serde_json::Map<String, serde_json::Value>,
+    /// Its tags (absent when it has none).
+    tags: Option<Vec<String>>,
     /// RFC 3339.
     recorded_at: String,
 }

@@ -119,6 +119,7 @@ mod tests {
             event_type: event_type.into(),
             data: data.as_bytes().to_vec(),
             metadata: Default::default(),
+            tags: Vec::new(),
             recorded_at: Timestamp::now(),
         }
     }

@@ -27,6 +27,9 @@ pub struct EventInput {
     /// Correlation, causation, device …: a JSON object.
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+    /// Tags such as `locker:7`, for queries and append conditions.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
     /// The stream, in exported events.
     #[serde(default)]
     pub stream: Option<String>,
@@ -53,6 +56,9 @@ impl EventInput {
         }
         if let Some(metadata) = &self.metadata {
             event.metadata = metadata_object(metadata.clone()).map_err(invalid)?;
+        }
+        if let Some(tags) = &self.tags {
+            event.tags = tags.clone();
         }
         Ok(event)
     }
@@ -116,6 +122,7 @@ mod tests {
     fn accepts_json_or_base64_data() {
         assert_eq!(parse(r#"{"type":"A","data":{"x":1}}"#).unwrap().data, br#"{"x":1}"#);
         assert_eq!(parse(r#"{"type":"A","data_base64":"AAE="}"#).unwrap().data, vec![0, 1]);
+        assert_eq!(parse(r#"{"type":"A","data":1,"tags":["a","b"]}"#).unwrap().tags, vec!["a", "b"]);
     }
 
     #[test]

@@ -95,11 +95,9 @@ pub(crate) fn expected_before(first: StreamVersion) -> ExpectedVersion {
     }
 }
 
-/// The events as another store keeps them: same ids, types, data and metadata.
+/// The events as another store keeps them: same ids, types, data, metadata and tags.
 pub(crate) fn copies(run: &[RecordedEvent]) -> Vec<NewEvent> {
-    run.iter()
-        .map(|e| NewEvent::new(e.event_type.clone(), e.data.clone()).with_id(e.id).with_metadata(e.metadata.clone()))
-        .collect()
+    run.iter().map(RecordedEvent::to_new_event).collect()
 }
 
 /// Errors that make the answer final for these events; everything else (unreachable,

@@ -8,7 +8,7 @@
 //! writer then runs a *barrier*: a tiny durable write that
 //! records the head it can see. WAL is flushed in order, so when the barrier's commit is flushed,
 //! every commit it could see is flushed too, and barriers of many processes share one flush
-//! (PostgreSQL's own group commit). The one-call append (`append_group_v3`, migration 7) sends
+//! (PostgreSQL's own group commit). The one-call append (`append_group_v4`, migrations 7 and 10) sends
 //! its barrier right behind the call, in the same round trip.
 //!
 //! An append is answered only after its durable commit or its barrier (invariant 5). Readers read

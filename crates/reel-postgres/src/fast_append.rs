@@ -1,7 +1,7 @@
 //! The one-round-trip append: the usual way a group is written.
 //!
 //! The writer decides the group against what it knows of its streams (remembered from its own
-//! earlier groups, or read without any lock), then calls `append_group_v3` (migration 7), which
+//! earlier groups, or read without any lock), then calls `append_group_v4` (migrations 7 and 10), which
 //! in one statement locks the group's streams and checks that each is still as the writer saw
 //! it, then takes the head, writes the events with positions after it and moves it. The head is
 //! held only for that insert, and the call commits without waiting for its flush; a barrier
@@ -118,7 +118,7 @@ pub(crate) async fn try_append(
     }
     let unknown = |error: ReelError| Some(requests.iter().map(|_| Err(error.clone())).collect());
     let sql = format!(
-        "SELECT {schema}.append_group_v3($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        "SELECT {schema}.append_group_v4($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
     );
     let Ok(statement) = prepared(client, statements, sql).await else { return None };
     let alone = contention.alone();
@@ -243,6 +243,10 @@ fn remembered<'a>(
 /// version holds and none of its ids is among the recent ones. Anything else (a conflict, a
 /// retry, a duplicate id) is answered under the lock.
 fn plainly_new(request: &AppendRequest, state: &StreamState<'_>) -> bool {
+    // A condition is decided under the head lock, which only the careful path holds while deciding.
+    if request.condition.is_some() {
+        return false;
+    }
     let actual = state.version.map(reel_core::StreamVersion);
     if !request.expected.is_satisfied_by(actual) {
         return false;
@@ -253,7 +257,7 @@ fn plainly_new(request: &AppendRequest, state: &StreamState<'_>) -> bool {
     matches!(check_recent(&request.stream, &state.recent, &request.events), Ok(RecentIds::New))
 }
 
-/// How a call of `append_group_v3` ended.
+/// How a call of `append_group_v4` ended.
 enum Call {
     /// Written after `head` (durably, or for a barrier to confirm, as the call was asked).
     Written { head: Position },
@@ -264,7 +268,7 @@ enum Call {
     Unknown(ReelError),
 }
 
-/// Calls `append_group_v3`.
+/// Calls `append_group_v4`.
 async fn call_append_group(
     client: &Client,
     statement: &tokio_postgres::Statement,
@@ -311,6 +315,7 @@ async fn call_append_group(
                 &group.types,
                 &group.data,
                 &group.metadata,
+                &group.tags,
                 &Timestamp::now().unix_micros(),
                 &durable,
             ],

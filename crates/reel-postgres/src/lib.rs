@@ -26,6 +26,7 @@ mod reader;
 mod schema;
 mod snapshots;
 mod subscriptions;
+mod tag_index;
 mod writer;
 
 use std::sync::Arc;
@@ -34,7 +35,8 @@ use async_trait::async_trait;
 use reel_core::backend::HeadNotifier;
 use reel_core::{
     AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadWatch, NewEvent,
-    Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion,
+    Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
+    StreamVersion,
 };
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::{Client, NoTls};
@@ -163,6 +165,23 @@ impl PostgresStore {
         PostgresSubscriptionStore::connect(&self.inner.url, &self.inner.schema).await
     }
 
+    /// PostgreSQL's plan for each item of `query` as a `read_query` runs it, one after another:
+    /// how to see that a query is served by the tag index.
+    pub async fn explain_query(&self, query: &Query) -> Result<String, ReelError> {
+        query.validate()?;
+        let reader = self.reader().await?;
+        let mut plans = Vec::new();
+        for item in &query.items {
+            let read = tag_index::ItemQuery::new(&self.inner.schema, item, "e.position", "", Position(0), 100);
+            let rows = reader
+                .query(&format!("EXPLAIN {}", read.sql), &read.params())
+                .await
+                .map_err(|e| storage_error("explaining a query", e))?;
+            plans.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+        }
+        Ok(plans.join("\n"))
+    }
+
     /// The schema this store lives in.
     pub fn schema(&self) -> &str {
         &self.inner.schema
@@ -197,7 +216,7 @@ impl EventStore for PostgresStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, ReelError> {
         self.inner.limits.validate(&events)?;
-        let request = AppendRequest { stream: stream.clone(), expected, events };
+        let request = AppendRequest::new(stream.clone(), expected, events);
         self.submit(vec![request]).await?.pop().unwrap_or(Err(ReelError::Closed))
     }
 
@@ -223,6 +242,12 @@ impl EventStore for PostgresStore {
     async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
         reel_core::backend::check_read_limit(limit)?;
         reader::read_all(&*self.reader().await?, &self.inner.schema, &self.inner.names, from, filter, limit).await
+    }
+
+    async fn read_query(&self, query: &Query, after: Position, limit: usize) -> Result<QueryPage, ReelError> {
+        reel_core::backend::check_read_limit(limit)?;
+        query.validate()?;
+        reader::read_query(&*self.reader().await?, &self.inner.schema, query, after, limit).await
     }
 
     async fn head(&self) -> Result<Position, ReelError> {

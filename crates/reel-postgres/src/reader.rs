@@ -1,8 +1,8 @@
 //! Read queries.
 
 use reel_core::{
-    AllPage, Direction, EventId, Position, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
-    StreamVersion, Timestamp,
+    AllPage, Direction, EventId, Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError, StoreStats,
+    StreamInfo, StreamName, StreamVersion, Timestamp,
 };
 use std::collections::HashMap;
 
@@ -10,6 +10,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
 use crate::durable::durable_head_sql;
+use crate::tag_index::tags_from_json;
 
 /// How many positions a filtered `read_all` scans before it returns a (possibly empty) page.
 const FILTERED_SCAN_WINDOW: i64 = 65_536;
@@ -19,7 +20,7 @@ fn err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> ReelError {
 }
 
 const EVENT_COLUMNS: &str =
-    "e.position, s.name, e.stream_version, e.event_id, e.event_type, e.data, e.metadata, e.recorded_at";
+    "e.position, s.name, e.stream_version, e.event_id, e.event_type, e.data, e.metadata, e.recorded_at, e.tags";
 
 fn event(row: &Row) -> Result<RecordedEvent, ReelError> {
     Ok(RecordedEvent {
@@ -30,6 +31,7 @@ fn event(row: &Row) -> Result<RecordedEvent, ReelError> {
         event_type: row.get(4),
         data: row.get(5),
         metadata: metadata(row, 6),
+        tags: tags_from_json(row.get(8)),
         recorded_at: Timestamp::from_unix_micros(row.get(7)),
     })
 }
@@ -166,7 +168,7 @@ pub async fn read_all(
         let rows = client
             .query(
                 &format!(
-                    "SELECT position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at
+                    "SELECT position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at, tags
                      FROM {schema}.events WHERE position >= $1 AND position < $2 AND position <= {}
                      ORDER BY position",
                     durable_head_sql(schema)
@@ -188,6 +190,7 @@ pub async fn read_all(
                 event_type: row.get(4),
                 data: row.get(5),
                 metadata: metadata(row, 6),
+                tags: tags_from_json(row.get(8)),
                 recorded_at: Timestamp::from_unix_micros(row.get(7)),
             })
             .collect::<Vec<_>>();
@@ -201,8 +204,9 @@ pub async fn read_all(
     let categories: Vec<&str> = filter.categories.iter().map(String::as_str).collect();
     let types: Vec<&str> = filter.event_types.iter().map(String::as_str).collect();
     let prefix = filter.stream_prefix.clone().unwrap_or_default();
-    let params: [&(dyn ToSql + Sync); 7] =
-        [&from, &window_end, &types, &categories, &prefix, &(limit as i64), &(prefix.len() as i32)];
+    let tags = serde_json::Value::Array(filter.tags.iter().cloned().map(serde_json::Value::String).collect());
+    let params: [&(dyn ToSql + Sync); 8] =
+        [&from, &window_end, &types, &categories, &prefix, &(limit as i64), &(prefix.len() as i32), &tags];
     let rows = client
         .query(
             &format!(
@@ -211,6 +215,7 @@ pub async fn read_all(
                    AND (cardinality($3::text[]) = 0 OR e.event_type = ANY($3))
                    AND (cardinality($4::text[]) = 0 OR s.category = ANY($4))
                    AND ($7 = 0 OR left(s.name, $7) = $5)
+                   AND (jsonb_array_length($8::jsonb) = 0 OR e.tags @> $8::jsonb)
                  ORDER BY e.position LIMIT $6"
             ),
             &params,
@@ -224,6 +229,22 @@ pub async fn read_all(
         Position(window_end as u64)
     };
     Ok(AllPage { events, next })
+}
+
+/// A page of `query`'s events after `after`, up to the durable head, which is the page's head:
+/// every event up to it is committed and stays as read, so it is what the page considered.
+pub async fn read_query(
+    client: &Client,
+    schema: &str,
+    query: &Query,
+    after: Position,
+    limit: usize,
+) -> Result<QueryPage, ReelError> {
+    let head = head(client, schema).await?;
+    let bound = format!("AND e.position <= {}", head.0);
+    let rows = crate::tag_index::query_rows(client, schema, query, EVENT_COLUMNS, &bound, after, limit).await?;
+    let events = rows.iter().map(event).collect::<Result<Vec<_>, _>>()?;
+    Ok(QueryPage { events, head })
 }
 
 pub async fn streams(

@@ -293,6 +293,86 @@ const MIGRATIONS: &[&str] = &[
         owner      text NOT NULL,
         expires_at bigint NOT NULL
      );",
+    // 10: tags. Each event's tags are kept with it (a JSON array, NULL when none) and indexed by
+    // tag then position, which serves queries and append conditions (tag_index.rs). Existing
+    // events have no tags, so the index starts empty. `append_group_v4` is `append_group_v3`
+    // that also writes tags; conditional appends take the careful path (writer.rs), which decides
+    // their conditions under the head lock.
+    "ALTER TABLE {s}.events ADD COLUMN tags jsonb;
+     CREATE TABLE {s}.event_tags (
+        tag      text NOT NULL,
+        position bigint NOT NULL,
+        PRIMARY KEY (tag, position)
+     );
+     CREATE FUNCTION {s}.append_group_v4(
+        p_checked_ids bigint[], p_checked_versions bigint[],
+        p_new_names text[], p_new_categories text[], p_new_versions bigint[],
+        p_final_ids bigint[], p_final_versions bigint[],
+        p_offsets bigint[], p_names text[], p_versions bigint[], p_ids uuid[], p_types text[],
+        p_data bytea[], p_metadata jsonb[], p_tags jsonb[], p_recorded_at bigint, p_durable boolean
+     ) RETURNS bigint LANGUAGE plpgsql AS $fn$
+     DECLARE
+        v_matching bigint;
+        v_count bigint := cardinality(p_offsets);
+        v_head bigint;
+        v_written bigint;
+     BEGIN
+        IF cardinality(p_checked_ids) > 0 THEN
+            -- A row whose version moved no longer joins (rechecked after waiting for its lock).
+            SELECT count(*) INTO v_matching FROM (
+                SELECT 1 FROM {s}.streams s
+                JOIN unnest(p_checked_ids, p_checked_versions) AS c(stream_id, version)
+                  ON s.stream_id = c.stream_id AND s.version = c.version
+                ORDER BY s.stream_id
+                FOR UPDATE OF s
+            ) AS locked;
+            IF v_matching <> cardinality(p_checked_ids) THEN
+                RETURN NULL;
+            END IF;
+        END IF;
+        -- Checked again by the insert under the head: a name created in between fails it.
+        IF cardinality(p_new_names) > 0 AND EXISTS (SELECT 1 FROM {s}.streams s WHERE s.name = ANY(p_new_names)) THEN
+            RETURN NULL;
+        END IF;
+        -- Nothing is written before every check has passed: a NULL answer commits nothing.
+        UPDATE {s}.streams s SET version = f.version
+        FROM unnest(p_final_ids, p_final_versions) AS f(stream_id, version)
+        WHERE s.stream_id = f.stream_id;
+        IF NOT p_durable THEN
+            PERFORM set_config('synchronous_commit', 'off', true);
+        END IF;
+        UPDATE {s}.head SET position = position + v_count RETURNING position - v_count INTO v_head;
+        WITH created AS (
+            INSERT INTO {s}.streams (name, category, version)
+            SELECT * FROM unnest(p_new_names, p_new_categories, p_new_versions)
+            RETURNING stream_id, name
+        ), touched AS (
+            SELECT c.stream_id, c.name FROM created c
+            UNION ALL
+            SELECT s.stream_id, s.name FROM {s}.streams s WHERE s.stream_id = ANY(p_checked_ids)
+        )
+        INSERT INTO {s}.events
+            (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at, tags)
+        SELECT v_head + x.o, t.stream_id, x.v, x.i, x.t, x.d, x.m, p_recorded_at, x.g
+        FROM unnest(p_offsets, p_names, p_versions, p_ids, p_types, p_data, p_metadata, p_tags)
+            AS x(o, n, v, i, t, d, m, g)
+        JOIN touched t ON t.name = x.n
+        ORDER BY x.o;
+        GET DIAGNOSTICS v_written = ROW_COUNT;
+        IF v_written <> v_count THEN
+            RAISE EXCEPTION 'append_group wrote % of % events', v_written, v_count;
+        END IF;
+        INSERT INTO {s}.event_tags (tag, position)
+        SELECT DISTINCT g.tag, v_head + x.o
+        FROM unnest(p_offsets, p_tags) AS x(o, tags), jsonb_array_elements_text(x.tags) AS g(tag)
+        WHERE x.tags IS NOT NULL;
+        IF p_durable THEN
+            INSERT INTO {s}.durable_head AS d (connection_pid, position) VALUES (pg_backend_pid(), v_head + v_count)
+            ON CONFLICT (connection_pid) DO UPDATE SET position = greatest(d.position, excluded.position);
+        END IF;
+        RETURN v_head;
+     END
+     $fn$;",
 ];
 
 /// Newest schema version this build knows.

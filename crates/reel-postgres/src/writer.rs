@@ -162,13 +162,22 @@ async fn commit_group(
             Err(e) => return fail_all(e),
         }
     };
+    // Every append ordered before this group has committed (the head is held), so what the
+    // index says now, plus what this group places before a request, is all that can match it.
+    let stored_matches = match stored_condition_matches(&tx, schema, requests).await {
+        Ok(found) => found,
+        Err(e) => return fail_all(e),
+    };
     let mut group = GroupWrite::default();
     let mut head_after = head;
     let mut results = Vec::with_capacity(requests.len());
-    for request in requests {
+    for (request, stored_match) in requests.iter().zip(stored_matches) {
         let state = streams.get_mut(request.stream.as_str()).expect("every stream of the group was looked up");
         match decide(&tx, statements, schema, request, state).await {
-            Ok(Decision::Append) => results.push(Ok(group.add(request, state, &mut head_after))),
+            Ok(Decision::Append) => match condition_holds(request, stored_match, &group, head_after) {
+                Ok(()) => results.push(Ok(group.add(request, state, &mut head_after))),
+                Err(e) => results.push(Err(e)),
+            },
             Ok(Decision::Retried(result)) => results.push(Ok(result)),
             Err(Rejected::Check(e)) => results.push(Err(e)),
             Err(Rejected::Write(e)) => return fail_all(e),
@@ -191,6 +200,39 @@ async fn commit_group(
         }
     }
     results
+}
+
+/// For each request with a condition, the first stored event matching it after its `after`;
+/// the reads run pipelined, in one round trip.
+async fn stored_condition_matches(
+    tx: &Transaction<'_>,
+    schema: &str,
+    requests: &[&AppendRequest],
+) -> Result<Vec<Option<Position>>, ReelError> {
+    let checks = requests.iter().map(|request| async move {
+        match &request.condition {
+            Some(c) => crate::tag_index::first_match(tx, schema, &c.fail_if_events_match, c.after_position()).await,
+            None => Ok(None),
+        }
+    });
+    futures_util::future::join_all(checks).await.into_iter().collect()
+}
+
+/// Whether the request's condition holds: no stored match, none among the events this group
+/// placed before it, and an `after` that is not beyond the head.
+fn condition_holds(
+    request: &AppendRequest,
+    stored_match: Option<Position>,
+    group: &GroupWrite<'_>,
+    head: Position,
+) -> Result<(), ReelError> {
+    let Some(condition) = &request.condition else { return Ok(()) };
+    condition.check_after(head)?;
+    let in_group = group.first_match(&condition.fail_if_events_match, condition.after_position());
+    match stored_match.into_iter().chain(in_group).min() {
+        Some(position) => Err(ReelError::ConditionFailed { stream: request.stream.clone(), position }),
+        None => Ok(()),
+    }
 }
 
 /// Times the careful path starts over when streams of its group appear between its locks.
@@ -296,7 +338,7 @@ async fn load<'a, C: GenericClient + Sync>(
     with_ids.sort_unstable();
     with_ids.dedup();
 
-    // Streams first, in stream id order, then the head: the order `append_group_v3` (migration
+    // Streams first, in stream id order, then the head: the order `append_group_v4` (migration
     // 7) takes them in, so appenders never deadlock. The head is taken with its row lock alone
     // and the transaction commits without waiting for its flush; the barrier after it waits
     // for the flush instead (see durable.rs).
@@ -420,9 +462,19 @@ pub(crate) struct GroupWrite<'a> {
     pub(crate) types: Vec<&'a str>,
     pub(crate) data: Vec<&'a [u8]>,
     pub(crate) metadata: Vec<Option<serde_json::Value>>,
+    pub(crate) tags: Vec<Option<serde_json::Value>>,
+    /// Each event's tags, for deciding later conditions of the same group.
+    tag_lists: Vec<&'a [String]>,
 }
 
 impl<'a> GroupWrite<'a> {
+    /// The first event this group has placed so far that matches `query` after `after`.
+    fn first_match(&self, query: &reel_core::Query, after: Position) -> Option<Position> {
+        (0..self.positions.len())
+            .find(|&i| self.positions[i] as u64 > after.0 && query.matches(self.types[i], self.tag_lists[i]))
+            .map(|i| Position(self.positions[i] as u64))
+    }
+
     /// Places the request's events after the group's head and the stream's version.
     pub(crate) fn add(
         &mut self,
@@ -442,6 +494,8 @@ impl<'a> GroupWrite<'a> {
             self.types.push(event.event_type.as_str());
             self.data.push(event.data.as_slice());
             self.metadata.push((!event.metadata.is_empty()).then(|| serde_json::Value::Object(event.metadata.clone())));
+            self.tags.push(crate::tag_index::tags_json(&event.tags));
+            self.tag_lists.push(&event.tags);
             state.recent.insert(id, version);
             state.pending.push(Pending { position, version, id, event });
         }
@@ -493,13 +547,19 @@ impl<'a> GroupWrite<'a> {
              touched AS (SELECT * FROM updated UNION ALL SELECT * FROM created),
              inserted AS (
                 INSERT INTO {schema}.events
-                    (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at)
-                SELECT x.p, t.stream_id, x.v, x.i, x.t, x.d, x.m, $13
-                FROM UNNEST($6::bigint[], $7::text[], $8::bigint[], $9::uuid[], $10::text[], $11::bytea[], $12::jsonb[])
-                    AS x(p, n, v, i, t, d, m)
+                    (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at, tags)
+                SELECT x.p, t.stream_id, x.v, x.i, x.t, x.d, x.m, $13, x.g
+                FROM UNNEST($6::bigint[], $7::text[], $8::bigint[], $9::uuid[], $10::text[], $11::bytea[], $12::jsonb[],
+                            $15::jsonb[])
+                    AS x(p, n, v, i, t, d, m, g)
                 JOIN touched t ON t.name = x.n
                 ORDER BY x.p
                 RETURNING 1),
+             tagged AS (
+                INSERT INTO {schema}.event_tags (tag, position)
+                SELECT DISTINCT g.tag, x.p FROM UNNEST($6::bigint[], $15::jsonb[]) AS x(p, tags),
+                    jsonb_array_elements_text(x.tags) AS g(tag)
+                WHERE x.tags IS NOT NULL),
              moved AS (UPDATE {schema}.head SET position = $14)
              SELECT (SELECT count(*) FROM inserted)"
         );
@@ -523,6 +583,7 @@ impl<'a> GroupWrite<'a> {
                     &self.metadata,
                     &now.unix_micros(),
                     &(head.0 as i64),
+                    &self.tags,
                 ],
             )
             .await
@@ -600,11 +661,22 @@ impl GroupWrite<'_> {
             }
         }
         let copy = format!(
-            "COPY {schema}.events (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at)
+            "COPY {schema}.events
+                (position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at, tags)
              FROM STDIN BINARY"
         );
         let sink = tx.copy_in(&copy).await.map_err(fail)?;
-        let types = [Type::INT8, Type::INT8, Type::INT8, Type::UUID, Type::TEXT, Type::BYTEA, Type::JSONB, Type::INT8];
+        let types = [
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::UUID,
+            Type::TEXT,
+            Type::BYTEA,
+            Type::JSONB,
+            Type::INT8,
+            Type::JSONB,
+        ];
         let writer = BinaryCopyInWriter::new(sink, &types);
         futures_util::pin_mut!(writer);
         let recorded_at = now.unix_micros();
@@ -623,6 +695,7 @@ impl GroupWrite<'_> {
                     &self.data[i],
                     &self.metadata[i],
                     &recorded_at,
+                    &self.tags[i],
                 ])
                 .await
                 .map_err(fail)?;
@@ -634,9 +707,16 @@ impl GroupWrite<'_> {
                 format!("COPY stored {written} of {} events", self.positions.len()),
             ));
         }
-        let sql = format!("UPDATE {schema}.head SET position = $1");
+        let sql = format!(
+            "WITH tagged AS (
+                INSERT INTO {schema}.event_tags (tag, position)
+                SELECT DISTINCT g.tag, x.p FROM UNNEST($2::bigint[], $3::jsonb[]) AS x(p, tags),
+                    jsonb_array_elements_text(x.tags) AS g(tag)
+                WHERE x.tags IS NOT NULL)
+             UPDATE {schema}.head SET position = $1"
+        );
         let statement = prepared(tx, statements, sql).await.map_err(fail)?;
-        tx.execute(&statement, &[&(head.0 as i64)]).await.map_err(fail)?;
+        tx.execute(&statement, &[&(head.0 as i64), &self.positions, &self.tags]).await.map_err(fail)?;
         Ok(())
     }
 }
@@ -660,7 +740,7 @@ async fn stored_from(
     if let (Some(stream_id), Some(stored_version)) = (state.stream_id, state.stored_version) {
         if start <= stored_version {
             let sql = format!(
-                "SELECT position, stream_version, event_id, event_type, data, metadata FROM {schema}.events
+                "SELECT position, stream_version, event_id, event_type, data, metadata, tags FROM {schema}.events
                  WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
             );
             let fail = |e| Rejected::Write(crate::storage_error("checking for a retried append", e));
@@ -676,6 +756,7 @@ async fn stored_from(
                     Some(serde_json::Value::Object(map)) => map,
                     _ => Default::default(),
                 },
+                tags: crate::tag_index::tags_from_json(r.get(6)),
             }));
         }
     }
@@ -687,6 +768,7 @@ async fn stored_from(
         event_type: p.event.event_type.clone(),
         data: p.event.data.clone(),
         metadata: p.event.metadata.clone(),
+        tags: p.event.tags.clone(),
     }));
     Ok(found)
 }

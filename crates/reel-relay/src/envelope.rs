@@ -27,6 +27,9 @@ impl Envelope {
         if !event.metadata.is_empty() {
             headers.push(("reel-metadata", serde_json::Value::Object(event.metadata.clone()).to_string()));
         }
+        if !event.tags.is_empty() {
+            headers.push(("reel-tags", serde_json::to_string(&event.tags).unwrap_or_default()));
+        }
         Self { headers }
     }
 }
@@ -40,7 +43,8 @@ pub enum Payload {
     /// A CloudEvent 1.0 in structured JSON mode: `id` is the event id, `source` is `reel`,
     /// `subject` the stream, `type` the event type, `time` the recorded time, `data` the event's
     /// data (or `data_base64` when it is not JSON); the extension attributes `reelposition`,
-    /// `reelstreamversion` and, when there is metadata, `reelmetadata` (JSON text) follow.
+    /// `reelstreamversion` and, when there is metadata, `reelmetadata` (JSON text), when there
+    /// are tags, `reeltags` (a JSON array as text) follow.
     CloudEvent,
 }
 
@@ -76,6 +80,9 @@ fn cloud_event(event: &RecordedEvent) -> Vec<u8> {
     if !event.metadata.is_empty() {
         object.insert("reelmetadata".into(), serde_json::Value::Object(event.metadata.clone()).to_string().into());
     }
+    if !event.tags.is_empty() {
+        object.insert("reeltags".into(), serde_json::to_string(&event.tags).unwrap_or_default().into());
+    }
     match serde_json::from_slice::<serde_json::Value>(&event.data) {
         Ok(data) => {
             object.insert("datacontenttype".into(), "application/json".into());
@@ -104,6 +111,7 @@ mod tests {
             event_type: "DoorOpened".into(),
             data: data.to_vec(),
             metadata: Default::default(),
+            tags: Vec::new(),
             recorded_at: Timestamp::now(),
         }
     }

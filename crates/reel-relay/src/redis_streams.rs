@@ -14,8 +14,9 @@ use crate::envelope::{Envelope, Payload};
 use crate::relay::{Delivery, Sink};
 use crate::template::KeyTemplate;
 
-/// Fields of every entry: the envelope's headers without the metadata, then data and metadata.
-const FIELDS: usize = 8;
+/// Fields of every entry: the envelope's headers without metadata and tags, then data, metadata
+/// and tags (the last two empty when the event has none).
+const FIELDS: usize = 9;
 
 /// The script that adds a batch's entries in order; an id at or below the key's top is an entry
 /// already there (a replay) and counts as added. Returns the number added and the first error.
@@ -97,10 +98,13 @@ impl Sink for RedisStreamsSink {
             invocation.arg(format!("{}-0", event.position.0));
             let envelope = Envelope::of(event);
             let mut metadata = String::new();
-            let mut fields = 2;
+            let mut tags = String::new();
+            let mut fields = 3;
             for (name, value) in envelope.headers {
                 if name == "reel-metadata" {
                     metadata = value;
+                } else if name == "reel-tags" {
+                    tags = value;
                 } else {
                     invocation.arg(name).arg(value);
                     fields += 1;
@@ -108,6 +112,7 @@ impl Sink for RedisStreamsSink {
             }
             invocation.arg("data").arg(self.payload.of(event).as_ref());
             invocation.arg("metadata").arg(metadata);
+            invocation.arg("tags").arg(tags);
             debug_assert_eq!(fields, FIELDS, "the script names {FIELDS} fields per entry");
         }
         let mut connection = self.connection.clone();

@@ -199,6 +199,7 @@ mod tests {
             event_type: "T".into(),
             data: b"{}".to_vec(),
             metadata: Default::default(),
+            tags: Vec::new(),
             recorded_at: Timestamp::now(),
         }
     }

@@ -127,6 +127,7 @@ mod tests {
             event_type: event_type.into(),
             data: b"{}".to_vec(),
             metadata: Default::default(),
+            tags: Vec::new(),
             recorded_at: Timestamp::now(),
         }
     }

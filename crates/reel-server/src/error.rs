@@ -37,6 +37,7 @@ impl From<ReelError> for ApiError {
         let status = match &e {
             ReelError::WrongExpectedVersion { .. }
             | ReelError::DuplicateEventId { .. }
+            | ReelError::ConditionFailed { .. }
             | ReelError::IllegalTransition { .. }
             | ReelError::LeaseLost { .. }
             | ReelError::SubscriptionChanged { .. } => StatusCode::CONFLICT,
@@ -57,6 +58,12 @@ impl From<ReelError> for ApiError {
                 map.insert("stream".into(), serde_json::json!(stream));
                 map.insert("expected".into(), serde_json::json!(expected));
                 map.insert("actual".into(), serde_json::json!(actual.map(|v| v.0)));
+                Some(map)
+            }
+            ReelError::ConditionFailed { stream, position } => {
+                let mut map = serde_json::Map::new();
+                map.insert("stream".into(), serde_json::json!(stream));
+                map.insert("position".into(), serde_json::json!(position.0));
                 Some(map)
             }
             ReelError::InvalidEvent { index, reason } => {

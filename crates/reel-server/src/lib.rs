@@ -172,6 +172,7 @@ fn router(state: AppState) -> Router {
         .route("/all", get(api::all::read_all))
         .route("/all/live", get(api::live::all_live))
         .route("/head", get(api::all::head))
+        .route("/query", post(api::query::query))
         .route("/devices", get(api::devices::list))
         .route("/devices/{name}/heartbeat", post(api::devices::heartbeat))
         .route("/subscriptions", get(api::subscriptions::list))

@@ -16,6 +16,7 @@ use crate::api;
         api::system::streams,
         api::all::read_all,
         api::all::head,
+        api::query::query,
         api::live::all_live,
         api::devices::heartbeat,
         api::devices::list,

@@ -408,6 +408,7 @@ mod tests {
             event_type: event_type.into(),
             data: serde_json::to_vec(&json!({"session": session})).unwrap(),
             metadata: Default::default(),
+            tags: Vec::new(),
             recorded_at: Timestamp::from_unix_micros(version as i64),
         }
     }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use reel_core::{
-    AllPage, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadWatch, NewEvent, Position,
-    ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion, SubscriptionCriteria,
+    AllPage, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadWatch, NewEvent, Position, Query,
+    QueryPage, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName, StreamVersion,
+    SubscriptionCriteria,
 };
 
 use crate::{EngineReport, SubscriptionEngine};
@@ -121,6 +122,10 @@ impl EventStore for RunAfterAppend {
 
     async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError> {
         self.store.read_all(from, filter, limit).await
+    }
+
+    async fn read_query(&self, query: &Query, after: Position, limit: usize) -> Result<QueryPage, ReelError> {
+        self.store.read_query(query, after, limit).await
     }
 
     async fn head(&self) -> Result<Position, ReelError> {

@@ -31,6 +31,8 @@ pub struct SubscriberSpec {
     pub event_types: Option<Vec<String>>,
     /// Stream categories it handles; empty means all.
     pub categories: Vec<String>,
+    /// Tags an event must all carry to be handled; empty means any. Others are skipped.
+    pub tags: Vec<String>,
     /// When handling an event fails and retries are used up: `false` (default) stops in
     /// `Error`; `true` parks the event (listed, replayable) and goes on after it.
     pub park_failures: bool,
@@ -47,6 +49,7 @@ impl SubscriberSpec {
             run_mode,
             event_types: None,
             categories: vec![],
+            tags: vec![],
             park_failures: false,
             partition_digits: 0,
         })
@@ -92,6 +95,16 @@ impl SubscriberSpec {
         self
     }
 
+    /// Handles only events carrying all of `tags` (e.g. `locker:7`).
+    pub fn with_tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Splits the subscriber into `16^digits` partitioned subscriptions (`digits` 1–3: 16, 256 or
     /// 4,096), ids `{id}:{partition in hex}`. Each stream belongs to one partition (by a stable
     /// hash of its name), so per-stream order is kept while partitions run in parallel, each with
@@ -125,6 +138,10 @@ impl SubscriberSpec {
                 "subscriber {} handles an empty list of event types; list at least one type, or \"*\" for all",
                 self.id
             )));
+        }
+        for tag in &self.tags {
+            reel_core::check_tag(tag)
+                .map_err(|e| ReelError::InvalidArgument(format!("subscriber {} lists a bad tag: {e}", self.id)))?;
         }
         if self.categories.iter().any(String::is_empty) {
             return Err(ReelError::InvalidArgument(format!("subscriber {} lists an empty category", self.id)));

@@ -8,6 +8,7 @@
 //! | 3 | wrong expected version (optimistic concurrency conflict) |
 //! | 4 | duplicate event id with different content |
 //! | 5 | stream or subscription not found |
+//! | 6 | append condition failed (an event matching its query is stored after its `after`) |
 
 use std::process::ExitCode;
 
@@ -20,6 +21,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         Some(ReelError::WrongExpectedVersion { .. }) => 3,
         Some(ReelError::DuplicateEventId { .. }) => 4,
         Some(ReelError::StreamNotFound { .. } | ReelError::SubscriptionNotFound { .. }) => 5,
+        Some(ReelError::ConditionFailed { .. }) => 6,
         Some(
             ReelError::InvalidStreamName { .. }
             | ReelError::InvalidEvent { .. }

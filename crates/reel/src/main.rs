@@ -51,6 +51,10 @@ pub enum Command {
     Read(commands::read::ReadArgs),
     /// Print the global log as NDJSON, optionally filtered, optionally following new events.
     ReadAll(commands::read::ReadAllArgs),
+    /// Print the events of a query across streams (by tag and type) and the head of the read,
+    /// as one JSON object: what a conditional append (`append --fail-if-tag … --after HEAD`) is
+    /// decided on.
+    Query(commands::query::QueryArgs),
     /// List streams with their versions.
     Streams(commands::info::StreamsArgs),
     /// Print event count, stream count, head position and file size.

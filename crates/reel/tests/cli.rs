@@ -244,3 +244,87 @@ fn idle_follower_does_not_spin() {
     // A polling loop burns a whole core (~200 ticks in 2 s); a woken follower uses next to nothing.
     assert!(used < 20, "idle follower used {used} ticks of CPU in 2 s");
 }
+
+/// Tags, `reel query`, conditional appends (exit 6 when the condition fails, nothing stored), tag
+/// filters on `read-all` and `consume`, tags kept through export and import.
+#[test]
+fn tags_queries_and_conditional_appends_from_the_command_line() {
+    let cli = Cli::new();
+    let reserve = |stream: &str, after: Option<&str>| {
+        let mut args = vec![
+            "append",
+            stream,
+            "--type",
+            "LockerReserved",
+            "--data",
+            r#"{"from":100,"to":200}"#,
+            "--tag",
+            "locker:7",
+            "--tag",
+            "customer:c-1",
+            "--expected-version",
+            "no-stream",
+            "--fail-if-tag",
+            "locker:7",
+            "--fail-if-type",
+            "LockerReserved",
+        ];
+        if let Some(after) = after {
+            args.extend(["--after", after]);
+        }
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    cli.ok(&["append", "other-1", "--type", "Noise", "--data", "{}", "--tag", "locker:8"]);
+    let page: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["query", "--tag", "locker:7", "--type", "LockerReserved"])).unwrap();
+    assert_eq!(page["events"].as_array().unwrap().len(), 0);
+    assert_eq!(page["head"], 1, "the head of the read, to decide on");
+    cli.ok(&as_str(&reserve("reservation-r1", Some("1"))));
+    let err = cli.fails(&as_str(&reserve("reservation-r2", Some("1"))), 6);
+    assert!(err.contains("condition failed") && err.contains("position 2"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one-line error: {err}");
+    cli.fails(&as_str(&reserve("reservation-r3", None)), 6);
+    assert_eq!(cli.head(), 2, "failed conditions stored nothing");
+    let err = cli.fails(&as_str(&reserve("reservation-r4", Some("99"))), 2);
+    assert!(err.contains("beyond the head"), "{err}");
+    cli.fails(&["append", "x-1", "--type", "T", "--data", "{}", "--after", "1"], 2);
+    cli.fails(&["append", "x-1", "--type", "T", "--data", "{}", "--tag", ""], 2);
+    cli.fails(
+        &["append", "x-1", "--type", "T", "--data", "{}", "--condition", r#"{"fail_if_events_match":{"items":[{}]}}"#],
+        2,
+    );
+    cli.fails(&["query"], 2);
+    cli.fails(&["query", "--query", r#"{"items":[]}"#], 2);
+    assert_eq!(cli.head(), 2, "bad input stored nothing");
+    let condition = r#"{"fail_if_events_match":{"items":[{"tags":["locker:9"]},{"types":["Nothing"]}]},"after":2}"#;
+    cli.ok(&["append", "reservation-r5", "--type", "T", "--data", "{}", "--tag", "locker:9", "--condition", condition]);
+
+    let page: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "query",
+        "--query",
+        r#"{"items":[{"tags":["locker:7"]},{"tags":["locker:9"]}]}"#,
+    ]))
+    .unwrap();
+    let positions: Vec<u64> =
+        page["events"].as_array().unwrap().iter().map(|e| e["position"].as_u64().unwrap()).collect();
+    assert_eq!(positions, vec![2, 3]);
+    assert_eq!(page["events"][0]["tags"], serde_json::json!(["locker:7", "customer:c-1"]));
+
+    let tagged = lines(&cli.ok(&["read-all", "--tag", "customer:c-1"]));
+    assert_eq!(tagged.iter().map(|e| e["position"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2]);
+    let consumed = lines(&cli.ok(&["consume", "tagged_1", "--mode", "once", "--tag", "locker:8", "--print"]));
+    assert_eq!(consumed.iter().map(|e| e["position"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1]);
+
+    let export = cli.ok(&["export"]);
+    let copy = Cli::new();
+    write(&copy.path("log.ndjson"), &export);
+    copy.ok(&["import", copy.path("log.ndjson").to_str().unwrap()]);
+    let imported = lines(&copy.ok(&["read-all"]));
+    assert_eq!(imported[1]["tags"], serde_json::json!(["locker:7", "customer:c-1"]), "tags survive export and import");
+    let page: serde_json::Value = serde_json::from_str(&copy.ok(&["query", "--tag", "locker:7"])).unwrap();
+    assert_eq!(page["events"].as_array().unwrap().len(), 1, "and are indexed again");
+}
+
+fn as_str(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}

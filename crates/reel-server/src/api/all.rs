@@ -33,6 +33,8 @@ pub struct ReadAllQuery {
     pub event_type: Option<String>,
     /// Only streams whose names start with this.
     pub prefix: Option<String>,
+    /// Only events carrying all of these tags (comma-separated).
+    pub tag: Option<String>,
     /// Seconds to wait for a matching event when there is none yet (0 to the server's maximum).
     #[param(minimum = 0)]
     pub wait: Option<u64>,
@@ -51,6 +53,7 @@ impl ReadAllQuery {
             categories: list(&self.category),
             event_types: list(&self.event_type),
             stream_prefix: self.prefix.clone().filter(|p| !p.is_empty()),
+            tags: list(&self.tag),
         }
     }
 }
@@ -93,7 +96,9 @@ pub async fn read_all(
             events.retain(|e| access.can_read(e.stream.as_str()));
             state.metrics.events_read.inc_by(events.len() as u64);
             let mut next = format!("/all?from={}&limit={limit}", page.next.0);
-            for (name, values) in [("category", &filter.categories), ("type", &filter.event_types)] {
+            for (name, values) in
+                [("category", &filter.categories), ("type", &filter.event_types), ("tag", &filter.tags)]
+            {
                 if !values.is_empty() {
                     next.push_str(&format!("&{name}={}", encode_segment(&values.join(","))));
                 }

@@ -4,6 +4,7 @@
 pub mod all;
 pub mod devices;
 pub mod live;
+pub mod query;
 pub mod streams;
 pub mod subscriptions;
 pub mod system;

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use reel_core::wire::{check_unique_ids, encode_segment, EventInput};
-use reel_core::{Direction, EventId, ExpectedVersion, NewEvent, ReelError, StreamName, StreamVersion};
+use reel_core::{AppendCondition, Direction, EventId, ExpectedVersion, NewEvent, ReelError, StreamName, StreamVersion};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
@@ -36,9 +36,13 @@ pub struct NewEventDoc {
     id: Option<String>,
     /// A JSON object: correlation, causation, device …
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Tags such as `locker:7` (at most 16, each 1 to 255 bytes without control characters),
+    /// which queries and conditions select events by across streams.
+    tags: Option<Vec<String>>,
 }
 
-/// One event (`type`, `data` …) or a batch (`events`), with an optional expected version.
+/// One event (`type`, `data` …) or a batch (`events`), with an optional expected version and
+/// an optional condition checked beside it in the same commit.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct AppendDoc {
@@ -53,6 +57,10 @@ pub struct AppendDoc {
     data_base64: Option<String>,
     id: Option<String>,
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    tags: Option<Vec<String>>,
+    /// Stores nothing (409 `condition_failed`, with the first matching `position`) if an event
+    /// matching `fail_if_events_match` is stored after `after` (anywhere, without `after`).
+    condition: Option<AppendCondition>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +79,10 @@ struct AppendWire {
     id: Option<String>,
     #[serde(default)]
     metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    condition: Option<AppendCondition>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -122,7 +134,7 @@ fn stream_name(text: String) -> Result<StreamName, ApiError> {
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Outside the token's scopes", body = ErrorBody),
-        (status = 409, description = "Wrong expected version (with `expected` and `actual`) or a reused event id", body = ErrorBody),
+        (status = 409, description = "Wrong expected version (with `expected` and `actual`), a reused event id, or a failed condition (`condition_failed`, with the first matching `position`)", body = ErrorBody),
         (status = 413, description = "Body, batch or event over the limit", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
     )
@@ -169,7 +181,12 @@ pub async fn append(
         Ok(n) => serde_json::Value::from(n),
         Err(_) => serde_json::Value::String(v),
     });
-    let (events, body_expected) = if cloudevents { (cloud_events(text)?, None) } else { events_of(text)? };
+    let (events, body_expected, condition) =
+        if cloudevents { (cloud_events(text)?, None, None) } else { events_of(text)? };
+    // A condition reads across streams, so it needs the whole log (as `POST /query` does).
+    if condition.is_some() && !access.can_read_log(&[], None) {
+        return Err(forbidden("an append condition (it reads the whole log)".into()));
+    }
     let expected = match (query_expected, body_expected) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -183,7 +200,10 @@ pub async fn append(
     check_unique_ids(&events)?;
     let count = events.len() as u64;
     let started = Instant::now();
-    let result = state.events.append(&stream, expected, events).await?;
+    let result = match condition {
+        Some(condition) => state.events.append_if(&stream, expected, events, condition).await?,
+        None => state.events.append(&stream, expected, events).await?,
+    };
     state.metrics.append_seconds.observe(started.elapsed().as_secs_f64());
     state.metrics.append_requests.inc();
     state.metrics.events_appended.inc_by(count);
@@ -214,7 +234,10 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
-fn events_of(text: &str) -> Result<(Vec<NewEvent>, Option<serde_json::Value>), ApiError> {
+/// An append body's events, expected version and condition.
+type AppendParts = (Vec<NewEvent>, Option<serde_json::Value>, Option<AppendCondition>);
+
+fn events_of(text: &str) -> Result<AppendParts, ApiError> {
     let wire: AppendWire = serde_json::from_str(text).map_err(|e| {
         let code = if e.is_syntax() || e.is_eof() { "invalid_json" } else { "invalid_body" };
         ApiError::bad_request(code, format!("{e}"))
@@ -223,7 +246,8 @@ fn events_of(text: &str) -> Result<(Vec<NewEvent>, Option<serde_json::Value>), A
         || wire.data.is_some()
         || wire.data_base64.is_some()
         || wire.id.is_some()
-        || wire.metadata.is_some();
+        || wire.metadata.is_some()
+        || wire.tags.is_some();
     let events = match (wire.events, single) {
         (Some(_), true) => {
             return Err(ApiError::bad_request(
@@ -250,6 +274,7 @@ fn events_of(text: &str) -> Result<(Vec<NewEvent>, Option<serde_json::Value>), A
                 data_base64: wire.data_base64,
                 id: wire.id,
                 metadata: wire.metadata,
+                tags: wire.tags,
                 stream: None,
                 stream_version: None,
             };
@@ -262,7 +287,7 @@ fn events_of(text: &str) -> Result<(Vec<NewEvent>, Option<serde_json::Value>), A
             ))
         }
     };
-    Ok((events, wire.expected_version))
+    Ok((events, wire.expected_version, wire.condition))
 }
 
 /// A CloudEvents JSON batch (structured mode, spec 1.0). The event id becomes the Reel id when it

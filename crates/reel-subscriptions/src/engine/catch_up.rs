@@ -65,6 +65,7 @@ impl SubscriptionEngine {
             // Old shapes of the handled types are fetched too, and upcast below.
             event_types: self.upcasters.stored_types_of(&spec.event_types.clone().unwrap_or_default()),
             categories: spec.categories.clone(),
+            tags: spec.tags.clone(),
             ..Default::default()
         };
         let page_size = limit.map_or(self.batch_size, |l| (l.max(1) as usize).min(self.batch_size));

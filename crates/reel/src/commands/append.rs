@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use reel_core::{ExpectedVersion, NewEvent, StreamName};
+use reel_core::{AppendCondition, ExpectedVersion, NewEvent, Position, Query, QueryItem, StreamName};
 use serde_json::value::RawValue;
 
 use super::event_line::{metadata_object, parse_id, EventLine};
@@ -34,6 +34,24 @@ pub struct AppendArgs {
     /// any, no-stream, exists, or the version of the stream's last event.
     #[arg(long, default_value = "any", allow_hyphen_values = true)]
     pub expected_version: String,
+    /// A tag on the event, e.g. locker:7 (repeatable).
+    #[arg(long, conflicts_with = "file")]
+    pub tag: Vec<String>,
+    /// Condition: store nothing if an event carrying this tag is stored (repeatable: an event
+    /// carrying all of them), after --after when given.
+    #[arg(long, value_name = "TAG")]
+    pub fail_if_tag: Vec<String>,
+    /// Condition: only events of this type count (repeatable: any of them).
+    #[arg(long, value_name = "TYPE")]
+    pub fail_if_type: Vec<String>,
+    /// Condition: only events after this position count (the head of the read the decision
+    /// was made on, e.g. `reel query`'s `head`).
+    #[arg(long, value_name = "POSITION")]
+    pub after: Option<u64>,
+    /// The whole condition as JSON, for several query items:
+    /// {"fail_if_events_match":{"items":[{"types":[…],"tags":[…]}]},"after":N}.
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["fail_if_tag", "fail_if_type", "after"])]
+    pub condition: Option<String>,
 }
 
 pub async fn run(cli: &Cli, args: &AppendArgs) -> Result<()> {
@@ -45,9 +63,34 @@ pub async fn run(cli: &Cli, args: &AppendArgs) -> Result<()> {
         None => vec![single_event(args)?],
     };
     store::limits(cli)?.validate(&events)?;
+    let condition = condition(args)?;
     let store = store::open(cli).await?;
-    let result = store.append(&stream, expected, events).await.with_context(|| format!("appending to {stream}"))?;
+    let result = match condition {
+        Some(condition) => store.append_if(&stream, expected, events, condition).await,
+        None => store.append(&stream, expected, events).await,
+    }
+    .with_context(|| format!("appending to {stream}"))?;
     output::print_json(&result)
+}
+
+/// The condition the flags describe, validated; `None` without condition flags.
+fn condition(args: &AppendArgs) -> Result<Option<AppendCondition>> {
+    let invalid = |e: reel_core::ReelError| anyhow!(InvalidInput(e.to_string()));
+    if let Some(json) = &args.condition {
+        let condition: AppendCondition = serde_json::from_str(json)
+            .map_err(|e| anyhow!(InvalidInput(format!("--condition is not a valid condition: {e}"))))?;
+        condition.fail_if_events_match.validate().map_err(invalid)?;
+        return Ok(Some(condition));
+    }
+    if args.fail_if_tag.is_empty() && args.fail_if_type.is_empty() {
+        if args.after.is_some() {
+            bail!(InvalidInput("--after needs --fail-if-tag or --fail-if-type".into()));
+        }
+        return Ok(None);
+    }
+    let item = QueryItem::tags(args.fail_if_tag.clone()).with_types(args.fail_if_type.clone());
+    let query = Query::new(vec![item]).map_err(invalid)?;
+    Ok(Some(AppendCondition { fail_if_events_match: query, after: args.after.map(Position) }))
 }
 
 fn single_event(args: &AppendArgs) -> Result<NewEvent> {
@@ -65,6 +108,7 @@ fn single_event(args: &AppendArgs) -> Result<NewEvent> {
     if let Some(id) = &args.id {
         event.id = Some(parse_id(id).context("--id")?);
     }
+    event.tags = args.tag.clone();
     Ok(event)
 }
 

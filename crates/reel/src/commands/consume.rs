@@ -39,6 +39,9 @@ pub struct SubscriberArgs {
     /// Only streams of this category (repeatable).
     #[arg(long)]
     pub category: Vec<String>,
+    /// Only events carrying this tag (repeatable: all of them).
+    #[arg(long)]
+    pub tag: Vec<String>,
     /// Events per batch.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
@@ -206,7 +209,11 @@ impl PreparedSubscription {
             max_attempts: args.retries,
             ..ClockBasedRetryStrategy::default()
         };
-        let mut spec = SubscriberSpec::new(id.as_str(), mode)?.in_group(group).in_categories(args.category.clone());
+        let mut spec = SubscriberSpec::new(id.as_str(), mode)?
+            .in_group(group)
+            .in_categories(args.category.clone())
+            .with_tags(args.tag.clone());
+        spec.check()?;
         if !args.types.is_empty() {
             spec = spec.handling(args.types.clone());
         }

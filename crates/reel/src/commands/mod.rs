@@ -9,6 +9,7 @@ pub mod devices;
 pub mod edge;
 pub mod event_line;
 pub mod info;
+pub mod query;
 pub mod read;
 pub mod relay;
 pub mod serve;
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Append(args) => append::run(&cli, args).await,
         Command::Read(args) => read::read_stream(&cli, args).await,
         Command::ReadAll(args) => read::read_all(&cli, args).await,
+        Command::Query(args) => query::run(&cli, args).await,
         Command::Streams(args) => info::streams(&cli, args).await,
         Command::Stats => info::stats(&cli).await,
         Command::Migrate => info::migrate(&cli).await,

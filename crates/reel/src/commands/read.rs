@@ -40,6 +40,9 @@ pub struct ReadAllArgs {
     /// Only streams whose name starts with this.
     #[arg(long)]
     pub prefix: Option<String>,
+    /// Only events carrying this tag (repeatable: all of them).
+    #[arg(long)]
+    pub tag: Vec<String>,
     /// Most events to print (default: all).
     #[arg(long)]
     pub limit: Option<u64>,
@@ -87,7 +90,11 @@ pub async fn read_all(cli: &Cli, args: &ReadAllArgs) -> Result<()> {
         categories: args.category.clone(),
         event_types: args.event_type.clone(),
         stream_prefix: args.prefix.clone(),
+        tags: args.tag.clone(),
     };
+    for tag in &filter.tags {
+        reel_core::check_tag(tag).map_err(|e| anyhow::anyhow!(crate::exit::InvalidInput(format!("--tag: {e}"))))?;
+    }
     let mut watch = store.watch_head();
     let mut remaining = args.limit.unwrap_or(u64::MAX);
     let page_size = remaining.min(PAGE as u64) as usize;
