@@ -81,7 +81,7 @@ pub struct LoadedDecision<D> {
 pub struct DecisionExecuted {
     /// What the append returned (`None` when the command decided to append nothing).
     pub appended: Option<AppendResult>,
-    /// Retries after the condition failed (another writer appended a matching event).
+    /// Retries after the condition or the expected version failed (another writer appended).
     pub retries: u32,
 }
 
@@ -140,7 +140,8 @@ impl DecisionRepository {
 
     /// Loads a fresh decision with `make`, lets `decide` choose what to append, and appends it
     /// on condition that no event of the decision's query was stored after the read. When one
-    /// was, starts over, up to `retries` more times.
+    /// was (or the append's expected version no longer holds), starts over, up to `retries` more
+    /// times.
     pub async fn execute<D, E, M, F>(
         &self,
         make: M,
@@ -162,8 +163,13 @@ impl DecisionRepository {
             let condition = AppendCondition::new(loaded.state.query()).after(loaded.head);
             match self.store.append_if(&append.stream, append.expected, append.events, condition).await {
                 Ok(result) => return Ok(DecisionExecuted { appended: Some(result), retries: attempt }),
-                Err(ReelError::ConditionFailed { .. }) if attempt < retries => attempt += 1,
-                Err(ReelError::ConditionFailed { .. }) => {
+                // Either check failing means the decision was made on a stale read.
+                Err(ReelError::ConditionFailed { .. } | ReelError::WrongExpectedVersion { .. })
+                    if attempt < retries =>
+                {
+                    attempt += 1
+                }
+                Err(ReelError::ConditionFailed { .. } | ReelError::WrongExpectedVersion { .. }) => {
                     return Err(DecisionError::Conflict { attempts: attempt + 1 })
                 }
                 Err(e) => return Err(e.into()),

@@ -23,6 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod aggregates;
+mod dcb;
 mod edge;
 mod edge_fleet;
 mod http;
@@ -230,6 +231,29 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         heartbeat: u64,
     },
+    /// Tags and conditional appends against the same work without them: concurrent single
+    /// appends with and without a condition, batches with and without 3 tags per event, and
+    /// `read_query` of one tag among the batched events (first page latency).
+    Dcb {
+        /// Concurrent appenders.
+        #[arg(long, default_value_t = 64)]
+        writers: u64,
+        /// Seconds each concurrent run lasts.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Events in each batched store (the tagged one is then queried).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Events per batched append.
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Tags whose first page is read.
+        #[arg(long, default_value_t = 2_000)]
+        queries: usize,
+        /// Run on PostgreSQL at this URL (scratch schemas, dropped afterwards) instead of SQLite.
+        #[arg(long)]
+        postgres: Option<String>,
+    },
     /// Full `read_all` scan against a raw SQLite scan of the same file, with peak memory.
     Read {
         /// Events to write first and then read.
@@ -409,6 +433,17 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             edge_fleet::bench_edge_fleet(&dir, &plan, args.event_size)
                 .await
                 .map(|(rows, extra)| ("edge-fleet", rows, extra))
+        }
+        BenchCommand::Dcb { writers, seconds, events, batch, queries, postgres } => {
+            let plan = dcb::DcbPlan {
+                writers: (*writers).max(1),
+                seconds: (*seconds).max(1),
+                events: (*events).max(1),
+                batch: (*batch).max(1),
+                queries: (*queries).max(1),
+                postgres: postgres.clone(),
+            };
+            dcb::bench_dcb(&dir, &plan, args.event_size).await.map(|(rows, extra)| ("dcb", rows, extra))
         }
         BenchCommand::Read { events, page } => {
             bench_read(&dir, *events, (*page).clamp(1, reel_sqlite::MAX_READ_LIMIT), args.event_size)

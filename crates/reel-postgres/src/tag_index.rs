@@ -57,7 +57,7 @@ impl ItemQuery {
             first_tag,
             other_tags: serde_json::Value::Array(others),
             types: item.types.clone(),
-            after: after.0 as i64,
+            after: after.0.min(i64::MAX as u64) as i64,
             limit: limit as i64,
         }
     }

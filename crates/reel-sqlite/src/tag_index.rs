@@ -34,7 +34,7 @@ pub fn tags_from_text(text: Option<String>) -> Result<Vec<String>, ReelError> {
 
 /// The positions of one item's events after `after`, in order, at most `limit`: SQL and arguments.
 pub fn item_sql(item: &QueryItem, after: Position, limit: usize) -> (String, Vec<Value>) {
-    let mut args: Vec<Value> = vec![Value::Integer(after.0 as i64)];
+    let mut args: Vec<Value> = vec![Value::Integer(after.0.min(i64::MAX as u64) as i64)];
     let sql = match item.tags.split_first() {
         Some((first, others)) => {
             let first = bind(&mut args, first);

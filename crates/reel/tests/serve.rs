@@ -602,3 +602,87 @@ fn the_api_works_on_postgres_too() {
     assert_eq!(page.body["events"].as_array().map(Vec::len), Some(1));
     assert_eq!(server.get("/health").body["status"], "ok");
 }
+
+/// Tags and conditions over HTTP: `POST /query` with the head of the read, a conditional append
+/// that fails with 409 `condition_failed` and the first matching position, bad queries and
+/// conditions as 400 storing nothing, `?tag=` on `/all`, and a token that may not read the whole
+/// log refused a condition.
+#[test]
+fn queries_and_conditional_appends_over_http() {
+    let cli = Cli::new();
+    let server = cli.serve(&[]);
+    let reserve = |stream: &str, after: u64| {
+        server.post_json(
+            &format!("/streams/{stream}"),
+            &format!(
+                r#"{{"expected_version":"no_stream","type":"LockerReserved","data":{{"from":1}},"tags":["locker:7","customer:c-1"],
+                   "condition":{{"fail_if_events_match":{{"items":[{{"types":["LockerReserved"],"tags":["locker:7"]}}]}},"after":{after}}}}}"#
+            ),
+        )
+    };
+    let query = r#"{"items":[{"types":["LockerReserved"],"tags":["locker:7"]}]}"#;
+    let read = server.post_json("/query", query);
+    assert_eq!((read.status, read.body["head"].as_u64()), (200, Some(0)), "{}", read.text);
+    let first = reserve("reservation-r1", 0);
+    assert_eq!(first.status, 201, "{}", first.text);
+    let second = reserve("reservation-r2", 0);
+    assert_eq!(second.status, 409, "{}", second.text);
+    assert_eq!(second.body["error"], "condition_failed");
+    assert_eq!((second.body["position"].as_u64(), second.body["stream"].as_str()), (Some(1), Some("reservation-r2")));
+
+    let read = server.post_json("/query", query);
+    assert_eq!(read.body["events"][0]["tags"], serde_json::json!(["locker:7", "customer:c-1"]));
+    assert_eq!((read.body["head"].as_u64(), read.body["next_after"].as_u64()), (Some(1), Some(1)));
+    let paged = server.post_json("/query", r#"{"items":[{"tags":["customer:c-1"]}],"after":1,"limit":5}"#);
+    assert_eq!(paged.body["events"].as_array().unwrap().len(), 0);
+
+    for (path, body) in [
+        ("/query", r#"{"items":[]}"#),
+        ("/query", r#"{"items":[{}]}"#),
+        ("/query", r#"{"items":[{"tags":[""]}]}"#),
+        ("/query", r#"{"items":[{"tags":["a"]}],"limit":0}"#),
+        ("/query", r#"{"items":[{"tags":["a"]}],"surprise":1}"#),
+        ("/streams/x-1", r#"{"type":"T","data":1,"tags":["bad\u0001tag"]}"#),
+        ("/streams/x-1", r#"{"type":"T","data":1,"condition":{"fail_if_events_match":{"items":[{}]}}}"#),
+        (
+            "/streams/x-1",
+            r#"{"type":"T","data":1,"condition":{"fail_if_events_match":{"items":[{"tags":["a"]}]},"after":99}}"#,
+        ),
+        ("/streams/x-1", r#"{"type":"T","data":1,"condition":{"fail_if":{}}}"#),
+    ] {
+        let answer = server.post_json(path, body);
+        assert_eq!(answer.status, 400, "{path} {body}: {}", answer.text);
+        assert!(answer.body["error"].is_string() && answer.body["message"].is_string(), "{}", answer.text);
+    }
+    let too_many = format!(
+        r#"{{"type":"T","data":1,"tags":[{}]}}"#,
+        (0..17).map(|i| format!("\"t{i}\"")).collect::<Vec<_>>().join(",")
+    );
+    assert_eq!(server.post_json("/streams/x-1", &too_many).status, 413);
+    assert_eq!(head(&server), 1, "nothing bad was stored");
+
+    let tagged = server.get("/all?tag=locker:7");
+    assert_eq!(tagged.body["events"].as_array().unwrap().len(), 1);
+    assert!(tagged.body["links"]["next"].as_str().unwrap().contains("tag=locker%3A7"), "{}", tagged.text);
+    assert_eq!(server.get("/all?tag=locker:8").body["events"].as_array().unwrap().len(), 0);
+    drop(server);
+
+    let created: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "token",
+        "create",
+        "--name",
+        "unit",
+        "--scope",
+        "write:unit-*",
+        "--scope",
+        "read:unit-*",
+    ]))
+    .unwrap();
+    let unit = created["token"].as_str().unwrap().to_string();
+    let server = cli.serve(&["--require-tokens"]);
+    let conditional = br#"{"type":"T","data":1,"condition":{"fail_if_events_match":{"items":[{"tags":["a"]}]}}}"#;
+    let refused = server.call("POST", "/streams/unit-1", Some("application/json"), conditional, Some(&unit));
+    assert_eq!((refused.status, refused.body["error"].as_str()), (403, Some("forbidden")), "{}", refused.text);
+    let query = server.call("POST", "/query", Some("application/json"), br#"{"items":[{"tags":["a"]}]}"#, Some(&unit));
+    assert_eq!(query.status, 403);
+}
