@@ -3,7 +3,9 @@
 //!
 //! - concurrent single-event appends with a condition on a tag of their own (disjoint: none
 //!   is refused) against the same appends, same tags, without conditions;
-//! - batched appends with 3 tags per event against the same batches without tags;
+//! - batched appends with 3 tags per event against the same batches without tags, with two
+//!   patterns: tags as a device's batch has them (the batch's device, one of 24 lockers, one of
+//!   7 kinds) and tags scattered over the index (every event a different one of 10,000 devices);
 //! - `read_query` of one tag (about 100 events) on the tagged store, first page of 100: latency
 //!   quantiles over many tags, and of a tag on one event in seven.
 
@@ -119,13 +121,18 @@ async fn run(dir: &Path, plan: &DcbPlan, event_size: usize) -> Result<(Vec<Row>,
 
     // 2. Batched appends, without tags and with three per event.
     let untagged_store = open(dir, plan, "untagged").await?;
-    let untagged = batched(&untagged_store, plan, &data, false).await?;
+    let untagged = batched(&untagged_store, plan, &data, Tags::None).await?;
     drop(untagged_store);
-    let tagged_store = open(dir, plan, "tagged").await?;
-    let tagged = batched(&tagged_store, plan, &data, true).await?;
+    let grouped_store = open(dir, plan, "grouped").await?;
+    let grouped = batched(&grouped_store, plan, &data, Tags::AsADeviceBatch).await?;
+    drop(grouped_store);
+    let tagged_store = open(dir, plan, "scattered").await?;
+    let scattered = batched(&tagged_store, plan, &data, Tags::Scattered).await?;
     let untagged_rate = untagged.events_per_sec;
+    let (grouped_rate, scattered_rate) = (grouped.events_per_sec, scattered.events_per_sec);
     rows.push(untagged);
-    rows.push(with_ratio_named(tagged, untagged_rate, "without tags"));
+    rows.push(with_ratio_named(grouped, untagged_rate, "without tags"));
+    rows.push(with_ratio_named(scattered, untagged_rate, "without tags"));
 
     // 3. read_query on the tagged store: the first page of one device's events.
     let mut latencies = Vec::with_capacity(plan.queries);
@@ -161,7 +168,8 @@ async fn run(dir: &Path, plan: &DcbPlan, event_size: usize) -> Result<(Vec<Row>,
         "writers": plan.writers,
         "seconds": plan.seconds,
         "conditional_vs_plain": conditional.rate() / plain_rate,
-        "tagged_vs_untagged": rows[3].events_per_sec / untagged_rate,
+        "grouped_tags_vs_untagged": grouped_rate / untagged_rate,
+        "scattered_tags_vs_untagged": scattered_rate / untagged_rate,
         "query_p99_ms": quantile_ms(&latencies, 0.99),
     });
     Ok((rows, extra))
@@ -171,10 +179,42 @@ fn writer_stream(w: u64) -> StreamName {
     StreamName::new(format!("claims-{w}")).expect("valid stream name")
 }
 
-/// `plan.events` events in appends of `plan.batch`, one append in flight; with `tags`, each
-/// event carries `device:{i mod 10,000}`, `kind:{i mod 7}` and `batch:{n}`.
-async fn batched(store: &Arc<dyn EventStore>, plan: &DcbPlan, data: &[u8], tags: bool) -> Result<Row> {
-    let what = if tags { "3 tags per event" } else { "no tags" };
+/// The tags of the batched events.
+#[derive(Clone, Copy)]
+enum Tags {
+    None,
+    /// As a device's batch carries them: `device:{batch}`, `locker:{i mod 24}`, `kind:{i mod 7}`.
+    AsADeviceBatch,
+    /// Spread over the index: `device:{i mod 10,000}`, `kind:{i mod 7}`, `batch:{n}`, so each
+    /// event of a batch inserts into another part of the index.
+    Scattered,
+}
+
+impl Tags {
+    fn of(self, i: u64, batch: u64) -> Vec<String> {
+        match self {
+            Tags::None => Vec::new(),
+            Tags::AsADeviceBatch => {
+                vec![format!("device:{batch}"), format!("locker:{}", i % 24), format!("kind:{}", i % 7)]
+            }
+            Tags::Scattered => {
+                vec![format!("device:{}", i % DEVICES), format!("kind:{}", i % 7), format!("batch:{batch}")]
+            }
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Tags::None => "no tags",
+            Tags::AsADeviceBatch => "3 tags per event as a device's batch has them",
+            Tags::Scattered => "3 tags per event scattered over 10,000 devices",
+        }
+    }
+}
+
+/// `plan.events` events in appends of `plan.batch`, one append in flight, tagged as `tags` says.
+async fn batched(store: &Arc<dyn EventStore>, plan: &DcbPlan, data: &[u8], tags: Tags) -> Result<Row> {
+    let what = tags.describe();
     let bar = progress(plan.events, &format!("batches, {what}"));
     let started = Instant::now();
     let mut written = 0u64;
@@ -182,18 +222,7 @@ async fn batched(store: &Arc<dyn EventStore>, plan: &DcbPlan, data: &[u8], tags:
     while written < plan.events {
         let count = (plan.events - written).min(plan.batch as u64);
         let events = (written..written + count)
-            .map(|i| {
-                let event = NewEvent::new("Measured", data.to_vec());
-                if tags {
-                    event.with_tags([
-                        format!("device:{}", i % DEVICES),
-                        format!("kind:{}", i % 7),
-                        format!("batch:{n}"),
-                    ])
-                } else {
-                    event
-                }
-            })
+            .map(|i| NewEvent::new("Measured", data.to_vec()).with_tags(tags.of(i, n)))
             .collect();
         let request = AppendRequest::new(bench_stream(n % 1000), ExpectedVersion::Any, events);
         for result in store.append_many(vec![request]).await {

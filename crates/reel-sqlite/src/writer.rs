@@ -478,6 +478,7 @@ fn insert(
         )
         .map_err(write_err)?;
     let first_position = head.next();
+    let mut tag_entries = Vec::new();
     for (i, (event, id)) in events.iter().zip(ids).enumerate() {
         let metadata = metadata_text(event);
         let position = first_position.0 + i as u64;
@@ -494,9 +495,10 @@ fn insert(
                 tag_index::tags_text(&event.tags),
             ])
             .map_err(write_err)?;
-        if !event.tags.is_empty() {
-            tag_index::insert_tags(conn, position, &event.tags).map_err(write_err)?;
-        }
+        tag_entries.extend(event.tags.iter().map(|tag| (tag.as_str(), position)));
+    }
+    if !tag_entries.is_empty() {
+        tag_index::insert_entries(conn, &mut tag_entries).map_err(write_err)?;
     }
     *head = Position(head.0 + n);
     let result = AppendResult { first_position, last_position: *head, next_version: StreamVersion(last_version) };
