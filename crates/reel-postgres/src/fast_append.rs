@@ -8,7 +8,8 @@
 //! (durable.rs) sent right behind it in the same round trip waits for the flush before anyone is
 //! answered. So processes share flushes instead of taking turns at them, and a single process
 //! still pays one round trip per group. When anything differs (another process appended to one
-//! of the streams, an expected version does not hold, an id may be a retry), nothing is written
+//! of the streams, an expected version does not hold, an id may be a retry, a condition fails or
+//! depends on an event of the same group), nothing is written
 //! and the group goes the careful way (`commit_group`: lock first, then decide), which gives
 //! every answer that is not a plain success.
 
@@ -109,22 +110,32 @@ pub(crate) async fn try_append(
     let mut group = GroupWrite::default();
     let mut offset = Position(0);
     let mut relative = Vec::with_capacity(requests.len());
-    for request in requests {
+    let mut conditions = crate::tag_index::ConditionRows::default();
+    for (i, request) in requests.iter().enumerate() {
         let state = streams.get_mut(request.stream.as_str())?;
         if !plainly_new(request, state) {
             return None;
+        }
+        if let Some(condition) = &request.condition {
+            // An event placed by an earlier request of the group decides it: the careful path
+            // answers that (the call checks stored events only).
+            if group.first_match(&condition.fail_if_events_match, Position(0)).is_some() {
+                return None;
+            }
+            conditions.add(i, condition);
         }
         relative.push(group.add(request, state, &mut offset));
     }
     let unknown = |error: ReelError| Some(requests.iter().map(|_| Err(error.clone())).collect());
     let sql = format!(
-        "SELECT {schema}.append_group_v4($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+        "SELECT {schema}.append_group_v4($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                                         $18, $19, $20, $21)"
     );
     let Ok(statement) = prepared(client, statements, sql).await else { return None };
     let alone = contention.alone();
     let (head, durable) = if alone {
         // Nobody else is appending: the call commits durably and records its own durable head.
-        match call_append_group(client, &statement, &streams, &group, true).await {
+        match call_append_group(client, &statement, &streams, &group, &conditions, true).await {
             Call::Written { head } => (head, Position(head.0 + offset.0)),
             Call::Changed => return None,
             Call::Unknown(error) => return unknown(error),
@@ -135,7 +146,7 @@ pub(crate) async fn try_append(
         // only records a head that was durable already.
         let Ok(barrier) = durable::barrier(client, statements, schema).await else { return None };
         let (call, confirmed) = tokio::join!(
-            call_append_group(client, &statement, &streams, &group, false),
+            call_append_group(client, &statement, &streams, &group, &conditions, false),
             durable::run_barrier(client, &barrier)
         );
         let head = match call {
@@ -243,10 +254,6 @@ fn remembered<'a>(
 /// version holds and none of its ids is among the recent ones. Anything else (a conflict, a
 /// retry, a duplicate id) is answered under the lock.
 fn plainly_new(request: &AppendRequest, state: &StreamState<'_>) -> bool {
-    // A condition is decided under the head lock, which only the careful path holds while deciding.
-    if request.condition.is_some() {
-        return false;
-    }
     let actual = state.version.map(reel_core::StreamVersion);
     if !request.expected.is_satisfied_by(actual) {
         return false;
@@ -274,6 +281,7 @@ async fn call_append_group(
     statement: &tokio_postgres::Statement,
     streams: &HashMap<&str, StreamState<'_>>,
     group: &GroupWrite<'_>,
+    conditions: &crate::tag_index::ConditionRows,
     durable: bool,
 ) -> Call {
     let (mut checked_ids, mut checked_versions, mut final_ids, mut final_versions) =
@@ -318,6 +326,10 @@ async fn call_append_group(
                 &group.tags,
                 &Timestamp::now().unix_micros(),
                 &durable,
+                &conditions.first_tags,
+                &conditions.other_tags,
+                &conditions.types,
+                &conditions.after,
             ],
         )
         .await;

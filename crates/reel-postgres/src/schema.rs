@@ -296,8 +296,9 @@ const MIGRATIONS: &[&str] = &[
     // 10: tags. Each event's tags are kept with it (a JSON array, NULL when none) and indexed by
     // tag then position, which serves queries and append conditions (tag_index.rs). Existing
     // events have no tags, so the index starts empty. `append_group_v4` is `append_group_v3`
-    // that also writes tags; conditional appends take the careful path (writer.rs), which decides
-    // their conditions under the head lock.
+    // that also writes tags and decides conditions holding the head (one element per query item;
+    // NULL when one fails, and the careful path gives the exact answer). Lock order stays streams,
+    // then the head.
     "ALTER TABLE {s}.events ADD COLUMN tags jsonb;
      CREATE TABLE {s}.event_tags (
         tag      text NOT NULL,
@@ -309,9 +310,11 @@ const MIGRATIONS: &[&str] = &[
         p_new_names text[], p_new_categories text[], p_new_versions bigint[],
         p_final_ids bigint[], p_final_versions bigint[],
         p_offsets bigint[], p_names text[], p_versions bigint[], p_ids uuid[], p_types text[],
-        p_data bytea[], p_metadata jsonb[], p_tags jsonb[], p_recorded_at bigint, p_durable boolean
+        p_data bytea[], p_metadata jsonb[], p_tags jsonb[], p_recorded_at bigint, p_durable boolean,
+        p_cond_tags text[], p_cond_others jsonb[], p_cond_types jsonb[], p_cond_after bigint[]
      ) RETURNS bigint LANGUAGE plpgsql AS $fn$
      DECLARE
+        v_locked bigint;
         v_matching bigint;
         v_count bigint := cardinality(p_offsets);
         v_head bigint;
@@ -333,6 +336,31 @@ const MIGRATIONS: &[&str] = &[
         -- Checked again by the insert under the head: a name created in between fails it.
         IF cardinality(p_new_names) > 0 AND EXISTS (SELECT 1 FROM {s}.streams s WHERE s.name = ANY(p_new_names)) THEN
             RETURN NULL;
+        END IF;
+        -- Conditions (one element per query item) are decided holding the head: every earlier
+        -- append is visible to the next statement, and no later one commits before this one.
+        IF cardinality(p_cond_after) > 0 THEN
+            SELECT h.position INTO v_locked FROM {s}.head h FOR UPDATE;
+            IF EXISTS (SELECT 1 FROM unnest(p_cond_after) AS a(after) WHERE a.after > v_locked) THEN
+                RETURN NULL;
+            END IF;
+            IF EXISTS (
+                SELECT 1
+                FROM unnest(p_cond_tags, p_cond_others, p_cond_types, p_cond_after) AS c(tag, others, types, after)
+                CROSS JOIN LATERAL (
+                    (SELECT t0.position FROM {s}.event_tags t0 JOIN {s}.events e ON e.position = t0.position
+                     WHERE c.tag IS NOT NULL AND t0.tag = c.tag AND t0.position > c.after
+                       AND (jsonb_array_length(c.others) = 0 OR e.tags @> c.others)
+                       AND (jsonb_array_length(c.types) = 0 OR c.types ? e.event_type)
+                     ORDER BY t0.position LIMIT 1)
+                    UNION ALL
+                    (SELECT e.position FROM {s}.events e
+                     WHERE c.tag IS NULL AND e.position > c.after AND c.types ? e.event_type
+                     ORDER BY e.position LIMIT 1)
+                ) AS m(position)
+            ) THEN
+                RETURN NULL;
+            END IF;
         END IF;
         -- Nothing is written before every check has passed: a NULL answer commits nothing.
         UPDATE {s}.streams s SET version = f.version

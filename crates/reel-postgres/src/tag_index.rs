@@ -7,7 +7,7 @@
 //! memory. An item that names types but no tag reads the log itself from the position on: cheap
 //! for a condition whose `after` is recent, as docs/CONSISTENCY.md says.
 
-use reel_core::{Position, Query, QueryItem, ReelError};
+use reel_core::{AppendCondition, Position, Query, QueryItem, ReelError};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
@@ -93,16 +93,63 @@ pub async fn query_rows<C: GenericClient + Sync>(
     Ok(rows)
 }
 
-/// The first event matching `query` after `after`, committed or not yet confirmed on disk (an
-/// append decided under the head lock must see every append ordered before it).
-pub async fn first_match<C: GenericClient + Sync>(
-    client: &C,
-    schema: &str,
-    query: &Query,
-    after: Position,
-) -> Result<Option<Position>, ReelError> {
-    let rows = query_rows(client, schema, query, "e.position", "", after, 1).await?;
-    Ok(rows.first().map(|row| Position(row.get::<_, i64>(0) as u64)))
+/// The items of several conditions as parallel arrays, one element per item: what
+/// [`conditions_sql`] and `append_group_v4` (migration 10, which takes all but `requests`) read
+/// with `unnest`.
+#[derive(Default)]
+pub struct ConditionRows {
+    /// The index of the request the item's condition belongs to.
+    pub requests: Vec<i32>,
+    /// The item's first tag (`NULL`: a type-only item).
+    pub first_tags: Vec<Option<String>>,
+    /// Its other tags, a JSON array.
+    pub other_tags: Vec<serde_json::Value>,
+    /// Its types, a JSON array (empty: any type).
+    pub types: Vec<serde_json::Value>,
+    /// The condition's `after`.
+    pub after: Vec<i64>,
+}
+
+impl ConditionRows {
+    /// Adds the items of request `request`'s condition.
+    pub fn add(&mut self, request: usize, condition: &AppendCondition) {
+        let strings =
+            |list: &[String]| serde_json::Value::Array(list.iter().cloned().map(serde_json::Value::String).collect());
+        for item in &condition.fail_if_events_match.items {
+            self.requests.push(request as i32);
+            self.first_tags.push(item.tags.first().cloned());
+            self.other_tags.push(strings(item.tags.get(1..).unwrap_or_default()));
+            self.types.push(strings(&item.types));
+            self.after.push(condition.after_position().0.min(i64::MAX as u64) as i64);
+        }
+    }
+
+    /// Whether there are no items.
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+}
+
+/// One statement for every item of a group's conditions (`$1` … `$5`: [`ConditionRows`]): each
+/// item's first match after its `after`, as rows `(request, position)`; items without a match
+/// return no row. Each item is one ordered range read of the tag index (or of the log from
+/// `after`, for a type-only item), stopped at the first match.
+pub fn conditions_sql(schema: &str) -> String {
+    format!(
+        "SELECT c.r, m.position
+         FROM unnest($1::int[], $2::text[], $3::jsonb[], $4::jsonb[], $5::bigint[]) AS c(r, tag, others, types, after)
+         CROSS JOIN LATERAL (
+            (SELECT t0.position FROM {schema}.event_tags t0 JOIN {schema}.events e ON e.position = t0.position
+             WHERE c.tag IS NOT NULL AND t0.tag = c.tag AND t0.position > c.after
+               AND (jsonb_array_length(c.others) = 0 OR e.tags @> c.others)
+               AND (jsonb_array_length(c.types) = 0 OR c.types ? e.event_type)
+             ORDER BY t0.position LIMIT 1)
+            UNION ALL
+            (SELECT e.position FROM {schema}.events e
+             WHERE c.tag IS NULL AND e.position > c.after AND c.types ? e.event_type
+             ORDER BY e.position LIMIT 1)
+         ) AS m(position)"
+    )
 }
 
 /// The tags column as stored: a JSON array, `NULL` when there are none.

@@ -164,7 +164,7 @@ async fn commit_group(
     };
     // Every append ordered before this group has committed (the head is held), so what the
     // index says now, plus what this group places before a request, is all that can match it.
-    let stored_matches = match stored_condition_matches(&tx, schema, requests).await {
+    let stored_matches = match stored_condition_matches(&tx, statements, schema, requests).await {
         Ok(found) => found,
         Err(e) => return fail_all(e),
     };
@@ -202,20 +202,37 @@ async fn commit_group(
     results
 }
 
-/// For each request with a condition, the first stored event matching it after its `after`;
-/// the reads run pipelined, in one round trip.
+/// For each request with a condition, the first stored event matching it after its `after`:
+/// every condition of the group in one statement.
 async fn stored_condition_matches(
     tx: &Transaction<'_>,
+    statements: &mut Statements,
     schema: &str,
     requests: &[&AppendRequest],
 ) -> Result<Vec<Option<Position>>, ReelError> {
-    let checks = requests.iter().map(|request| async move {
-        match &request.condition {
-            Some(c) => crate::tag_index::first_match(tx, schema, &c.fail_if_events_match, c.after_position()).await,
-            None => Ok(None),
+    let mut found = vec![None; requests.len()];
+    let mut rows = crate::tag_index::ConditionRows::default();
+    for (i, request) in requests.iter().enumerate() {
+        if let Some(condition) = &request.condition {
+            rows.add(i, condition);
         }
-    });
-    futures_util::future::join_all(checks).await.into_iter().collect()
+    }
+    if rows.is_empty() {
+        return Ok(found);
+    }
+    let fail = |e| crate::storage_error("checking append conditions", e);
+    let statement = prepared(tx, statements, crate::tag_index::conditions_sql(schema)).await.map_err(fail)?;
+    let matches = tx
+        .query(&statement, &[&rows.requests, &rows.first_tags, &rows.other_tags, &rows.types, &rows.after])
+        .await
+        .map_err(fail)?;
+    for row in matches {
+        let (request, position) = (row.get::<_, i32>(0) as usize, Position(row.get::<_, i64>(1) as u64));
+        if let Some(slot) = found.get_mut(request) {
+            *slot = Some(slot.map_or(position, |p: Position| p.min(position)));
+        }
+    }
+    Ok(found)
 }
 
 /// Whether the request's condition holds: no stored match, none among the events this group
@@ -469,7 +486,7 @@ pub(crate) struct GroupWrite<'a> {
 
 impl<'a> GroupWrite<'a> {
     /// The first event this group has placed so far that matches `query` after `after`.
-    fn first_match(&self, query: &reel_core::Query, after: Position) -> Option<Position> {
+    pub(crate) fn first_match(&self, query: &reel_core::Query, after: Position) -> Option<Position> {
         (0..self.positions.len())
             .find(|&i| self.positions[i] as u64 > after.0 && query.matches(self.types[i], self.tag_lists[i]))
             .map(|i| Position(self.positions[i] as u64))

@@ -843,3 +843,75 @@ async fn query_items_are_read_through_the_tag_index() {
     assert!(text.contains("event_tags_pkey"), "through the tag index:\n{text}");
     assert!(!text.contains("Seq Scan"), "no sequential scan:\n{text}");
 }
+
+/// Invariant 23 across processes: a conditional append by one server is refused when another
+/// server committed a matching event after the condition's position, on whichever path the
+/// writer takes (its streams are remembered, so it tries the one-call path first), and 16
+/// servers racing on one tag commit exactly one append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conditions_hold_across_servers_on_one_schema() {
+    use reel_core::{AppendCondition, Query, QueryItem};
+    let schema = fresh_schema();
+    let a = connect(&schema).await;
+    let b = connect(&schema).await;
+    let mine = StreamName::new("claim-b").unwrap();
+    b.append(&mine, ExpectedVersion::Any, vec![NewEvent::new("Warm", "{}")]).await.unwrap();
+    let head = b.head().await.unwrap();
+    let query = Query::new(vec![QueryItem::tags(["seat:1"])]).unwrap();
+    a.append(
+        &StreamName::new("claim-a").unwrap(),
+        ExpectedVersion::Any,
+        vec![NewEvent::new("Claimed", "{}").with_tags(["seat:1"])],
+    )
+    .await
+    .unwrap();
+    let refused = b
+        .append_if(
+            &mine,
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Claimed", "{}").with_tags(["seat:1"])],
+            AppendCondition::new(query.clone()).after(head),
+        )
+        .await;
+    assert!(matches!(refused, Err(ReelError::ConditionFailed { position: Position(2), .. })), "{refused:?}");
+    let other = Query::new(vec![QueryItem::tags(["seat:2"])]).unwrap();
+    let head = b.head().await.unwrap();
+    b.append_if(
+        &mine,
+        ExpectedVersion::Any,
+        vec![NewEvent::new("Claimed", "{}").with_tags(["seat:2"])],
+        AppendCondition::new(other).after(head),
+    )
+    .await
+    .unwrap();
+
+    let mut servers = Vec::new();
+    for _ in 0..16 {
+        servers.push(Arc::new(connect(&schema).await));
+    }
+    let head = a.head().await.unwrap();
+    let race = Query::new(vec![QueryItem::tags(["seat:3"])]).unwrap();
+    let tasks: Vec<_> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let (store, race) = (store.clone(), race.clone());
+            tokio::spawn(async move {
+                let stream = StreamName::new(format!("racer-{i}")).unwrap();
+                let event = NewEvent::new("Claimed", "{}").with_tags(["seat:3"]);
+                store
+                    .append_if(&stream, ExpectedVersion::Any, vec![event], AppendCondition::new(race).after(head))
+                    .await
+            })
+        })
+        .collect();
+    let mut committed = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => committed += 1,
+            Err(ReelError::ConditionFailed { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(committed, 1, "one of 16 servers racing on one tag commits");
+}
