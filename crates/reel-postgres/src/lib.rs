@@ -174,7 +174,7 @@ impl PostgresStore {
         for item in &query.items {
             let read = tag_index::ItemQuery::new(&self.inner.schema, item, "e.position", "", Position(0), 100);
             let rows = reader
-                .query(&format!("EXPLAIN {}", read.sql), &read.params())
+                .query_typed(&format!("EXPLAIN {}", read.sql), &read.params())
                 .await
                 .map_err(|e| storage_error("explaining a query", e))?;
             plans.extend(rows.iter().map(|r| r.get::<_, String>(0)));

@@ -240,7 +240,12 @@ pub async fn read_query(
     after: Position,
     limit: usize,
 ) -> Result<QueryPage, ReelError> {
-    let head = head(client, schema).await?;
+    // One round trip each (no prepare): the head first, then every item of the query pipelined.
+    let head = client
+        .query_typed_one(&format!("SELECT {}", durable_head_sql(schema)), &[])
+        .await
+        .map_err(err("reading the head position"))?;
+    let head = Position(head.get::<_, i64>(0) as u64);
     let bound = format!("AND e.position <= {}", head.0);
     let rows = crate::tag_index::query_rows(client, schema, query, EVENT_COLUMNS, &bound, after, limit).await?;
     let events = rows.iter().map(event).collect::<Result<Vec<_>, _>>()?;

@@ -8,7 +8,7 @@
 //! for a condition whose `after` is recent, as docs/CONSISTENCY.md says.
 
 use reel_core::{AppendCondition, Position, Query, QueryItem, ReelError};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
 
 /// An item's SQL and its parameters; `columns` is what each matching row returns, `bound` an
@@ -62,9 +62,16 @@ impl ItemQuery {
         }
     }
 
-    /// The statement's parameters, in order.
-    pub fn params(&self) -> [&(dyn ToSql + Sync); 5] {
-        [&self.first_tag, &self.after, &self.other_tags, &self.types, &self.limit]
+    /// The statement's parameters with their types, in order: the statement runs in one round
+    /// trip, without being prepared first.
+    pub fn params(&self) -> [(&(dyn ToSql + Sync), Type); 5] {
+        [
+            (&self.first_tag, Type::TEXT),
+            (&self.after, Type::INT8),
+            (&self.other_tags, Type::JSONB),
+            (&self.types, Type::TEXT_ARRAY),
+            (&self.limit, Type::INT8),
+        ]
     }
 }
 
@@ -81,7 +88,7 @@ pub async fn query_rows<C: GenericClient + Sync>(
 ) -> Result<Vec<tokio_postgres::Row>, ReelError> {
     let items: Vec<ItemQuery> =
         query.items.iter().map(|item| ItemQuery::new(schema, item, columns, bound, after, limit)).collect();
-    let reads = items.iter().map(|item| async move { client.query(&item.sql, &item.params()).await });
+    let reads = items.iter().map(|item| async move { client.query_typed(&item.sql, &item.params()).await });
     let results = futures_util::future::join_all(reads).await;
     let mut rows = Vec::new();
     for result in results {
