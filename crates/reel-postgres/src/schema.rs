@@ -297,7 +297,9 @@ const MIGRATIONS: &[&str] = &[
     // tag then position, which serves queries and append conditions (tag_index.rs). Existing
     // events have no tags, so the index starts empty. `append_group_v4` is `append_group_v3`
     // that also writes tags and decides conditions holding the head (one element per query item;
-    // NULL when one fails, and the careful path gives the exact answer). Lock order stays streams,
+    // NULL when one fails, and the careful path gives the exact answer). `condition_matches` is
+    // the one definition of a condition's first match, used by both paths: each query item is
+    // one ordered range read of the tag index (or of the log from `after`, for a type-only item). Lock order stays streams,
     // then the head.
     "ALTER TABLE {s}.events ADD COLUMN tags jsonb;
      CREATE TABLE {s}.event_tags (
@@ -305,6 +307,23 @@ const MIGRATIONS: &[&str] = &[
         position bigint NOT NULL,
         PRIMARY KEY (tag, position)
      );
+     CREATE FUNCTION {s}.condition_matches(
+        p_tags text[], p_others jsonb[], p_types jsonb[], p_after bigint[]
+     ) RETURNS TABLE (item bigint, match_position bigint) LANGUAGE sql STABLE AS $fn$
+        SELECT c.item, m.position
+        FROM unnest(p_tags, p_others, p_types, p_after) WITH ORDINALITY AS c(tag, others, types, after, item)
+        CROSS JOIN LATERAL (
+            (SELECT t0.position FROM {s}.event_tags t0 JOIN {s}.events e ON e.position = t0.position
+             WHERE c.tag IS NOT NULL AND t0.tag = c.tag AND t0.position > c.after
+               AND (jsonb_array_length(c.others) = 0 OR e.tags @> c.others)
+               AND (jsonb_array_length(c.types) = 0 OR c.types ? e.event_type)
+             ORDER BY t0.position LIMIT 1)
+            UNION ALL
+            (SELECT e.position FROM {s}.events e
+             WHERE c.tag IS NULL AND e.position > c.after AND c.types ? e.event_type
+             ORDER BY e.position LIMIT 1)
+        ) AS m(position)
+     $fn$;
      CREATE FUNCTION {s}.append_group_v4(
         p_checked_ids bigint[], p_checked_versions bigint[],
         p_new_names text[], p_new_categories text[], p_new_versions bigint[],
@@ -344,21 +363,7 @@ const MIGRATIONS: &[&str] = &[
             IF EXISTS (SELECT 1 FROM unnest(p_cond_after) AS a(after) WHERE a.after > v_locked) THEN
                 RETURN NULL;
             END IF;
-            IF EXISTS (
-                SELECT 1
-                FROM unnest(p_cond_tags, p_cond_others, p_cond_types, p_cond_after) AS c(tag, others, types, after)
-                CROSS JOIN LATERAL (
-                    (SELECT t0.position FROM {s}.event_tags t0 JOIN {s}.events e ON e.position = t0.position
-                     WHERE c.tag IS NOT NULL AND t0.tag = c.tag AND t0.position > c.after
-                       AND (jsonb_array_length(c.others) = 0 OR e.tags @> c.others)
-                       AND (jsonb_array_length(c.types) = 0 OR c.types ? e.event_type)
-                     ORDER BY t0.position LIMIT 1)
-                    UNION ALL
-                    (SELECT e.position FROM {s}.events e
-                     WHERE c.tag IS NULL AND e.position > c.after AND c.types ? e.event_type
-                     ORDER BY e.position LIMIT 1)
-                ) AS m(position)
-            ) THEN
+            IF EXISTS (SELECT 1 FROM {s}.condition_matches(p_cond_tags, p_cond_others, p_cond_types, p_cond_after)) THEN
                 RETURN NULL;
             END IF;
         END IF;

@@ -100,9 +100,9 @@ pub async fn query_rows<C: GenericClient + Sync>(
     Ok(rows)
 }
 
-/// The items of several conditions as parallel arrays, one element per item: what
-/// [`conditions_sql`] and `append_group_v4` (migration 10, which takes all but `requests`) read
-/// with `unnest`.
+/// The items of several conditions as parallel arrays, one element per item: what the
+/// `condition_matches` function (migration 10) takes, besides `requests`, which maps its items
+/// back to the requests they belong to.
 #[derive(Default)]
 pub struct ConditionRows {
     /// The index of the request the item's condition belongs to.
@@ -135,28 +135,6 @@ impl ConditionRows {
     pub fn is_empty(&self) -> bool {
         self.requests.is_empty()
     }
-}
-
-/// One statement for every item of a group's conditions (`$1` … `$5`: [`ConditionRows`]): each
-/// item's first match after its `after`, as rows `(request, position)`; items without a match
-/// return no row. Each item is one ordered range read of the tag index (or of the log from
-/// `after`, for a type-only item), stopped at the first match.
-pub fn conditions_sql(schema: &str) -> String {
-    format!(
-        "SELECT c.r, m.position
-         FROM unnest($1::int[], $2::text[], $3::jsonb[], $4::jsonb[], $5::bigint[]) AS c(r, tag, others, types, after)
-         CROSS JOIN LATERAL (
-            (SELECT t0.position FROM {schema}.event_tags t0 JOIN {schema}.events e ON e.position = t0.position
-             WHERE c.tag IS NOT NULL AND t0.tag = c.tag AND t0.position > c.after
-               AND (jsonb_array_length(c.others) = 0 OR e.tags @> c.others)
-               AND (jsonb_array_length(c.types) = 0 OR c.types ? e.event_type)
-             ORDER BY t0.position LIMIT 1)
-            UNION ALL
-            (SELECT e.position FROM {schema}.events e
-             WHERE c.tag IS NULL AND e.position > c.after AND c.types ? e.event_type
-             ORDER BY e.position LIMIT 1)
-         ) AS m(position)"
-    )
 }
 
 /// The tags column as stored: a JSON array, `NULL` when there are none.

@@ -221,14 +221,16 @@ async fn stored_condition_matches(
         return Ok(found);
     }
     let fail = |e| crate::storage_error("checking append conditions", e);
-    let statement = prepared(tx, statements, crate::tag_index::conditions_sql(schema)).await.map_err(fail)?;
-    let matches = tx
-        .query(&statement, &[&rows.requests, &rows.first_tags, &rows.other_tags, &rows.types, &rows.after])
-        .await
-        .map_err(fail)?;
+    let sql = format!("SELECT item, match_position FROM {schema}.condition_matches($1, $2, $3, $4)");
+    let statement = prepared(tx, statements, sql).await.map_err(fail)?;
+    let matches =
+        tx.query(&statement, &[&rows.first_tags, &rows.other_tags, &rows.types, &rows.after]).await.map_err(fail)?;
     for row in matches {
-        let (request, position) = (row.get::<_, i32>(0) as usize, Position(row.get::<_, i64>(1) as u64));
-        if let Some(slot) = found.get_mut(request) {
+        // Items are numbered from 1 in the order they were added.
+        let item = (row.get::<_, i64>(0) as usize).wrapping_sub(1);
+        let position = Position(row.get::<_, i64>(1) as u64);
+        let request = rows.requests.get(item).map(|r| *r as usize);
+        if let Some(slot) = request.and_then(|r| found.get_mut(r)) {
             *slot = Some(slot.map_or(position, |p: Position| p.min(position)));
         }
     }

@@ -585,7 +585,8 @@ async fn a_schema_from_before_the_durable_head_migrates_with_its_log_visible() {
              DROP FUNCTION {schema}.append_group_v3;
              ALTER TABLE {schema}.subscriptions DROP COLUMN warning_message, DROP COLUMN warning_at;
              DROP TABLE {schema}.devices; DROP TABLE {schema}.work_leases;
-             DROP TABLE {schema}.event_tags; DROP FUNCTION {schema}.append_group_v4;
+             DROP FUNCTION {schema}.append_group_v4; DROP FUNCTION {schema}.condition_matches;
+             DROP TABLE {schema}.event_tags;
              ALTER TABLE {schema}.events DROP COLUMN tags;
              UPDATE {schema}.reel_schema SET version = 5;"
         ))
