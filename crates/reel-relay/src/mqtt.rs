@@ -13,8 +13,8 @@
 //!   device that subscribes later gets the latest config at once.
 //!
 //! A payload is one event or a JSON array of them:
-//! `{"id": "<uuid>", "type": "LockerOpened", "data": {…}, "metadata": {…}}` (`data` defaults to
-//! `{}`, `metadata` is optional).
+//! `{"id": "<uuid>", "type": "LockerOpened", "data": {…}, "metadata": {…}, "tags": […]}` (`data`
+//! defaults to `{}`; `metadata` and `tags` are optional).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -141,6 +141,9 @@ struct DeviceEvent {
     data: Option<serde_json::Value>,
     #[serde(default)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Tags for queries and conditions (`locker:PL-1/A`), checked like any event's.
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 /// Why a message went to the dead-letter stream.
@@ -333,7 +336,7 @@ impl MqttIngest {
                     return Err("an event without a type".to_string());
                 }
                 let data = e.data.map_or_else(|| "{}".to_string(), |d| d.to_string());
-                let mut event = NewEvent::new(e.event_type, data).with_id(e.id);
+                let mut event = NewEvent::new(e.event_type, data).with_id(e.id).with_tags(e.tags);
                 if let Some(metadata) = e.metadata {
                     event = event.with_metadata(metadata);
                 }
