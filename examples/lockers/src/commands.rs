@@ -70,6 +70,7 @@ fn invalid(e: ReelError) -> CommandError {
 
 /// `POST /api/commands/reserve`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReserveCommand {
     /// The unit.
     pub unit: String,
@@ -186,6 +187,17 @@ impl Commands {
             None => now_us,
         };
         let window = Window { from_us, to_us: from_us + i64::from(hours) * 3_600_000_000 };
+        // A retried request (same id) answers where that reservation stands and stores nothing.
+        if command.reservation.is_some() {
+            let existing = self.decisions.load(ReservationDecision::new(&id)).await?.state.state;
+            if let Some(existing) = existing {
+                let r = &existing.request;
+                if r.unit != command.unit || r.locker != command.locker || (command.from_ms.is_some() && r.window != window) {
+                    return Err(CommandError::Refused(format!("reservation {id} exists for another locker or window")));
+                }
+                return Ok(ReservationAnswer { reservation: id, status: existing.status, retries: 0 });
+            }
+        }
         let amount = config.price(hours);
         let declined = command.card.as_deref() == Some("tok_fail");
         let request = ReservationRequested {
