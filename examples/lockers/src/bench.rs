@@ -100,6 +100,13 @@ pub struct BenchResult {
     pub event_log_page: Latency,
     /// Rows of the event log projection, and seconds to rebuild it from the beginning.
     pub rebuild: (u64, f64),
+    /// Baseline: seconds to read every event of the log once (`read_all`, pages of 1,000), which
+    /// any rebuild must do.
+    pub baseline_scan_s: f64,
+    /// Baseline: the units table query in this process, idle store, no HTTP.
+    pub baseline_units_table: Latency,
+    /// Baseline: the event-log page query in this process, idle store, no HTTP.
+    pub baseline_event_log_page: Latency,
 }
 
 /// The platform as a child process.
@@ -216,6 +223,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     platform.stop();
     eprintln!("rebuilding the event log projection…");
     let rebuild = rebuild_event_log(&location).await?;
+    eprintln!("measuring the baselines…");
+    let (baseline_scan_s, baseline_units_table, baseline_event_log_page) = baselines(&location, args.units).await?;
     let counts = &fleet.counts;
     let reserved = counts.reserved.load(Ordering::Relaxed);
     let refused = counts.refused.load(Ordering::Relaxed);
@@ -234,6 +243,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         units_table: Latency::of(&mut tables.lock().unwrap()),
         event_log_page: Latency::of(&mut pages.lock().unwrap()),
         rebuild,
+        baseline_scan_s,
+        baseline_units_table,
+        baseline_event_log_page,
     };
     print_table(&result);
     std::fs::write(&args.json, serde_json::to_vec_pretty(&result)?)?;
@@ -325,6 +337,36 @@ async fn rebuild_event_log(location: &StoreLocation) -> Result<(u64, f64)> {
     Ok((count, seconds))
 }
 
+/// The baselines, on the stopped platform's store: one scan of the log, and the two UI queries
+/// called directly 200 times each.
+async fn baselines(location: &StoreLocation, units: usize) -> Result<(f64, Latency, Latency)> {
+    let stores = Stores::open(location).await?;
+    let started = Instant::now();
+    let mut from = reel_core::Position(1);
+    loop {
+        let page = stores.events.read_all(from, &reel_core::ReadAllFilter::default(), 1_000).await?;
+        if page.events.is_empty() {
+            break;
+        }
+        from = page.next;
+    }
+    let scan = started.elapsed().as_secs_f64();
+    let serving = Arc::new(crate::queries::Serving::new(stores.schema.clone()));
+    let queries = crate::queries::Queries::new(stores.read.clone(), stores.presence.clone(), serving);
+    let mut random = crate::unit::Random::new(5);
+    let (mut tables, mut pages) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        let started = Instant::now();
+        queries.units(crate::queries::UnitSort::Name, false).await?;
+        tables.push(started.elapsed().as_secs_f64() * 1_000.0);
+        let unit = format!("PL-{}", 1000 + random.below(units as u64));
+        let started = Instant::now();
+        queries.event_log(&unit, 1 + random.below(5) as i64, 25, false).await?;
+        pages.push(started.elapsed().as_secs_f64() * 1_000.0);
+    }
+    Ok((scan, Latency::of(&mut tables), Latency::of(&mut pages)))
+}
+
 async fn drop_schema(url: &str, schema: &str) {
     if let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
         tokio::spawn(connection);
@@ -343,4 +385,7 @@ fn print_table(r: &BenchResult) {
     println!("| units table p50 / p99 | {:.1} / {:.1} ms ({} requests) |", r.units_table.p50_ms, r.units_table.p99_ms, r.units_table.count);
     println!("| event-log page p50 / p99 | {:.1} / {:.1} ms ({} requests) |", r.event_log_page.p50_ms, r.event_log_page.p99_ms, r.event_log_page.count);
     println!("| event-log rebuild | {} rows in {:.1} s ({:.0} rows/s) |", r.rebuild.0, r.rebuild.1, r.rebuild.0 as f64 / r.rebuild.1.max(1e-9));
+    println!("| baseline: one read of the whole log | {:.1} s |", r.baseline_scan_s);
+    println!("| baseline: units table in-process, idle, p50 / p99 | {:.1} / {:.1} ms |", r.baseline_units_table.p50_ms, r.baseline_units_table.p99_ms);
+    println!("| baseline: event-log page in-process, idle, p50 / p99 | {:.1} / {:.1} ms |", r.baseline_event_log_page.p50_ms, r.baseline_event_log_page.p99_ms);
 }

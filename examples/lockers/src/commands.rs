@@ -186,7 +186,7 @@ impl Commands {
             Some(ms) => ms * 1_000,
             None => now_us,
         };
-        let window = Window { from_us, to_us: from_us + i64::from(hours) * 3_600_000_000 };
+        let window = Window { from_us, to_us: from_us.saturating_add(i64::from(hours) * 3_600_000_000) };
         // A retried request (same id) answers where that reservation stands and stores nothing.
         if command.reservation.is_some() {
             let existing = self.decisions.load(ReservationDecision::new(&id)).await?.state.state;
