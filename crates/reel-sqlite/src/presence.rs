@@ -1,6 +1,8 @@
 //! Device presence rows and work leases, in the same SQLite file as the events.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,16 +14,78 @@ use rusqlite::params;
 use crate::connection::SharedConnection;
 
 /// Presence of one store file. Cheap to clone. Heartbeats are frequent and each one only
-/// replaces the last: they use a connection of their own without an fsync per write.
+/// replaces the last: they use a connection of their own without an fsync per write, and the
+/// heartbeats that arrive while one is being written go together in the next transaction
+/// (a fleet's heartbeats are a few hundred a second; one transaction each would queue them
+/// behind the file's write lock until their answers took minutes).
 #[derive(Clone)]
 pub struct SqlitePresenceStore {
     conn: SharedConnection,
+    beats: Arc<HeartbeatQueue>,
+}
+
+/// Heartbeats waiting to be written, numbered in arrival order.
+#[derive(Default)]
+struct HeartbeatQueue {
+    /// The number of the last heartbeat queued, and those not yet taken by a writer.
+    pending: Mutex<(u64, Vec<Heartbeat>)>,
+    /// Every heartbeat numbered up to this one is written.
+    written: AtomicU64,
+}
+
+impl HeartbeatQueue {
+    /// Queues a heartbeat; returns its number.
+    fn push(&self, heartbeat: Heartbeat) -> u64 {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.0 += 1;
+        pending.1.push(heartbeat);
+        pending.0
+    }
+
+    /// Takes every queued heartbeat, with the number of the last.
+    fn take(&self) -> (Vec<Heartbeat>, u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut pending.1), pending.0)
+    }
+
+    /// Puts back heartbeats whose write failed, ahead of newer ones, for the next writer.
+    fn put_back(&self, mut batch: Vec<Heartbeat>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        batch.append(&mut pending.1);
+        pending.1 = batch;
+    }
 }
 
 impl SqlitePresenceStore {
     pub(crate) fn open(path: &Path) -> Result<Self, ReelError> {
-        Ok(Self { conn: SharedConnection::open(path)? })
+        Ok(Self { conn: SharedConnection::open(path)?, beats: Arc::default() })
     }
+}
+
+fn write_heartbeat(conn: &rusqlite::Connection, h: &Heartbeat) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO devices (device, display_name, interval_ms, rtt_ms, last_heard_at, clock_skew_ms,
+                              config_version, config_acked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?7 IS NULL THEN NULL ELSE ?5 END)
+         ON CONFLICT (device) DO UPDATE SET
+            display_name = coalesce(excluded.display_name, display_name),
+            interval_ms = excluded.interval_ms,
+            rtt_ms = coalesce(excluded.rtt_ms, rtt_ms),
+            last_heard_at = max(last_heard_at, excluded.last_heard_at),
+            clock_skew_ms = excluded.clock_skew_ms,
+            config_acked_at = CASE WHEN excluded.config_version > coalesce(config_version, -1)
+                                   THEN excluded.last_heard_at ELSE config_acked_at END,
+            config_version = coalesce(excluded.config_version, config_version)",
+    )?
+    .execute(params![
+        h.device,
+        h.display_name,
+        h.interval.as_millis() as i64,
+        h.rtt_ms,
+        h.received_at.unix_micros(),
+        h.clock_skew_ms,
+        h.config_version.map(|v| v as i64),
+    ])
 }
 
 fn micros(t: Option<Timestamp>) -> Option<i64> {
@@ -31,32 +95,35 @@ fn micros(t: Option<Timestamp>) -> Option<i64> {
 #[async_trait]
 impl PresenceStore for SqlitePresenceStore {
     async fn record_heartbeat(&self, h: &Heartbeat) -> Result<(), ReelError> {
-        let h = h.clone();
+        let number = self.beats.push(h.clone());
+        let beats = self.beats.clone();
         self.conn
-            .run("recording a heartbeat", move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO devices (device, display_name, interval_ms, rtt_ms, last_heard_at, clock_skew_ms,
-                                          config_version, config_acked_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?7 IS NULL THEN NULL ELSE ?5 END)
-                     ON CONFLICT (device) DO UPDATE SET
-                        display_name = coalesce(excluded.display_name, display_name),
-                        interval_ms = excluded.interval_ms,
-                        rtt_ms = coalesce(excluded.rtt_ms, rtt_ms),
-                        last_heard_at = max(last_heard_at, excluded.last_heard_at),
-                        clock_skew_ms = excluded.clock_skew_ms,
-                        config_acked_at = CASE WHEN excluded.config_version > coalesce(config_version, -1)
-                                               THEN excluded.last_heard_at ELSE config_acked_at END,
-                        config_version = coalesce(excluded.config_version, config_version)",
-                )?
-                .execute(params![
-                    h.device,
-                    h.display_name,
-                    h.interval.as_millis() as i64,
-                    h.rtt_ms,
-                    h.received_at.unix_micros(),
-                    h.clock_skew_ms,
-                    h.config_version.map(|v| v as i64),
-                ])
+            .run("recording heartbeats", move |conn| {
+                // An earlier turn may have written this one with its own.
+                if beats.written.load(Ordering::Acquire) >= number {
+                    return Ok(());
+                }
+                let (batch, last) = beats.take();
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let written = (|| {
+                    let tx = conn.unchecked_transaction()?;
+                    for heartbeat in &batch {
+                        write_heartbeat(&tx, heartbeat)?;
+                    }
+                    tx.commit()
+                })();
+                match written {
+                    Ok(()) => {
+                        beats.written.fetch_max(last, Ordering::AcqRel);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        beats.put_back(batch);
+                        Err(e)
+                    }
+                }
             })
             .await?;
         Ok(())

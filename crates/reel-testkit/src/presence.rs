@@ -121,10 +121,35 @@ pub async fn units_are_registered_and_forgotten(store: Store) {
 }
 
 /// Generates one test per clause. `$factory().await` returns `(Arc<dyn PresenceStore>, guard)`.
+/// A fleet's heartbeats arriving at once are each recorded, none lost and none answered
+/// before it is written (a backend may write those that queue together in one transaction).
+pub async fn concurrent_heartbeats_are_all_recorded(store: Store) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for device in 0..300 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let name = format!("d{device:03}");
+            store.record_heartbeat(&Heartbeat { config_version: Some(1), ..heartbeat(&name, 1) }).await.unwrap();
+            // Its row is there as soon as the call returns.
+            let seen = store.devices().await.unwrap();
+            assert!(seen.iter().any(|d| d.device == name), "{name} recorded when acknowledged");
+            store.record_heartbeat(&Heartbeat { config_version: Some(2), ..heartbeat(&name, 2) }).await.unwrap();
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let devices = store.devices().await.unwrap();
+    assert_eq!(devices.len(), 300);
+    for d in &devices {
+        assert_eq!((d.last_heard_at, d.config_version, d.config_acked_at), (at(2), Some(2), Some(at(2))), "{}", d.device);
+    }
+}
+
 #[macro_export]
 macro_rules! presence_store_conformance_tests {
     ($factory:expr) => {
-        $crate::presence_store_conformance_tests!(@tests $factory; heartbeats_update_the_row_but_not_the_state, presence_state_never_goes_back, partitions_are_claimed_exclusively_until_expiry, units_are_registered_and_forgotten);
+        $crate::presence_store_conformance_tests!(@tests $factory; heartbeats_update_the_row_but_not_the_state, presence_state_never_goes_back, partitions_are_claimed_exclusively_until_expiry, units_are_registered_and_forgotten, concurrent_heartbeats_are_all_recorded);
     };
     (@tests $factory:expr; $($name:ident),*) => {
         $(
