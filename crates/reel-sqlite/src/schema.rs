@@ -178,7 +178,7 @@ pub fn open_connection(path: &Path, read_only: bool) -> Result<Connection, ReelE
 /// 5, 10 … up to 100 ms between tries, so a lock held for a millisecond could cost the waiter
 /// tens of milliseconds. This retries every 100 µs for the first 10 ms, then every millisecond,
 /// and gives up ("database is locked") after about 10 s, as before.
-fn wait_for_lock(attempt: i32) -> bool {
+pub(crate) fn wait_for_lock(attempt: i32) -> bool {
     const FINE_TRIES: i32 = 100;
     const COARSE_TRIES: i32 = 10_000;
     let pause = match attempt {

@@ -120,7 +120,6 @@ pub async fn units_are_registered_and_forgotten(store: Store) {
     assert!(store.devices().await.unwrap().is_empty());
 }
 
-/// Generates one test per clause. `$factory().await` returns `(Arc<dyn PresenceStore>, guard)`.
 /// A fleet's heartbeats arriving at once are each recorded, none lost and none answered
 /// before it is written (a backend may write those that queue together in one transaction).
 pub async fn concurrent_heartbeats_are_all_recorded(store: Store) {
@@ -146,6 +145,7 @@ pub async fn concurrent_heartbeats_are_all_recorded(store: Store) {
     }
 }
 
+/// Generates one test per clause. `$factory().await` returns `(Arc<dyn PresenceStore>, guard)`.
 #[macro_export]
 macro_rules! presence_store_conformance_tests {
     ($factory:expr) => {

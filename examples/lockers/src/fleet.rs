@@ -139,9 +139,11 @@ impl Fleet {
     /// unit's links. Run it with [`Fleet::run`].
     pub async fn start(options: FleetOptions) -> Result<Arc<Self>> {
         options.validate().map_err(anyhow::Error::msg)?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        // The platform first: nothing is created for a fleet that has nowhere to go.
+        let configured = configured_units(&http, &options.app).await?;
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("creating {}", options.data_dir.display()))?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         let mqtt = match options.mqtt {
             Some(address) => Some(mqtt_client(address, options.seed)),
             None => None,
@@ -184,7 +186,7 @@ impl Fleet {
             counts: Arc::default(),
             stopping: AtomicBool::new(false),
         });
-        fleet.configure_all().await?;
+        fleet.configure_all(&configured).await?;
         let push = fleet.serve_push_endpoint().await?;
         for index in 0..fleet.units.len() {
             fleet.start_links(index).await?;
@@ -204,20 +206,9 @@ impl Fleet {
     }
 
     /// Configures every unit the platform does not know yet (one app call each).
-    async fn configure_all(&self) -> Result<()> {
-        let known: serde_json::Value = self
-            .http
-            .get(format!("{}/api/queries/units", self.options.app))
-            .send()
-            .await
-            .context("reaching the platform's app API")?
-            .error_for_status()?
-            .json()
-            .await?;
-        let known: std::collections::HashSet<&str> =
-            known["units"].as_array().into_iter().flatten().filter_map(|u| u["name"].as_str()).collect();
+    async fn configure_all(&self, known: &std::collections::HashSet<String>) -> Result<()> {
         for unit in &self.units {
-            if known.contains(unit.name.as_str()) {
+            if known.contains(&unit.name) {
                 continue;
             }
             let body = serde_json::json!({ "unit": unit.name, "config": default_config(&unit.name, &unit.location) });
@@ -500,6 +491,19 @@ impl Fleet {
         });
         Ok(address)
     }
+}
+
+/// The units the platform has a configuration for.
+async fn configured_units(http: &reqwest::Client, app: &str) -> Result<std::collections::HashSet<String>> {
+    let known: serde_json::Value = http
+        .get(format!("{app}/api/queries/units"))
+        .send()
+        .await
+        .with_context(|| format!("reaching the platform's app API at {app}"))?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(known["units"].as_array().into_iter().flatten().filter_map(|u| u["name"].as_str().map(str::to_string)).collect())
 }
 
 /// The unit answers when online.

@@ -146,7 +146,10 @@ struct SimulateArgs {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage(e),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOCKERS_LOG")
@@ -166,6 +169,28 @@ fn main() {
         let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!("error: {}", causes.join(": "));
         std::process::exit(if e.downcast_ref::<Invalid>().is_some() { 2 } else { 1 });
+    }
+}
+
+/// A flag clap refused: help and version as clap prints them, anything else as one line
+/// (exit code 2).
+fn usage(error: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = error.print();
+            std::process::exit(0);
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            std::process::exit(2);
+        }
+        _ => {
+            let rendered = error.render().to_string();
+            let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            eprintln!("error: {} (see lockers --help)", first.strip_prefix("error: ").unwrap_or(first));
+            std::process::exit(2);
+        }
     }
 }
 
@@ -277,6 +302,8 @@ fn fleet_options(args: &FleetArgs, central: String, app: String, mqtt: Option<So
 }
 
 async fn demo(args: DemoArgs) -> Result<()> {
+    // The fleet's flags are checked before anything is opened or bound.
+    fleet_options(&args.fleet, String::new(), String::new(), None)?;
     let options = platform_options(&args.platform).await?;
     let platform = Platform::start(&options).await?;
     let (app, reel) = (platform.app_url(), platform.reel_url());

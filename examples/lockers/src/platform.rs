@@ -359,11 +359,11 @@ async fn switch_when_caught_up(
 
 /// Removes a projection's old version: its subscription and its tables.
 pub async fn retire(store: &StoreLocation, name: &str, version: u32) -> Result<bool> {
-    let stores = Stores::open(store).await?;
-    let id = projections::subscription_id(name, version);
     if !NAMES.contains(&name) {
         anyhow::bail!("no projection {name:?} (one of {})", NAMES.join(", "));
     }
+    let stores = Stores::open(store).await?;
+    let id = projections::subscription_id(name, version);
     if !stores.has_subscription(&id).await? {
         return Ok(false);
     }
