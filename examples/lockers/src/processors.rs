@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use reel_aggregate::DecisionRepository;
-use reel_core::{EventId, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
-use reel_subscriptions::{HandlerError, Message, Subscriber, SubscriberSpec};
+use reel_core::{AppendRequest, Direction, EventId, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamVersion};
+use reel_subscriptions::{BatchFailure, HandlerError, Message, Subscriber, SubscriberSpec};
 
 use crate::domain::{
     config_stream, locker_tag, reservation_stream, reservation_tag, types, Reservation, ReservationCommand,
@@ -34,7 +34,6 @@ async fn reservation_at(decisions: &DecisionRepository, id: &str) -> Result<Opti
 pub struct Dispatcher {
     spec: SubscriberSpec,
     store: Arc<dyn EventStore>,
-    decisions: DecisionRepository,
 }
 
 impl Dispatcher {
@@ -46,7 +45,43 @@ impl Dispatcher {
         let spec = SubscriberSpec::processor(Self::ID)?
             .in_categories(["reservation"])
             .handling([types::RESERVATION_CONFIRMED, types::RESERVATION_CANCELLED]);
-        Ok(Self { spec, decisions: DecisionRepository::new(store.clone()), store })
+        Ok(Self { spec, store })
+    }
+}
+
+impl Dispatcher {
+    /// What `event` makes the dispatcher append, if anything.
+    async fn decide(&self, event: &RecordedEvent) -> Result<Option<AppendRequest>, HandlerError> {
+        let Some(id) = event.stream.as_str().strip_prefix("reservation-") else { return Ok(None) };
+        let what = match event.event_type.as_str() {
+            types::RESERVATION_CONFIRMED => "assigned",
+            types::RESERVATION_CANCELLED => "withdrawn",
+            _ => return Ok(None),
+        };
+        // The reservation as it stood before this event, from its own stream.
+        let earlier = self.store.read_stream(&event.stream, StreamVersion(0), Direction::Forward, 1_000).await?;
+        let mut state = None;
+        let mut confirmed = false;
+        for e in earlier.iter().take_while(|e| e.stream_version < event.stream_version) {
+            Reservation::apply(&mut state, e);
+            confirmed |= e.event_type == types::RESERVATION_CONFIRMED;
+        }
+        let Some(state) = state else { return Ok(None) };
+        let event_type = if what == "assigned" {
+            types::RESERVATION_ASSIGNED
+        } else if confirmed {
+            types::RESERVATION_WITHDRAWN
+        } else {
+            // Cancelled before it was ever handed to the unit: nothing to take back.
+            return Ok(None);
+        };
+        let command = ReservationCommand {
+            reservation: id.to_string(),
+            locker: state.request.locker.clone(),
+            window: state.request.window,
+        };
+        let out = NewEvent::json(event_type, &command)?.with_id(caused_by(event, what));
+        Ok(Some(AppendRequest::new(config_stream(&state.request.unit)?, ExpectedVersion::Any, vec![out])))
     }
 }
 
@@ -57,34 +92,11 @@ impl Subscriber for Dispatcher {
     }
 
     async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {
-        let event = message.record();
-        let Some(id) = event.stream.as_str().strip_prefix("reservation-") else { return Ok(()) };
-        // The reservation as it stood before this event, from its own stream.
-        let earlier = self.store.read_stream(&event.stream, reel_core::StreamVersion(0), reel_core::Direction::Forward, 1_000).await?;
-        let mut state = None;
-        let mut confirmed = false;
-        for e in earlier.iter().take_while(|e| e.stream_version < event.stream_version) {
-            Reservation::apply(&mut state, e);
-            confirmed |= e.event_type == types::RESERVATION_CONFIRMED;
-        }
-        let Some(state) = state else { return Ok(()) };
-        let (event_type, what) = if event.event_type == types::RESERVATION_CONFIRMED {
-            (types::RESERVATION_ASSIGNED, "assigned")
-        } else if confirmed {
-            (types::RESERVATION_WITHDRAWN, "withdrawn")
-        } else {
-            // Cancelled before it was ever handed to the unit: nothing to take back.
-            return Ok(());
-        };
-        let command = ReservationCommand {
-            reservation: id.to_string(),
-            locker: state.request.locker.clone(),
-            window: state.request.window,
-        };
-        let out = NewEvent::json(event_type, &command)?.with_id(caused_by(event, what));
-        self.store.append(&config_stream(&state.request.unit)?, ExpectedVersion::Any, vec![out]).await?;
-        let _ = &self.decisions;
-        Ok(())
+        self.handle_batch(std::slice::from_ref(message.record())).await.map_err(|failure| failure.error)
+    }
+
+    async fn handle_batch(&self, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+        append_decided(self.store.as_ref(), batch, |event| self.decide(event)).await
     }
 }
 
@@ -108,19 +120,17 @@ impl Reconciler {
     }
 }
 
-#[async_trait]
-impl Subscriber for Reconciler {
-    fn spec(&self) -> &SubscriberSpec {
-        &self.spec
-    }
-
-    async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {
-        let event = message.record();
+impl Reconciler {
+    /// What the unit's answer `event` makes the reconciler append, if anything.
+    async fn decide(&self, event: &RecordedEvent) -> Result<Option<AppendRequest>, HandlerError> {
+        if event.event_type != types::RESERVATION_ACCEPTED && event.event_type != types::RESERVATION_REJECTED {
+            return Ok(None);
+        }
         let answer: UnitEvent = event.data_as()?;
-        let Some(id) = answer.reservation.clone() else { return Ok(()) };
+        let Some(id) = answer.reservation.clone() else { return Ok(None) };
         let Some(state) = reservation_at(&self.decisions, &id).await? else {
             tracing::warn!(reservation = %id, unit = %answer.unit, "a unit answered a reservation the platform does not have");
-            return Ok(());
+            return Ok(None);
         };
         let tags = [locker_tag(&state.request.unit, &state.request.locker), reservation_tag(&id)];
         let mut events = Vec::new();
@@ -145,9 +155,59 @@ impl Subscriber for Reconciler {
                 events.push(NewEvent::json(types::REFUND_ISSUED, &refund)?.with_id(caused_by(event, "refund")).with_tags(tags));
             }
         }
-        if !events.is_empty() {
-            self.store.append(&reservation_stream(&id)?, ExpectedVersion::Any, events).await?;
+        if events.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(AppendRequest::new(reservation_stream(&id)?, ExpectedVersion::Any, events)))
     }
+}
+
+#[async_trait]
+impl Subscriber for Reconciler {
+    fn spec(&self) -> &SubscriberSpec {
+        &self.spec
+    }
+
+    async fn handle(&self, message: &Message<'_>) -> Result<(), HandlerError> {
+        self.handle_batch(std::slice::from_ref(message.record())).await.map_err(|failure| failure.error)
+    }
+
+    async fn handle_batch(&self, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+        append_decided(self.store.as_ref(), batch, |event| self.decide(event)).await
+    }
+}
+
+/// Decides every event of a batch in order and appends the outcomes together (one group
+/// commit, in order). A failure names the first event whose outcome was not stored: those
+/// before it are done, and it and those after it come again, where the derived ids make every
+/// append that did go through a harmless retry.
+async fn append_decided<'a, F, Fut>(store: &dyn EventStore, batch: &'a [RecordedEvent], decide: F) -> Result<(), BatchFailure>
+where
+    F: Fn(&'a RecordedEvent) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<AppendRequest>, HandlerError>>,
+{
+    let mut requests = Vec::new();
+    let mut sources = Vec::new();
+    let mut failed = None;
+    for (index, event) in batch.iter().enumerate() {
+        match decide(event).await {
+            Ok(Some(request)) => {
+                requests.push(request);
+                sources.push(index);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                failed = Some(BatchFailure::at(index, error));
+                break;
+            }
+        }
+    }
+    if !requests.is_empty() {
+        for (outcome, index) in store.append_many(requests).await.into_iter().zip(sources) {
+            if let Err(error) = outcome {
+                return Err(BatchFailure::at(index, error));
+            }
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
