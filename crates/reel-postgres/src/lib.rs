@@ -58,6 +58,10 @@ struct Inner {
     limits: AppendLimits,
     jobs: mpsc::Sender<reel_core::backend::WriteJob>,
     reader: Mutex<Arc<Client>>,
+    /// Heartbeats' own connection (opened on the first), committing without waiting for the
+    /// WAL flush: a fleet's heartbeats are hundreds a second, and one flush each on the reader
+    /// connection queued every read behind them.
+    heartbeats: Mutex<Option<Arc<Client>>>,
     names: reader::StreamNames,
     head: Arc<HeadNotifier>,
     _listener: tokio::task::JoinHandle<()>,
@@ -153,6 +157,7 @@ impl PostgresStore {
                 limits,
                 jobs,
                 reader: Mutex::new(reader),
+                heartbeats: Mutex::new(None),
                 names: reader::StreamNames::default(),
                 head,
                 _listener: listener,
@@ -194,6 +199,23 @@ impl PostgresStore {
             *reader = Arc::new(spawn_client(&self.inner.url, "reel").await?);
         }
         Ok(reader.clone())
+    }
+
+    /// The heartbeats' connection: its commits do not wait for the WAL flush (a heartbeat lost
+    /// in a crash costs nothing; the next one comes on time).
+    pub(crate) async fn heartbeat_client(&self) -> Result<Arc<Client>, ReelError> {
+        let mut client = self.inner.heartbeats.lock().await;
+        if let Some(open) = client.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(open.clone());
+        }
+        let fresh = spawn_client(&self.inner.url, "reel-heartbeats").await?;
+        fresh
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .map_err(|e| storage_error("configuring the heartbeats' connection", e))?;
+        let fresh = Arc::new(fresh);
+        *client = Some(fresh.clone());
+        Ok(fresh)
     }
 
     async fn submit(&self, requests: Vec<AppendRequest>) -> Result<Vec<Result<AppendResult, ReelError>>, ReelError> {

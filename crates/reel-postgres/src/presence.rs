@@ -13,7 +13,7 @@ use crate::PostgresStore;
 impl PresenceStore for PostgresStore {
     async fn record_heartbeat(&self, h: &Heartbeat) -> Result<(), ReelError> {
         let schema = self.schema();
-        self.reader()
+        self.heartbeat_client()
             .await?
             .execute(
                 &format!(
