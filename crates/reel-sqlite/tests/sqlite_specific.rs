@@ -233,8 +233,8 @@ async fn the_wal_stays_bounded_while_readers_are_always_busy() {
     let data = vec![b'x'; 2_000];
     let payload = format!("{{\"pad\":\"{}\"}}", String::from_utf8(data).unwrap());
     let mut largest_wal = 0;
-    // 160 MiB of events in batches of 500, with the readers running throughout.
-    for batch in 0..160 {
+    // 320 MiB of events in batches of 500, with the readers running throughout.
+    for batch in 0..320 {
         let events = (0..500).map(|_| NewEvent::new("Padded", payload.clone())).collect();
         store.append(&stream(&format!("pad-{batch}")), ExpectedVersion::Any, events).await.unwrap();
         let wal = std::fs::metadata(dir.path().join("reel.db-wal")).map(|m| m.len()).unwrap_or(0);
@@ -244,8 +244,9 @@ async fn the_wal_stays_bounded_while_readers_are_always_busy() {
     for reader in readers {
         reader.await.unwrap();
     }
-    assert_eq!(store.head().await.unwrap(), reel_core::Position(80_000));
-    // Without the bound the WAL holds all of it (323 MiB measured); with it, 64 MiB plus what
-    // is appended between two attempts (at most one a second, each waiting 50 ms for readers).
-    assert!(largest_wal < 160 * 1024 * 1024, "the WAL stayed bounded: at most {} MiB", largest_wal / (1024 * 1024));
+    assert_eq!(store.head().await.unwrap(), reel_core::Position(160_000));
+    // Without the bound the WAL holds all of it (323 MiB measured for half as much); with it,
+    // 64 MiB plus what is appended between two attempts that succeed (at most one a second,
+    // each waiting 50 ms for readers; on a loaded machine some find readers still busy).
+    assert!(largest_wal < 320 * 1024 * 1024, "the WAL stayed bounded: at most {} MiB", largest_wal / (1024 * 1024));
 }

@@ -329,8 +329,7 @@ async fn rebuild_event_log(location: &StoreLocation) -> Result<(u64, f64)> {
     engine.setup(&criteria, false).await?.into_result()?;
     engine.run_until_idle(&criteria, 10).await?.into_result()?;
     let seconds = started.elapsed().as_secs_f64();
-    let naming = stores.naming(version);
-    let table = format!("{}lockers_eventlog_{version}", naming.prefix);
+    let table = crate::projections::EventLog::table(&stores.naming(version));
     let rows = stores.read.rows(&format!("SELECT COUNT(*) FROM {table}"), vec![]).await?;
     let count = rows.first().map_or(0, |r| r[0].int()) as u64;
     engine.remove(&criteria).await?.into_result()?;

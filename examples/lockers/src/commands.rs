@@ -155,12 +155,7 @@ impl Commands {
         crate::domain::check_unit(&command.unit).map_err(invalid)?;
         crate::domain::check_locker(&command.locker).map_err(invalid)?;
         let id = match &command.reservation {
-            Some(id) => {
-                if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                    return Err(CommandError::Invalid("reservation id must be 1-64 letters, digits or -".into()));
-                }
-                id.clone()
-            }
+            Some(id) => check_reservation(id)?,
             None => uuid::Uuid::now_v7().simple().to_string(),
         };
         let config = self
@@ -330,7 +325,8 @@ impl Commands {
     }
 }
 
-fn check_reservation(id: &str) -> Result<String, CommandError> {
+/// Checks a reservation id: 1–64 letters, digits or `-` (it becomes part of a stream name).
+pub fn check_reservation(id: &str) -> Result<String, CommandError> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(CommandError::Invalid("reservation id must be 1-64 letters, digits or -".into()));
     }

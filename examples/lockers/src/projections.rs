@@ -90,6 +90,11 @@ pub struct UnitsTable {
 }
 
 impl UnitsTable {
+    /// The units table under `naming`.
+    pub fn table(naming: &Naming) -> String {
+        naming.table("units").0
+    }
+
     /// Its tables under `naming`.
     pub fn new(naming: &Naming) -> Self {
         let (table, _) = naming.table("units");
@@ -152,6 +157,11 @@ pub struct EventLog {
 }
 
 impl EventLog {
+    /// The event log table under `naming`.
+    pub fn table(naming: &Naming) -> String {
+        naming.table("eventlog").0
+    }
+
     /// Its tables under `naming`.
     pub fn new(naming: &Naming) -> Self {
         let (table, base) = naming.table("eventlog");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use reel_core::{PresenceStore, ReelError, Timestamp};
 use serde::Serialize;
 
-use crate::projections::{Availability, Naming, Revenue, NAMES};
+use crate::projections::{Availability, EventLog, Naming, Revenue, UnitsTable, NAMES};
 use crate::sql::{ReadModel, Value};
 
 /// Which version of each projection queries read: the newest one that has caught up, so a
@@ -226,7 +226,7 @@ impl Queries {
 
     /// The units table, sorted.
     pub async fn units(&self, sort: UnitSort, descending: bool) -> Result<Vec<UnitRow>, ReelError> {
-        let table = format!("{}lockers_units_{}", self.serving.naming("units").prefix, self.serving.version("units"));
+        let table = UnitsTable::table(&self.serving.naming("units"));
         let rows = self
             .read
             .rows(&format!("SELECT unit, display_name, location, lockers, config_events FROM {table}"), vec![])
@@ -318,8 +318,7 @@ impl Queries {
     }
 
     fn event_log_table(&self) -> String {
-        let naming = self.serving.naming("eventlog");
-        format!("{}lockers_eventlog_{}", naming.prefix, naming.version)
+        EventLog::table(&self.serving.naming("eventlog"))
     }
 
     async fn event_log_rows(&self, unit: &str, ascending: bool, limit: i64, offset: i64) -> Result<Vec<EventLogRow>, ReelError> {

@@ -366,6 +366,9 @@ impl SimUnit {
         if self.state.lock().await.rentals.contains_key(locker) {
             return Err(reel_core::ReelError::InvalidArgument(format!("locker {locker} is in use")));
         }
+        if !self.config().await.is_some_and(|c| c.lockers.iter().any(|l| l == locker)) {
+            return Err(reel_core::ReelError::InvalidArgument(format!("unit {} has no locker {locker}", self.name)));
+        }
         let now = Timestamp::now().unix_micros();
         let window = Window { from_us: now, to_us: now + i64::from(hours) * 3_600_000_000 };
         let rental = format!("r{}", uuid::Uuid::now_v7().simple());

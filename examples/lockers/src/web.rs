@@ -345,9 +345,7 @@ async fn revenue(State(state): State<AppState>) -> Answer<serde_json::Value> {
 }
 
 async fn reservation(State(state): State<AppState>, Path(id): Path<String>) -> Answer<crate::queries::ReservationRow> {
-    if id.is_empty() || id.len() > 64 {
-        return Err(ApiError::invalid("reservation id must be 1-64 characters"));
-    }
+    crate::commands::check_reservation(&id)?;
     let row = state.queries.reservation(&id).await?;
     row.map(axum::Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no reservation {id} (yet)")))
 }
@@ -406,7 +404,11 @@ async fn simulate(
         "rent" => {
             let locker = body.locker.ok_or_else(|| ApiError::invalid("rent needs a locker"))?;
             crate::domain::check_locker(&locker)?;
-            let rental = unit.rent_on_screen(&locker, body.hours.unwrap_or(1)).await.map_err(|e| match e {
+            let hours = body.hours.unwrap_or(1);
+            if !(1..=720).contains(&hours) {
+                return Err(ApiError::invalid("hours must be 1 to 720"));
+            }
+            let rental = unit.rent_on_screen(&locker, hours).await.map_err(|e| match e {
                 ReelError::InvalidArgument(why) => ApiError::new(StatusCode::CONFLICT, "refused", why),
                 e => e.into(),
             })?;
