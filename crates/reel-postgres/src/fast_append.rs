@@ -31,47 +31,94 @@ use crate::writer::{load_streams, prepared, GroupWrite, Statements, StreamState}
 /// version, so the next append with ids is decided without reading them. The window is used
 /// only while the stream's version is the one it was kept at, and the call checks that version
 /// under the lock: events up to a version never change, so the window is the stored one.
+///
+/// Both memories are bounded, and past their bound they forget what was used longest ago. They
+/// used to start over instead: a fleet of more than 1,000 devices appending with ids then read
+/// every window again on every append (up to 1,000 rows per stream), and the writer spent most
+/// of its time on those reads.
 #[derive(Default)]
 pub(crate) struct KnownStreams {
     streams: HashMap<StreamName, (i64, u64)>,
-    windows: HashMap<StreamName, (u64, HashMap<EventId, u64>)>,
+    windows: HashMap<StreamName, Window>,
+    /// Ids held by all windows together.
+    window_ids: usize,
+    /// Counts uses, to tell which window was used longest ago.
+    clock: u64,
+}
+
+/// A stream's recent ids at `version`, and when it was last used.
+struct Window {
+    version: u64,
+    ids: HashMap<EventId, u64>,
+    used: u64,
 }
 
 impl KnownStreams {
-    /// Most streams remembered; past this the memory starts over.
+    /// Most streams remembered; past this the half used longest ago is forgotten.
     const MAX_STREAMS: usize = 100_000;
-    /// Most id windows remembered (up to 1,000 ids each); past this they start over.
-    const MAX_WINDOWS: usize = 1_000;
+    /// Most ids all windows hold together (a full window holds 1,000; about 50 bytes each).
+    const MAX_WINDOW_IDS: usize = 1_000_000;
 
     fn get(&self, name: &StreamName) -> Option<(i64, u64)> {
         self.streams.get(name).copied()
     }
 
     fn remember(&mut self, name: &StreamName, stream_id: i64, version: u64) {
-        if self.streams.len() >= Self::MAX_STREAMS {
-            self.streams.clear();
-            self.windows.clear();
+        if self.streams.len() >= Self::MAX_STREAMS && !self.streams.contains_key(name) {
+            // Streams carry no use stamp; dropping an arbitrary half costs one read per
+            // forgotten stream that is appended to again.
+            let mut keep = false;
+            self.streams.retain(|_, _| {
+                keep = !keep;
+                keep
+            });
         }
         self.streams.insert(name.clone(), (stream_id, version));
     }
 
     /// Keeps the ids of the window that ends at `version` (`ids` may hold older ones too).
     fn remember_window(&mut self, name: &StreamName, version: u64, mut ids: HashMap<EventId, u64>) {
-        if self.windows.len() >= Self::MAX_WINDOWS {
-            self.windows.clear();
-        }
         // A window holds one id per version up to `version`, so only one grown past its size
         // holds versions that fell out of it.
         if ids.len() as u64 > RECENT_ID_WINDOW {
             let start = (version + 1).saturating_sub(RECENT_ID_WINDOW);
             ids.retain(|_, v| *v >= start);
         }
-        self.windows.insert(name.clone(), (version, ids));
+        self.forget_window(name);
+        self.window_ids += ids.len();
+        self.clock += 1;
+        self.windows.insert(name.clone(), Window { version, ids, used: self.clock });
+        if self.window_ids > Self::MAX_WINDOW_IDS {
+            self.evict_windows();
+        }
+    }
+
+    /// Forgets the windows used longest ago until all of them hold at most three quarters of
+    /// the bound, so that eviction runs once per many windows, not on every one.
+    fn evict_windows(&mut self) {
+        let mut by_use: Vec<(u64, usize)> = self.windows.values().map(|w| (w.used, w.ids.len())).collect();
+        by_use.sort_unstable();
+        let (mut held, mut cutoff) = (self.window_ids, 0);
+        for (used, len) in by_use {
+            if held <= Self::MAX_WINDOW_IDS / 4 * 3 {
+                break;
+            }
+            held -= len;
+            cutoff = used;
+        }
+        self.windows.retain(|_, w| w.used > cutoff);
+        self.window_ids = self.windows.values().map(|w| w.ids.len()).sum();
+    }
+
+    fn forget_window(&mut self, name: &StreamName) {
+        if let Some(window) = self.windows.remove(name) {
+            self.window_ids -= window.ids.len();
+        }
     }
 
     /// Whether the window of `name` ends at `version`.
     fn has_window(&self, name: &StreamName, version: u64) -> bool {
-        self.windows.get(name).is_some_and(|(at, _)| *at == version)
+        self.windows.get(name).is_some_and(|w| w.version == version)
     }
 
     /// Takes the window of `name` if it ends at `version` (it comes back after the write).
@@ -79,14 +126,16 @@ impl KnownStreams {
         if !self.has_window(name, version) {
             return None;
         }
-        self.windows.remove(name).map(|(_, ids)| ids)
+        let window = self.windows.remove(name)?;
+        self.window_ids -= window.ids.len();
+        Some(window.ids)
     }
 
     /// Forgets the group's streams (after the careful path, which may have changed them).
     pub(crate) fn forget(&mut self, requests: &[&AppendRequest]) {
         for request in requests {
             self.streams.remove(&request.stream);
-            self.windows.remove(&request.stream);
+            self.forget_window(&request.stream);
         }
     }
 }
@@ -168,12 +217,12 @@ pub(crate) async fn try_append(
                 // The stored window plus this group's ids: the window at the new version.
                 known.remember_window(state.name, version, state.recent);
             } else {
-                known.windows.remove(state.name);
+                known.forget_window(state.name);
             }
         } else {
             // Created by this group: its id is read the next time.
             known.streams.remove(state.name);
-            known.windows.remove(state.name);
+            known.forget_window(state.name);
         }
     }
     notifier.advance(durable);
@@ -344,5 +393,49 @@ async fn call_append_group(
             Call::Changed
         }
         Err(e) => Call::Unknown(crate::storage_error("appending (the outcome is unknown; retry with event ids)", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(first_version: u64) -> HashMap<EventId, u64> {
+        (first_version..first_version + RECENT_ID_WINDOW).map(|v| (EventId(uuid::Uuid::new_v4()), v)).collect()
+    }
+
+    #[test]
+    fn windows_past_the_bound_forget_the_ones_used_longest_ago() {
+        let mut known = KnownStreams::default();
+        let streams: Vec<StreamName> =
+            (0..1_100).map(|i| StreamName::new(format!("device-{i}")).expect("valid name")).collect();
+        for stream in &streams {
+            known.remember_window(stream, RECENT_ID_WINDOW - 1, window(0));
+            // The first stream is used again after every other one: it stays the newest.
+            let first = known.take_window(&streams[0], RECENT_ID_WINDOW - 1).expect("the first window is kept");
+            known.remember_window(&streams[0], RECENT_ID_WINDOW - 1, first);
+        }
+        assert!(known.window_ids <= KnownStreams::MAX_WINDOW_IDS, "{} ids held", known.window_ids);
+        assert_eq!(known.window_ids, known.windows.values().map(|w| w.ids.len()).sum::<usize>());
+        assert!(known.has_window(&streams[0], RECENT_ID_WINDOW - 1), "the window used most often was forgotten");
+        assert!(known.has_window(&streams[1_099], RECENT_ID_WINDOW - 1), "the newest window was forgotten");
+        assert!(!known.has_window(&streams[1], RECENT_ID_WINDOW - 1), "the window used longest ago was kept");
+        // Forgetting the rest keeps the count true.
+        let all: Vec<AppendRequest> =
+            streams.iter().map(|s| AppendRequest::new(s.clone(), reel_core::ExpectedVersion::Any, vec![])).collect();
+        known.forget(&all.iter().collect::<Vec<_>>());
+        assert_eq!(known.window_ids, 0);
+    }
+
+    #[test]
+    fn streams_past_the_bound_are_thinned_not_all_forgotten() {
+        let mut known = KnownStreams::default();
+        for i in 0..=KnownStreams::MAX_STREAMS {
+            let name = StreamName::new(format!("s-{i}")).expect("valid name");
+            known.remember(&name, i as i64, 0);
+        }
+        assert!(known.streams.len() > KnownStreams::MAX_STREAMS / 3, "{} remembered", known.streams.len());
+        assert!(known.streams.len() <= KnownStreams::MAX_STREAMS);
+        assert!(known.get(&StreamName::new(format!("s-{}", KnownStreams::MAX_STREAMS)).unwrap()).is_some());
     }
 }

@@ -23,6 +23,7 @@ mod fast_append;
 mod listener;
 mod presence;
 mod reader;
+mod readers;
 mod schema;
 mod snapshots;
 mod subscriptions;
@@ -57,7 +58,7 @@ struct Inner {
     schema: String,
     limits: AppendLimits,
     jobs: mpsc::Sender<reel_core::backend::WriteJob>,
-    reader: Mutex<Arc<Client>>,
+    readers: readers::Readers,
     /// Heartbeats' own connection (opened on the first), committing without waiting for the
     /// WAL flush: a fleet's heartbeats are hundreds a second, and one flush each on the reader
     /// connection queued every read behind them.
@@ -141,7 +142,7 @@ impl PostgresStore {
         let writer_name = format!("reel-writer-{schema}");
         let mut setup = spawn_client(url, &writer_name).await?;
         schema::migrate(&mut setup, schema).await?;
-        let reader = Arc::new(spawn_client(url, "reel").await?);
+        let reader = spawn_client(url, &readers::Readers::name(schema)).await?;
         let head = Arc::new(HeadNotifier::new(reader::head(&reader, schema).await?));
         let (jobs, receiver) = mpsc::channel(4096);
         let writer_url = url.to_string();
@@ -156,7 +157,7 @@ impl PostgresStore {
                 schema: schema.to_string(),
                 limits,
                 jobs,
-                reader: Mutex::new(reader),
+                readers: readers::Readers::new(url, schema, reader),
                 heartbeats: Mutex::new(None),
                 names: reader::StreamNames::default(),
                 head,
@@ -192,13 +193,9 @@ impl PostgresStore {
         &self.inner.schema
     }
 
-    /// The reader connection, reconnected when it was lost.
-    async fn reader(&self) -> Result<Arc<Client>, ReelError> {
-        let mut reader = self.inner.reader.lock().await;
-        if reader.is_closed() {
-            *reader = Arc::new(spawn_client(&self.inner.url, "reel").await?);
-        }
-        Ok(reader.clone())
+    /// A reader connection for one read (see readers.rs), reconnected when it was lost.
+    async fn reader(&self) -> Result<readers::LentReader, ReelError> {
+        self.inner.readers.lend().await
     }
 
     /// The heartbeats' connection: its commits do not wait for the WAL flush (a heartbeat lost

@@ -916,3 +916,49 @@ async fn conditions_hold_across_servers_on_one_schema() {
     }
     assert_eq!(committed, 1, "one of 16 servers racing on one tag commits");
 }
+
+/// How many reader connections of `schema` are open.
+async fn reader_connections(admin: &tokio_postgres::Client, schema: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("reel-reader-{schema}")],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_waits_does_not_hold_up_other_reads() {
+    let schema = fresh_schema();
+    let store = connect(&schema).await;
+    let stream = StreamName::new("unit-1").unwrap();
+    store.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("First", "{}")]).await.unwrap();
+    let admin_client = admin().await;
+    for _ in 0..20 {
+        store.streams(None, None, 10).await.unwrap();
+    }
+    assert_eq!(reader_connections(&admin_client, &schema).await, 1, "reads one at a time share one connection");
+
+    // Another session keeps the log locked: a read of it waits until the lock is released.
+    let mut locker = admin().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute(&format!("LOCK TABLE {schema}.events IN ACCESS EXCLUSIVE MODE")).await.unwrap();
+    let waiting_store = store.clone();
+    let waiting = tokio::spawn(async move { waiting_store.read_all(Position(1), &ReadAllFilter::default(), 10).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the read of the locked log waits");
+
+    // Reads of other tables are answered meanwhile, on a connection of their own.
+    let streams = tokio::time::timeout(Duration::from_secs(30), store.streams(None, None, 10))
+        .await
+        .expect("a read queued behind the waiting one");
+    assert_eq!(streams.unwrap().len(), 1);
+    let connections = reader_connections(&admin_client, &schema).await;
+    assert!((2..=4).contains(&connections), "{connections} reader connections");
+
+    lock.rollback().await.unwrap();
+    let page = waiting.await.unwrap().unwrap();
+    assert_eq!(page.events.len(), 1, "the waiting read completes once the lock is gone");
+}

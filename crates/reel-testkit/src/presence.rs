@@ -141,7 +141,12 @@ pub async fn concurrent_heartbeats_are_all_recorded(store: Store) {
     let devices = store.devices().await.unwrap();
     assert_eq!(devices.len(), 300);
     for d in &devices {
-        assert_eq!((d.last_heard_at, d.config_version, d.config_acked_at), (at(2), Some(2), Some(at(2))), "{}", d.device);
+        assert_eq!(
+            (d.last_heard_at, d.config_version, d.config_acked_at),
+            (at(2), Some(2), Some(at(2))),
+            "{}",
+            d.device
+        );
     }
 }
 

@@ -120,7 +120,17 @@ impl PlatformProcess {
     fn start(store: &str, schema: &str, mqtt: &str, prefix: &str) -> Result<Self> {
         let exe = std::env::current_exe().context("finding the lockers binary")?;
         let mut child = Command::new(exe)
-            .args(["serve", "--store", store, "--schema", schema, "--listen", "127.0.0.1:0", "--reel-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--store",
+                store,
+                "--schema",
+                schema,
+                "--listen",
+                "127.0.0.1:0",
+                "--reel-listen",
+                "127.0.0.1:0",
+            ])
             .args(["--mqtt", mqtt, "--mqtt-prefix", prefix])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -129,8 +139,10 @@ impl PlatformProcess {
         let stdout = child.stdout.take().context("no stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
-        let ready: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("lockers serve said {line:?}"))?;
-        let field = |name: &str| ready[name].as_str().map(str::to_string).context("lockers serve did not print its addresses");
+        let ready: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("lockers serve said {line:?}"))?;
+        let field =
+            |name: &str| ready[name].as_str().map(str::to_string).context("lockers serve did not print its addresses");
         Ok(Self { app: field("app")?, reel: field("reel")?, child })
     }
 
@@ -147,7 +159,11 @@ impl PlatformProcess {
     fn rss_mib(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         let kib = |key: &str| {
-            status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).unwrap_or(0.0)
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .unwrap_or(0.0)
         };
         (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
     }
@@ -170,7 +186,8 @@ impl PlatformProcess {
 pub async fn run(args: BenchArgs) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let schema = format!("lockers_bench_{}", std::process::id());
-    let store = if args.store.is_empty() { dir.path().join("platform.db").display().to_string() } else { args.store.clone() };
+    let store =
+        if args.store.is_empty() { dir.path().join("platform.db").display().to_string() } else { args.store.clone() };
     let location = StoreLocation::parse(&store, &schema).map_err(anyhow::Error::msg)?;
     let prefix = format!("bench{}", std::process::id());
     let platform = PlatformProcess::start(&store, &schema, &args.mqtt, &prefix)?;
@@ -208,7 +225,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let tables = Arc::new(Mutex::new(Vec::new()));
     let pages = Arc::new(Mutex::new(Vec::new()));
     let sampler = tokio::spawn(sample_lag(http.clone(), platform.app.clone(), lags.clone(), stopped.clone()));
-    let reader = tokio::spawn(read_ui(http.clone(), platform.app.clone(), args.units, tables.clone(), pages.clone(), stopped.clone()));
+    let reader = tokio::spawn(read_ui(
+        http.clone(),
+        platform.app.clone(),
+        args.units,
+        tables.clone(),
+        pages.clone(),
+        stopped.clone(),
+    ));
     let progress = indicator(args.seconds);
     while started.elapsed() < Duration::from_secs(args.seconds) {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -258,7 +282,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
 fn indicator(seconds: u64) -> impl Fn(u64) {
     let bar = indicatif::ProgressBar::new(seconds);
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} s").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} s")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     move |at| {
         bar.set_position(at);
         if at >= seconds {
@@ -280,7 +307,11 @@ async fn sample_lag(http: reqwest::Client, app: String, lags: Arc<Mutex<Vec<f64>
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|s| s["id"].as_str().is_some_and(|id| id.starts_with("lockers_") && !id.contains("dispatch") && !id.contains("reconcile")))
+            .filter(|s| {
+                s["id"].as_str().is_some_and(|id| {
+                    id.starts_with("lockers_") && !id.contains("dispatch") && !id.contains("reconcile")
+                })
+            })
             .filter_map(|s| s["lag_seconds"].as_f64())
             .fold(0.0, f64::max);
         lags.lock().unwrap().push(worst * 1_000.0);
@@ -303,7 +334,13 @@ async fn read_ui(
             _ = stop.wait_for(|s| *s) => return,
         }
         let started = Instant::now();
-        if http.get(format!("{app}/api/queries/units?sort=name")).send().await.and_then(|r| r.error_for_status()).is_ok() {
+        if http
+            .get(format!("{app}/api/queries/units?sort=name"))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .is_ok()
+        {
             tables.lock().unwrap().push(started.elapsed().as_secs_f64() * 1_000.0);
         }
         let unit = 1000 + random.below(units as u64);
@@ -377,14 +414,37 @@ fn print_table(r: &BenchResult) {
     println!("| lockers bench ({}, {} units, {} s) | value |", r.store, r.units, r.seconds);
     println!("|---|---|");
     println!("| central events | {} ({:.0} ev/s) |", r.events, r.events_per_second);
-    println!("| reservations paid / refused / failed | {} / {} / {} (mean {:.1} ms) |", r.reservations.0, r.reservations.1, r.reservations.2, r.reserve_mean_ms);
+    println!(
+        "| reservations paid / refused / failed | {} / {} / {} (mean {:.1} ms) |",
+        r.reservations.0, r.reservations.1, r.reservations.2, r.reserve_mean_ms
+    );
     println!("| platform CPU | {:.2} cores |", r.platform_cpu_cores);
     println!("| platform memory (RSS end / peak) | {:.0} / {:.0} MiB |", r.platform_rss_mib.0, r.platform_rss_mib.1);
-    println!("| projection lag p50 / p99 / max | {:.0} / {:.0} / {:.0} ms |", r.projection_lag.p50_ms, r.projection_lag.p99_ms, r.projection_lag.max_ms);
-    println!("| units table p50 / p99 | {:.1} / {:.1} ms ({} requests) |", r.units_table.p50_ms, r.units_table.p99_ms, r.units_table.count);
-    println!("| event-log page p50 / p99 | {:.1} / {:.1} ms ({} requests) |", r.event_log_page.p50_ms, r.event_log_page.p99_ms, r.event_log_page.count);
-    println!("| event-log rebuild | {} rows in {:.1} s ({:.0} rows/s) |", r.rebuild.0, r.rebuild.1, r.rebuild.0 as f64 / r.rebuild.1.max(1e-9));
+    println!(
+        "| projection lag p50 / p99 / max | {:.0} / {:.0} / {:.0} ms |",
+        r.projection_lag.p50_ms, r.projection_lag.p99_ms, r.projection_lag.max_ms
+    );
+    println!(
+        "| units table p50 / p99 | {:.1} / {:.1} ms ({} requests) |",
+        r.units_table.p50_ms, r.units_table.p99_ms, r.units_table.count
+    );
+    println!(
+        "| event-log page p50 / p99 | {:.1} / {:.1} ms ({} requests) |",
+        r.event_log_page.p50_ms, r.event_log_page.p99_ms, r.event_log_page.count
+    );
+    println!(
+        "| event-log rebuild | {} rows in {:.1} s ({:.0} rows/s) |",
+        r.rebuild.0,
+        r.rebuild.1,
+        r.rebuild.0 as f64 / r.rebuild.1.max(1e-9)
+    );
     println!("| baseline: one read of the whole log | {:.1} s |", r.baseline_scan_s);
-    println!("| baseline: units table in-process, idle, p50 / p99 | {:.1} / {:.1} ms |", r.baseline_units_table.p50_ms, r.baseline_units_table.p99_ms);
-    println!("| baseline: event-log page in-process, idle, p50 / p99 | {:.1} / {:.1} ms |", r.baseline_event_log_page.p50_ms, r.baseline_event_log_page.p99_ms);
+    println!(
+        "| baseline: units table in-process, idle, p50 / p99 | {:.1} / {:.1} ms |",
+        r.baseline_units_table.p50_ms, r.baseline_units_table.p99_ms
+    );
+    println!(
+        "| baseline: event-log page in-process, idle, p50 / p99 | {:.1} / {:.1} ms |",
+        r.baseline_event_log_page.p50_ms, r.baseline_event_log_page.p99_ms
+    );
 }

@@ -124,7 +124,8 @@ impl Commands {
         };
         // Read backwards to the latest configuration among the commands.
         loop {
-            let page = self.store.read_stream(&stream, StreamVersion(version), reel_core::Direction::Backward, 100).await?;
+            let page =
+                self.store.read_stream(&stream, StreamVersion(version), reel_core::Direction::Backward, 100).await?;
             for event in &page {
                 if event.event_type == types::UNIT_CONFIGURED {
                     return Ok(Some(event.data_as::<UnitConfig>()?));
@@ -174,7 +175,9 @@ impl Commands {
         }
         let now_us = Timestamp::now().unix_micros();
         let from_us = match command.from_ms {
-            Some(ms) if ms.checked_mul(1_000).is_none() => return Err(CommandError::Invalid("from_ms is out of range".into())),
+            Some(ms) if ms.checked_mul(1_000).is_none() => {
+                return Err(CommandError::Invalid("from_ms is out of range".into()))
+            }
             Some(ms) if ms * 1_000 < now_us - 60_000_000 => {
                 return Err(CommandError::Invalid("from_ms is in the past".into()))
             }
@@ -187,7 +190,10 @@ impl Commands {
             let existing = self.decisions.load(ReservationDecision::new(&id)).await?.state.state;
             if let Some(existing) = existing {
                 let r = &existing.request;
-                if r.unit != command.unit || r.locker != command.locker || (command.from_ms.is_some() && r.window != window) {
+                if r.unit != command.unit
+                    || r.locker != command.locker
+                    || (command.from_ms.is_some() && r.window != window)
+                {
                     return Err(CommandError::Refused(format!("reservation {id} exists for another locker or window")));
                 }
                 return Ok(ReservationAnswer { reservation: id, status: existing.status, retries: 0 });
@@ -206,7 +212,8 @@ impl Commands {
         };
         let tags = [locker_tag(&command.unit, &command.locker), reservation_tag(&id)];
         // Deterministic ids: a retried request with the same reservation id is the same append.
-        let id_for = |n: u8| reel_core::EventId(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{id}/{n}").as_bytes()));
+        let id_for =
+            |n: u8| reel_core::EventId(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{id}/{n}").as_bytes()));
         let mut events = vec![
             NewEvent::json(types::RESERVATION_REQUESTED, &request)?.with_id(id_for(0)).with_tags(tags.clone()),
             NewEvent::json(types::RESERVATION_PAYMENT_STARTED, &serde_json::json!({ "amount_cents": amount }))?
@@ -214,11 +221,15 @@ impl Commands {
                 .with_tags(tags.clone()),
         ];
         // The simulated payment provider answers at once.
-        events.push(if declined {
-            NewEvent::json(types::RESERVATION_PAYMENT_FAILED, &serde_json::json!({ "reason": "card declined" }))?
-        } else {
-            NewEvent::json(types::RESERVATION_PAYMENT_SUCCEEDED, &serde_json::json!({ "amount_cents": amount }))?
-        }.with_id(id_for(2)).with_tags(tags));
+        events.push(
+            if declined {
+                NewEvent::json(types::RESERVATION_PAYMENT_FAILED, &serde_json::json!({ "reason": "card declined" }))?
+            } else {
+                NewEvent::json(types::RESERVATION_PAYMENT_SUCCEEDED, &serde_json::json!({ "amount_cents": amount }))?
+            }
+            .with_id(id_for(2))
+            .with_tags(tags),
+        );
         let stream = reservation_stream(&id).map_err(invalid)?;
         let executed = self
             .decisions
@@ -235,7 +246,11 @@ impl Commands {
                             )));
                         }
                     }
-                    Ok(Some(DecisionAppend { stream: stream.clone(), expected: ExpectedVersion::Any, events: events.clone() }))
+                    Ok(Some(DecisionAppend {
+                        stream: stream.clone(),
+                        expected: ExpectedVersion::Any,
+                        events: events.clone(),
+                    }))
                 },
                 RETRIES,
             )
@@ -258,7 +273,9 @@ impl Commands {
             ReservationStatus::Paid if now_us < state.request.hold_until_us => {
                 Ok(Some((types::RESERVATION_CONFIRMED, serde_json::json!({}))))
             }
-            ReservationStatus::Paid => Err(CommandError::Refused("the reservation's hold expired; reserve again".into())),
+            ReservationStatus::Paid => {
+                Err(CommandError::Refused("the reservation's hold expired; reserve again".into()))
+            }
             ReservationStatus::Confirmed | ReservationStatus::Accepted => Ok(None),
             ReservationStatus::Requested => Err(CommandError::Refused("the reservation is not paid".into())),
             other => Err(CommandError::Refused(format!("the reservation is {}", status_name(other)))),

@@ -436,8 +436,10 @@ impl LockerCalendar {
 
 impl Decision for LockerCalendar {
     fn query(&self) -> Query {
-        Query::new(vec![QueryItem::tags([locker_tag(&self.unit, &self.locker)]).with_types(Self::TYPES.iter().copied())])
-            .expect("one item with a tag is a valid query")
+        Query::new(
+            vec![QueryItem::tags([locker_tag(&self.unit, &self.locker)]).with_types(Self::TYPES.iter().copied())],
+        )
+        .expect("one item with a tag is a valid query")
     }
 
     fn apply(&mut self, event: &RecordedEvent) {

@@ -212,7 +212,8 @@ impl Fleet {
                 continue;
             }
             let body = serde_json::json!({ "unit": unit.name, "config": default_config(&unit.name, &unit.location) });
-            let answer = self.http.post(format!("{}/api/commands/configure", self.options.app)).json(&body).send().await?;
+            let answer =
+                self.http.post(format!("{}/api/commands/configure", self.options.app)).json(&body).send().await?;
             if !answer.status().is_success() {
                 anyhow::bail!("configuring {} failed: {}", unit.name, answer.text().await.unwrap_or_default());
             }
@@ -275,7 +276,8 @@ impl Fleet {
                 .with_retry_strategy(retry);
                 tokio::spawn(Worker::new(engine, WorkerOptions::default()).run(until(stopped.clone())));
                 let local: Arc<dyn EventStore> = Arc::new(store.clone());
-                let downlink = Downlink::new(owner.clone(), self.central.clone(), local.clone(), Duration::from_secs(5));
+                let downlink =
+                    Downlink::new(owner.clone(), self.central.clone(), local.clone(), Duration::from_secs(5));
                 tokio::spawn(downlink.run(until(stopped.clone())));
                 let heartbeats = Heartbeats::new(owner, self.central.clone(), local, self.options.heartbeat)
                     .with_display_name(Some(unit.name.clone()));
@@ -286,7 +288,8 @@ impl Fleet {
                 let listen = SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(0)));
                 let local: Arc<dyn EventStore> = Arc::new(store.clone());
                 let engine = SubscriptionEngine::new(local.clone(), Arc::new(store.subscription_store()?), Vec::new())?;
-                let config = reel_server::ServerConfig { listen, run_worker: false, ..reel_server::ServerConfig::default() };
+                let config =
+                    reel_server::ServerConfig { listen, run_worker: false, ..reel_server::ServerConfig::default() };
                 let server = reel_server::Server::start(local, engine, config).await?;
                 *self.ports[index].lock().unwrap() = Some(server.local_addr().port());
                 tokio::spawn(server.run(until(stopped)));
@@ -481,9 +484,7 @@ impl Fleet {
     async fn serve_push_endpoint(self: &Arc<Self>) -> Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
-        let router = Router::new()
-            .route("/units/{name}", get(ping).post(deliver))
-            .with_state(self.clone());
+        let router = Router::new().route("/units/{name}", get(ping).post(deliver)).with_state(self.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
                 tracing::error!(error = %e, "the push endpoint stopped");
@@ -524,7 +525,11 @@ struct Delivery {
     data: serde_json::Value,
 }
 
-async fn deliver(State(fleet): State<Arc<Fleet>>, Path(name): Path<String>, Json(delivery): Json<Delivery>) -> StatusCode {
+async fn deliver(
+    State(fleet): State<Arc<Fleet>>,
+    Path(name): Path<String>,
+    Json(delivery): Json<Delivery>,
+) -> StatusCode {
     let Some(unit) = fleet.unit(&name) else { return StatusCode::NOT_FOUND };
     if !unit.is_online() {
         return StatusCode::SERVICE_UNAVAILABLE;
@@ -541,7 +546,8 @@ async fn deliver(State(fleet): State<Arc<Fleet>>, Path(name): Path<String>, Json
 /// One MQTT connection for every MQTT unit of the simulator (the bridge reads the unit's name
 /// from the topic, not from the client).
 fn mqtt_client(address: SocketAddr, seed: u64) -> rumqttc::AsyncClient {
-    let mut options = rumqttc::MqttOptions::new(format!("lockers-sim-{}", seed % 100_000), address.ip().to_string(), address.port());
+    let mut options =
+        rumqttc::MqttOptions::new(format!("lockers-sim-{}", seed % 100_000), address.ip().to_string(), address.port());
     options.set_keep_alive(Duration::from_secs(10));
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = rumqttc::AsyncClient::new(options, 10_000);

@@ -22,7 +22,11 @@ use tokio::sync::watch;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "lockers", version, about = "The locker platform on Reel: units, reservations, a simulated fleet and a web UI")]
+#[command(
+    name = "lockers",
+    version,
+    about = "The locker platform on Reel: units, reservations, a simulated fleet and a web UI"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -231,7 +235,9 @@ async fn mqtt_address(text: &str) -> Result<Option<SocketAddr>> {
     match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(address)).await {
         Ok(Ok(_)) => Ok(Some(address)),
         _ => {
-            eprintln!("note: no MQTT broker answers at {address}; running without MQTT units (--mqtt off to skip this check)");
+            eprintln!(
+                "note: no MQTT broker answers at {address}; running without MQTT units (--mqtt off to skip this check)"
+            );
             Ok(None)
         }
     }
@@ -254,7 +260,9 @@ async fn platform_options(args: &PlatformArgs) -> Result<PlatformOptions> {
             .and_then(|(n, v)| Some((n.to_string(), v.parse::<u32>().ok().filter(|v| *v >= 1)?)))
             .ok_or_else(|| Invalid(format!("--projection takes NAME=VERSION (a version from 1), not {text:?}")))?;
         if !lockers::projections::NAMES.contains(&name.as_str()) {
-            return Err(Invalid(format!("no projection {name:?}; one of {}", lockers::projections::NAMES.join(", "))).into());
+            return Err(
+                Invalid(format!("no projection {name:?}; one of {}", lockers::projections::NAMES.join(", "))).into()
+            );
         }
         versions.insert(name, version);
     }

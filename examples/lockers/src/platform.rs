@@ -9,7 +9,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use reel_core::{EventStore, PresenceStore, SubscriptionCriteria, SubscriptionId, SubscriptionStatus, SubscriptionStore};
+use reel_core::{
+    EventStore, PresenceStore, SubscriptionCriteria, SubscriptionId, SubscriptionStatus, SubscriptionStore,
+};
 use reel_edge::{LinkOptions, UnitLinks};
 use reel_relay::{MqttBridgeOptions, MqttIngest};
 use reel_server::{Presence, PresenceOptions, Server, ServerConfig};
@@ -113,7 +115,10 @@ pub struct Stores {
 enum Backend {
     Sqlite(reel_sqlite::SqliteSubscriptionStore),
     /// Each projection commits through a subscription store (a connection) of its own.
-    Postgres { url: String, schema: String },
+    Postgres {
+        url: String,
+        schema: String,
+    },
 }
 
 impl Stores {
@@ -124,7 +129,8 @@ impl Stores {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 }
-                let store = reel_sqlite::SqliteStore::open(path).with_context(|| format!("opening {}", path.display()))?;
+                let store =
+                    reel_sqlite::SqliteStore::open(path).with_context(|| format!("opening {}", path.display()))?;
                 let subscriptions = store.subscription_store()?;
                 Ok(Self {
                     presence: Arc::new(store.presence_store()?),
@@ -169,7 +175,9 @@ impl Stores {
             .in_categories(projections::categories(name).iter().copied());
         let portable = Arc::new(Portable(projection));
         Ok(match &self.backend {
-            Backend::Sqlite(store) => TransactionalProjector::new(spec, store.clone(), portable as Arc<dyn reel_sqlite::SqliteProjection>),
+            Backend::Sqlite(store) => {
+                TransactionalProjector::new(spec, store.clone(), portable as Arc<dyn reel_sqlite::SqliteProjection>)
+            }
             Backend::Postgres { url, schema } => {
                 let store = reel_postgres::PostgresSubscriptionStore::connect(url, schema).await?;
                 TransactionalProjector::new(spec, store, portable as Arc<dyn reel_postgres::PostgresProjection>)
@@ -304,7 +312,12 @@ impl Platform {
             tokio::spawn(async move { ingest.run(stopped).await })
         });
         if !self.rebuilds.is_empty() {
-            tokio::spawn(switch_when_caught_up(self.engine.clone(), self.queries.serving().clone(), self.rebuilds.clone(), stop.clone()));
+            tokio::spawn(switch_when_caught_up(
+                self.engine.clone(),
+                self.queries.serving().clone(),
+                self.rebuilds.clone(),
+                stop.clone(),
+            ));
         }
         self.server.run(until(stop.clone())).await?;
         let _ = stop.wait_for(|s| *s).await;
@@ -367,7 +380,11 @@ pub async fn retire(store: &StoreLocation, name: &str, version: u32) -> Result<b
     if !stores.has_subscription(&id).await? {
         return Ok(false);
     }
-    let engine = SubscriptionEngine::new(stores.events.clone(), stores.subscriptions.clone(), vec![stores.projector(name, version).await?])?;
+    let engine = SubscriptionEngine::new(
+        stores.events.clone(),
+        stores.subscriptions.clone(),
+        vec![stores.projector(name, version).await?],
+    )?;
     engine.remove(&SubscriptionCriteria::ids([SubscriptionId::new(&id)?])).await?.into_result()?;
     Ok(true)
 }

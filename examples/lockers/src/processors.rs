@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use reel_aggregate::DecisionRepository;
-use reel_core::{AppendRequest, Direction, EventId, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamVersion};
+use reel_core::{
+    AppendRequest, Direction, EventId, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamVersion,
+};
 use reel_subscriptions::{BatchFailure, HandlerError, Message, Subscriber, SubscriberSpec};
 
 use crate::domain::{
@@ -152,7 +154,9 @@ impl Reconciler {
             let owed = state.paid_cents - state.refunded_cents;
             if owed > 0 {
                 let refund = serde_json::json!({ "amount_cents": owed, "reason": "rejected by the unit" });
-                events.push(NewEvent::json(types::REFUND_ISSUED, &refund)?.with_id(caused_by(event, "refund")).with_tags(tags));
+                events.push(
+                    NewEvent::json(types::REFUND_ISSUED, &refund)?.with_id(caused_by(event, "refund")).with_tags(tags),
+                );
             }
         }
         if events.is_empty() {
@@ -181,7 +185,11 @@ impl Subscriber for Reconciler {
 /// commit, in order). A failure names the first event whose outcome was not stored: those
 /// before it are done, and it and those after it come again, where the derived ids make every
 /// append that did go through a harmless retry.
-async fn append_decided<'a, F, Fut>(store: &dyn EventStore, batch: &'a [RecordedEvent], decide: F) -> Result<(), BatchFailure>
+async fn append_decided<'a, F, Fut>(
+    store: &dyn EventStore,
+    batch: &'a [RecordedEvent],
+    decide: F,
+) -> Result<(), BatchFailure>
 where
     F: Fn(&'a RecordedEvent) -> Fut,
     Fut: std::future::Future<Output = Result<Option<AppendRequest>, HandlerError>>,

@@ -283,7 +283,10 @@ impl SqlProjection for Availability {
 
     fn statements(&self, event: &RecordedEvent, out: &mut Vec<Statement>) -> Result<(), HandlerError> {
         let reservation = || event.stream.as_str().strip_prefix("reservation-").unwrap_or_default().to_string();
-        let status = |status: &str| Statement { sql: self.set_status.clone(), params: vec![status.into(), reservation().into()] };
+        let status = |status: &str| Statement {
+            sql: self.set_status.clone(),
+            params: vec![status.into(), reservation().into()],
+        };
         match event.event_type.as_str() {
             types::UNIT_CONFIGURED => {
                 let Some(unit) = unit_of(event) else { return Ok(()) };

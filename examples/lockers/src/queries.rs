@@ -260,7 +260,9 @@ impl Queries {
             let order = match sort {
                 UnitSort::Name => a.name.cmp(&b.name),
                 UnitSort::Location => a.location.cmp(&b.location),
-                UnitSort::Response => (a.response_ms.is_none(), a.response_ms).cmp(&(b.response_ms.is_none(), b.response_ms)),
+                UnitSort::Response => {
+                    (a.response_ms.is_none(), a.response_ms).cmp(&(b.response_ms.is_none(), b.response_ms))
+                }
                 UnitSort::LastOnline => a.last_online_ms.cmp(&b.last_online_ms),
                 UnitSort::ConfigPushed => a.config_pushed_ms.cmp(&b.config_pushed_ms),
             };
@@ -275,7 +277,13 @@ impl Queries {
     }
 
     /// A page of a unit's event log, newest first unless `ascending`.
-    pub async fn event_log(&self, unit: &str, page: i64, size: i64, ascending: bool) -> Result<EventLogPage, ReelError> {
+    pub async fn event_log(
+        &self,
+        unit: &str,
+        page: i64,
+        size: i64,
+        ascending: bool,
+    ) -> Result<EventLogPage, ReelError> {
         if !(1..=MAX_PAGE_SIZE).contains(&size) {
             return Err(ReelError::InvalidArgument(format!("size must be 1 to {MAX_PAGE_SIZE}")));
         }
@@ -321,7 +329,13 @@ impl Queries {
         EventLog::table(&self.serving.naming("eventlog"))
     }
 
-    async fn event_log_rows(&self, unit: &str, ascending: bool, limit: i64, offset: i64) -> Result<Vec<EventLogRow>, ReelError> {
+    async fn event_log_rows(
+        &self,
+        unit: &str,
+        ascending: bool,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<EventLogRow>, ReelError> {
         let direction = if ascending { "ASC" } else { "DESC" };
         let sql = format!(
             "SELECT position, location, occurrence, locker, occurred_us, recorded_us FROM {} WHERE unit = $1 \
@@ -346,7 +360,12 @@ impl Queries {
     }
 
     /// Free lockers per location for the window `[from, to)` (Unix µs), at `now`.
-    pub async fn availability(&self, from_us: i64, to_us: i64, now_us: i64) -> Result<Vec<LocationAvailability>, ReelError> {
+    pub async fn availability(
+        &self,
+        from_us: i64,
+        to_us: i64,
+        now_us: i64,
+    ) -> Result<Vec<LocationAvailability>, ReelError> {
         let naming = self.serving.naming("availability");
         let lockers = Availability::lockers_table(&naming);
         let reservations = Availability::reservations_table(&naming);
@@ -371,7 +390,13 @@ impl Queries {
     }
 
     /// A unit's lockers, each free or not for `[from, to)` at `now`.
-    pub async fn unit_lockers(&self, unit: &str, from_us: i64, to_us: i64, now_us: i64) -> Result<Vec<LockerAvailability>, ReelError> {
+    pub async fn unit_lockers(
+        &self,
+        unit: &str,
+        from_us: i64,
+        to_us: i64,
+        now_us: i64,
+    ) -> Result<Vec<LockerAvailability>, ReelError> {
         let naming = self.serving.naming("availability");
         let lockers = Availability::lockers_table(&naming);
         let reservations = Availability::reservations_table(&naming);
@@ -414,7 +439,10 @@ impl Queries {
         let table = Revenue::table(&self.serving.naming("revenue"));
         let sql = format!("SELECT location, day, cents FROM {table} ORDER BY day DESC, location LIMIT 1000");
         let rows = self.read.rows(&sql, vec![]).await?;
-        Ok(rows.into_iter().map(|r| RevenueRow { location: r[0].text(), day: r[1].text(), cents: r[2].int() }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| RevenueRow { location: r[0].text(), day: r[1].text(), cents: r[2].int() })
+            .collect())
     }
 
     /// Raw rows of a projection's table, ordered by every column: to compare two versions.

@@ -117,7 +117,8 @@ impl reel_sqlite::SqliteProjection for Portable {
             statements.clear();
             self.0.statements(event, &mut statements).map_err(|e| BatchFailure::at(index, e))?;
             for statement in &statements {
-                let mut prepared = tx.prepare_cached(&sqlite_sql(&statement.sql)).map_err(|e| BatchFailure::at(index, e))?;
+                let mut prepared =
+                    tx.prepare_cached(&sqlite_sql(&statement.sql)).map_err(|e| BatchFailure::at(index, e))?;
                 prepared
                     .execute(rusqlite::params_from_iter(statement.params.iter().map(sqlite_value)))
                     .map_err(|e| BatchFailure::at(index, e))?;
@@ -278,7 +279,9 @@ impl SqliteReaders {
                     values.push(match row.get_ref(i)? {
                         rusqlite::types::ValueRef::Integer(v) => Value::Int(Some(v)),
                         rusqlite::types::ValueRef::Real(v) => Value::Int(Some(v as i64)),
-                        rusqlite::types::ValueRef::Text(v) => Value::Text(Some(String::from_utf8_lossy(v).into_owned())),
+                        rusqlite::types::ValueRef::Text(v) => {
+                            Value::Text(Some(String::from_utf8_lossy(v).into_owned()))
+                        }
                         rusqlite::types::ValueRef::Blob(_) | rusqlite::types::ValueRef::Null => Value::Int(None),
                     });
                 }

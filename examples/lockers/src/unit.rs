@@ -109,7 +109,13 @@ impl Random {
 impl SimUnit {
     /// A unit sending its events through `outlet`; configured at install with `config` when the
     /// platform cannot push configuration to it (fetch units).
-    pub fn new(name: String, link: UnitLinkKind, location: String, outlet: Outlet, installed: Option<UnitConfig>) -> Self {
+    pub fn new(
+        name: String,
+        link: UnitLinkKind,
+        location: String,
+        outlet: Outlet,
+        installed: Option<UnitConfig>,
+    ) -> Self {
         let state = UnitState { config: installed, ..UnitState::default() };
         Self { name, link, location, outlet, state: tokio::sync::Mutex::new(state), online: AtomicBool::new(true) }
     }
@@ -156,7 +162,12 @@ impl SimUnit {
     }
 
     /// Records one event at the unit.
-    async fn record(&self, event_type: &str, event: UnitEvent, tag: Option<String>) -> Result<(), reel_core::ReelError> {
+    async fn record(
+        &self,
+        event_type: &str,
+        event: UnitEvent,
+        tag: Option<String>,
+    ) -> Result<(), reel_core::ReelError> {
         let id = EventId::new_v7();
         let tags: Vec<String> = tag.into_iter().collect();
         match &self.outlet {
@@ -165,7 +176,8 @@ impl SimUnit {
                 store.append(&unit_stream(&self.name)?, ExpectedVersion::Any, vec![new]).await?;
             }
             Outlet::Mqtt { held, .. } => {
-                let payload = serde_json::json!({ "id": id.to_string(), "type": event_type, "data": event, "tags": tags });
+                let payload =
+                    serde_json::json!({ "id": id.to_string(), "type": event_type, "data": event, "tags": tags });
                 held.lock().unwrap_or_else(|p| p.into_inner()).push(payload);
                 if self.is_online() {
                     self.flush().await;
@@ -211,7 +223,12 @@ impl SimUnit {
     }
 
     /// Takes one configuration event (version `version` of its config stream) unless taken.
-    pub async fn take_config(&self, version: u64, event_type: &str, data: serde_json::Value) -> Result<(), reel_core::ReelError> {
+    pub async fn take_config(
+        &self,
+        version: u64,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<(), reel_core::ReelError> {
         let mut state = self.state.lock().await;
         if version < state.config_taken {
             return Ok(());
@@ -219,7 +236,9 @@ impl SimUnit {
         state.config_taken = version + 1;
         match event_type {
             types::UNIT_CONFIGURED => {
-                state.config = Some(serde_json::from_value(data).map_err(|e| reel_core::ReelError::InvalidArgument(e.to_string()))?);
+                state.config = Some(
+                    serde_json::from_value(data).map_err(|e| reel_core::ReelError::InvalidArgument(e.to_string()))?,
+                );
             }
             types::RESERVATION_ASSIGNED => {
                 let command: ReservationCommand =
@@ -238,7 +257,8 @@ impl SimUnit {
                 drop(state);
                 match taken {
                     Some(rental) => {
-                        answer.reason = Some(format!("locker {} was rented at the unit (rental {rental})", command.locker));
+                        answer.reason =
+                            Some(format!("locker {} was rented at the unit (rental {rental})", command.locker));
                         self.record(types::RESERVATION_REJECTED, answer, None).await?;
                     }
                     None => {
@@ -286,7 +306,8 @@ impl SimUnit {
         for reservation in starting {
             self.state.lock().await.accepted.remove(&reservation.reservation);
             let rental = format!("r{}", uuid::Uuid::now_v7().simple());
-            self.start_rental(&reservation.locker, rental, reservation.window, Some(reservation.reservation), 0).await?;
+            self.start_rental(&reservation.locker, rental, reservation.window, Some(reservation.reservation), 0)
+                .await?;
         }
         if !random.chance(activity) {
             return Ok(());

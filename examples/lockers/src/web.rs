@@ -108,9 +108,9 @@ impl From<ReelError> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             ReelError::StreamNotFound { .. } => StatusCode::NOT_FOUND,
-            ReelError::WrongExpectedVersion { .. } | ReelError::ConditionFailed { .. } | ReelError::DuplicateEventId { .. } => {
-                StatusCode::CONFLICT
-            }
+            ReelError::WrongExpectedVersion { .. }
+            | ReelError::ConditionFailed { .. }
+            | ReelError::DuplicateEventId { .. } => StatusCode::CONFLICT,
             ReelError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ReelError::Closed | ReelError::TimedOut { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -165,7 +165,13 @@ type Answer<T> = Result<axum::Json<T>, ApiError>;
 
 async fn ui() -> impl IntoResponse {
     (
-        [(header::CACHE_CONTROL, "no-store"), (header::CONTENT_SECURITY_POLICY, "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'")],
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+            ),
+        ],
         Html(include_str!("ui.html")),
     )
 }
@@ -182,7 +188,10 @@ async fn configure(State(state): State<AppState>, Json(body): Json<ConfigureBody
     Ok(axum::Json(serde_json::json!({ "unit": body.unit, "config_version": version })))
 }
 
-async fn reserve(State(state): State<AppState>, Json(body): Json<ReserveCommand>) -> Answer<crate::commands::ReservationAnswer> {
+async fn reserve(
+    State(state): State<AppState>,
+    Json(body): Json<ReserveCommand>,
+) -> Answer<crate::commands::ReservationAnswer> {
     Ok(axum::Json(state.commands.reserve(&body).await?))
 }
 
@@ -192,11 +201,17 @@ struct ReservationBody {
     reservation: String,
 }
 
-async fn confirm(State(state): State<AppState>, Json(body): Json<ReservationBody>) -> Answer<crate::commands::ReservationAnswer> {
+async fn confirm(
+    State(state): State<AppState>,
+    Json(body): Json<ReservationBody>,
+) -> Answer<crate::commands::ReservationAnswer> {
     Ok(axum::Json(state.commands.confirm(&body.reservation).await?))
 }
 
-async fn cancel(State(state): State<AppState>, Json(body): Json<ReservationBody>) -> Answer<crate::commands::ReservationAnswer> {
+async fn cancel(
+    State(state): State<AppState>,
+    Json(body): Json<ReservationBody>,
+) -> Answer<crate::commands::ReservationAnswer> {
     Ok(axum::Json(state.commands.cancel(&body.reservation).await?))
 }
 
@@ -213,7 +228,11 @@ struct LinkBody {
 
 /// Registers a unit the platform reaches itself (it pushes configuration to it, or fetches its
 /// events from it) — as `reel devices register` does.
-async fn link_unit(State(state): State<AppState>, Path(name): Path<String>, Json(body): Json<LinkBody>) -> Answer<serde_json::Value> {
+async fn link_unit(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<LinkBody>,
+) -> Answer<serde_json::Value> {
     reel_core::check_device_name(&name)?;
     let link = UnitLink::parse(&body.link)?;
     if !body.endpoint.starts_with("http://") || body.endpoint.len() > 2_000 {
@@ -289,7 +308,10 @@ async fn event_log_csv(State(state): State<AppState>, Path(name): Path<String>) 
     reel_core::check_device_name(&name)?;
     let csv = state.queries.event_log_csv(&name).await?;
     let disposition = format!("attachment; filename=\"{name}-events.csv\"");
-    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)], csv)
+    Ok((
+        [(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)],
+        csv,
+    )
         .into_response())
 }
 
@@ -331,10 +353,15 @@ async fn unit_lockers(
 
 async fn unit_config(State(state): State<AppState>, Path(name): Path<String>) -> Answer<UnitConfig> {
     let config = state.commands.unit_config(&name).await?;
-    config.map(axum::Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unit {name} is not configured")))
+    config
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unit {name} is not configured")))
 }
 
-async fn availability(State(state): State<AppState>, Params(params): Params<WindowParams>) -> Answer<serde_json::Value> {
+async fn availability(
+    State(state): State<AppState>,
+    Params(params): Params<WindowParams>,
+) -> Answer<serde_json::Value> {
     let (from, to, now) = params.window()?;
     let locations = state.queries.availability(from, to, now).await?;
     Ok(axum::Json(serde_json::json!({ "from_ms": from / 1_000, "to_ms": to / 1_000, "locations": locations })))
@@ -347,7 +374,8 @@ async fn revenue(State(state): State<AppState>) -> Answer<serde_json::Value> {
 async fn reservation(State(state): State<AppState>, Path(id): Path<String>) -> Answer<crate::queries::ReservationRow> {
     crate::commands::check_reservation(&id)?;
     let row = state.queries.reservation(&id).await?;
-    row.map(axum::Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no reservation {id} (yet)")))
+    row.map(axum::Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no reservation {id} (yet)")))
 }
 
 /// The projections and processors: which version is served, and how far behind each is.
@@ -388,7 +416,8 @@ async fn simulate(
     let body: SimulateBody = if body.is_empty() {
         SimulateBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?
     };
     let Some(fleet) = state.fleet.get() else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no_simulator", "no simulated fleet runs in this process"));

@@ -40,7 +40,16 @@ fn the_ui_reserves_shows_units_going_offline_and_exports_the_event_log() {
     let prefix = format!("lockersui{}", std::process::id());
     let mut child = Command::new(env!("CARGO_BIN_EXE_lockers"))
         .args(["demo", "--units", "12", "--rate", "1", "--reservations", "0", "--offline", "0", "--heartbeat", "1"])
-        .args(["--listen", "127.0.0.1:0", "--reel-listen", "127.0.0.1:0", "--mqtt", "127.0.0.1:1883", "--mqtt-prefix", &prefix])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--reel-listen",
+            "127.0.0.1:0",
+            "--mqtt",
+            "127.0.0.1:1883",
+            "--mqtt-prefix",
+            &prefix,
+        ])
         .arg("--store")
         .arg(dir.path().join("platform.db"))
         .arg("--units-dir")
@@ -75,7 +84,13 @@ fn the_ui_reserves_shows_units_going_offline_and_exports_the_event_log() {
     );
     let kept = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let _ = std::fs::create_dir_all(&kept);
-    for name in ["lockers-units.png", "lockers-reserve.png", "lockers-unit-offline.png", "lockers-unit.png", "lockers-availability.png"] {
+    for name in [
+        "lockers-units.png",
+        "lockers-reserve.png",
+        "lockers-unit-offline.png",
+        "lockers-unit.png",
+        "lockers-availability.png",
+    ] {
         let shot = shots.path().join(name);
         assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "{name} was saved");
         let _ = std::fs::copy(&shot, kept.join(name));

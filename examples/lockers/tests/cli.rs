@@ -35,7 +35,10 @@ fn bad_flags_exit_non_zero_with_one_line_and_create_nothing() {
     assert_eq!(got, 1, "{stderr}");
     assert!(stderr.contains("no projection"), "{stderr}");
     // The simulator refuses to start when the platform is not there, saying where it looked.
-    let (got, stderr) = lockers(&["simulate", "--units", "1", "--app", "http://127.0.0.1:9", "--mqtt", "off", "--units-dir", "u"], dir.path());
+    let (got, stderr) = lockers(
+        &["simulate", "--units", "1", "--app", "http://127.0.0.1:9", "--mqtt", "off", "--units-dir", "u"],
+        dir.path(),
+    );
     assert_eq!(got, 1, "{stderr}");
     assert!(stderr.contains("reaching the platform's app API"), "{stderr}");
     let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();

@@ -95,7 +95,11 @@ async fn cancel_and_confirm_rules(store: TestStore) {
 
     // Confirm, then cancel before it starts: cancelled, refunded in full, window free.
     assert_eq!(commands.confirm(&paid.reservation).await.unwrap().status, ReservationStatus::Confirmed);
-    assert_eq!(commands.confirm(&paid.reservation).await.unwrap().status, ReservationStatus::Confirmed, "confirming twice is harmless");
+    assert_eq!(
+        commands.confirm(&paid.reservation).await.unwrap().status,
+        ReservationStatus::Confirmed,
+        "confirming twice is harmless"
+    );
     let cancelled = commands.cancel(&paid.reservation).await.unwrap();
     assert_eq!(cancelled.status, ReservationStatus::Cancelled);
     let state = commands.reservation(&paid.reservation).await.unwrap();
@@ -105,7 +109,10 @@ async fn cancel_and_confirm_rules(store: TestStore) {
     assert_eq!(commands.reservation(&paid.reservation).await.unwrap().refunded_cents, 250, "refunded once");
     let confirm_cancelled = commands.confirm(&paid.reservation).await;
     assert!(matches!(confirm_cancelled, Err(CommandError::Refused(_))), "{confirm_cancelled:?}");
-    assert!(commands.reserve(&reserve("PL-1", "C", later, 1)).await.is_ok(), "a cancelled reservation frees its window");
+    assert!(
+        commands.reserve(&reserve("PL-1", "C", later, 1)).await.is_ok(),
+        "a cancelled reservation frees its window"
+    );
 
     // One that has started cannot be cancelled.
     let now = commands.reserve(&reserve("PL-1", "D", now_ms, 1)).await.unwrap();
@@ -146,7 +153,10 @@ async fn cancel_and_confirm_rules(store: TestStore) {
     // Every event of a reservation carries its locker's tag, so the rule sees it.
     let page = events
         .read_query(
-            &reel_core::Query::new(vec![reel_core::QueryItem::tags(["locker:PL-1/C"]).with_types([types::REFUND_ISSUED])]).unwrap(),
+            &reel_core::Query::new(vec![
+                reel_core::QueryItem::tags(["locker:PL-1/C"]).with_types([types::REFUND_ISSUED])
+            ])
+            .unwrap(),
             reel_core::Position(0),
             10,
         )

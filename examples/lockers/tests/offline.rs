@@ -11,7 +11,9 @@ use common::{eventually, get, post, TestStore};
 use lockers::domain::types;
 
 async fn reserve_and_confirm(app: &str, unit: &str, locker: &str) -> String {
-    let (status, body) = post(&format!("{app}/api/commands/reserve"), &format!(r#"{{"unit":"{unit}","locker":"{locker}","hours":1}}"#)).await;
+    let (status, body) =
+        post(&format!("{app}/api/commands/reserve"), &format!(r#"{{"unit":"{unit}","locker":"{locker}","hours":1}}"#))
+            .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "paid");
     let id = body["reservation"].as_str().unwrap().to_string();
@@ -49,24 +51,33 @@ async fn offline_divergence(unit: &str, platform: &common::Running, fleet: &lock
     let state = platform.commands.reservation(&taken).await.unwrap();
     assert_eq!(state.paid_cents, 250);
     assert_eq!(state.refunded_cents, 250, "the rejected reservation is refunded in full");
-    assert!(state.reason.as_deref().unwrap_or_default().contains(&rental), "the reason names the unit's rental: {:?}", state.reason);
+    assert!(
+        state.reason.as_deref().unwrap_or_default().contains(&rental),
+        "the reason names the unit's rental: {:?}",
+        state.reason
+    );
     eventually(60, "the reservation of the free locker to be accepted", || async {
         status_of(app, &free).await.filter(|s| s == "accepted")
     })
     .await;
 
     // The offline rental is now known centrally: the same locker cannot be reserved for now.
-    let (status, body) = post(&format!("{app}/api/commands/reserve"), &format!(r#"{{"unit":"{unit}","locker":"A","hours":1}}"#)).await;
+    let (status, body) =
+        post(&format!("{app}/api/commands/reserve"), &format!(r#"{{"unit":"{unit}","locker":"A","hours":1}}"#)).await;
     assert_eq!((status, body["error"].as_str()), (409, Some("refused")), "{body}");
     assert!(body["message"].as_str().unwrap().contains("rental"), "{body}");
     // The unit's offline period is in its event log, in the order it happened.
     let (_, log) = get(&format!("{app}/api/queries/units/{unit}/events?size=100&order=asc")).await;
-    let occurrences: Vec<&str> = log["rows"].as_array().unwrap().iter().map(|r| r["occurrence"].as_str().unwrap()).collect();
+    let occurrences: Vec<&str> =
+        log["rows"].as_array().unwrap().iter().map(|r| r["occurrence"].as_str().unwrap()).collect();
     let offline = occurrences.iter().position(|o| *o == types::HARDWARE_OFFLINE).expect("HardwareOffline logged");
     let rented = occurrences.iter().position(|o| *o == types::RENTAL_STARTED).expect("RentalStarted logged");
     let online = occurrences.iter().position(|o| *o == types::HARDWARE_ONLINE).expect("HardwareOnline logged");
     assert!(offline < rented && rented < online, "{occurrences:?}");
-    assert!(occurrences.contains(&types::RESERVATION_REJECTED) && occurrences.contains(&types::RESERVATION_ACCEPTED), "{occurrences:?}");
+    assert!(
+        occurrences.contains(&types::RESERVATION_REJECTED) && occurrences.contains(&types::RESERVATION_ACCEPTED),
+        "{occurrences:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -99,13 +110,28 @@ async fn the_app_api_refuses_bad_requests_and_changes_nothing() {
         ("/api/commands/reserve", r#"{"unit":"PL-7","locker":"A","hours":2}"#, 400, "invalid_argument"),
         ("/api/commands/reserve", r#"{"unit":"PL-8","locker":"A"}"#, 404, "not_found"),
         ("/api/commands/reserve", r#"{"unit":"PL-7","locker":"Q"}"#, 404, "not_found"),
-        ("/api/commands/reserve", r#"{"unit":"PL-7","locker":"A","from_ms":-99999999999999999}"#, 400, "invalid_argument"),
+        (
+            "/api/commands/reserve",
+            r#"{"unit":"PL-7","locker":"A","from_ms":-99999999999999999}"#,
+            400,
+            "invalid_argument",
+        ),
         ("/api/commands/confirm", r#"{"reservation":"x","extra":1}"#, 400, "invalid_json"),
         ("/api/commands/confirm", r#"{"reservation":"nope"}"#, 404, "not_found"),
         ("/api/commands/cancel", r#"{"reservation":""}"#, 400, "invalid_argument"),
-        ("/api/commands/configure", r#"{"unit":"PL-7","config":{"display_name":"x","location":"y","lockers":[],"price_cents_per_hour":1,"rental_hours":[1]}}"#, 400, "invalid_argument"),
+        (
+            "/api/commands/configure",
+            r#"{"unit":"PL-7","config":{"display_name":"x","location":"y","lockers":[],"price_cents_per_hour":1,"rental_hours":[1]}}"#,
+            400,
+            "invalid_argument",
+        ),
         ("/api/admin/units/PL-7/link", r#"{"endpoint":"ftp://x","link":"push"}"#, 400, "invalid_argument"),
-        ("/api/admin/units/PL-7/link", r#"{"endpoint":"http://127.0.0.1:9/","link":"carrier-pigeon"}"#, 400, "invalid_argument"),
+        (
+            "/api/admin/units/PL-7/link",
+            r#"{"endpoint":"http://127.0.0.1:9/","link":"carrier-pigeon"}"#,
+            400,
+            "invalid_argument",
+        ),
         ("/api/simulator/units/PL-7/offline", "", 404, "no_simulator"),
     ];
     for (path, body, status, code) in cases {

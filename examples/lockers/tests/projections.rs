@@ -16,11 +16,17 @@ use reel_subscriptions::SubscriptionEngine;
 fn tables(name: &str, prefix: &str, version: u32) -> Vec<(String, &'static str)> {
     let t = |base: &str| format!("{prefix}lockers_{base}_{version}");
     match name {
-        "units" => vec![(t("units"), "unit, display_name, location, lockers, price_cents_per_hour, rental_hours, config_events, configured_us")],
+        "units" => vec![(
+            t("units"),
+            "unit, display_name, location, lockers, price_cents_per_hour, rental_hours, config_events, configured_us",
+        )],
         "eventlog" => vec![(t("eventlog"), "position, unit, location, occurrence, locker, occurred_us, recorded_us")],
         "availability" => vec![
             (t("availability_lockers"), "unit, locker, location, occupied"),
-            (t("availability_reservations"), "reservation, unit, locker, location, from_us, to_us, hold_until_us, amount_cents, status"),
+            (
+                t("availability_reservations"),
+                "reservation, unit, locker, location, from_us, to_us, hold_until_us, amount_cents, status",
+            ),
         ],
         _ => vec![(t("revenue"), "location, day, cents"), (t("revenue_places"), "reservation, location")],
     }
@@ -46,7 +52,10 @@ async fn rebuilt_equals_live(store: TestStore) {
     for i in 0..20 {
         let unit = format!("PL-{}", 1000 + (i % 5));
         let card = if i % 7 == 0 { "tok_fail" } else { "tok_ok" };
-        let body = format!(r#"{{"unit":"{unit}","locker":"H","from_ms":{},"hours":1,"card":"{card}"}}"#, 1_900_000_000_000i64 + i * 3_600_000);
+        let body = format!(
+            r#"{{"unit":"{unit}","locker":"H","from_ms":{},"hours":1,"card":"{card}"}}"#,
+            1_900_000_000_000i64 + i * 3_600_000
+        );
         let (_, answer) = common::post(&format!("{}/api/commands/reserve", platform.app), &body).await;
         if let Some(id) = answer["reservation"].as_str() {
             let command = format!(r#"{{"reservation":"{id}"}}"#);
