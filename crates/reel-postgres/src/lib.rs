@@ -18,12 +18,12 @@
 //! # Ok(()) }
 //! ```
 
+mod connections;
 mod durable;
 mod fast_append;
 mod listener;
 mod presence;
 mod reader;
-mod readers;
 mod schema;
 mod snapshots;
 mod subscriptions;
@@ -58,7 +58,7 @@ struct Inner {
     schema: String,
     limits: AppendLimits,
     jobs: mpsc::Sender<reel_core::backend::WriteJob>,
-    readers: readers::Readers,
+    readers: connections::Readers,
     /// Heartbeats' own connection (opened on the first), committing without waiting for the
     /// WAL flush: a fleet's heartbeats are hundreds a second, and one flush each on the reader
     /// connection queued every read behind them.
@@ -142,7 +142,7 @@ impl PostgresStore {
         let writer_name = format!("reel-writer-{schema}");
         let mut setup = spawn_client(url, &writer_name).await?;
         schema::migrate(&mut setup, schema).await?;
-        let reader = spawn_client(url, &readers::Readers::name(schema)).await?;
+        let reader = spawn_client(url, &connections::Readers::name(schema)).await?;
         let head = Arc::new(HeadNotifier::new(reader::head(&reader, schema).await?));
         let (jobs, receiver) = mpsc::channel(4096);
         let writer_url = url.to_string();
@@ -157,7 +157,7 @@ impl PostgresStore {
                 schema: schema.to_string(),
                 limits,
                 jobs,
-                readers: readers::Readers::new(url, schema, reader),
+                readers: connections::Readers::new(url, schema, reader),
                 heartbeats: Mutex::new(None),
                 names: reader::StreamNames::default(),
                 head,
@@ -194,7 +194,7 @@ impl PostgresStore {
     }
 
     /// A reader connection for one read (see readers.rs), reconnected when it was lost.
-    async fn reader(&self) -> Result<readers::LentReader, ReelError> {
+    async fn reader(&self) -> Result<connections::LentReader, ReelError> {
         self.inner.readers.lend().await
     }
 

@@ -9,10 +9,10 @@ use reel_core::{
     BatchFailure, Checkpoint, EventId, HandlerError, ParkedEvent, Position, ProjectionStore, RecordedEvent, ReelError,
     Subscription, SubscriptionCriteria, SubscriptionId, SubscriptionStore, Timestamp,
 };
-use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Row;
 
+use crate::connections::{ExclusiveConnections, LentConnection};
 use crate::spawn_client;
 
 /// The work a projection does inside its checkpoint transaction.
@@ -23,9 +23,8 @@ pub type ProjectionWork<'t> = std::pin::Pin<
 /// Subscriptions of one schema. Projections may commit their rows with their checkpoint through
 /// [`PostgresSubscriptionStore::save_with`].
 pub struct PostgresSubscriptionStore {
-    url: String,
     schema: String,
-    client: Mutex<Client>,
+    connections: ExclusiveConnections,
 }
 
 const COLUMNS: &str = "id, group_name, run_mode, status, position, retry_attempt, error_message, error_previous_status,
@@ -58,20 +57,14 @@ impl PostgresSubscriptionStore {
     /// Connects to the (already migrated) schema of a `PostgresStore`.
     pub async fn connect(url: &str, schema: &str) -> Result<Self, ReelError> {
         crate::schema::validate_schema(schema)?;
-        Ok(Self {
-            url: url.to_string(),
-            schema: schema.to_string(),
-            client: Mutex::new(spawn_client(url, "reel").await?),
-        })
+        let name = format!("reel-subscriptions-{schema}");
+        let first = spawn_client(url, &name).await?;
+        Ok(Self { schema: schema.to_string(), connections: ExclusiveConnections::new(url, &name, first) })
     }
 
-    /// The connection, reconnected when it was lost.
-    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, ReelError> {
-        let mut client = self.client.lock().await;
-        if client.is_closed() {
-            *client = spawn_client(&self.url, "reel").await?;
-        }
-        Ok(client)
+    /// A connection of its own for one operation (connections.rs), reconnected when it was lost.
+    async fn client(&self) -> Result<LentConnection, ReelError> {
+        self.connections.lend().await
     }
 
     /// Runs `work` in a transaction and saves `subscription` in it (compare-and-swap, and the

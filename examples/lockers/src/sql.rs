@@ -145,20 +145,43 @@ impl reel_postgres::PostgresProjection for Portable {
     }
 
     async fn apply(&self, tx: &tokio_postgres::Transaction<'_>, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+        // Every statement of the batch, with the index of the event it is for.
+        let mut statements: Vec<(usize, Statement)> = Vec::new();
+        let mut of_event = Vec::new();
+        for (index, event) in batch.iter().enumerate() {
+            of_event.clear();
+            self.0.statements(event, &mut of_event).map_err(|e| BatchFailure::at(index, e))?;
+            statements.extend(of_event.drain(..).map(|statement| (index, statement)));
+        }
         // Each distinct statement is prepared once per batch, not once per event.
         let mut prepared: HashMap<Arc<str>, tokio_postgres::Statement> = HashMap::new();
-        let mut statements = Vec::new();
-        for (index, event) in batch.iter().enumerate() {
-            statements.clear();
-            self.0.statements(event, &mut statements).map_err(|e| BatchFailure::at(index, e))?;
-            for statement in &statements {
-                if !prepared.contains_key(&statement.sql) {
-                    let ready = tx.prepare(&statement.sql).await.map_err(|e| BatchFailure::at(index, e))?;
-                    prepared.insert(statement.sql.clone(), ready);
-                }
-                let params = postgres_params(&statement.params);
-                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-                tx.execute(&prepared[&statement.sql], &refs).await.map_err(|e| BatchFailure::at(index, e))?;
+        for (index, statement) in &statements {
+            if !prepared.contains_key(&statement.sql) {
+                let ready = tx.prepare(&statement.sql).await.map_err(|e| BatchFailure::at(*index, e))?;
+                prepared.insert(statement.sql.clone(), ready);
+            }
+        }
+        // Sent one after another without waiting for each answer (the driver pipelines the
+        // statements of one connection and PostgreSQL runs them in order): one round trip per
+        // event would hold the batch's transaction, and the projection, for as many round trips
+        // as the batch has statements. After a failure the later ones fail too ("transaction is
+        // aborted"); the first error is the one that says why.
+        // At most `PIPELINE` in flight at once: enough to hide the round trips, without a batch
+        // of thousands of statements (a rebuild) in the driver's queues at once.
+        const PIPELINE: usize = 32;
+        for chunk in statements.chunks(PIPELINE) {
+            let params: Vec<_> = chunk.iter().map(|(_, statement)| postgres_params(&statement.params)).collect();
+            let refs: Vec<Vec<&(dyn ToSql + Sync)>> = params
+                .iter()
+                .map(|params| params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect())
+                .collect();
+            let executions = chunk
+                .iter()
+                .zip(&refs)
+                .map(|((_, statement), refs)| tx.execute(&prepared[&statement.sql], refs.as_slice()));
+            let outcomes = futures_util::future::join_all(executions).await;
+            for ((index, _), outcome) in chunk.iter().zip(outcomes) {
+                outcome.map_err(|e| BatchFailure::at(*index, e))?;
             }
         }
         Ok(())

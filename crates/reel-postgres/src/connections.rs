@@ -1,4 +1,4 @@
-//! The store's reader connections: a few, opened as reads overlap.
+//! The store's connections for reads and for subscriptions: a few each, opened as work overlaps.
 //!
 //! PostgreSQL runs one statement at a time per connection, so a single reader connection made
 //! every read wait behind the slowest one in flight: under a fleet's load, a page of the log for
@@ -8,13 +8,18 @@
 //! [`MAX_READERS`] are open, and otherwise shares the one with the fewest reads in flight
 //! (statements pipeline on a connection). One connection stays enough for a store that reads
 //! one thing at a time, so tests and small deployments do not hold more than they use.
+//!
+//! Subscriptions need a connection to themselves for a transaction (a projection's rows and its
+//! checkpoint commit together), so [`ExclusiveConnections`] lends each to one user at a time; it
+//! used to be one connection for every projection, processor and lease of the store, and a
+//! projection's batch of many statements held up all the others.
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use reel_core::ReelError;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio_postgres::Client;
 
 /// Most reader connections one store opens.
@@ -82,5 +87,74 @@ impl Readers {
         };
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(LentReader { client: chosen.client.clone(), in_flight: chosen.in_flight.clone() })
+    }
+}
+
+/// Most connections one subscription store opens.
+pub(crate) const MAX_EXCLUSIVE: usize = 4;
+
+/// Connections each lent to one user at a time, opened while all are in use, up to
+/// [`MAX_EXCLUSIVE`].
+pub(crate) struct ExclusiveConnections {
+    url: String,
+    name: String,
+    slots: std::sync::Mutex<Vec<Arc<Mutex<Option<Client>>>>>,
+    /// Whose turn it is to be waited for when every slot is in use.
+    turn: AtomicUsize,
+}
+
+/// A connection lent to one user until dropped.
+pub(crate) struct LentConnection(OwnedMutexGuard<Option<Client>>);
+
+impl Deref for LentConnection {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        self.0.as_ref().expect("a lent connection is connected")
+    }
+}
+
+impl std::ops::DerefMut for LentConnection {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.0.as_mut().expect("a lent connection is connected")
+    }
+}
+
+impl ExclusiveConnections {
+    /// Starts with `first`, already connected and named `name`.
+    pub(crate) fn new(url: &str, name: &str, first: Client) -> Self {
+        Self {
+            url: url.to_string(),
+            name: name.to_string(),
+            slots: std::sync::Mutex::new(vec![Arc::new(Mutex::new(Some(first)))]),
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    /// A free connection, a new one while fewer than [`MAX_EXCLUSIVE`] are open, or else the
+    /// next in turn once its user is done. A lost connection is replaced.
+    pub(crate) async fn lend(&self) -> Result<LentConnection, ReelError> {
+        let (free, busy) = {
+            let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let free = slots.iter().find_map(|slot| slot.clone().try_lock_owned().ok());
+            match free {
+                Some(guard) => (Some(guard), None),
+                None if slots.len() < MAX_EXCLUSIVE => {
+                    let slot = Arc::new(Mutex::new(None));
+                    slots.push(slot.clone());
+                    (Some(slot.try_lock_owned().expect("a new slot is free")), None)
+                }
+                None => (None, Some(slots[self.turn.fetch_add(1, Ordering::Relaxed) % slots.len()].clone())),
+            }
+        };
+        let mut guard = match (free, busy) {
+            (Some(guard), _) => guard,
+            (None, Some(slot)) => slot.lock_owned().await,
+            (None, None) => unreachable!("either a free slot or a busy one"),
+        };
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(crate::spawn_client(&self.url, &self.name).await?);
+        }
+        Ok(LentConnection(guard))
     }
 }
