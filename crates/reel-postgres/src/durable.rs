@@ -8,11 +8,12 @@
 //! writer then runs a *barrier*: a tiny durable write that
 //! records the head it can see. WAL is flushed in order, so when the barrier's commit is flushed,
 //! every commit it could see is flushed too, and barriers of many processes share one flush
-//! (PostgreSQL's own group commit). The one-call append (`append_group_v4`, migrations 7 and 10) sends
+//! (PostgreSQL's own group commit). The one-call append (`append_group_v5`, migrations 7, 10 and 11) sends
 //! its barrier right behind the call, in the same round trip.
 //!
 //! An append is answered only after its durable commit or its barrier (invariant 5). Readers read
-//! only up to the durable head, the highest position any row records, so nobody ever sees an
+//! only up to the durable head, the highest position a barrier's row or a durable commit (in the
+//! head row's `durable`) records, so nobody ever sees an
 //! event that a crash of the database could still take back; positions committed but not yet
 //! confirmed stay invisible until their barrier (invariant 4 is unchanged: the durable head only
 //! moves forward, and everything below it is committed). A crash of the database loses at most a
@@ -26,9 +27,13 @@ use tokio_postgres::Client;
 
 use crate::writer::{prepared, Statements};
 
-/// SQL for the durable head, as a scalar subquery.
+/// SQL for the durable head, as a scalar subquery: the highest position a barrier recorded, or
+/// a durable commit recorded in the head row (migration 11), whichever is greater.
 pub(crate) fn durable_head_sql(schema: &str) -> String {
-    format!("(SELECT coalesce(max(position), 0) FROM {schema}.durable_head)")
+    format!(
+        "(SELECT greatest(coalesce(max(d.position), 0), (SELECT h.durable FROM {schema}.head h))
+          FROM {schema}.durable_head d)"
+    )
 }
 
 /// Confirms every commit this connection can see: records the current head in the

@@ -1,7 +1,7 @@
 //! The one-round-trip append: the usual way a group is written.
 //!
 //! The writer decides the group against what it knows of its streams (remembered from its own
-//! earlier groups, or read without any lock), then calls `append_group_v4` (migrations 7 and 10), which
+//! earlier groups, or read without any lock), then calls `append_group_v5` (migrations 7, 10 and 11), which
 //! in one statement locks the group's streams and checks that each is still as the writer saw
 //! it, then takes the head, writes the events with positions after it and moves it. The head is
 //! held only for that insert, and the call commits without waiting for its flush; a barrier
@@ -177,7 +177,7 @@ pub(crate) async fn try_append(
     }
     let unknown = |error: ReelError| Some(requests.iter().map(|_| Err(error.clone())).collect());
     let sql = format!(
-        "SELECT {schema}.append_group_v4($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+        "SELECT {schema}.append_group_v5($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
                                          $18, $19, $20, $21)"
     );
     let Ok(statement) = prepared(client, statements, sql).await else { return None };
@@ -313,7 +313,7 @@ fn plainly_new(request: &AppendRequest, state: &StreamState<'_>) -> bool {
     matches!(check_recent(&request.stream, &state.recent, &request.events), Ok(RecentIds::New))
 }
 
-/// How a call of `append_group_v4` ended.
+/// How a call of `append_group_v5` ended.
 enum Call {
     /// Written after `head` (durably, or for a barrier to confirm, as the call was asked).
     Written { head: Position },
@@ -324,7 +324,7 @@ enum Call {
     Unknown(ReelError),
 }
 
-/// Calls `append_group_v4`.
+/// Calls `append_group_v5`.
 async fn call_append_group(
     client: &Client,
     statement: &tokio_postgres::Statement,
@@ -372,7 +372,8 @@ async fn call_append_group(
                 &group.types,
                 &group.data,
                 &group.metadata,
-                &group.tags,
+                // NULL when no event has tags: the call then skips the tag index.
+                &group.tags.iter().any(Option::is_some).then_some(&group.tags),
                 &Timestamp::now().unix_micros(),
                 &durable,
                 &conditions.first_tags,

@@ -357,7 +357,7 @@ async fn load<'a, C: GenericClient + Sync>(
     with_ids.sort_unstable();
     with_ids.dedup();
 
-    // Streams first, in stream id order, then the head: the order `append_group_v4` (migration
+    // Streams first, in stream id order, then the head: the order `append_group_v5` (migration
     // 7) takes them in, so appenders never deadlock. The head is taken with its row lock alone
     // and the transaction commits without waiting for its flush; the barrier after it waits
     // for the flush instead (see durable.rs).
