@@ -131,7 +131,27 @@ impl KnownStreams {
         Some(window.ids)
     }
 
-    /// Forgets the group's streams (after the careful path, which may have changed them).
+    /// Remembers the group's streams as a committed group left them: each version, and the
+    /// window of recent ids where it held the stored window plus the group's own ids.
+    pub(crate) fn remember_written(&mut self, streams: HashMap<&str, StreamState<'_>>) {
+        for state in streams.into_values() {
+            if let (Some(id), Some(version)) = (state.stream_id, state.version) {
+                self.remember(state.name, id, version);
+                if state.window_complete {
+                    // The stored window plus this group's ids: the window at the new version.
+                    self.remember_window(state.name, version, state.recent);
+                } else {
+                    self.forget_window(state.name);
+                }
+            } else {
+                // Created by this group: its id is read the next time.
+                self.streams.remove(state.name);
+                self.forget_window(state.name);
+            }
+        }
+    }
+
+    /// Forgets the group's streams (before the careful path, which may change them).
     pub(crate) fn forget(&mut self, requests: &[&AppendRequest]) {
         for request in requests {
             self.streams.remove(&request.stream);
@@ -210,21 +230,7 @@ pub(crate) async fn try_append(
         }
     };
     contention.observe(head, Position(head.0 + offset.0));
-    for state in streams.into_values() {
-        if let (Some(id), Some(version)) = (state.stream_id, state.version) {
-            known.remember(state.name, id, version);
-            if state.window_complete {
-                // The stored window plus this group's ids: the window at the new version.
-                known.remember_window(state.name, version, state.recent);
-            } else {
-                known.forget_window(state.name);
-            }
-        } else {
-            // Created by this group: its id is read the next time.
-            known.streams.remove(state.name);
-            known.forget_window(state.name);
-        }
-    }
+    known.remember_written(streams);
     notifier.advance(durable);
     Some(
         relative

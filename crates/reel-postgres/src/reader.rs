@@ -58,20 +58,26 @@ pub async fn stream_version(
     stream: &StreamName,
 ) -> Result<Option<StreamVersion>, ReelError> {
     // The stream row's version may include an append not yet confirmed on disk; the newest event
-    // at or below the durable head is what readers may see.
+    // at or below the durable head is what readers may see: one step backwards through the
+    // stream's index. `+ 0` keeps that bound a filter: as an index condition PostgreSQL read the
+    // whole primary key up to the durable head and intersected it with the stream's entries, a
+    // cost that grew with the log (75–100 ms at 160,000 events, the largest share of a fleet's
+    // reads, against 0.2 ms now).
     let row = client
         .query_opt(
             &format!(
-                "SELECT e.stream_version FROM {schema}.streams s JOIN {schema}.events e ON e.stream_id = s.stream_id
-                 WHERE s.name = $1 AND e.position <= {}
-                 ORDER BY e.stream_version DESC LIMIT 1",
+                "SELECT (SELECT e.stream_version FROM {schema}.events e
+                         WHERE e.stream_id = s.stream_id AND e.position + 0 <= {}
+                         ORDER BY e.stream_version DESC LIMIT 1)
+                 FROM {schema}.streams s WHERE s.name = $1",
                 durable_head_sql(schema)
             ),
             &[&stream.as_str()],
         )
         .await
         .map_err(err("looking up a stream"))?;
-    Ok(row.map(|r| StreamVersion(r.get::<_, i64>(0) as u64)))
+    // A stream whose events are all beyond the durable head is not there yet for readers.
+    Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).map(|v| StreamVersion(v as u64)))
 }
 
 pub async fn read_stream(
@@ -95,11 +101,12 @@ pub async fn read_stream(
         Direction::Forward => (">=", "ASC"),
         Direction::Backward => ("<=", "DESC"),
     };
+    // The durable-head bound is a filter, not an index condition (see `stream_version`).
     let rows = client
         .query(
             &format!(
                 "SELECT {EVENT_COLUMNS} FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id
-                 WHERE e.stream_id = $1 AND e.stream_version {comparison} $2 AND e.position <= {durable}
+                 WHERE e.stream_id = $1 AND e.stream_version {comparison} $2 AND e.position + 0 <= {durable}
                  ORDER BY e.stream_version {order} LIMIT $3",
                 durable = durable_head_sql(schema)
             ),
