@@ -172,10 +172,7 @@ pub(crate) async fn try_append(
     contention: &mut Contention,
     notifier: &HeadNotifier,
 ) -> Option<Vec<Result<AppendResult, ReelError>>> {
-    let mut streams = match remembered(requests, known) {
-        Some(streams) => streams,
-        None => load_streams(client, statements, schema, requests).await.ok()?,
-    };
+    let mut streams = group_streams(client, statements, schema, requests, known).await.ok()?;
     let mut group = GroupWrite::default();
     let mut offset = Position(0);
     let mut relative = Vec::with_capacity(requests.len());
@@ -276,33 +273,45 @@ impl Contention {
     }
 }
 
-/// The group's streams from memory, when every one is remembered, and so is the recent-id
-/// window of each one appended with ids.
-fn remembered<'a>(
+/// The group's streams: from memory where the writer remembers a stream (and, for one appended
+/// with ids, its window of recent ids), read without a lock for the others. Only those are read:
+/// reading every stream of the group whenever one was unknown (a stream the previous group
+/// created, say) made a fleet's groups read up to 1,000 ids for each of their device streams.
+async fn group_streams<'a>(
+    client: &Client,
+    statements: &mut Statements,
+    schema: &str,
     requests: &[&'a AppendRequest],
     known: &mut KnownStreams,
-) -> Option<HashMap<&'a str, StreamState<'a>>> {
-    // Checked first, so that windows are taken only when the group goes this way.
+) -> Result<HashMap<&'a str, StreamState<'a>>, ReelError> {
+    let remembered_enough = |request: &AppendRequest| {
+        known.get(&request.stream).is_some_and(|(_, version)| {
+            request.events.iter().all(|e| e.id.is_none()) || known.has_window(&request.stream, version)
+        })
+    };
+    let unknown: std::collections::HashSet<&str> =
+        requests.iter().filter(|r| !remembered_enough(r)).map(|r| r.stream.as_str()).collect();
+    let to_read: Vec<&'a AppendRequest> =
+        requests.iter().filter(|r| unknown.contains(r.stream.as_str())).copied().collect();
+    let mut streams = if to_read.is_empty() {
+        HashMap::with_capacity(requests.len())
+    } else {
+        load_streams(client, statements, schema, &to_read).await?
+    };
     for request in requests {
-        let (_, version) = known.get(&request.stream)?;
-        if request.events.iter().any(|e| e.id.is_some()) && !known.has_window(&request.stream, version) {
-            return None;
-        }
-    }
-    let mut streams: HashMap<&'a str, StreamState<'a>> = HashMap::with_capacity(requests.len());
-    for request in requests {
-        if streams.contains_key(request.stream.as_str()) {
+        let name = request.stream.as_str();
+        if unknown.contains(name) || streams.contains_key(name) {
             continue;
         }
-        let (stream_id, version) = known.get(&request.stream)?;
+        let Some((stream_id, version)) = known.get(&request.stream) else { continue };
         let mut state = StreamState::stored(&request.stream, stream_id, version);
         if let Some(ids) = known.take_window(&request.stream, version) {
             state.recent = ids;
             state.window_complete = true;
         }
-        streams.insert(request.stream.as_str(), state);
+        streams.insert(name, state);
     }
-    Some(streams)
+    Ok(streams)
 }
 
 /// Whether the request is certainly a new append against the stream as seen: its expected
