@@ -134,23 +134,22 @@ impl ExclusiveConnections {
     /// A free connection, a new one while fewer than [`MAX_EXCLUSIVE`] are open, or else the
     /// next in turn once its user is done. A lost connection is replaced.
     pub(crate) async fn lend(&self) -> Result<LentConnection, ReelError> {
-        let (free, busy) = {
+        // A free slot's guard, or the busy slot whose turn it is to be waited for.
+        let taken = {
             let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let free = slots.iter().find_map(|slot| slot.clone().try_lock_owned().ok());
-            match free {
-                Some(guard) => (Some(guard), None),
+            match slots.iter().find_map(|slot| slot.clone().try_lock_owned().ok()) {
+                Some(guard) => Ok(guard),
                 None if slots.len() < MAX_EXCLUSIVE => {
                     let slot = Arc::new(Mutex::new(None));
                     slots.push(slot.clone());
-                    (Some(slot.try_lock_owned().expect("a new slot is free")), None)
+                    Ok(slot.try_lock_owned().expect("a new slot is free"))
                 }
-                None => (None, Some(slots[self.turn.fetch_add(1, Ordering::Relaxed) % slots.len()].clone())),
+                None => Err(slots[self.turn.fetch_add(1, Ordering::Relaxed) % slots.len()].clone()),
             }
         };
-        let mut guard = match (free, busy) {
-            (Some(guard), _) => guard,
-            (None, Some(slot)) => slot.lock_owned().await,
-            (None, None) => unreachable!("either a free slot or a busy one"),
+        let mut guard = match taken {
+            Ok(guard) => guard,
+            Err(busy) => busy.lock_owned().await,
         };
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             *guard = Some(crate::spawn_client(&self.url, &self.name).await?);
