@@ -262,6 +262,9 @@ pub enum BenchCommand {
         /// Events per `read_all` page.
         #[arg(long, default_value_t = 1_000)]
         page: usize,
+        /// Rounds of the two scans, alternating (the ratio is taken between their medians).
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
     },
 }
 
@@ -445,8 +448,8 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             };
             dcb::bench_dcb(&dir, &plan, args.event_size).await.map(|(rows, extra)| ("dcb", rows, extra))
         }
-        BenchCommand::Read { events, page } => {
-            bench_read(&dir, *events, (*page).clamp(1, reel_sqlite::MAX_READ_LIMIT), args.event_size)
+        BenchCommand::Read { events, page, rounds } => {
+            bench_read(&dir, *events, (*page).clamp(1, reel_sqlite::MAX_READ_LIMIT), args.event_size, *rounds)
                 .await
                 .map(|(rows, extra)| ("read", rows, extra))
         }

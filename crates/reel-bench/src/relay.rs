@@ -379,7 +379,7 @@ impl PlainClient for PlainRedis {
             for (name, value) in Envelope::of(event).headers {
                 command.arg(name).arg(value);
             }
-            command.arg("data").arg(event.data.as_slice()).ignore();
+            command.arg("data").arg(&event.data[..]).ignore();
         }
         let mut connection = self.connection.clone();
         pipe.query_async::<()>(&mut connection).await?;
@@ -478,7 +478,7 @@ impl PlainClient for PlainKafka {
             }
             let record = rdkafka::producer::FutureRecord::to(topic)
                 .key(event.stream.as_str())
-                .payload(event.data.as_slice())
+                .payload(&event.data[..])
                 .headers(headers);
             reports.push(self.producer.send_result(record).map_err(|(e, _)| anyhow!("enqueueing a record: {e}"))?);
         }

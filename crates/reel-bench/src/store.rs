@@ -12,7 +12,7 @@ use reel_sqlite::{CheckpointMode, SqliteOptions, SqliteStore};
 use rusqlite::params;
 
 use super::{
-    bench_stream, measure, measure_async, payload, populate, progress, reset_peak_rss, rss_kib, run_tasks, timed,
+    bench_stream, measure, measure_async, payload, populate, progress, reset_peak_rss, row, rss_kib, run_tasks, timed,
     timed_row, with_ratio, with_ratio_named, Row,
 };
 
@@ -129,6 +129,7 @@ pub(super) async fn bench_read(
     events: u64,
     page: usize,
     event_size: usize,
+    rounds: u32,
 ) -> Result<(Vec<Row>, serde_json::Value)> {
     let path = dir.join("reel-read.db");
     let store = SqliteStore::open(&path)?;
@@ -137,27 +138,53 @@ pub(super) async fn bench_read(
     populate(&store, events, &payload, &bar).await?;
     bar.finish_and_clear();
     let total = store.head().await?.0;
-    let mut rows = Vec::new();
-    let baseline = measure("raw rusqlite full scan in position order".into(), total, || raw_sqlite_scan(&path))?;
-    let baseline_rate = baseline.events_per_sec;
-    rows.push(baseline);
+    let store: Arc<dyn EventStore> = Arc::new(store);
+    // This machine's speed drifts by a third within minutes: the two scans alternate, and the
+    // ratio is taken between the medians (and per round, in the JSON).
+    let (mut baselines, mut scans, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let rss_before = rss_kib("VmRSS");
     reset_peak_rss();
-    let store: Arc<dyn EventStore> = Arc::new(store);
-    let row = measure_async(format!("reel read_all full scan, pages of {page}, one page read ahead"), total, async {
-        let mut reader = AllReader::new(store.clone(), Position(1), ReadAllFilter::default(), page);
-        let mut seen = 0u64;
-        while let Some(events) = reader.next_page().await? {
-            seen += events.len() as u64;
-        }
-        anyhow::ensure!(seen == total, "read {seen} of {total} events");
-        Ok(())
-    })
-    .await?;
+    for round in 1..=rounds.max(1) {
+        let baseline = measure(format!("raw rusqlite full scan in position order, round {round}"), total, || {
+            raw_sqlite_scan(&path)
+        })?;
+        let name = format!("reel read_all full scan, pages of {page}, one page read ahead, round {round}");
+        let scan = measure_async(name, total, async {
+            let mut reader = AllReader::new(store.clone(), Position(1), ReadAllFilter::default(), page);
+            let mut seen = 0u64;
+            while let Some(events) = reader.next_page().await? {
+                seen += events.len() as u64;
+            }
+            anyhow::ensure!(seen == total, "read {seen} of {total} events");
+            Ok(())
+        })
+        .await?;
+        ratios.push(scan.events_per_sec / baseline.events_per_sec);
+        baselines.push(baseline);
+        scans.push(scan);
+    }
     let peak = rss_kib("VmHWM");
-    rows.push(with_ratio(row, baseline_rate));
+    let median_rate = |rows: &[Row]| {
+        let mut rates: Vec<f64> = rows.iter().map(|r| r.events_per_sec).collect();
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let (baseline_rate, scan_rate) = (median_rate(&baselines), median_rate(&scans));
+    let mut rows = Vec::new();
+    for (baseline, scan) in baselines.into_iter().zip(scans) {
+        let rate = baseline.events_per_sec;
+        rows.push(baseline);
+        rows.push(with_ratio_named(scan, rate, "this round's baseline"));
+    }
+    let median = |name: String, rate: f64| row(name, total, Duration::from_secs_f64(total as f64 / rate), None);
+    rows.push(median("median: raw rusqlite full scan".into(), baseline_rate));
+    rows.push(with_ratio_named(
+        median(format!("median: reel read_all full scan, pages of {page}"), scan_rate),
+        baseline_rate,
+        "median baseline",
+    ));
     println!(
-        "memory: RSS before the scan {} MiB, peak during the scan {} MiB ({} events)",
+        "memory: RSS before the scans {} MiB, peak during them {} MiB ({} events)",
         rss_before.map_or("?".into(), |k| (k / 1024).to_string()),
         peak.map_or("?".into(), |k| (k / 1024).to_string()),
         total
@@ -167,9 +194,13 @@ pub(super) async fn bench_read(
         "peak_rss_during_scan_kib": peak,
         "page": page,
         "event_size": event_size,
+        "rounds": rounds.max(1),
+        "ratio_per_round": ratios,
+        "ratio_of_medians": scan_rate / baseline_rate,
     });
     Ok((rows, extra))
 }
+
 /// Single-event `Exact` appends for a fixed time at 1, 16 and 64 writers, each call timed, for
 /// each checkpoint mode, with the writer's per-stage breakdown (queue wait, group assembly,
 /// write, commit, checkpoint, reply) printed after each point and kept in the JSON.

@@ -5,6 +5,8 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use bytes::Bytes;
+
 use crate::{Position, ReelError, StreamName, StreamVersion, Timestamp};
 
 /// The id of an event: a UUID, and the event's idempotency key.
@@ -119,8 +121,10 @@ pub struct RecordedEvent {
     pub id: EventId,
     /// Its type.
     pub event_type: String,
-    /// Its payload.
-    pub data: Vec<u8>,
+    /// Its payload. Cheap to clone; a store may hand out the payloads of one page as slices of
+    /// one buffer, which stays allocated while any of them is held (copy with
+    /// `Vec::from(&event.data[..])` to keep one payload for long on its own).
+    pub data: Bytes,
     /// Its metadata object.
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Its tags, in the order they were appended.
@@ -155,7 +159,7 @@ impl RecordedEvent {
         NewEvent {
             id: Some(self.id),
             event_type: self.event_type.clone(),
-            data: self.data.clone(),
+            data: self.data.to_vec(),
             metadata: self.metadata.clone(),
             tags: self.tags.clone(),
         }
@@ -222,7 +226,7 @@ impl<'de> Deserialize<'de> for RecordedEvent {
             stream_version: wire.stream_version,
             id: wire.id,
             event_type: wire.event_type,
-            data,
+            data: data.into(),
             metadata: wire.metadata,
             tags: wire.tags,
             recorded_at: wire.recorded_at,
@@ -246,7 +250,7 @@ mod tests {
             stream_version: StreamVersion(2),
             id: EventId::new_v7(),
             event_type: "Opened".into(),
-            data: data.to_vec(),
+            data: Bytes::copy_from_slice(data),
             metadata: Default::default(),
             tags: vec!["locker:7".into()],
             recorded_at: Timestamp::from_unix_micros(0),

@@ -35,6 +35,8 @@ mod upcast;
 pub mod wire;
 
 pub use all_reader::AllReader;
+/// The payload type of a [`RecordedEvent`] (the `bytes` crate's shared, cheaply cloned buffer).
+pub use bytes::Bytes;
 pub use error::{ReelError, Result};
 pub use event::{EventId, NewEvent, RecordedEvent};
 pub use head::HeadWatch;

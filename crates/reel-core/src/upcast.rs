@@ -95,7 +95,7 @@ impl Upcasters {
             serde_json::from_slice(&event.data).map_err(|e| fail(&event, format!("data is not JSON: {e}")))?;
         for _ in 0..MAX_STEPS {
             let Some((to, transform)) = self.by_type.get(&event.event_type) else {
-                event.data = serde_json::to_vec(&data).map_err(|e| fail(&event, e.to_string()))?;
+                event.data = serde_json::to_vec(&data).map_err(|e| fail(&event, e.to_string()))?.into();
                 return Ok(event);
             };
             data = transform(data).map_err(|reason| fail(&event, reason))?;
@@ -117,7 +117,7 @@ mod tests {
             stream_version: StreamVersion(0),
             id: EventId::new_v7(),
             event_type: event_type.into(),
-            data: data.as_bytes().to_vec(),
+            data: data.as_bytes().to_vec().into(),
             metadata: Default::default(),
             tags: Vec::new(),
             recorded_at: Timestamp::now(),

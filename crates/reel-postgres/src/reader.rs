@@ -1,8 +1,9 @@
 //! Read queries.
 
+use reel_core::backend::PagePayloads;
 use reel_core::{
-    AllPage, Direction, EventId, Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError, StoreStats,
-    StreamInfo, StreamName, StreamVersion, Timestamp,
+    AllPage, Bytes, Direction, EventId, Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError,
+    StoreStats, StreamInfo, StreamName, StreamVersion, Timestamp,
 };
 use std::collections::HashMap;
 
@@ -22,18 +23,36 @@ fn err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> ReelError {
 const EVENT_COLUMNS: &str =
     "e.position, s.name, e.stream_version, e.event_id, e.event_type, e.data, e.metadata, e.recorded_at, e.tags";
 
-fn event(row: &Row) -> Result<RecordedEvent, ReelError> {
-    Ok(RecordedEvent {
-        position: Position(row.get::<_, i64>(0) as u64),
-        stream: StreamName::new(row.get::<_, String>(1))?,
-        stream_version: StreamVersion(row.get::<_, i64>(2) as u64),
-        id: EventId(row.get(3)),
-        event_type: row.get(4),
-        data: row.get(5),
-        metadata: metadata(row, 6),
-        tags: tags_from_json(row.get(8)),
-        recorded_at: Timestamp::from_unix_micros(row.get(7)),
-    })
+/// The events of `rows`, whose column 1 is the stream's name.
+fn events(rows: &[Row]) -> Result<Vec<RecordedEvent>, ReelError> {
+    let streams = rows.iter().map(|row| StreamName::new(row.get::<_, String>(1))).collect::<Result<Vec<_>, _>>()?;
+    Ok(events_of_streams(rows, streams))
+}
+
+/// The events of `rows`, in `streams` (one per row, in order), their payloads copied into shared
+/// buffers (see [`PagePayloads`]).
+fn events_of_streams(rows: &[Row], streams: Vec<StreamName>) -> Vec<RecordedEvent> {
+    let mut payloads = PagePayloads::new();
+    let mut events = rows
+        .iter()
+        .zip(streams)
+        .map(|(row, stream)| {
+            payloads.push(row.get(5));
+            RecordedEvent {
+                position: Position(row.get::<_, i64>(0) as u64),
+                stream,
+                stream_version: StreamVersion(row.get::<_, i64>(2) as u64),
+                id: EventId(row.get(3)),
+                event_type: row.get(4),
+                data: Bytes::new(),
+                metadata: metadata(row, 6),
+                tags: tags_from_json(row.get(8)),
+                recorded_at: Timestamp::from_unix_micros(row.get(7)),
+            }
+        })
+        .collect::<Vec<_>>();
+    payloads.fill_in(&mut events);
+    events
 }
 
 fn metadata(row: &Row, index: usize) -> serde_json::Map<String, serde_json::Value> {
@@ -114,7 +133,7 @@ pub async fn read_stream(
         )
         .await
         .map_err(err("reading a stream"))?;
-    rows.iter().map(event).collect()
+    events(&rows)
 }
 
 /// Stream names by id, cached for the store's life (a stream's name never changes), so catch-up
@@ -186,21 +205,7 @@ pub async fn read_all(
             .map_err(err("reading events"))?;
         let ids: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
         let streams = names.resolve(client, schema, &ids).await?;
-        let events = rows
-            .iter()
-            .zip(streams)
-            .map(|(row, stream)| RecordedEvent {
-                position: Position(row.get::<_, i64>(0) as u64),
-                stream,
-                stream_version: StreamVersion(row.get::<_, i64>(2) as u64),
-                id: EventId(row.get(3)),
-                event_type: row.get(4),
-                data: row.get(5),
-                metadata: metadata(row, 6),
-                tags: tags_from_json(row.get(8)),
-                recorded_at: Timestamp::from_unix_micros(row.get(7)),
-            })
-            .collect::<Vec<_>>();
+        let events = events_of_streams(&rows, streams);
         let next = events.last().map_or(Position(from as u64), |e| e.position.next());
         return Ok(AllPage { events, next });
     }
@@ -237,7 +242,7 @@ pub async fn read_all(
         )
         .await
         .map_err(err("reading events"))?;
-    let events = rows.iter().map(event).collect::<Result<Vec<_>, _>>()?;
+    let events = events(&rows)?;
     let next = if events.len() == limit {
         events.last().map_or(Position(window_end as u64), |e| e.position.next())
     } else {
@@ -263,7 +268,7 @@ pub async fn read_query(
     let head = Position(head.get::<_, i64>(0) as u64);
     let bound = format!("AND e.position <= {}", head.0);
     let rows = crate::tag_index::query_rows(client, schema, query, EVENT_COLUMNS, &bound, after, limit).await?;
-    let events = rows.iter().map(event).collect::<Result<Vec<_>, _>>()?;
+    let events = events(&rows)?;
     Ok(QueryPage { events, head })
 }
 

@@ -358,7 +358,7 @@ async fn a_large_group_is_copied_in_and_keeps_every_guarantee() {
     let page = store.read_all(Position(1), &ReadAllFilter::default(), 1000).await.unwrap();
     let positions: Vec<u64> = page.events.iter().map(|e| e.position.0).collect();
     assert_eq!(positions, (1..=702).collect::<Vec<_>>(), "gap-free, in order");
-    assert_eq!(page.events[700].data, br#"{"i":699}"#);
+    assert_eq!(&page.events[700].data[..], br#"{"i":699}"#);
     // The big batch retried with the same ids is recognised and stored once.
     let again = store.append(&StreamName::new("unit-new").unwrap(), ExpectedVersion::NoStream, big).await.unwrap();
     assert_eq!(again, first);

@@ -1,8 +1,6 @@
 //! What every relayed message carries besides the event's data.
 
-use std::borrow::Cow;
-
-use reel_core::RecordedEvent;
+use reel_core::{Bytes, RecordedEvent};
 
 /// The headers (or fields) of one relayed event; the payload is the event's data unchanged, or
 /// a CloudEvent ([`Payload`]).
@@ -49,11 +47,11 @@ pub enum Payload {
 }
 
 impl Payload {
-    /// The payload of `event` in this form.
-    pub fn of<'a>(&self, event: &'a RecordedEvent) -> Cow<'a, [u8]> {
+    /// The payload of `event` in this form (the event's own buffer, not a copy, for `Data`).
+    pub fn of(&self, event: &RecordedEvent) -> Bytes {
         match self {
-            Payload::Data => Cow::Borrowed(event.data.as_slice()),
-            Payload::CloudEvent => Cow::Owned(cloud_event(event)),
+            Payload::Data => event.data.clone(),
+            Payload::CloudEvent => cloud_event(event).into(),
         }
     }
 
@@ -109,7 +107,7 @@ mod tests {
             stream_version: StreamVersion(3),
             id: EventId::new_v7(),
             event_type: "DoorOpened".into(),
-            data: data.to_vec(),
+            data: data.to_vec().into(),
             metadata: Default::default(),
             tags: Vec::new(),
             recorded_at: Timestamp::now(),

@@ -229,9 +229,7 @@ impl JetStreamSink {
 
     fn message(&self, event: &RecordedEvent) -> (String, PublishMessage) {
         let subject = self.subjects.render_with(event, escape_subject_token);
-        let mut message = PublishMessage::build()
-            .payload(self.payload.of(event).into_owned().into())
-            .message_id(event.id.to_string());
+        let mut message = PublishMessage::build().payload(self.payload.of(event)).message_id(event.id.to_string());
         for (name, value) in Envelope::of(event).headers {
             message = message.header(name, value.as_str());
         }

@@ -197,7 +197,7 @@ mod tests {
             stream_version: StreamVersion(0),
             id: EventId::new_v7(),
             event_type: "T".into(),
-            data: b"{}".to_vec(),
+            data: reel_core::Bytes::from_static(b"{}"),
             metadata: Default::default(),
             tags: Vec::new(),
             recorded_at: Timestamp::now(),

@@ -406,7 +406,7 @@ mod tests {
             stream_version: StreamVersion(version),
             id: EventId::new_v7(),
             event_type: event_type.into(),
-            data: serde_json::to_vec(&json!({"session": session})).unwrap(),
+            data: serde_json::to_vec(&json!({"session": session})).unwrap().into(),
             metadata: Default::default(),
             tags: Vec::new(),
             recorded_at: Timestamp::from_unix_micros(version as i64),

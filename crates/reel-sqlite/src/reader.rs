@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use reel_core::backend::PagePayloads;
 use reel_core::{
-    AllPage, Direction, EventId, Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError, StoreStats,
-    StreamInfo, StreamName, StreamVersion, Timestamp,
+    AllPage, Bytes, Direction, EventId, Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError,
+    StoreStats, StreamInfo, StreamName, StreamVersion, Timestamp,
 };
 use rusqlite::{params_from_iter, types::Value, Connection};
 use tokio::sync::Semaphore;
@@ -92,6 +93,8 @@ impl ReaderPool {
         let mut statement = conn.prepare_cached(sql).map_err(err)?;
         let mut rows = statement.query(params_from_iter(args)).map_err(err)?;
         let mut events = Vec::with_capacity(expected.min(MAX_PRESIZED));
+        // Payloads go into a few shared buffers, not one allocation each (see `PagePayloads`).
+        let mut payloads = PagePayloads::new();
         // Consecutive events often share a stream: skip the shared cache for those.
         let mut last_stream: Option<(i64, StreamName)> = None;
         while let Some(row) = rows.next().map_err(err)? {
@@ -117,12 +120,16 @@ impl ReaderPool {
                 stream_version: StreamVersion(row.get::<_, i64>(2).map_err(err)? as u64),
                 id: EventId::from_bytes(row.get(3).map_err(err)?),
                 event_type: row.get(4).map_err(err)?,
-                data: row.get(5).map_err(err)?,
+                data: {
+                    payloads.push(row.get_ref(5).and_then(|v| Ok(v.as_blob()?)).map_err(err)?);
+                    Bytes::new()
+                },
                 metadata,
                 tags: crate::tag_index::tags_from_text(row.get(8).map_err(err)?)?,
                 recorded_at: Timestamp::from_unix_micros(row.get(7).map_err(err)?),
             });
         }
+        payloads.fill_in(&mut events);
         Ok(events)
     }
 }

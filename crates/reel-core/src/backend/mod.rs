@@ -5,11 +5,13 @@
 mod append;
 mod group;
 pub mod idempotency;
+mod payloads;
 mod row;
 mod save;
 
 pub use crate::head::HeadNotifier;
 pub use append::{append_many_with, check_read_limit};
 pub use group::{answer, fail_all, requests_of, Rejected, WriteJob};
+pub use payloads::PagePayloads;
 pub use row::SubscriptionRow;
 pub use save::{settle_save, SaveOutcome};
