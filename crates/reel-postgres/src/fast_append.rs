@@ -260,8 +260,13 @@ impl Contention {
     }
 
     /// Alone long enough that a durable commit under the head keeps nobody waiting for its flush.
-    fn alone(&self) -> bool {
+    pub(crate) fn alone(&self) -> bool {
         self.other_seen_at.elapsed() >= Self::ALONE_AFTER
+    }
+
+    /// Notes that another process appended (a leader answered this writer's group).
+    pub(crate) fn note_shared(&mut self) {
+        self.other_seen_at = Instant::now();
     }
 
     /// Notes a group written after `head` and ending at `end`.

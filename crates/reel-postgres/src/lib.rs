@@ -21,6 +21,7 @@
 mod connections;
 mod durable;
 mod fast_append;
+mod forwarding;
 mod listener;
 mod presence;
 mod reader;

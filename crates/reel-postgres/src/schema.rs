@@ -523,6 +523,103 @@ const MIGRATIONS: &[&str] = &[
         RETURN v_head;
      END
      $fn$;",
+    // 12: groups handed to one leading writer when several processes append (forwarding.rs).
+    // A follower inserts its group into `append_queue` and waits in `await_append` for the
+    // leader's answer; the leader takes rows, appends them with its own group in one commit and
+    // writes the answers. The queue is UNLOGGED: it holds nothing acknowledged (a crash of the
+    // database that empties it only fails unanswered appends, as a lost connection does).
+    // Advisory locks keyed by this table's oid: the key itself is the leader's; key + 1 + r is
+    // held by the leader from before round r - 1 begins until round r's answers are written, and
+    // `append_rounds` publishes the round in progress, so a follower whose row is committed
+    // before it reads round c is answered by the end of round c + 1 and can wait for exactly that.
+    "CREATE UNLOGGED TABLE {s}.append_queue (
+        id uuid PRIMARY KEY,
+        taken boolean NOT NULL DEFAULT false,
+        request bytea NOT NULL,
+        answer bytea
+     );
+     CREATE SEQUENCE {s}.append_rounds MINVALUE 0 START 0;
+     CREATE FUNCTION {s}.append_lock(p_round bigint) RETURNS bigint LANGUAGE sql STABLE AS $fn$
+        SELECT ('{s}.append_queue'::regclass::oid::bigint << 32)
+               + CASE WHEN p_round IS NULL THEN 0 ELSE 1 + p_round % 4294967295 END
+     $fn$;
+     -- The round this process now leads, or NULL when another process leads.
+     CREATE FUNCTION {s}.try_lead() RETURNS bigint LANGUAGE plpgsql AS $fn$
+     DECLARE
+        v_round bigint;
+     BEGIN
+        IF NOT pg_try_advisory_lock({s}.append_lock(NULL)) THEN
+            RETURN NULL;
+        END IF;
+        v_round := (SELECT last_value FROM {s}.append_rounds) + 1;
+        PERFORM pg_advisory_lock({s}.append_lock(v_round));
+        PERFORM pg_advisory_lock({s}.append_lock(v_round + 1));
+        PERFORM setval('{s}.append_rounds', v_round);
+        RETURN v_round;
+     END
+     $fn$;
+     -- Ends round p_round (its answers are written) and publishes the next one.
+     CREATE FUNCTION {s}.next_round(p_round bigint) RETURNS bigint LANGUAGE plpgsql AS $fn$
+     BEGIN
+        PERFORM pg_advisory_lock({s}.append_lock(p_round + 2));
+        PERFORM pg_advisory_unlock({s}.append_lock(p_round));
+        PERFORM setval('{s}.append_rounds', p_round + 1);
+        RETURN p_round + 1;
+     END
+     $fn$;
+     CREATE FUNCTION {s}.resign(p_round bigint) RETURNS void LANGUAGE plpgsql AS $fn$
+     BEGIN
+        PERFORM pg_advisory_unlock({s}.append_lock(p_round));
+        PERFORM pg_advisory_unlock({s}.append_lock(p_round + 1));
+        PERFORM pg_advisory_unlock({s}.append_lock(NULL));
+     END
+     $fn$;
+     -- A follower's wait: (0, answer) when answered; (1, NULL) when no leader took the row (it
+     -- is removed: append it directly); (2, NULL) when a leader took it and vanished unanswered
+     -- (the outcome is unknown). Locks are taken and released one at a time, never held.
+     CREATE FUNCTION {s}.await_append(p_id uuid, OUT status smallint, OUT answer bytea)
+     LANGUAGE plpgsql AS $fn$
+     DECLARE
+        v_round bigint;
+        v_step int;
+     BEGIN
+        FOR v_attempt IN 1..10000 LOOP
+            IF pg_try_advisory_lock_shared({s}.append_lock(NULL)) THEN
+                PERFORM pg_advisory_unlock_shared({s}.append_lock(NULL));
+                DELETE FROM {s}.append_queue q WHERE q.id = p_id AND NOT q.taken;
+                IF FOUND THEN
+                    status := 1;
+                    RETURN;
+                END IF;
+                DELETE FROM {s}.append_queue q WHERE q.id = p_id AND q.answer IS NOT NULL RETURNING q.answer INTO answer;
+                IF FOUND THEN
+                    status := 0;
+                    RETURN;
+                END IF;
+                -- Taken, not answered, and nobody led a moment ago: unless a new leader took it
+                -- in between, its leader is gone (a leader answers what it took before resigning).
+                IF pg_try_advisory_lock_shared({s}.append_lock(NULL)) THEN
+                    PERFORM pg_advisory_unlock_shared({s}.append_lock(NULL));
+                    DELETE FROM {s}.append_queue q WHERE q.id = p_id RETURNING q.answer INTO answer;
+                    status := CASE WHEN answer IS NULL THEN 2 ELSE 0 END;
+                    RETURN;
+                END IF;
+            END IF;
+            v_round := (SELECT last_value FROM {s}.append_rounds);
+            FOR v_step IN 0..1 LOOP
+                PERFORM pg_advisory_lock_shared({s}.append_lock(v_round + v_step));
+                PERFORM pg_advisory_unlock_shared({s}.append_lock(v_round + v_step));
+                DELETE FROM {s}.append_queue q WHERE q.id = p_id AND q.answer IS NOT NULL RETURNING q.answer INTO answer;
+                IF FOUND THEN
+                    status := 0;
+                    RETURN;
+                END IF;
+            END LOOP;
+        END LOOP;
+        DELETE FROM {s}.append_queue q WHERE q.id = p_id AND NOT q.taken;
+        status := CASE WHEN FOUND THEN 1 ELSE 2 END;
+     END
+     $fn$;",
 ];
 
 /// Newest schema version this build knows.

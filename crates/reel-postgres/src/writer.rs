@@ -16,6 +16,7 @@ use reel_core::backend::idempotency::{
 use reel_core::backend::{answer, fail_all, requests_of, HeadNotifier, Rejected, WriteJob};
 
 use crate::fast_append::{try_append, Contention, KnownStreams};
+use crate::forwarding::{forwardable, Followed, Forwarding};
 use reel_core::{
     AppendRequest, AppendResult, EventId, NewEvent, Position, ReelError, StreamName, StreamVersion, Timestamp,
 };
@@ -57,17 +58,37 @@ pub async fn run_writer<C, F>(
     let mut statements = Statements::new();
     let mut known = KnownStreams::default();
     let mut contention = Contention::new();
+    let mut forwarding = Forwarding::new();
     sweep_durable_rows(&client, &schema).await;
-    while let Some(first) = jobs.recv().await {
-        gather_resubmissions(&jobs).await;
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
+    loop {
+        // A leader also wakes to take what followers queued, and to write their answers.
+        let first = match forwarding.idle_wait() {
+            None => match jobs.recv().await {
+                Some(job) => Some(job),
+                None => break,
+            },
+            Some(wait) => tokio::select! {
+                job = jobs.recv() => match job {
+                    Some(job) => Some(job),
+                    None => break,
+                },
+                _ = tokio::time::sleep(wait) => None,
+            },
+        };
+        let mut group = Vec::new();
+        if let Some(first) = first {
+            gather_resubmissions(&jobs).await;
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match jobs.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
             }
         }
         if client.is_closed() {
+            // The connection's locks went with it: whatever it led or followed is over.
+            forwarding.reset();
             match connect().await {
                 Ok(fresh) => {
                     client = fresh;
@@ -83,18 +104,148 @@ pub async fn run_writer<C, F>(
             }
         }
         let requests = requests_of(&group);
-        let events: usize = requests.iter().map(|r| r.events.len()).sum();
-        let fast = if events < COPY_FROM_EVENTS {
-            try_append(&client, &mut statements, &schema, &requests, &mut known, &mut contention, &head).await
-        } else {
-            None
-        };
-        let results = match fast {
-            Some(results) => results,
-            None => commit_group(&mut client, &mut statements, &schema, &requests, &mut known, &head).await,
-        };
+        let mut taken = Vec::new();
+        if forwarding.take_due(requests.is_empty()) {
+            match forwarding.cycle(&client, &mut statements, &schema).await {
+                Ok(rows) => taken = rows,
+                Err(e) => {
+                    // Rows taken and not answered now count as unknown to their followers.
+                    tracing::warn!(error = %e, "leading writer lost its round; reconnecting");
+                    drop_connection(&mut client, &mut statements, &connect).await;
+                    forwarding.reset();
+                }
+            }
+        }
+        if requests.is_empty() && taken.is_empty() {
+            // A job may carry no request (every one failed validation); it is answered too.
+            drop(requests);
+            answer(group, Vec::new());
+            if forwarding.idle_long() {
+                if let Err(e) = forwarding.resign(&client, &mut statements, &schema).await {
+                    tracing::warn!(error = %e, "could not hand on the lead; reconnecting");
+                    drop_connection(&mut client, &mut statements, &connect).await;
+                    forwarding.reset();
+                }
+            }
+            continue;
+        }
+        if !forwarding.leading() && !contention.alone() && forwardable(&requests) {
+            if forwarding.should_try_lead() {
+                if let Err(e) = forwarding.try_lead(&client, &mut statements, &schema).await {
+                    tracing::warn!(error = %e, "could not ask to lead; appending directly");
+                }
+            }
+            if !forwarding.leading() {
+                match forwarding.follow(&client, &mut statements, &schema, &requests).await {
+                    Ok(Followed::Answered(answers)) => {
+                        contention.note_shared();
+                        let results = finish_followed(
+                            &mut client,
+                            &mut statements,
+                            &schema,
+                            &requests,
+                            answers,
+                            &mut known,
+                            &mut contention,
+                            &head,
+                        )
+                        .await;
+                        drop(requests);
+                        answer(group, results);
+                        continue;
+                    }
+                    Ok(Followed::NoLeader) => {}
+                    Err(e) => {
+                        drop(requests);
+                        fail_all(group, &e);
+                        drop_connection(&mut client, &mut statements, &connect).await;
+                        continue;
+                    }
+                }
+            }
+        }
+        if forwarding.leading() {
+            forwarding.note_busy();
+        }
+        let all: Vec<&AppendRequest> =
+            requests.iter().copied().chain(taken.iter().flat_map(|row| row.requests.iter())).collect();
+        let mut results =
+            append_directly(&mut client, &mut statements, &schema, &all, &mut known, &mut contention, &head).await;
+        let theirs = results.split_off(requests.len());
+        forwarding.record(&taken, &theirs);
+        drop(all);
         drop(requests);
         answer(group, results);
+    }
+    if forwarding.leading() && !client.is_closed() {
+        // Followers waiting for this round get their answers before the lead is handed on.
+        if let Err(e) = forwarding.resign(&client, &mut statements, &schema).await {
+            tracing::warn!(error = %e, "could not hand on the lead while stopping");
+        }
+    }
+}
+
+/// The usual path: one call when the group is plain, the careful path otherwise.
+async fn append_directly(
+    client: &mut Client,
+    statements: &mut Statements,
+    schema: &str,
+    requests: &[&AppendRequest],
+    known: &mut KnownStreams,
+    contention: &mut Contention,
+    head: &HeadNotifier,
+) -> Vec<Result<AppendResult, ReelError>> {
+    if requests.is_empty() {
+        return Vec::new();
+    }
+    let events: usize = requests.iter().map(|r| r.events.len()).sum();
+    let fast = if events < COPY_FROM_EVENTS {
+        try_append(client, statements, schema, requests, known, contention, head).await
+    } else {
+        None
+    };
+    match fast {
+        Some(results) => results,
+        None => commit_group(client, statements, schema, requests, known, head).await,
+    }
+}
+
+/// A followed group's answers: the leader's, and for what it handed back, this writer's own.
+/// The leader answered after its commit was durable, so the durable head covers every answered
+/// position (commit order is position order).
+#[allow(clippy::too_many_arguments)]
+async fn finish_followed(
+    client: &mut Client,
+    statements: &mut Statements,
+    schema: &str,
+    requests: &[&AppendRequest],
+    answers: Vec<Option<Result<AppendResult, ReelError>>>,
+    known: &mut KnownStreams,
+    contention: &mut Contention,
+    head: &HeadNotifier,
+) -> Vec<Result<AppendResult, ReelError>> {
+    let durable = answers.iter().flatten().flatten().map(|r| r.last_position).max();
+    if let Some(durable) = durable {
+        head.advance(durable);
+    }
+    let handed_back: Vec<&AppendRequest> =
+        requests.iter().zip(&answers).filter(|(_, a)| a.is_none()).map(|(r, _)| *r).collect();
+    let mut own = append_directly(client, statements, schema, &handed_back, known, contention, head).await.into_iter();
+    answers.into_iter().map(|a| a.unwrap_or_else(|| own.next().expect("one result per request"))).collect()
+}
+
+/// Replaces the connection: a wait that broke off may have left session locks held on it.
+async fn drop_connection<C, F>(client: &mut Client, statements: &mut Statements, connect: &C)
+where
+    C: Fn() -> F,
+    F: std::future::Future<Output = Result<Client, ReelError>>,
+{
+    match connect().await {
+        Ok(fresh) => {
+            *client = fresh;
+            statements.clear();
+        }
+        Err(e) => tracing::warn!(error = %e, "could not reconnect the writer; trying again with the next group"),
     }
 }
 

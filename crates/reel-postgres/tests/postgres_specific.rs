@@ -553,7 +553,12 @@ async fn barrier_rows_of_closed_connections_are_swept_and_the_durable_head_never
     let first = connect(&schema).await;
     first.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("Tick", "{}")]).await.unwrap();
     let second = connect(&schema).await;
-    second.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("Tick", "{}")]).await.unwrap();
+    // With a condition, so that the second writer appends (and confirms) itself instead of
+    // handing its group to the first, which leads the schema's appends (forwarding.rs).
+    let nothing_matches = reel_core::AppendCondition::new(
+        reel_core::Query::new(vec![reel_core::QueryItem::tags(["nothing-has-this-tag"])]).unwrap(),
+    );
+    second.append_if(&stream, ExpectedVersion::Any, vec![NewEvent::new("Tick", "{}")], nothing_matches).await.unwrap();
     drop(first);
     let writers = format!("reel-writer-{schema}");
     let count_writers = || async {
@@ -615,6 +620,10 @@ async fn a_schema_from_before_the_durable_head_migrates_with_its_log_visible() {
              DROP TABLE {schema}.event_tags;
              ALTER TABLE {schema}.events DROP COLUMN tags;
              DROP FUNCTION {schema}.append_group_v5; ALTER TABLE {schema}.head DROP COLUMN durable;
+             DROP FUNCTION {schema}.await_append; DROP FUNCTION {schema}.resign;
+             DROP FUNCTION {schema}.next_round; DROP FUNCTION {schema}.try_lead;
+             DROP FUNCTION {schema}.append_lock; DROP SEQUENCE {schema}.append_rounds;
+             DROP TABLE {schema}.append_queue;
              UPDATE {schema}.reel_schema SET version = 5;"
         ))
         .await
@@ -988,4 +997,174 @@ async fn a_read_that_waits_does_not_hold_up_other_reads() {
     lock.rollback().await.unwrap();
     let page = waiting.await.unwrap().unwrap();
     assert_eq!(page.events.len(), 1, "the waiting read completes once the lock is gone");
+}
+
+/// The forwarding protocol (migration 12, forwarding.rs) at the level of its SQL: a follower's
+/// row that no leader takes is handed back; a follower waits until the round that took its row
+/// has ended and then gets the answer; a leader that vanishes after taking a row leaves its
+/// outcome unknown instead of letting the follower append it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_wait_ends_with_its_answer_or_says_why_there_is_none() {
+    let schema = fresh_schema();
+    drop(connect(&schema).await);
+    let follower = Arc::new(admin().await);
+    let enqueue = |id: uuid::Uuid| {
+        let follower = follower.clone();
+        let schema = schema.clone();
+        async move {
+            follower
+                .execute(&format!("INSERT INTO {schema}.append_queue (id, request) VALUES ($1, 'group')"), &[&id])
+                .await
+                .unwrap();
+            let waiting = tokio::spawn(async move {
+                let row = follower
+                    .query_one(&format!("SELECT status, answer FROM {schema}.await_append($1)"), &[&id])
+                    .await
+                    .unwrap();
+                (row.get::<_, i16>(0), row.get::<_, Option<Vec<u8>>>(1))
+            });
+            waiting
+        }
+    };
+    let rows = |id: uuid::Uuid| {
+        let follower = follower.clone();
+        let schema = schema.clone();
+        async move {
+            follower
+                .query_one(&format!("SELECT count(*) FROM {schema}.append_queue WHERE id = $1"), &[&id])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+
+    // Nobody leads: handed back at once, and the row is gone (nobody can take it later).
+    let alone = uuid::Uuid::new_v4();
+    assert_eq!(enqueue(alone).await.await.unwrap(), (1, None));
+    assert_eq!(rows(alone).await, 0);
+
+    // A leader takes the row in its round and answers; the follower waits for the round's end.
+    let leader = admin().await;
+    let round: i64 = leader.query_one(&format!("SELECT {schema}.try_lead()"), &[]).await.unwrap().get(0);
+    let answered = uuid::Uuid::new_v4();
+    let waiting = enqueue(answered).await;
+    let taken = leader
+        .query(&format!("UPDATE {schema}.append_queue SET taken = true WHERE NOT taken RETURNING id"), &[])
+        .await
+        .unwrap();
+    assert_eq!(taken.iter().map(|r| r.get::<_, uuid::Uuid>(0)).collect::<Vec<_>>(), vec![answered]);
+    leader
+        .execute(&format!("UPDATE {schema}.append_queue SET answer = 'done' WHERE id = $1"), &[&answered])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the answer is not read before the round that took it has ended");
+    let next: i64 = leader.query_one(&format!("SELECT {schema}.next_round($1)"), &[&round]).await.unwrap().get(0);
+    assert_eq!(next, round + 1);
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    assert_eq!((status, answer.as_deref()), (0, Some(&b"done"[..])));
+    assert_eq!(rows(answered).await, 0, "the follower removed its answered row");
+
+    // A second process cannot lead meanwhile.
+    let other = admin().await;
+    let refused: Option<i64> = other.query_one(&format!("SELECT {schema}.try_lead()"), &[]).await.unwrap().get(0);
+    assert_eq!(refused, None);
+
+    // The leader takes a row and vanishes before answering: the outcome is unknown.
+    let orphan = uuid::Uuid::new_v4();
+    let waiting = enqueue(orphan).await;
+    leader.execute(&format!("UPDATE {schema}.append_queue SET taken = true WHERE id = $1"), &[&orphan]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "the follower waits while its leader lives");
+    drop(leader);
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    assert_eq!((status, answer), (2, None), "taken and never answered: not handed back");
+    assert_eq!(rows(orphan).await, 0);
+
+    // With the leader gone, the other process may lead.
+    let round: Option<i64> = other.query_one(&format!("SELECT {schema}.try_lead()"), &[]).await.unwrap().get(0);
+    assert!(round.is_some_and(|r| r > next), "a new leader numbers its rounds after the old ones: {round:?}");
+}
+
+/// Groups handed to the leading writer (forwarding.rs) keep every promise of a direct append:
+/// four servers append concurrently with exact expected versions and their own event ids, each
+/// append sent twice (a retry). Each retry gets its original's answer, every expected version
+/// holds, and the log holds each event once, at gap-free positions, in each stream's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handed_on_groups_keep_versions_retries_and_a_gap_free_order() {
+    let schema = fresh_schema();
+    let mut stores: Vec<Arc<dyn EventStore>> = Vec::new();
+    for _ in 0..4 {
+        stores.push(Arc::new(connect(&schema).await));
+    }
+    let writers: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .flat_map(|(s, store)| {
+            (0..4).map(move |w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let stream = StreamName::new(format!("unit-{s}-{w}")).unwrap();
+                    let mut expected = ExpectedVersion::NoStream;
+                    let mut answers = Vec::new();
+                    for _ in 0..40 {
+                        let events = vec![
+                            NewEvent::new("Tick", "{}").with_id(reel_core::EventId::new_v7()),
+                            NewEvent::new("Tock", "{}").with_id(reel_core::EventId::new_v7()),
+                        ];
+                        let first = store.append(&stream, expected, events.clone()).await.unwrap();
+                        let retry = store.append(&stream, expected, events).await.unwrap();
+                        assert_eq!(first, retry, "a retry is answered as its original");
+                        expected = ExpectedVersion::Exact(first.next_version);
+                        answers.push(first);
+                    }
+                    (stream, answers)
+                })
+            })
+        })
+        .collect();
+    let mut answered = Vec::new();
+    for writer in writers {
+        answered.push(writer.await.unwrap());
+    }
+    let everything = stores[0].read_all(Position(1), &ReadAllFilter::default(), 10_000).await.unwrap().events;
+    assert_eq!(
+        everything.iter().map(|e| e.position.0).collect::<Vec<_>>(),
+        (1..=4 * 4 * 40 * 2).collect::<Vec<_>>(),
+        "every event once, gap-free"
+    );
+    for (stream, answers) in answered {
+        let events: Vec<_> = everything.iter().filter(|e| e.stream == stream).collect();
+        assert_eq!(events.len(), 80);
+        for (version, event) in events.iter().enumerate() {
+            assert_eq!(event.stream_version.0, version as u64, "{stream}: versions in order");
+        }
+        for (i, answer) in answers.iter().enumerate() {
+            assert_eq!(answer.first_position, events[2 * i].position, "{stream}: answered where stored");
+            assert_eq!(answer.last_position, events[2 * i + 1].position);
+        }
+    }
+    let admin = admin().await;
+    let queued: i64 =
+        admin.query_one(&format!("SELECT count(*) FROM {schema}.append_queue"), &[]).await.unwrap().get(0);
+    assert_eq!(queued, 0, "every queued group was answered and removed");
+    // And groups were handed on: PostgreSQL publishes a backend's table statistics at the
+    // latest ten seconds after it goes idle.
+    let mut handed_on = 0i64;
+    for _ in 0..150 {
+        handed_on = admin
+            .query_one(
+                "SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables
+                 WHERE schemaname = $1 AND relname = 'append_queue'",
+                &[&schema],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if handed_on > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(handed_on > 0, "the other servers handed their groups to the leading one");
 }

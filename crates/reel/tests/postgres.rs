@@ -50,31 +50,116 @@ fn a_store_url_that_cannot_connect_is_one_line_naming_the_url_without_its_passwo
     assert!(stderr.contains("database \"no_such_database\" does not exist"), "{stderr}");
 }
 
-fn run_and_kill(cli: &Cli, acks_before_kill: usize) -> Vec<serde_json::Value> {
-    let mut child = cli
-        .command()
-        .args(["debug", "append-loop", "--writers", "8", "--max-batch", "25"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn writer");
-    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut acks = Vec::new();
-    let mut line = String::new();
-    while acks.len() < acks_before_kill {
-        line.clear();
-        assert!(reader.read_line(&mut line).expect("read ack") > 0, "writer exited early");
-        acks.push(serde_json::from_str(&line).expect("ack json"));
+/// A `reel debug append-loop` process and the acknowledgements it printed so far.
+struct WriterProcess {
+    child: std::process::Child,
+    reader: BufReader<std::process::ChildStdout>,
+    acks: Vec<serde_json::Value>,
+}
+
+impl WriterProcess {
+    fn start(cli: &Cli) -> Self {
+        let mut child = cli
+            .command()
+            .args(["debug", "append-loop", "--writers", "8", "--max-batch", "25"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn writer");
+        let reader = BufReader::new(child.stdout.take().expect("stdout"));
+        Self { child, reader, acks: Vec::new() }
     }
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
-    for line in reader.lines() {
-        match line.ok().and_then(|l| serde_json::from_str(&l).ok()) {
-            Some(ack) => acks.push(ack),
-            None => break,
+
+    /// Reads acknowledgements until `count` more have arrived.
+    fn read_acks(&mut self, count: usize) {
+        let target = self.acks.len() + count;
+        let mut line = String::new();
+        while self.acks.len() < target {
+            line.clear();
+            assert!(self.reader.read_line(&mut line).expect("read ack") > 0, "writer exited early");
+            self.acks.push(serde_json::from_str(&line).expect("ack json"));
         }
     }
-    acks
+
+    /// `kill -9`, then every acknowledgement it printed before dying.
+    fn kill(mut self) -> Vec<serde_json::Value> {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+        for line in self.reader.lines() {
+            match line.ok().and_then(|l| serde_json::from_str(&l).ok()) {
+                Some(ack) => self.acks.push(ack),
+                None => break,
+            }
+        }
+        self.acks
+    }
+}
+
+fn run_and_kill(cli: &Cli, acks_before_kill: usize) -> Vec<serde_json::Value> {
+    let mut writer = WriterProcess::start(cli);
+    writer.read_acks(acks_before_kill);
+    writer.kill()
+}
+
+/// Every acknowledged batch of `acks` is in the log whole, and nothing partial is (crash.rs).
+fn verify_log(url: &str, schema: &str, acks: &[serde_json::Value]) -> reel_testkit::crash::CrashReport {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store: Arc<dyn EventStore> = Arc::new(PostgresStore::connect(url, schema).await.expect("reconnect"));
+        let log = reel_testkit::contract::read_everything(&store).await;
+        reel_testkit::crash::verify_after_crash(acks, &log).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// Rows followers queued for the leading writer so far (forwarding.rs), as PostgreSQL counts them.
+fn queued_rows(url: &str, schema: &str) -> i64 {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+            .query_one(
+                "SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables
+                 WHERE schemaname = $1 AND relname = 'append_queue'",
+                &[&schema],
+            )
+            .await
+            .expect("table statistics")
+            .get(0)
+    })
+}
+
+/// The process that leads the schema's appends is killed while another process's groups go
+/// through it: nothing acknowledged is lost, nothing is stored twice or in part, and the other
+/// process goes on appending (it leads, or appends directly, once the leader is gone).
+#[test]
+fn kill_9_of_the_leading_writer_process_loses_nothing_and_its_follower_goes_on() {
+    let cli = Cli::postgres();
+    let (url, schema) = cli.postgres.clone().unwrap();
+    cli.ok(&["migrate"]);
+    // Alone on the schema, the first process leads from its first group on.
+    let mut leader = WriterProcess::start(&cli);
+    leader.read_acks(50);
+    let second = Cli { dir: tempfile::tempdir().unwrap(), store: cli.store.clone(), postgres: cli.postgres.clone() };
+    let mut follower = WriterProcess::start(&second);
+    follower.read_acks(150);
+    leader.read_acks(20);
+    // PostgreSQL publishes table statistics within about a second.
+    let mut queued = 0;
+    for _ in 0..50 {
+        follower.read_acks(5);
+        queued = queued_rows(&url, &schema);
+        if queued > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(queued > 0, "the second process handed groups to the leading one");
+    let mut acks = leader.kill();
+    follower.read_acks(150);
+    acks.extend(follower.kill());
+    let report = verify_log(&url, &schema, &acks);
+    assert!(report.acknowledged >= 420, "{report:?}");
 }
 
 #[test]
@@ -87,13 +172,7 @@ fn kill_9_of_writer_processes_leaves_no_partial_batch_and_loses_no_acknowledged_
     let other = std::thread::spawn(move || run_and_kill(&second, 150));
     let mut acks = run_and_kill(&cli, 150);
     acks.extend(other.join().unwrap());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let report = runtime.block_on(async {
-        let store: Arc<dyn EventStore> = Arc::new(PostgresStore::connect(&url, &schema).await.expect("reconnect"));
-        let log = reel_testkit::contract::read_everything(&store).await;
-        reel_testkit::crash::verify_after_crash(&acks, &log)
-    });
-    let report = report.unwrap_or_else(|e| panic!("{e}"));
+    let report = verify_log(&url, &schema, &acks);
     assert!(report.acknowledged >= 300, "{report:?}");
 }
 

@@ -36,6 +36,9 @@ pub async fn run(cli: &Cli, args: &DebugArgs) -> Result<()> {
     }
 }
 
+/// Failures in a row after which a writer of the append loop stops.
+const MAX_FAILURES_IN_A_ROW: u32 = 100;
+
 async fn append_loop(cli: &Cli, writers: usize, max_batch: usize) -> Result<()> {
     let store = store::open(cli).await?;
     let out = Arc::new(Mutex::new(Ndjson::stdout()));
@@ -43,6 +46,7 @@ async fn append_loop(cli: &Cli, writers: usize, max_batch: usize) -> Result<()> 
     for writer in 0..writers {
         let (store, out) = (store.clone(), out.clone());
         tasks.push(tokio::spawn(async move {
+            let mut failures = 0;
             for round in 0u64.. {
                 let stream = StreamName::new(format!("crash-{writer}-{}", round % 5))?;
                 let size = 1 + (round as usize + writer) % max_batch;
@@ -56,7 +60,21 @@ async fn append_loop(cli: &Cli, writers: usize, max_batch: usize) -> Result<()> 
                         NewEvent::new("Tick", vec![b'x'; 200]).with_metadata(metadata)
                     })
                     .collect();
-                let result = store.append(&stream, ExpectedVersion::Any, events).await?;
+                // An append that failed is not acknowledged; the loop goes on, as a server
+                // would, and gives up only when the store keeps failing.
+                let result = match store.append(&stream, ExpectedVersion::Any, events).await {
+                    Ok(result) => {
+                        failures = 0;
+                        result
+                    }
+                    Err(e) if failures < MAX_FAILURES_IN_A_ROW => {
+                        failures += 1;
+                        eprintln!("append failed (not acknowledged): {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let ack = serde_json::json!({
                     "batch": batch,
                     "size": size,
