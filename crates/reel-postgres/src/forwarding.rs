@@ -62,6 +62,8 @@ pub(crate) struct Forwarding {
     busy_at: Instant,
     /// Whether the next group that could follow tries to lead first.
     try_lead: bool,
+    /// Until when this writer appends directly because the leader stalled.
+    direct_until: Option<Instant>,
 }
 
 impl Forwarding {
@@ -73,12 +75,25 @@ impl Forwarding {
     const FOLLOWERS_RECENT: Duration = Duration::from_millis(100);
     /// How long a leader stays idle before it lets another writer lead.
     const RESIGN_AFTER: Duration = Duration::from_millis(200);
+    /// How long a follower waits for a round to end before it appends directly (a round
+    /// usually takes a few milliseconds; a leading process that stopped must not stop the rest).
+    const PATIENCE: Duration = Duration::from_secs(1);
+    /// How long a follower appends directly after its leader stalled.
+    const DIRECT_AFTER_STALL: Duration = Duration::from_secs(5);
     /// Most queued groups one round takes.
     const TAKE_ROWS: i64 = 64;
 
     pub(crate) fn new() -> Self {
         let now = Instant::now();
-        Self { round: None, answers: Vec::new(), followers_seen: None, last_take: now, busy_at: now, try_lead: true }
+        Self {
+            round: None,
+            answers: Vec::new(),
+            followers_seen: None,
+            last_take: now,
+            busy_at: now,
+            try_lead: true,
+            direct_until: None,
+        }
     }
 
     pub(crate) fn leading(&self) -> bool {
@@ -121,6 +136,11 @@ impl Forwarding {
     /// Whether this leader has been idle long enough to step down.
     pub(crate) fn idle_long(&self) -> bool {
         self.leading() && self.answers.is_empty() && self.busy_at.elapsed() >= Self::RESIGN_AFTER
+    }
+
+    /// Whether groups may be handed to a leader now (not while the last one stalled).
+    pub(crate) fn may_follow(&self) -> bool {
+        self.direct_until.is_none_or(|until| Instant::now() >= until)
     }
 
     /// Whether a group that could follow should try to lead first.
@@ -257,17 +277,18 @@ impl Forwarding {
             prepared(client, statements, format!("INSERT INTO {schema}.append_queue (id, request) VALUES ($1, $2)"))
                 .await
                 .map_err(fail)?;
-        let wait = prepared(client, statements, format!("SELECT status, answer FROM {schema}.await_append($1)"))
+        let wait = prepared(client, statements, format!("SELECT status, answer FROM {schema}.await_append($1, $2)"))
             .await
             .map_err(fail)?;
         let id = EventId::new_v7().0;
         let body = encode_requests(requests);
         let insert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &body];
-        let wait_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let patience = Self::PATIENCE.as_millis() as i32;
+        let wait_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &patience];
         let (inserted, waited) =
             tokio::join!(client.execute(&insert, &insert_params), client.query_one(&wait, &wait_params));
         let (status, answer): (i16, Option<Vec<u8>>) = {
-            let row = waited.map_err(fail)?;
+            let row = waited.map_err(|e| crate::durable::unconfirmed(fail(e)))?;
             (row.get(0), row.get(1))
         };
         match status {
@@ -276,6 +297,11 @@ impl Forwarding {
                 // Also what a failed insert gives (nothing was queued); its error says why.
                 inserted.map_err(fail)?;
                 self.try_lead = true;
+                Ok(Followed::NoLeader)
+            }
+            3 => {
+                tracing::warn!(schema, "the leading writer made no progress; appending directly for a while");
+                self.direct_until = Some(Instant::now() + Self::DIRECT_AFTER_STALL);
                 Ok(Followed::NoLeader)
             }
             _ => Err(ReelError::storage(

@@ -576,48 +576,71 @@ const MIGRATIONS: &[&str] = &[
      $fn$;
      -- A follower's wait: (0, answer) when answered; (1, NULL) when no leader took the row (it
      -- is removed: append it directly); (2, NULL) when a leader took it and vanished unanswered
-     -- (the outcome is unknown). Locks are taken and released one at a time, never held.
-     CREATE FUNCTION {s}.await_append(p_id uuid, OUT status smallint, OUT answer bytea)
+     -- (the outcome is unknown); (3, NULL) when the leader made no progress for p_patience_ms
+     -- and had not taken the row (removed: append it directly; a stalled leading process must
+     -- not stall every other). Locks are taken and released one at a time, never held.
+     CREATE FUNCTION {s}.await_append(p_id uuid, p_patience_ms integer, OUT status smallint, OUT answer bytea)
      LANGUAGE plpgsql AS $fn$
      DECLARE
         v_round bigint;
         v_step int;
      BEGIN
-        FOR v_attempt IN 1..10000 LOOP
-            IF pg_try_advisory_lock_shared({s}.append_lock(NULL)) THEN
-                PERFORM pg_advisory_unlock_shared({s}.append_lock(NULL));
+        IF NOT EXISTS (SELECT 1 FROM {s}.append_queue q WHERE q.id = p_id) THEN
+            status := 1;
+            RETURN;
+        END IF;
+        PERFORM set_config('lock_timeout', p_patience_ms::text, true);
+        LOOP
+            BEGIN
+                FOR v_attempt IN 1..10000 LOOP
+                    IF pg_try_advisory_lock_shared({s}.append_lock(NULL)) THEN
+                        PERFORM pg_advisory_unlock_shared({s}.append_lock(NULL));
+                        DELETE FROM {s}.append_queue q WHERE q.id = p_id AND NOT q.taken;
+                        IF FOUND THEN
+                            status := 1;
+                            RETURN;
+                        END IF;
+                        DELETE FROM {s}.append_queue q WHERE q.id = p_id AND q.answer IS NOT NULL
+                        RETURNING q.answer INTO answer;
+                        IF FOUND THEN
+                            status := 0;
+                            RETURN;
+                        END IF;
+                        -- Taken, not answered, and nobody led a moment ago: unless a new leader
+                        -- took it in between, its leader is gone (a leader answers what it took
+                        -- before it resigns).
+                        IF pg_try_advisory_lock_shared({s}.append_lock(NULL)) THEN
+                            PERFORM pg_advisory_unlock_shared({s}.append_lock(NULL));
+                            DELETE FROM {s}.append_queue q WHERE q.id = p_id RETURNING q.answer INTO answer;
+                            status := CASE WHEN answer IS NULL THEN 2 ELSE 0 END;
+                            RETURN;
+                        END IF;
+                    END IF;
+                    v_round := (SELECT last_value FROM {s}.append_rounds);
+                    FOR v_step IN 0..1 LOOP
+                        PERFORM pg_advisory_lock_shared({s}.append_lock(v_round + v_step));
+                        PERFORM pg_advisory_unlock_shared({s}.append_lock(v_round + v_step));
+                        DELETE FROM {s}.append_queue q WHERE q.id = p_id AND q.answer IS NOT NULL
+                        RETURNING q.answer INTO answer;
+                        IF FOUND THEN
+                            status := 0;
+                            RETURN;
+                        END IF;
+                    END LOOP;
+                END LOOP;
+                DELETE FROM {s}.append_queue q WHERE q.id = p_id AND NOT q.taken;
+                status := CASE WHEN FOUND THEN 1 ELSE 2 END;
+                RETURN;
+            EXCEPTION WHEN lock_not_available THEN
+                -- A round lasted longer than the patience: unless the leader took the row (then
+                -- it is working on it, and the wait goes on), the follower appends it itself.
                 DELETE FROM {s}.append_queue q WHERE q.id = p_id AND NOT q.taken;
                 IF FOUND THEN
-                    status := 1;
+                    status := 3;
                     RETURN;
                 END IF;
-                DELETE FROM {s}.append_queue q WHERE q.id = p_id AND q.answer IS NOT NULL RETURNING q.answer INTO answer;
-                IF FOUND THEN
-                    status := 0;
-                    RETURN;
-                END IF;
-                -- Taken, not answered, and nobody led a moment ago: unless a new leader took it
-                -- in between, its leader is gone (a leader answers what it took before resigning).
-                IF pg_try_advisory_lock_shared({s}.append_lock(NULL)) THEN
-                    PERFORM pg_advisory_unlock_shared({s}.append_lock(NULL));
-                    DELETE FROM {s}.append_queue q WHERE q.id = p_id RETURNING q.answer INTO answer;
-                    status := CASE WHEN answer IS NULL THEN 2 ELSE 0 END;
-                    RETURN;
-                END IF;
-            END IF;
-            v_round := (SELECT last_value FROM {s}.append_rounds);
-            FOR v_step IN 0..1 LOOP
-                PERFORM pg_advisory_lock_shared({s}.append_lock(v_round + v_step));
-                PERFORM pg_advisory_unlock_shared({s}.append_lock(v_round + v_step));
-                DELETE FROM {s}.append_queue q WHERE q.id = p_id AND q.answer IS NOT NULL RETURNING q.answer INTO answer;
-                IF FOUND THEN
-                    status := 0;
-                    RETURN;
-                END IF;
-            END LOOP;
+            END;
         END LOOP;
-        DELETE FROM {s}.append_queue q WHERE q.id = p_id AND NOT q.taken;
-        status := CASE WHEN FOUND THEN 1 ELSE 2 END;
      END
      $fn$;",
 ];

@@ -129,7 +129,7 @@ pub async fn run_writer<C, F>(
             }
             continue;
         }
-        if !forwarding.leading() && !contention.alone() && forwardable(&requests) {
+        if !forwarding.leading() && !contention.alone() && forwarding.may_follow() && forwardable(&requests) {
             if forwarding.should_try_lead() {
                 if let Err(e) = forwarding.try_lead(&client, &mut statements, &schema).await {
                     tracing::warn!(error = %e, "could not ask to lead; appending directly");

@@ -1018,7 +1018,7 @@ async fn a_followers_wait_ends_with_its_answer_or_says_why_there_is_none() {
                 .unwrap();
             let waiting = tokio::spawn(async move {
                 let row = follower
-                    .query_one(&format!("SELECT status, answer FROM {schema}.await_append($1)"), &[&id])
+                    .query_one(&format!("SELECT status, answer FROM {schema}.await_append($1, 300)"), &[&id])
                     .await
                     .unwrap();
                 (row.get::<_, i16>(0), row.get::<_, Option<Vec<u8>>>(1))
@@ -1084,6 +1084,28 @@ async fn a_followers_wait_ends_with_its_answer_or_says_why_there_is_none() {
     // With the leader gone, the other process may lead.
     let round: Option<i64> = other.query_one(&format!("SELECT {schema}.try_lead()"), &[]).await.unwrap().get(0);
     assert!(round.is_some_and(|r| r > next), "a new leader numbers its rounds after the old ones: {round:?}");
+
+    // A leader that stalls (its process stopped, say) without taking the row: after the
+    // patience (300 ms here) the follower gets its row back to append it itself.
+    let stalled = uuid::Uuid::new_v4();
+    let started = std::time::Instant::now();
+    let (status, answer) = enqueue(stalled).await.await.unwrap();
+    assert_eq!((status, answer), (3, None));
+    assert!(started.elapsed() >= Duration::from_millis(300), "it waited out its patience first");
+    assert_eq!(rows(stalled).await, 0, "handed back, so no leader can take it later");
+
+    // A row the stalled leader did take is being written: the follower keeps waiting past its
+    // patience, and gets the answer once the round ends.
+    let slow = uuid::Uuid::new_v4();
+    let waiting = enqueue(slow).await;
+    other.execute(&format!("UPDATE {schema}.append_queue SET taken = true WHERE id = $1"), &[&slow]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!waiting.is_finished(), "a taken row is waited for beyond the patience");
+    other.execute(&format!("UPDATE {schema}.append_queue SET answer = 'late' WHERE id = $1"), &[&slow]).await.unwrap();
+    let round = round.unwrap();
+    other.query_one(&format!("SELECT {schema}.next_round($1)"), &[&round]).await.unwrap();
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    assert_eq!((status, answer.as_deref()), (0, Some(&b"late"[..])));
 }
 
 /// Groups handed to the leading writer (forwarding.rs) keep every promise of a direct append:

@@ -50,11 +50,13 @@ fn a_store_url_that_cannot_connect_is_one_line_naming_the_url_without_its_passwo
     assert!(stderr.contains("database \"no_such_database\" does not exist"), "{stderr}");
 }
 
-/// A `reel debug append-loop` process and the acknowledgements it printed so far.
+/// A `reel debug append-loop` process and the acknowledgements it printed so far. A thread
+/// reads its output as it comes: a process whose pipe filled up would stop appending.
 struct WriterProcess {
     child: std::process::Child,
-    reader: BufReader<std::process::ChildStdout>,
-    acks: Vec<serde_json::Value>,
+    acks: std::sync::mpsc::Receiver<serde_json::Value>,
+    received: Vec<serde_json::Value>,
+    reading: std::thread::JoinHandle<()>,
 }
 
 impl WriterProcess {
@@ -66,18 +68,30 @@ impl WriterProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn writer");
-        let reader = BufReader::new(child.stdout.take().expect("stdout"));
-        Self { child, reader, acks: Vec::new() }
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, acks) = std::sync::mpsc::channel();
+        let reading = std::thread::spawn(move || {
+            // A line cut off by the kill is not an acknowledgement.
+            for line in BufReader::new(stdout).lines() {
+                let Some(ack) = line.ok().and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok()) else {
+                    break;
+                };
+                if sender.send(ack).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, acks, received: Vec::new(), reading }
     }
 
-    /// Reads acknowledgements until `count` more have arrived.
+    /// Waits until `count` more acknowledgements have arrived.
     fn read_acks(&mut self, count: usize) {
-        let target = self.acks.len() + count;
-        let mut line = String::new();
-        while self.acks.len() < target {
-            line.clear();
-            assert!(self.reader.read_line(&mut line).expect("read ack") > 0, "writer exited early");
-            self.acks.push(serde_json::from_str(&line).expect("ack json"));
+        let target = self.received.len() + count;
+        while self.received.len() < target {
+            match self.acks.recv_timeout(std::time::Duration::from_secs(120)) {
+                Ok(ack) => self.received.push(ack),
+                Err(e) => panic!("writer stopped acknowledging after {} appends: {e}", self.received.len()),
+            }
         }
     }
 
@@ -85,13 +99,9 @@ impl WriterProcess {
     fn kill(mut self) -> Vec<serde_json::Value> {
         self.child.kill().expect("kill -9");
         self.child.wait().expect("reap");
-        for line in self.reader.lines() {
-            match line.ok().and_then(|l| serde_json::from_str(&l).ok()) {
-                Some(ack) => self.acks.push(ack),
-                None => break,
-            }
-        }
-        self.acks
+        self.reading.join().expect("output reader");
+        self.received.extend(self.acks.try_iter());
+        self.received
     }
 }
 
