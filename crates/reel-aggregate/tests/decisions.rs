@@ -328,7 +328,7 @@ async fn a_locker_is_never_reserved_twice_for_overlapping_windows() {
     let reservation = winner["reservation"].as_str().unwrap().to_string();
     let cancelled = NewEvent::json("ReservationCancelled", &json!({ "reservation": reservation }))
         .unwrap()
-        .with_tags([format!("locker:7"), format!("reservation:{reservation}")]);
+        .with_tags(["locker:7".to_string(), format!("reservation:{reservation}")]);
     store
         .append(
             &stream(format!("reservation-{reservation}")),

@@ -422,7 +422,7 @@ impl PlainClient for PlainJetStream {
         for event in batch {
             let subject = self.subjects.render_with(event, reel_relay::escape_subject_token);
             let mut message = async_nats::jetstream::message::PublishMessage::build()
-                .payload(event.data.clone().into())
+                .payload(event.data.clone())
                 .message_id(event.id.to_string());
             for (name, value) in Envelope::of(event).headers {
                 message = message.header(name, value.as_str());

@@ -999,6 +999,26 @@ async fn a_read_that_waits_does_not_hold_up_other_reads() {
     assert_eq!(page.events.len(), 1, "the waiting read completes once the lock is gone");
 }
 
+/// A follower's queued row (the group itself does not matter here) and its wait, which runs on
+/// until the wait ends: (status, answer).
+async fn queue_and_wait(
+    follower: Arc<tokio_postgres::Client>,
+    schema: String,
+    id: uuid::Uuid,
+) -> tokio::task::JoinHandle<(i16, Option<Vec<u8>>)> {
+    follower
+        .execute(&format!("INSERT INTO {schema}.append_queue (id, request) VALUES ($1, 'group')"), &[&id])
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let row = follower
+            .query_one(&format!("SELECT status, answer FROM {schema}.await_append($1, 300)"), &[&id])
+            .await
+            .unwrap();
+        (row.get::<_, i16>(0), row.get::<_, Option<Vec<u8>>>(1))
+    })
+}
+
 /// The forwarding protocol (migration 12, forwarding.rs) at the level of its SQL: a follower's
 /// row that no leader takes is handed back; a follower waits until the round that took its row
 /// has ended and then gets the answer; a leader that vanishes after taking a row leaves its
@@ -1008,24 +1028,7 @@ async fn a_followers_wait_ends_with_its_answer_or_says_why_there_is_none() {
     let schema = fresh_schema();
     drop(connect(&schema).await);
     let follower = Arc::new(admin().await);
-    let enqueue = |id: uuid::Uuid| {
-        let follower = follower.clone();
-        let schema = schema.clone();
-        async move {
-            follower
-                .execute(&format!("INSERT INTO {schema}.append_queue (id, request) VALUES ($1, 'group')"), &[&id])
-                .await
-                .unwrap();
-            let waiting = tokio::spawn(async move {
-                let row = follower
-                    .query_one(&format!("SELECT status, answer FROM {schema}.await_append($1, 300)"), &[&id])
-                    .await
-                    .unwrap();
-                (row.get::<_, i16>(0), row.get::<_, Option<Vec<u8>>>(1))
-            });
-            waiting
-        }
-    };
+    let enqueue = |id: uuid::Uuid| queue_and_wait(follower.clone(), schema.clone(), id);
     let rows = |id: uuid::Uuid| {
         let follower = follower.clone();
         let schema = schema.clone();
