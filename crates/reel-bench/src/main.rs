@@ -121,6 +121,19 @@ pub enum BenchCommand {
         #[arg(long)]
         sweep_only: bool,
     },
+    /// One PostgreSQL store instance in a process of its own, for the sweep's process points
+    /// (started by `postgres`; prints one JSON line).
+    #[command(hide = true)]
+    PostgresWorker {
+        #[arg(long)]
+        schema: String,
+        #[arg(long)]
+        writers: u64,
+        #[arg(long)]
+        seconds: u64,
+        #[arg(long)]
+        prefix: String,
+    },
     /// The HTTP server (a separate `reel serve` process) loaded over 127.0.0.1: appends, SSE fan-out, idle long polls.
     Http {
         /// Connections for single-event appends.
@@ -317,6 +330,9 @@ fn progress(total: u64, what: &str) -> ProgressBar {
 }
 
 async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
+    if let BenchCommand::PostgresWorker { schema, writers, seconds, prefix } = &args.command {
+        return postgres::worker(&cli.store, schema, *writers, *seconds, prefix, args.event_size).await;
+    }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = tempdir_in(&args.dir)?;
     let result = match &args.command {
@@ -363,6 +379,7 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             };
             postgres::bench_postgres(&plan).await.map(|(rows, extra)| ("postgres", rows, extra))
         }
+        BenchCommand::PostgresWorker { .. } => unreachable!("handled above"),
         BenchCommand::Http {
             connections,
             single_events,

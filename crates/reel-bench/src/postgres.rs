@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use reel_core::{AllReader, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, StreamVersion};
 use reel_postgres::PostgresStore;
 
-use super::{bench_stream, measure_async, payload, run_tasks, timed, timed_row, with_ratio, with_ratio_named, Row};
+use super::{
+    bench_stream, measure_async, payload, run_tasks, timed, timed_row, with_ratio, with_ratio_named, Row, Timed,
+};
 
 /// What to measure.
 pub(super) struct PostgresPlan {
@@ -267,6 +269,17 @@ async fn writer_sweep(
         points.push(serde_json::json!({ "what": "lock hand-off ceiling", "stores": 0, "writers": writers,
             "events_per_sec": ceiling.rate(), "p50_ms": ceiling.quantile_ms(0.5), "p99_ms": ceiling.quantile_ms(0.99) }));
     }
+    // Separate processes, as separate servers are: each runs one store instance in its own
+    // runtime (the in-process points above share one runtime among all 16 instances).
+    for per_process in [1u64, 4] {
+        eprintln!("sweep: 16 processes × {per_process} writer(s), {seconds} s");
+        let result = process_point(plan, schema, 16, per_process).await?;
+        let writers = 16 * per_process;
+        let name = format!("reel, 16 processes × {per_process} writer(s), single Exact appends, {seconds} s");
+        rows.push(timed_row(name, &result, baselines.get(&writers).map(|b| (*b, "the plain INSERT"))));
+        points.push(serde_json::json!({ "what": "reel", "processes": 16, "writers": writers,
+            "events_per_sec": result.rate(), "p50_ms": result.quantile_ms(0.5), "p99_ms": result.quantile_ms(0.99) }));
+    }
     // The last point carries the caller's own event ids (as a device's uplink does): each
     // append is then also checked for a retry among the stream's recent ids.
     for (stores, per_store, ids) in
@@ -356,4 +369,79 @@ async fn follower_latency(store: &PostgresStore, plan: &PostgresPlan) -> Result<
     latencies.sort();
     let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
     Ok((quantile(0.5), quantile(0.99), latencies.len()))
+}
+
+/// `processes` copies of this program (`postgres-worker`), each with one store instance and
+/// `per_process` writers; they start appending once all of them are connected, and report their
+/// latencies.
+async fn process_point(plan: &PostgresPlan, schema: &str, processes: u64, per_process: u64) -> Result<Timed> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for p in 0..processes {
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["postgres-worker", "--store", &plan.url, "--schema", schema])
+            .args(["--writers", &per_process.to_string(), "--seconds", &plan.sweep_seconds.to_string()])
+            .args(["--prefix", &format!("proc{processes}x{per_process}-{p}")])
+            .args(["--event-size", &plan.event_size.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
+        // "ready" once connected.
+        let ready = lines.next_line().await?.context("a worker exited before it was ready")?;
+        anyhow::ensure!(ready == "ready", "worker said {ready:?}");
+        children.push((child, lines));
+    }
+    let started = Instant::now();
+    for (child, _) in &mut children {
+        child.stdin.as_mut().context("worker stdin")?.write_all(b"go\n").await?;
+    }
+    let mut latencies = Vec::new();
+    for (mut child, mut lines) in children {
+        let report = lines.next_line().await?.context("a worker exited without its report")?;
+        let micros: Vec<u64> = serde_json::from_str(&report)?;
+        latencies.extend(micros.into_iter().map(Duration::from_micros));
+        child.wait().await?;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok(Timed { events: latencies.len() as u64, elapsed, latencies })
+}
+
+/// The worker side of [`process_point`]: connects, says "ready", waits for "go", appends for
+/// `seconds` from `writers` tasks, and prints every append's latency in microseconds (JSON).
+pub(super) async fn worker(
+    url: &str,
+    schema: &str,
+    writers: u64,
+    seconds: u64,
+    prefix: &str,
+    event_size: usize,
+) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let store = Arc::new(PostgresStore::connect(url, schema).await?);
+    let closing = store.clone();
+    println!("ready");
+    let mut go = String::new();
+    BufReader::new(tokio::io::stdin()).read_line(&mut go).await?;
+    let data = Arc::new(vec![b'x'; event_size]);
+    let prefix = prefix.to_string();
+    let result = timed(writers, seconds, move |w, n| {
+        let (store, data) = (store.clone(), data.clone());
+        let stream = reel_core::StreamName::new(format!("{prefix}-{w}"));
+        async move {
+            let expected =
+                n.checked_sub(1).map_or(ExpectedVersion::NoStream, |v| ExpectedVersion::Exact(StreamVersion(v)));
+            store.append(&stream?, expected, vec![NewEvent::new("Bench", data.to_vec())]).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    // A leading writer answers what it took from the other processes before this one exits.
+    closing.close().await;
+    let micros: Vec<u64> = result.latencies.iter().map(|d| d.as_micros() as u64).collect();
+    println!("{}", serde_json::to_string(&micros)?);
+    Ok(())
 }

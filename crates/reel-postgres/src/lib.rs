@@ -67,6 +67,9 @@ struct Inner {
     names: reader::StreamNames,
     head: Arc<HeadNotifier>,
     _listener: tokio::task::JoinHandle<()>,
+    /// Tells the writer to stop after its group in progress (`close`).
+    closing: Arc<tokio::sync::Notify>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -136,6 +139,19 @@ impl PostgresStore {
         Self::connect_with(url, schema, AppendLimits::default()).await
     }
 
+    /// Stops the writer once its group in progress is answered, and waits for it. A writer that
+    /// leads the schema's appends for other servers (docs/OPERATIONS.md) first answers what it
+    /// took from them and hands the lead on; dropped without `close`, it stops wherever it is
+    /// when the runtime ends, and those servers' appends in its hands fail with an unknown
+    /// outcome. Appends on this store (or a clone) fail with `Closed` afterwards.
+    pub async fn close(&self) {
+        self.inner.closing.notify_one();
+        let writer = self.inner.writer.lock().await.take();
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+    }
+
     /// As [`connect`](Self::connect), with append limits.
     pub async fn connect_with(url: &str, schema: &str, limits: AppendLimits) -> Result<Self, ReelError> {
         schema::validate_schema(schema)?;
@@ -147,10 +163,18 @@ impl PostgresStore {
         let head = Arc::new(HeadNotifier::new(reader::head(&reader, schema).await?));
         let (jobs, receiver) = mpsc::channel(4096);
         let writer_url = url.to_string();
-        tokio::spawn(writer::run_writer(setup, schema.to_string(), receiver, head.clone(), move || {
-            let (url, name) = (writer_url.clone(), writer_name.clone());
-            async move { spawn_client(&url, &name).await }
-        }));
+        let closing = Arc::new(tokio::sync::Notify::new());
+        let writer = tokio::spawn(writer::run_writer(
+            setup,
+            schema.to_string(),
+            receiver,
+            head.clone(),
+            closing.clone(),
+            move || {
+                let (url, name) = (writer_url.clone(), writer_name.clone());
+                async move { spawn_client(&url, &name).await }
+            },
+        ));
         let listener = tokio::spawn(listener::run(url.to_string(), schema.to_string(), head.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
@@ -163,6 +187,8 @@ impl PostgresStore {
                 names: reader::StreamNames::default(),
                 head,
                 _listener: listener,
+                closing,
+                writer: Mutex::new(Some(writer)),
             }),
         })
     }

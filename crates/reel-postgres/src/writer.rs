@@ -50,6 +50,7 @@ pub async fn run_writer<C, F>(
     schema: String,
     mut jobs: mpsc::Receiver<WriteJob>,
     head: Arc<HeadNotifier>,
+    closing: Arc<tokio::sync::Notify>,
     connect: C,
 ) where
     C: Fn() -> F,
@@ -59,20 +60,27 @@ pub async fn run_writer<C, F>(
     let mut known = KnownStreams::default();
     let mut contention = Contention::new();
     let mut forwarding = Forwarding::new();
+    // An operator's switch (docs/OPERATIONS.md): every writer appends directly, as before
+    // schema version 12.
+    let forwarding_enabled = std::env::var("REEL_PG_FORWARDING").map_or(true, |v| v != "off");
     sweep_durable_rows(&client, &schema).await;
     loop {
         // A leader also wakes to take what followers queued, and to write their answers.
-        let first = match forwarding.idle_wait() {
-            None => match jobs.recv().await {
-                Some(job) => Some(job),
-                None => break,
-            },
-            Some(wait) => tokio::select! {
-                job = jobs.recv() => match job {
-                    Some(job) => Some(job),
-                    None => break,
+        // `Err`: no job will come (every sender is gone, or the store is closing).
+        let next = async {
+            match forwarding.idle_wait() {
+                None => jobs.recv().await.ok_or(()).map(Some),
+                Some(wait) => tokio::select! {
+                    job = jobs.recv() => job.ok_or(()).map(Some),
+                    _ = tokio::time::sleep(wait) => Ok(None),
                 },
-                _ = tokio::time::sleep(wait) => None,
+            }
+        };
+        let first = tokio::select! {
+            _ = closing.notified() => break,
+            next = next => match next {
+                Ok(first) => first,
+                Err(()) => break,
             },
         };
         let mut group = Vec::new();
@@ -129,7 +137,12 @@ pub async fn run_writer<C, F>(
             }
             continue;
         }
-        if !forwarding.leading() && !contention.alone() && forwarding.may_follow() && forwardable(&requests) {
+        if forwarding_enabled
+            && !forwarding.leading()
+            && !contention.alone()
+            && forwarding.may_follow()
+            && forwardable(&requests)
+        {
             if forwarding.should_try_lead() {
                 if let Err(e) = forwarding.try_lead(&client, &mut statements, &schema).await {
                     tracing::warn!(error = %e, "could not ask to lead; appending directly");

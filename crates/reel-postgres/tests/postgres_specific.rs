@@ -1193,3 +1193,33 @@ async fn handed_on_groups_keep_versions_retries_and_a_gap_free_order() {
     }
     assert!(handed_on > 0, "the other servers handed their groups to the leading one");
 }
+
+/// `close` on a store whose writer leads the schema's appends hands the lead on (another
+/// session can take it at once), answers what it had, and later appends on it fail with
+/// `Closed`; the other server goes on appending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_leader_hands_on_the_lead_and_the_other_server_goes_on() {
+    let schema = fresh_schema();
+    let a = connect(&schema).await;
+    let b = connect(&schema).await;
+    let stream = StreamName::new("unit-1").unwrap();
+    a.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("Tick", "{}")]).await.unwrap();
+    for _ in 0..5 {
+        b.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("Tick", "{}")]).await.unwrap();
+    }
+    let admin = admin().await;
+    let lead_is_free = || async {
+        let round: Option<i64> = admin.query_one(&format!("SELECT {schema}.try_lead()"), &[]).await.unwrap().get(0);
+        if let Some(round) = round {
+            admin.execute(&format!("SELECT {schema}.resign($1)"), &[&round]).await.unwrap();
+        }
+        round.is_some()
+    };
+    assert!(!lead_is_free().await, "the first store's writer leads");
+    a.close().await;
+    assert!(lead_is_free().await, "closing handed the lead on");
+    let refused = a.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("Tick", "{}")]).await;
+    assert!(matches!(refused, Err(ReelError::Closed)), "{refused:?}");
+    let next = b.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("Tick", "{}")]).await.unwrap();
+    assert_eq!(next.first_position, Position(7));
+}
