@@ -67,6 +67,31 @@ pub struct Stores {
     pub subscriptions: Arc<dyn SubscriptionStore>,
     /// Device presence; `None` for a remote store (the server it names keeps its own).
     pub presence: Option<Arc<dyn PresenceStore>>,
+    /// The PostgreSQL store, to be closed when a server stops (see [`Stores::closer`]).
+    postgres: Option<PostgresStore>,
+}
+
+impl Stores {
+    /// What closes the stores when a server stops, kept apart from them.
+    pub fn closer(&self) -> StoreCloser {
+        StoreCloser(self.postgres.clone())
+    }
+}
+
+/// Closes the stores a server opened.
+pub struct StoreCloser(Option<PostgresStore>);
+
+impl StoreCloser {
+    /// Lets the PostgreSQL writer answer what it took from other servers and hand on the lead
+    /// of the schema's appends before the process exits (nothing to do for other stores).
+    /// Waits at most ten seconds (a database that stopped answering must not hold up the exit).
+    pub async fn close(&self) {
+        if let Some(store) = &self.0 {
+            if tokio::time::timeout(std::time::Duration::from_secs(10), store.close()).await.is_err() {
+                tracing::warn!("the PostgreSQL writer did not stop within 10 s; exiting anyway");
+            }
+        }
+    }
 }
 
 /// Opens the event store and its subscription store.
@@ -78,8 +103,14 @@ pub async fn open_with_subscriptions(cli: &Cli) -> Result<Stores> {
                 .await
                 .with_context(|| format!("opening schema {} of the PostgreSQL store", cli.schema))?;
             let subscriptions = store.subscription_store().await.context("opening the subscription store")?;
+            let postgres = Some(store.clone());
             let store = Arc::new(store);
-            Ok(Stores { events: store.clone(), subscriptions: Arc::new(subscriptions), presence: Some(store) })
+            Ok(Stores {
+                events: store.clone(),
+                subscriptions: Arc::new(subscriptions),
+                presence: Some(store),
+                postgres,
+            })
         }
         Dsn::Http(url) => {
             let store = reel_client::HttpStore::connect(&url, cli.token.clone())
@@ -90,7 +121,12 @@ pub async fn open_with_subscriptions(cli: &Cli) -> Result<Stores> {
             let local = SqliteStore::open_with(path, options)
                 .with_context(|| format!("opening subscription store {}", path.display()))?;
             let subscriptions = local.subscription_store().context("opening the subscription store")?;
-            Ok(Stores { events: Arc::new(store), subscriptions: Arc::new(subscriptions), presence: None })
+            Ok(Stores {
+                events: Arc::new(store),
+                subscriptions: Arc::new(subscriptions),
+                presence: None,
+                postgres: None,
+            })
         }
         Dsn::Sqlite(path) => {
             let store =
@@ -101,6 +137,7 @@ pub async fn open_with_subscriptions(cli: &Cli) -> Result<Stores> {
                 events: Arc::new(store),
                 subscriptions: Arc::new(subscriptions),
                 presence: Some(Arc::new(presence)),
+                postgres: None,
             })
         }
     }

@@ -88,6 +88,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
     let relays = args.relays.as_deref().map(relay::load_config).transpose()?.unwrap_or_default();
     let signal = shutdown_signal();
     let stores = crate::store::open_with_subscriptions(cli).await?;
+    let closing = stores.closer();
     let mut runs = Vec::with_capacity(relays.len());
     for relay in relays {
         runs.push(relay.prepare(&stores).await?);
@@ -132,7 +133,9 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
     );
     tracing::info!(%address, "serving");
     if runs.is_empty() {
-        server.run(signal).await?;
+        let served = server.run(signal).await;
+        closing.close().await;
+        served?;
         return Ok(());
     }
     // The server and the relays stop together: on a signal, when the server ends, or when a
@@ -161,6 +164,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
         outcome
     };
     let (served, relayed) = tokio::join!(serving, relaying);
+    closing.close().await;
     relayed.context("a relay stopped the server")?;
     served
 }
