@@ -78,6 +78,9 @@ impl Forwarding {
     /// How long a follower waits for a round to end before it appends directly (a round
     /// usually takes a few milliseconds; a leading process that stopped must not stop the rest).
     const PATIENCE: Duration = Duration::from_secs(1);
+    /// Longest a follower waits for a group its leader took: a leading process that is stopped
+    /// (not dead: its connection stays open) must not hold the follower's writer for ever.
+    const MAX_WAIT: Duration = Duration::from_secs(30);
     /// How long a follower appends directly after its leader stalled.
     const DIRECT_AFTER_STALL: Duration = Duration::from_secs(5);
     /// Most queued groups one round takes.
@@ -192,7 +195,7 @@ impl Forwarding {
         )
         .await
         .map_err(fail)?;
-        let (ids, bodies): (Vec<Uuid>, Vec<Vec<u8>>) = std::mem::take(&mut self.answers).into_iter().unzip();
+        let (ids, bodies) = self.drain_answers();
         // Sent in this order in one round trip: answers, then the lock that releases their
         // followers, then the take that the new round's number covers.
         let (round_param, no_params): (
@@ -236,6 +239,11 @@ impl Forwarding {
         }
     }
 
+    /// The answers kept this round, as the parameters of `answers_sql`.
+    fn drain_answers(&mut self) -> (Vec<Uuid>, Vec<Vec<u8>>) {
+        std::mem::take(&mut self.answers).into_iter().unzip()
+    }
+
     /// Notes a group of this leader's own.
     pub(crate) fn note_busy(&mut self) {
         self.busy_at = Instant::now();
@@ -252,7 +260,7 @@ impl Forwarding {
         let fail = |e| crate::storage_error("handing on the lead of the schema's appends", e);
         if !self.answers.is_empty() {
             let write_answers = prepared(client, statements, answers_sql(schema)).await.map_err(fail)?;
-            let (ids, bodies): (Vec<Uuid>, Vec<Vec<u8>>) = std::mem::take(&mut self.answers).into_iter().unzip();
+            let (ids, bodies) = self.drain_answers();
             client.execute(&write_answers, &[&ids, &bodies]).await.map_err(fail)?;
         }
         let resign = prepared(client, statements, format!("SELECT {schema}.resign($1)")).await.map_err(fail)?;
@@ -285,8 +293,17 @@ impl Forwarding {
         let insert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &body];
         let patience = Self::PATIENCE.as_millis() as i32;
         let wait_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &patience];
-        let (inserted, waited) =
-            tokio::join!(client.execute(&insert, &insert_params), client.query_one(&wait, &wait_params));
+        let queued =
+            async { tokio::join!(client.execute(&insert, &insert_params), client.query_one(&wait, &wait_params)) };
+        let Ok((inserted, waited)) = tokio::time::timeout(Self::MAX_WAIT, queued).await else {
+            // The wait stops in the database too; the caller replaces the connection.
+            let _ = client.cancel_token().cancel_query(tokio_postgres::NoTls).await;
+            self.direct_until = Some(Instant::now() + Self::DIRECT_AFTER_STALL);
+            return Err(crate::durable::unconfirmed(ReelError::storage(
+                "appending through the leading writer",
+                format!("the leading process took the append and gave no answer within {} s", Self::MAX_WAIT.as_secs()),
+            )));
+        };
         let (status, answer): (i16, Option<Vec<u8>>) = {
             let row = waited.map_err(|e| crate::durable::unconfirmed(fail(e)))?;
             (row.get(0), row.get(1))
