@@ -23,6 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod aggregates;
+mod cpu;
 mod dcb;
 mod edge;
 mod edge_fleet;

@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 use reel_core::{AllReader, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter, StreamVersion};
 use reel_postgres::PostgresStore;
 
+use crate::cpu::{own_cpu_seconds, CpuUse, MachineCpu};
+
 use super::{
     bench_stream, measure_async, payload, run_tasks, timed, timed_row, with_ratio, with_ratio_named, Row, Timed,
 };
@@ -203,6 +205,7 @@ async fn writer_sweep(
             Arc::new(format!("INSERT INTO {schema}.plain (stream, data) VALUES ($1, $2)")),
         );
         eprintln!("sweep: plain INSERT, {writers} connections, {seconds} s");
+        let cpu = MachineCpu::now();
         let baseline = timed(writers, seconds, move |w, _| {
             let (clients, data, sql) = (clients.clone(), data.clone(), sql.clone());
             async move {
@@ -215,14 +218,16 @@ async fn writer_sweep(
             }
         })
         .await?;
+        let cpu = cpu.and_then(|c| c.used_since());
         baselines.insert(writers, baseline.rate());
-        rows.push(timed_row(
-            format!("baseline: {writers} connections, one INSERT per event, {seconds} s"),
-            &baseline,
-            None,
+        rows.push(with_cpu(
+            timed_row(format!("baseline: {writers} connections, one INSERT per event, {seconds} s"), &baseline, None),
+            cpu,
+            baseline.events,
         ));
         points.push(serde_json::json!({ "what": "plain INSERT", "stores": 0, "writers": writers,
-            "events_per_sec": baseline.rate(), "p50_ms": baseline.quantile_ms(0.5), "p99_ms": baseline.quantile_ms(0.99) }));
+            "events_per_sec": baseline.rate(), "p50_ms": baseline.quantile_ms(0.5), "p99_ms": baseline.quantile_ms(0.99),
+            "cpu": cpu_json(cpu, baseline.events) }));
     }
     // Ceiling of any design that hands one lock from commit to commit: each connection takes a
     // single row lock, inserts one row and commits without waiting for the flush at all (so this
@@ -273,12 +278,22 @@ async fn writer_sweep(
     // runtime (the in-process points above share one runtime among all 16 instances).
     for per_process in [1u64, 4] {
         eprintln!("sweep: 16 processes × {per_process} writer(s), {seconds} s");
-        let result = process_point(plan, schema, 16, per_process).await?;
+        let cpu = MachineCpu::now();
+        let (result, workers_cpu) = process_point(plan, schema, 16, per_process).await?;
+        let cpu = cpu.and_then(|c| c.used_since());
         let writers = 16 * per_process;
         let name = format!("reel, 16 processes × {per_process} writer(s), single Exact appends, {seconds} s");
-        rows.push(timed_row(name, &result, baselines.get(&writers).map(|b| (*b, "the plain INSERT"))));
+        let mut row = with_cpu(
+            timed_row(name, &result, baselines.get(&writers).map(|b| (*b, "the plain INSERT"))),
+            cpu,
+            result.events,
+        );
+        let workers_micros = workers_cpu * 1e6 / result.events.max(1) as f64;
+        row.note = format!("{}; of which the 16 processes {workers_micros:.0}", row.note);
+        rows.push(row);
         points.push(serde_json::json!({ "what": "reel", "processes": 16, "writers": writers,
-            "events_per_sec": result.rate(), "p50_ms": result.quantile_ms(0.5), "p99_ms": result.quantile_ms(0.99) }));
+            "events_per_sec": result.rate(), "p50_ms": result.quantile_ms(0.5), "p99_ms": result.quantile_ms(0.99),
+            "cpu": cpu_json(cpu, result.events), "worker_processes_cpu_us_per_event": workers_micros }));
     }
     // The last point carries the caller's own event ids (as a device's uplink does): each
     // append is then also checked for a retry among the stream's recent ids.
@@ -294,6 +309,7 @@ async fn writer_sweep(
         let data = Arc::new(data.to_vec());
         let prefix = format!("sweep{stores}x{per_store}{}", if ids { "ids" } else { "" });
         eprintln!("sweep: {stores} store instance(s) × {per_store} writer(s), {seconds} s");
+        let cpu = MachineCpu::now();
         let result = timed(writers, seconds, move |w, n| {
             let (instances, data) = (instances.clone(), data.clone());
             let stream = reel_core::StreamName::new(format!("{prefix}-{w}"));
@@ -315,9 +331,15 @@ async fn writer_sweep(
         let name = format!(
             "reel, {stores} store instance(s) × {per_store} writer(s), single Exact appends{with_ids}, {seconds} s"
         );
-        rows.push(timed_row(name, &result, baselines.get(&writers).map(|b| (*b, "the plain INSERT"))));
+        let cpu = cpu.and_then(|c| c.used_since());
+        rows.push(with_cpu(
+            timed_row(name, &result, baselines.get(&writers).map(|b| (*b, "the plain INSERT"))),
+            cpu,
+            result.events,
+        ));
         points.push(serde_json::json!({ "what": "reel", "stores": stores, "writers": writers, "client_ids": ids,
-            "events_per_sec": result.rate(), "p50_ms": result.quantile_ms(0.5), "p99_ms": result.quantile_ms(0.99) }));
+            "events_per_sec": result.rate(), "p50_ms": result.quantile_ms(0.5), "p99_ms": result.quantile_ms(0.99),
+            "cpu": cpu_json(cpu, result.events) }));
     }
     Ok(serde_json::Value::Array(points))
 }
@@ -374,7 +396,8 @@ async fn follower_latency(store: &PostgresStore, plan: &PostgresPlan) -> Result<
 /// `processes` copies of this program (`postgres-worker`), each with one store instance and
 /// `per_process` writers; they start appending once all of them are connected, and report their
 /// latencies.
-async fn process_point(plan: &PostgresPlan, schema: &str, processes: u64, per_process: u64) -> Result<Timed> {
+/// Also returns the CPU-seconds the processes used while appending.
+async fn process_point(plan: &PostgresPlan, schema: &str, processes: u64, per_process: u64) -> Result<(Timed, f64)> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
@@ -398,20 +421,23 @@ async fn process_point(plan: &PostgresPlan, schema: &str, processes: u64, per_pr
     for (child, _) in &mut children {
         child.stdin.as_mut().context("worker stdin")?.write_all(b"go\n").await?;
     }
-    let mut latencies = Vec::new();
+    let (mut latencies, mut cpu_seconds) = (Vec::new(), 0.0);
     for (mut child, mut lines) in children {
         let report = lines.next_line().await?.context("a worker exited without its report")?;
         let micros: Vec<u64> = serde_json::from_str(&report)?;
         latencies.extend(micros.into_iter().map(Duration::from_micros));
+        let cpu = lines.next_line().await?.context("a worker exited without its CPU time")?;
+        cpu_seconds += cpu.parse::<f64>().with_context(|| format!("a worker's CPU time {cpu:?}"))?;
         child.wait().await?;
     }
     let elapsed = started.elapsed();
     latencies.sort();
-    Ok(Timed { events: latencies.len() as u64, elapsed, latencies })
+    Ok((Timed { events: latencies.len() as u64, elapsed, latencies }, cpu_seconds))
 }
 
 /// The worker side of [`process_point`]: connects, says "ready", waits for "go", appends for
-/// `seconds` from `writers` tasks, and prints every append's latency in microseconds (JSON).
+/// `seconds` from `writers` tasks, and prints every append's latency in microseconds (JSON),
+/// then the CPU-seconds it used while appending.
 pub(super) async fn worker(
     url: &str,
     schema: &str,
@@ -428,6 +454,7 @@ pub(super) async fn worker(
     BufReader::new(tokio::io::stdin()).read_line(&mut go).await?;
     let data = Arc::new(vec![b'x'; event_size]);
     let prefix = prefix.to_string();
+    let cpu_before = own_cpu_seconds();
     let result = timed(writers, seconds, move |w, n| {
         let (store, data) = (store.clone(), data.clone());
         let stream = reel_core::StreamName::new(format!("{prefix}-{w}"));
@@ -441,7 +468,25 @@ pub(super) async fn worker(
     .await?;
     // A leading writer answers what it took from the other processes before this one exits.
     closing.close().await;
+    let cpu = own_cpu_seconds().zip(cpu_before).map_or(0.0, |(after, before)| after - before);
     let micros: Vec<u64> = result.latencies.iter().map(|d| d.as_micros() as u64).collect();
     println!("{}", serde_json::to_string(&micros)?);
+    println!("{cpu}");
     Ok(())
+}
+
+/// `row` with the machine's CPU use during its point added to its note.
+fn with_cpu(mut row: Row, cpu: Option<CpuUse>, events: u64) -> Row {
+    if let Some(cpu) = cpu {
+        row.note = format!("{}; {}", row.note, cpu.describe(events));
+    }
+    row
+}
+
+fn cpu_json(cpu: Option<CpuUse>, events: u64) -> serde_json::Value {
+    match cpu {
+        Some(cpu) => serde_json::json!({ "busy_share": cpu.busy_share(), "busy_cpu_seconds": cpu.busy,
+            "stolen_cpu_seconds": cpu.steal, "busy_cpu_us_per_event": cpu.micros_per_event(events) }),
+        None => serde_json::Value::Null,
+    }
 }

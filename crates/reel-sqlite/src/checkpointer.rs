@@ -5,36 +5,94 @@
 //! With `CheckpointMode::Background` the writer turns the automatic checkpoint off and
 //! nudges this thread after its commits instead; it runs a PASSIVE
 //! checkpoint (never blocks the writer or readers) on its own connection, at most every
-//! [`PACE`]. Under steady load it never catches up with the last commit, so the WAL would never
-//! start over; the writer therefore finishes the copy itself once the WAL passes 4,000 frames.
+//! [`PACE`].
+//!
+//! Under steady load a PASSIVE checkpoint never catches up with the last commit, and SQLite
+//! starts the WAL over only after one that did. So once the WAL holds [`CATCH_UP_FRAMES`], this
+//! thread checkpoints back to back (no pacing) until at most [`SMALL_REMAINDER`] frames are left,
+//! then raises [`CheckpointSignal::finish`] and stays out of the way: the writer, after answering
+//! its next group, copies that rest itself, and its next transaction starts the WAL over. When
+//! the writer outruns the copy (64 writers on a slow disk do), the writer's own bound
+//! (`BACKGROUND_WAL_BOUND_FRAMES`, twice this threshold) finishes it instead. Either way the
+//! appends queued meanwhile wait for one copy of what this thread left, not of the whole WAL.
 //! Commits stay exactly as durable: each one is fsync'd in the WAL before it is answered.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reel_core::ReelError;
 
 use crate::schema::open_connection;
 
-/// Shortest time between two checkpoints.
+/// Shortest time between two checkpoints while the WAL is small.
 pub const PACE: Duration = Duration::from_millis(100);
 
-/// Runs until every nudge sender is gone; checkpoints after nudges, at most every [`PACE`], and
-/// once more at the end.
-pub fn run_checkpointer(path: &Path, nudges: Receiver<()>) -> Result<(), ReelError> {
+/// WAL size (frames of 4 KiB) from which this thread catches up and asks the writer to finish.
+pub const CATCH_UP_FRAMES: i64 = 8_192;
+
+/// Frames left uncopied below which the writer is asked to finish the copy.
+pub const SMALL_REMAINDER: i64 = 1_024;
+
+/// Most back-to-back checkpoints in one catch-up (a writer outrunning the copy is bounded by
+/// the writer's own fallback instead).
+const MAX_CATCH_UP_ROUNDS: u32 = 16;
+
+/// What the checkpoint thread tells the writer.
+#[derive(Default)]
+pub struct CheckpointSignal {
+    /// Set when only a small rest of a large WAL is left to copy.
+    pub finish: AtomicBool,
+}
+
+/// Runs until every nudge sender is gone; checkpoints after nudges, at most every [`PACE`]
+/// unless catching up, and once more at the end.
+pub fn run_checkpointer(path: &Path, nudges: Receiver<()>, signal: Arc<CheckpointSignal>) -> Result<(), ReelError> {
     let conn = open_connection(path, false)?;
     let mut last = Instant::now() - PACE;
     let mut pending = false;
+    // Whether the WAL was large at the last checkpoint: then the next one does not wait for PACE.
+    let mut catching_up = false;
     loop {
-        let wait = if pending { PACE.saturating_sub(last.elapsed()) } else { Duration::from_secs(3600) };
+        let wait = if !pending {
+            Duration::from_secs(3600)
+        } else if signal.finish.load(Ordering::Acquire) {
+            // The writer's next commit nudges again; until then there is nothing to do.
+            Duration::from_millis(1)
+        } else if catching_up {
+            Duration::ZERO
+        } else {
+            PACE.saturating_sub(last.elapsed())
+        };
         match nudges.recv_timeout(wait) {
             Ok(()) => pending = true,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if pending && last.elapsed() >= PACE {
-            checkpoint(&conn);
+        // While the writer has not yet finished the copy it was asked to, a checkpoint here
+        // would hold SQLite's checkpoint lock and make the writer's attempt return at once.
+        let writer_finishing = signal.finish.load(Ordering::Acquire);
+        if pending && !writer_finishing && (catching_up || last.elapsed() >= PACE) {
+            let mut progress = checkpoint(&conn);
+            let mut rounds = 0;
+            catching_up = false;
+            while let Some(p) = progress {
+                if p.frames < CATCH_UP_FRAMES {
+                    break;
+                }
+                catching_up = true;
+                if p.frames - p.copied <= SMALL_REMAINDER {
+                    signal.finish.store(true, Ordering::Release);
+                    break;
+                }
+                if rounds >= MAX_CATCH_UP_ROUNDS {
+                    break;
+                }
+                rounds += 1;
+                progress = checkpoint(&conn);
+            }
             last = Instant::now();
             pending = false;
         }
@@ -43,12 +101,24 @@ pub fn run_checkpointer(path: &Path, nudges: Receiver<()>) -> Result<(), ReelErr
     Ok(())
 }
 
-fn checkpoint(conn: &rusqlite::Connection) {
+/// Frames in the WAL and frames of it copied into the main file.
+#[derive(Clone, Copy, Debug)]
+struct Progress {
+    frames: i64,
+    copied: i64,
+}
+
+fn checkpoint(conn: &rusqlite::Connection) -> Option<Progress> {
     // (busy, frames in the WAL, frames copied): a busy or partial one is simply tried again later.
     let outcome = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
     });
-    if let Err(e) = outcome {
-        tracing::warn!(error = %e, "background WAL checkpoint failed; the next one tries again");
+    match outcome {
+        Ok((_, frames, copied)) if frames >= 0 => Some(Progress { frames, copied }),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "background WAL checkpoint failed; the next one tries again");
+            None
+        }
     }
 }

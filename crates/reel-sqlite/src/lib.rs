@@ -82,7 +82,9 @@ pub enum CheckpointMode {
     /// On the writer thread, right after the group whose commit brought the WAL to 1,000 pages
     /// was answered: nobody waits for it but appends queued meanwhile.
     AfterAnswer,
-    /// On a thread of its own with its own connection, at most every 100 ms after commits.
+    /// On a thread of its own with its own connection, at most every 100 ms after commits while
+    /// the WAL is small and back to back once it passes 8,192 pages; the writer copies only the
+    /// rest that thread leaves, so the WAL can start over (it grows to at most 64 MiB).
     Background,
 }
 
@@ -137,16 +139,18 @@ impl SqliteStore {
             conn.pragma_update(None, "wal_autocheckpoint", 0)
                 .map_err(|e| ReelError::storage(format!("configuring {}", path.display()), e))?;
             let (nudge, nudges) = mpsc::sync_channel(1);
+            let signal = Arc::new(checkpointer::CheckpointSignal::default());
+            let checkpoint_signal = Arc::clone(&signal);
             let checkpoint_path = path.clone();
             std::thread::Builder::new()
                 .name("reel-sqlite-checkpoint".into())
                 .spawn(move || {
-                    if let Err(e) = checkpointer::run_checkpointer(&checkpoint_path, nudges) {
+                    if let Err(e) = checkpointer::run_checkpointer(&checkpoint_path, nudges, checkpoint_signal) {
                         tracing::error!(error = %e, "the checkpoint thread stopped; the WAL is no longer checkpointed");
                     }
                 })
                 .map_err(|e| ReelError::storage("starting the checkpoint thread", e))?;
-            writer::Checkpoints::Background(nudge)
+            writer::Checkpoints::Background { nudge, signal }
         } else if options.checkpoints == CheckpointMode::AfterAnswer {
             writer::Checkpoints::AfterAnswer
         } else {

@@ -123,6 +123,38 @@ async fn every_checkpoint_mode_copies_the_wal_into_the_main_file() {
     }
 }
 
+/// With background checkpoints the WAL still starts over under sustained load: the checkpoint
+/// thread copies it while appends go on, and the writer finishes the copy (what the thread left,
+/// or everything past its 64 MiB bound). A WAL that never started over would grow by every byte
+/// appended; here 160 MB go through it and the file must stay near the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_checkpoints_keep_the_wal_bounded_under_sustained_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reel.db");
+    let options = SqliteOptions { checkpoints: CheckpointMode::Background, ..SqliteOptions::default() };
+    let store = SqliteStore::open_with(&path, options).unwrap();
+    let payload = format!("\"{}\"", "x".repeat(8_000));
+    let mut appenders = Vec::new();
+    for a in 0..4 {
+        let (store, payload) = (store.clone(), payload.clone());
+        appenders.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let events = (0..100).map(|_| NewEvent::new("Big", payload.clone())).collect();
+                store.append(&stream(&format!("big-{a}-{i}")), ExpectedVersion::Any, events).await.unwrap();
+            }
+        }));
+    }
+    for appender in appenders {
+        appender.await.unwrap();
+    }
+    assert_eq!(store.head().await.unwrap(), Position(20_000), "every append answered and stored");
+    let wal = std::fs::metadata(dir.path().join("reel.db-wal")).map_or(0, |m| m.len());
+    // 16,384 frames of 4 KiB plus their headers, and one more group that crossed the bound.
+    let bound = 16_384 * 4_120 + 4 * 100 * 8_200 * 2;
+    assert!(wal <= bound, "the WAL file grew to {wal} bytes (bound {bound}): it did not start over");
+    assert!(wal > 0, "the WAL was used");
+}
+
 /// The stage report accounts for every append job and shows checkpoints apart from commits,
 /// whichever thread runs them on the writer's side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
