@@ -397,8 +397,11 @@ fn frames(reader: &mut impl BufRead, count: usize) -> Vec<String> {
 /// The next `count` frames that carry events, skipping heartbeats (comment-only frames), which
 /// a loaded machine may send before the first event arrives.
 fn event_frames(reader: &mut impl BufRead, count: usize) -> Vec<String> {
+    // Heartbeats come at least every 15 s, so a missing event fails here instead of hanging.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut events = Vec::new();
     while events.len() < count {
+        assert!(std::time::Instant::now() < deadline, "only {} of {count} events arrived in 60 s", events.len());
         let frame = frames(reader, 1).remove(0);
         if !frame.lines().all(|line| line.starts_with(':')) {
             events.push(frame);

@@ -88,7 +88,7 @@ pub async fn all_live(
     }
     let from = start(&headers, query.from)?;
     let selection = Selection::All { filter, access };
-    Ok(live(state, selection, from))
+    live(state, selection, from).await
 }
 
 /// Follow one stream live (Server-Sent Events).
@@ -115,12 +115,19 @@ pub async fn stream_live(
         return Err(forbidden(format!("reading {stream}")));
     }
     let from = start(&headers, query.from)?;
-    Ok(live(state, Selection::Stream(stream), from))
+    live(state, Selection::Stream(stream), from).await
 }
 
-fn live(state: AppState, selection: Selection, from: Option<Position>) -> Response {
+async fn live(state: AppState, selection: Selection, from: Option<Position>) -> Result<Response, ApiError> {
     // Subscribed before catching up, so nothing appended meanwhile is missed.
     let tail = state.live.subscribe();
+    // Without a start, "new events" are those appended after the client has its response: the
+    // head is read before the response goes out. Read later (in the feed task), an append the
+    // client made right after connecting could land below it and never be sent.
+    let from = match from {
+        Some(from) => from,
+        None => state.events.head().await?.next(),
+    };
     let (sender, receiver) = mpsc::channel::<Event>(64);
     let heartbeat = state.limits.heartbeat;
     state.metrics.live_clients.inc();
@@ -128,7 +135,7 @@ fn live(state: AppState, selection: Selection, from: Option<Position>) -> Respon
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|event| (Ok::<_, Infallible>(event), receiver))
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat")).into_response()
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat")).into_response())
 }
 
 fn data_event(event: &RecordedEvent) -> Event {
@@ -145,14 +152,10 @@ fn final_event(kind: &str, resume_from: Position, message: &str) -> Event {
 async fn feed(
     state: AppState,
     selection: Selection,
-    from: Option<Position>,
+    mut next: Position,
     mut tail: broadcast::Receiver<Arc<LiveEvent>>,
     sender: mpsc::Sender<Event>,
 ) {
-    let mut next = match from {
-        Some(from) => from,
-        None => state.events.head().await.map(|h| h.next()).unwrap_or(Position(1)),
-    };
     let mut shutdown = state.shutdown.clone();
     let outcome = async {
         catch_up(&state, &selection, &mut next, &sender).await?;
