@@ -125,8 +125,10 @@ async fn every_checkpoint_mode_copies_the_wal_into_the_main_file() {
 
 /// With background checkpoints the WAL still starts over under sustained load: the checkpoint
 /// thread copies it while appends go on, and the writer finishes the copy (what the thread left,
-/// or everything past its 64 MiB bound). A WAL that never started over would grow by every byte
-/// appended; here 160 MB go through it and the file must stay near the bound.
+/// or everything once the WAL passes its 64 MiB bound). A WAL that never started over would grow
+/// by every byte appended; here 400 MB go through it. The bound is soft (a copy of the writer's
+/// that meets one of the thread's is tried again after the next group, and each group here adds
+/// up to 13 MB), so the file may pass 64 MiB, but never by more than a few groups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_checkpoints_keep_the_wal_bounded_under_sustained_appends() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,7 +140,7 @@ async fn background_checkpoints_keep_the_wal_bounded_under_sustained_appends() {
     for a in 0..4 {
         let (store, payload) = (store.clone(), payload.clone());
         appenders.push(tokio::spawn(async move {
-            for i in 0..50 {
+            for i in 0..125 {
                 let events = (0..100).map(|_| NewEvent::new("Big", payload.clone())).collect();
                 store.append(&stream(&format!("big-{a}-{i}")), ExpectedVersion::Any, events).await.unwrap();
             }
@@ -147,10 +149,10 @@ async fn background_checkpoints_keep_the_wal_bounded_under_sustained_appends() {
     for appender in appenders {
         appender.await.unwrap();
     }
-    assert_eq!(store.head().await.unwrap(), Position(20_000), "every append answered and stored");
+    assert_eq!(store.head().await.unwrap(), Position(50_000), "every append answered and stored");
     let wal = std::fs::metadata(dir.path().join("reel.db-wal")).map_or(0, |m| m.len());
-    // 16,384 frames of 4 KiB plus their headers, and one more group that crossed the bound.
-    let bound = 16_384 * 4_120 + 4 * 100 * 8_200 * 2;
+    // 16,384 frames of 4 KiB plus their headers, and a few groups of 4 appends of 800 KB.
+    let bound = 16_384 * 4_120 + 8 * 4 * 100 * 8_200;
     assert!(wal <= bound, "the WAL file grew to {wal} bytes (bound {bound}): it did not start over");
     assert!(wal > 0, "the WAL was used");
 }
