@@ -113,5 +113,40 @@ mod tests {
         assert!(own > 0.0, "this process used CPU spinning");
         assert!((0.0..=1.0).contains(&used.busy_share()));
         assert!(used.describe(1000).contains("CPU-µs per event"));
+        let waits = run_queue_wait_by_thread();
+        assert!(!waits.is_empty(), "this process's threads are listed with their run-queue wait");
     }
+}
+
+/// For each thread name of this process, the time its threads have so far spent runnable but
+/// waiting for a CPU (the run-queue wait of `/proc/self/task/*/schedstat`), in nanoseconds.
+/// Threads that end between two readings drop out of the second.
+pub fn run_queue_wait_by_thread() -> std::collections::BTreeMap<String, u64> {
+    let mut waits = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return waits };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default().trim().to_string();
+        let wait = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1).and_then(|f| f.parse::<u64>().ok()));
+        if let Some(wait) = wait {
+            *waits.entry(name).or_insert(0) += wait;
+        }
+    }
+    waits
+}
+
+/// The run-queue wait per thread name between two readings of [`run_queue_wait_by_thread`].
+pub fn run_queue_wait_since(
+    before: &std::collections::BTreeMap<String, u64>,
+) -> std::collections::BTreeMap<String, std::time::Duration> {
+    run_queue_wait_by_thread()
+        .into_iter()
+        .map(|(name, after)| {
+            let waited = after.saturating_sub(before.get(&name).copied().unwrap_or(0));
+            (name, std::time::Duration::from_nanos(waited))
+        })
+        .filter(|(_, waited)| !waited.is_zero())
+        .collect()
 }

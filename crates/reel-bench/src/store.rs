@@ -219,6 +219,7 @@ async fn latency_sweep(
             let store = Arc::new(SqliteStore::open_with(dir.join(name), options)?);
             let payload = Arc::new(payload(plan.event_size));
             let appender = store.clone();
+            let waits_before = crate::cpu::run_queue_wait_by_thread();
             let result = timed(writers, plan.sweep_seconds, move |w, n| {
                 let (store, payload) = (appender.clone(), payload.clone());
                 async move {
@@ -230,6 +231,7 @@ async fn latency_sweep(
                 }
             })
             .await?;
+            let waited = crate::cpu::run_queue_wait_since(&waits_before);
             let how = match mode {
                 CheckpointMode::InsideCommit => "checkpoints inside commits",
                 CheckpointMode::AfterAnswer => "checkpoints after answering",
@@ -245,10 +247,21 @@ async fn latency_sweep(
                 &result,
                 &stages,
             );
+            // Time threads were ready to run but had no CPU: where a caller's latency goes when
+            // no stage of the writer accounts for it.
+            println!(
+                "  waiting for a CPU (runnable, not running), per append: {}",
+                waited
+                    .iter()
+                    .map(|(name, d)| format!("{name} {:.1} µs", d.as_secs_f64() * 1e6 / result.events.max(1) as f64))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             points.push(serde_json::json!({
                 "writers": writers, "checkpoints": format!("{mode:?}"), "wal_bytes": wal_bytes, "events_per_sec": result.events as f64 / result.elapsed.as_secs_f64(),
                 "p50_ms": result.quantile_ms(0.5), "p95_ms": result.quantile_ms(0.95),
                 "p99_ms": result.quantile_ms(0.99), "p999_ms": result.quantile_ms(0.999),
+                "run_queue_wait_ms": waited.iter().map(|(name, d)| (name.clone(), serde_json::json!(d.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>(),
                 "stages": stages.iter().map(|s| serde_json::json!({
                     "stage": s.stage.name(), "count": s.count, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms,
                     "p999_ms": s.p999_ms, "max_ms": s.max_ms, "total_ms": s.total_ms,
