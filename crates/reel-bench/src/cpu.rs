@@ -92,32 +92,6 @@ pub fn own_cpu_seconds() -> Option<f64> {
     Some((utime + stime) as f64 / TICKS_PER_SECOND)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_move_forward_and_shares_stay_in_bounds() {
-        let before = MachineCpu::now().expect("/proc/stat on Linux");
-        let own_before = own_cpu_seconds().expect("/proc/self/stat on Linux");
-        // Spin long enough for the 10 ms ticks to count it.
-        let started = std::time::Instant::now();
-        let mut x = 0u64;
-        while started.elapsed() < std::time::Duration::from_millis(150) {
-            x = x.wrapping_mul(31).wrapping_add(7);
-        }
-        std::hint::black_box(x);
-        let used = before.used_since().expect("/proc/stat on Linux");
-        let own = own_cpu_seconds().expect("/proc/self/stat on Linux") - own_before;
-        assert!(used.busy > 0.0, "the machine was busy spinning: {used:?}");
-        assert!(own > 0.0, "this process used CPU spinning");
-        assert!((0.0..=1.0).contains(&used.busy_share()));
-        assert!(used.describe(1000).contains("CPU-µs per event"));
-        let waits = run_queue_wait_by_thread();
-        assert!(!waits.is_empty(), "this process's threads are listed with their run-queue wait");
-    }
-}
-
 /// For each thread name of this process, the time its threads have so far spent runnable but
 /// waiting for a CPU (the run-queue wait of `/proc/self/task/*/schedstat`), in nanoseconds.
 /// Threads that end between two readings drop out of the second.
@@ -149,4 +123,30 @@ pub fn run_queue_wait_since(
         })
         .filter(|(_, waited)| !waited.is_zero())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_move_forward_and_shares_stay_in_bounds() {
+        let before = MachineCpu::now().expect("/proc/stat on Linux");
+        let own_before = own_cpu_seconds().expect("/proc/self/stat on Linux");
+        // Spin long enough for the 10 ms ticks to count it.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(150) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let used = before.used_since().expect("/proc/stat on Linux");
+        let own = own_cpu_seconds().expect("/proc/self/stat on Linux") - own_before;
+        assert!(used.busy > 0.0, "the machine was busy spinning: {used:?}");
+        assert!(own > 0.0, "this process used CPU spinning");
+        assert!((0.0..=1.0).contains(&used.busy_share()));
+        assert!(used.describe(1000).contains("CPU-µs per event"));
+        let waits = run_queue_wait_by_thread();
+        assert!(!waits.is_empty(), "this process's threads are listed with their run-queue wait");
+    }
 }
