@@ -172,21 +172,13 @@ async fn idle_cpu(
         let _ = stopped.await;
     }));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (cpu_before, wall_before) = (process_cpu_seconds()?, Instant::now());
+    let cpu_seconds = || crate::cpu::own_cpu_seconds().ok_or_else(|| anyhow::anyhow!("unreadable /proc/self/stat"));
+    let (cpu_before, wall_before) = (cpu_seconds()?, Instant::now());
     tokio::time::sleep(Duration::from_secs(plan.idle_seconds.max(1))).await;
-    let (cpu, wall) = (process_cpu_seconds()? - cpu_before, wall_before.elapsed().as_secs_f64());
+    let (cpu, wall) = (cpu_seconds()? - cpu_before, wall_before.elapsed().as_secs_f64());
     let _ = stop.send(());
     worker.await??;
     Ok(cpu / wall * 100.0)
-}
-
-/// User + system CPU seconds of this process.
-fn process_cpu_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let after = stat.rfind(')').map(|i| &stat[i + 2..]).ok_or_else(|| anyhow::anyhow!("unreadable /proc/self/stat"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
 }
 
 struct Noop {
