@@ -179,6 +179,9 @@ pub enum BenchCommand {
         /// Seconds the idle worker is measured.
         #[arg(long, default_value_t = 30)]
         idle_seconds: u64,
+        /// Where the store checkpoints its WAL (`SqliteOptions::checkpoints`).
+        #[arg(long, value_enum, default_value_t = Checkpoints::InsideCommit)]
+        checkpoints: Checkpoints,
     },
     /// Relays to Redis Streams, NATS JetStream and Kafka beside a plain client of the same library, and append → broker-ack latency;
     /// the MQTT bridge's ingest beside a plain subscriber.
@@ -282,6 +285,27 @@ pub enum BenchCommand {
     },
 }
 
+/// `SqliteOptions::checkpoints` on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checkpoints {
+    /// Inside the commit that brings the WAL to 1,000 pages (the store's default).
+    InsideCommit,
+    /// On the writer, after answering that commit.
+    AfterAnswer,
+    /// On a thread of its own.
+    Background,
+}
+
+impl Checkpoints {
+    fn mode(self) -> reel_sqlite::CheckpointMode {
+        match self {
+            Checkpoints::InsideCommit => reel_sqlite::CheckpointMode::InsideCommit,
+            Checkpoints::AfterAnswer => reel_sqlite::CheckpointMode::AfterAnswer,
+            Checkpoints::Background => reel_sqlite::CheckpointMode::Background,
+        }
+    }
+}
+
 /// One line of the results table.
 #[derive(Serialize, Debug)]
 struct Row {
@@ -349,7 +373,15 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             };
             bench_append(&dir, &plan).await.map(|(rows, extra)| ("append", rows, extra))
         }
-        BenchCommand::Subscriptions { events, batch, live_seconds, rate, idle_subscriptions, idle_seconds } => {
+        BenchCommand::Subscriptions {
+            events,
+            batch,
+            live_seconds,
+            rate,
+            idle_subscriptions,
+            idle_seconds,
+            checkpoints,
+        } => {
             let plan = subscriptions::SubscriptionPlan {
                 events: *events,
                 batch: (*batch).clamp(1, reel_sqlite::MAX_READ_LIMIT),
@@ -358,6 +390,7 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
                 rate: (*rate).clamp(1, 100_000),
                 idle_subscriptions: *idle_subscriptions,
                 idle_seconds: *idle_seconds,
+                checkpoints: checkpoints.mode(),
             };
             subscriptions::bench_subscriptions(&dir, &plan).await.map(|(rows, extra)| ("subscriptions", rows, extra))
         }

@@ -28,10 +28,12 @@ pub(super) struct SubscriptionPlan {
     pub(super) rate: u64,
     pub(super) idle_subscriptions: usize,
     pub(super) idle_seconds: u64,
+    pub(super) checkpoints: reel_sqlite::CheckpointMode,
 }
 
 pub(super) async fn bench_subscriptions(dir: &Path, plan: &SubscriptionPlan) -> Result<(Vec<Row>, serde_json::Value)> {
-    let store = SqliteStore::open(dir.join("reel-subscriptions.db"))?;
+    let options = reel_sqlite::SqliteOptions { checkpoints: plan.checkpoints, ..Default::default() };
+    let store = SqliteStore::open_with(dir.join("reel-subscriptions.db"), options)?;
     let subscriptions = store.subscription_store()?;
     let bar = progress(plan.events, "writing");
     populate(&store, plan.events, &payload(plan.event_size), &bar).await?;
@@ -103,6 +105,7 @@ pub(super) async fn bench_subscriptions(dir: &Path, plan: &SubscriptionPlan) -> 
         "idle_cpu_percent_of_one_core": idle,
         "catch_up_peak_rss_kib": catch_up_peak,
         "batch": plan.batch,
+        "checkpoints": format!("{:?}", plan.checkpoints),
     });
     Ok((rows, extra))
 }
