@@ -66,8 +66,10 @@ pub fn run_checkpointer(path: &Path, nudges: Receiver<()>, signal: Arc<Checkpoin
         let wait = if !pending {
             Duration::from_secs(3600)
         } else if signal.finish.load(Ordering::Acquire) {
-            // The writer's next commit nudges again; until then there is nothing to do.
-            Duration::from_millis(1)
+            // Nothing to do until the writer has copied the rest; its commit after that starts
+            // the WAL over, which nudges this thread again. (Polling here woke the thread every
+            // millisecond for as long as no append came.)
+            Duration::from_secs(3600)
         } else if catching_up {
             Duration::ZERO
         } else {
