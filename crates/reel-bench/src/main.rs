@@ -85,6 +85,12 @@ pub enum BenchCommand {
         /// background and inside commits); 0 skips it.
         #[arg(long, default_value_t = 5)]
         sweep_seconds: u64,
+        /// Run only the latency sweep (with the one-commit-per-row baseline).
+        #[arg(long)]
+        sweep_only: bool,
+        /// Checkpoint modes the sweep measures, comma-separated (all three by default).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Checkpoints::InsideCommit, Checkpoints::AfterAnswer, Checkpoints::Background])]
+        checkpoints: Vec<Checkpoints>,
     },
     /// Aggregates: load with and without snapshots, command throughput, conflicts on a hot aggregate.
     Aggregates {
@@ -361,7 +367,16 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = tempdir_in(&args.dir)?;
     let result = match &args.command {
-        BenchCommand::Append { events, batch, concurrency, single_events, disk_mib, sweep_seconds } => {
+        BenchCommand::Append {
+            events,
+            batch,
+            concurrency,
+            single_events,
+            disk_mib,
+            sweep_seconds,
+            sweep_only,
+            checkpoints,
+        } => {
             let plan = AppendPlan {
                 events: *events,
                 batch: (*batch).max(1),
@@ -370,6 +385,8 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
                 disk_mib: *disk_mib,
                 event_size: args.event_size,
                 sweep_seconds: *sweep_seconds,
+                sweep_only: *sweep_only,
+                sweep_modes: checkpoints.iter().map(|c| c.mode()).collect(),
             };
             bench_append(&dir, &plan).await.map(|(rows, extra)| ("append", rows, extra))
         }

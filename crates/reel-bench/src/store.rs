@@ -24,10 +24,21 @@ pub(super) struct AppendPlan {
     pub(super) disk_mib: u64,
     pub(super) event_size: usize,
     pub(super) sweep_seconds: u64,
+    /// Only the latency sweep and its baseline.
+    pub(super) sweep_only: bool,
+    /// The checkpoint modes the sweep measures.
+    pub(super) sweep_modes: Vec<CheckpointMode>,
 }
 
 pub(super) async fn bench_append(dir: &Path, plan: &AppendPlan) -> Result<(Vec<Row>, serde_json::Value)> {
     let mut rows = Vec::new();
+    if plan.sweep_only {
+        let raw = single_commit_baseline(dir, plan)?;
+        let fsync_rate = raw.events_per_sec;
+        rows.push(raw);
+        let sweep = latency_sweep(dir, plan, fsync_rate, &mut rows).await?;
+        return Ok((rows, serde_json::json!({ "latency_sweep": sweep, "event_size": plan.event_size })));
+    }
     let (bandwidth, fsyncs_per_sec) = disk_limits(dir, plan.disk_mib)?;
     let payload = payload(plan.event_size);
     let batches = (plan.events / plan.batch).max(1);
@@ -74,10 +85,7 @@ pub(super) async fn bench_append(dir: &Path, plan: &AppendPlan) -> Result<(Vec<R
     rows.push(with_ratio(row, baseline_rate));
 
     let singles = plan.single_events.max(plan.concurrency);
-    let raw_single = (singles / 4).max(100);
-    let raw = measure("raw rusqlite loop, one commit per row".into(), raw_single, || {
-        raw_sqlite_insert(&dir.join("raw-single.db"), raw_single, 1, &payload, IdIndex::None)
-    })?;
+    let raw = single_commit_baseline(dir, plan)?;
     let fsync_rate = raw.events_per_sec;
     rows.push(raw);
     for group_commit in [false, true] {
@@ -201,6 +209,14 @@ pub(super) async fn bench_read(
     Ok((rows, extra))
 }
 
+/// The raw rusqlite loop with one commit per row: what one fsync per append allows.
+fn single_commit_baseline(dir: &Path, plan: &AppendPlan) -> Result<Row> {
+    let raw_single = (plan.single_events.max(plan.concurrency) / 4).max(100);
+    measure("raw rusqlite loop, one commit per row".into(), raw_single, || {
+        raw_sqlite_insert(&dir.join("raw-single.db"), raw_single, 1, &payload(plan.event_size), IdIndex::None)
+    })
+}
+
 /// Single-event `Exact` appends for a fixed time at 1, 16 and 64 writers, each call timed, for
 /// each checkpoint mode, with the writer's per-stage breakdown (queue wait, group assembly,
 /// write, commit, checkpoint, reply) printed after each point and kept in the JSON.
@@ -211,7 +227,7 @@ async fn latency_sweep(
     rows: &mut Vec<Row>,
 ) -> Result<Vec<serde_json::Value>> {
     let mut points = Vec::new();
-    for mode in [CheckpointMode::InsideCommit, CheckpointMode::AfterAnswer, CheckpointMode::Background] {
+    for &mode in &plan.sweep_modes {
         for writers in [1u64, 16, 64] {
             let name = format!("reel-sweep-{writers}-{mode:?}.db");
             let options = SqliteOptions { checkpoints: mode, record_stages: true, ..SqliteOptions::default() };
@@ -240,12 +256,14 @@ async fn latency_sweep(
             let name = format!("reel, {writers} writer(s), single Exact appends, {how}, {} s", plan.sweep_seconds);
             rows.push(timed_row(name, &result, Some((fsync_rate, "one commit per row"))));
             let stages = store.stage_report().unwrap_or_default();
+            let splits = store.append_splits(&[0.99, 0.999]).unwrap_or_default();
             // How far the WAL grew: it starts over only after a checkpoint that caught up with it.
             let wal_bytes = std::fs::metadata(&wal_path).map_or(0, |m| m.len());
             print_stages(
                 &format!("{writers} writer(s), {how}, WAL file {:.1} MiB", wal_bytes as f64 / 1048576.0),
                 &result,
                 &stages,
+                &splits,
             );
             // Time threads were ready to run but had no CPU: where a caller's latency goes when
             // no stage of the writer accounts for it.
@@ -262,6 +280,10 @@ async fn latency_sweep(
                 "p50_ms": result.quantile_ms(0.5), "p95_ms": result.quantile_ms(0.95),
                 "p99_ms": result.quantile_ms(0.99), "p999_ms": result.quantile_ms(0.999),
                 "run_queue_wait_ms": waited.iter().map(|(name, d)| (name.clone(), serde_json::json!(d.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>(),
+                "append_splits": splits.iter().map(|s| serde_json::json!({
+                    "from_quantile": s.from_quantile, "appends": s.appends, "total_ms": s.total_ms,
+                    "queued_ms": s.queued_ms, "in_writer_ms": s.in_writer_ms, "wake_up_ms": s.wake_up_ms,
+                })).collect::<Vec<_>>(),
                 "stages": stages.iter().map(|s| serde_json::json!({
                     "stage": s.stage.name(), "count": s.count, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms,
                     "p999_ms": s.p999_ms, "max_ms": s.max_ms, "total_ms": s.total_ms,
@@ -273,7 +295,12 @@ async fn latency_sweep(
 }
 
 /// The writer's stages of one sweep point beside the callers' own latency.
-fn print_stages(point: &str, callers: &super::Timed, stages: &[reel_sqlite::StageSummary]) {
+fn print_stages(
+    point: &str,
+    callers: &super::Timed,
+    stages: &[reel_sqlite::StageSummary],
+    splits: &[reel_sqlite::AppendSplit],
+) {
     println!("stages, {point}:");
     println!("  {:<28} {:>9} {:>9} {:>9} {:>9} {:>9}", "stage", "samples", "p50 ms", "p99 ms", "p999 ms", "max ms");
     println!(
@@ -294,6 +321,22 @@ fn print_stages(point: &str, callers: &super::Timed, stages: &[reel_sqlite::Stag
             s.p99_ms,
             s.p999_ms,
             s.max_ms
+        );
+    }
+    // Each append split at the points the writer noted: which part makes the slowest ones slow.
+    println!(
+        "  {:<28} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "mean split of appends", "appends", "whole ms", "queued", "in writer", "wake-up"
+    );
+    for s in splits {
+        let which = if s.from_quantile == 0.0 {
+            "all".to_string()
+        } else {
+            format!("slowest from p{}", s.from_quantile * 100.0)
+        };
+        println!(
+            "  {:<28} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            which, s.appends, s.total_ms, s.queued_ms, s.in_writer_ms, s.wake_up_ms
         );
     }
 }

@@ -48,7 +48,7 @@ pub use presence::SqlitePresenceStore;
 pub use reel_core::MAX_READ_LIMIT;
 pub use schema::SCHEMA_VERSION;
 pub use snapshots::SqliteSnapshotStore;
-pub use stages::{Stage, StageSummary};
+pub use stages::{AppendSplit, Stage, StageSummary};
 pub use subscriptions::{SqliteProjection, SqliteSubscriptionStore};
 pub use writer::RECENT_ID_WINDOW;
 
@@ -217,10 +217,26 @@ impl SqliteStore {
         self.inner.stages.as_ref().map(|stages| stages.take())
     }
 
+    /// How the appends' time split between the queue, the writer and waking their callers, for
+    /// all of them and for the slowest (at or above each of `quantiles` of their whole time),
+    /// since the last call; `None` unless opened with `record_stages`.
+    pub fn append_splits(&self, quantiles: &[f64]) -> Option<Vec<AppendSplit>> {
+        self.inner.stages.as_ref().map(|stages| stages.take_splits(quantiles))
+    }
+
     async fn submit(&self, requests: Vec<AppendRequest>) -> Result<Vec<Result<AppendResult, ReelError>>, ReelError> {
         let (reply, answer) = oneshot::channel();
-        self.inner.jobs.send(reel_core::backend::WriteJob::new(requests, reply)).map_err(|_| ReelError::Closed)?;
-        answer.await.map_err(|_| ReelError::Closed)
+        let Some(stages) = &self.inner.stages else {
+            self.inner.jobs.send(reel_core::backend::WriteJob::new(requests, reply)).map_err(|_| ReelError::Closed)?;
+            return answer.await.map_err(|_| ReelError::Closed);
+        };
+        let trace = Arc::new(reel_core::backend::JobTrace::default());
+        let job = reel_core::backend::WriteJob::traced(requests, reply, Arc::clone(&trace));
+        let submitted = job.submitted;
+        self.inner.jobs.send(job).map_err(|_| ReelError::Closed)?;
+        let answers = answer.await.map_err(|_| ReelError::Closed)?;
+        stages.record_append(submitted, &trace, std::time::Instant::now());
+        Ok(answers)
     }
 }
 

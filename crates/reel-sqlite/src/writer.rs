@@ -75,12 +75,14 @@ pub fn run_writer(
     let mut nudged_at_frames = 0;
     while let Ok(first) = jobs.recv() {
         let gathering = Instant::now();
+        first.note_taken();
         record(Stage::QueueWait, gathering.saturating_duration_since(first.submitted), 1);
         let mut events = first.event_count();
         let mut group = vec![first];
         while group.len() < limits.max_jobs && events < limits.max_events {
             match jobs.try_recv() {
                 Ok(job) => {
+                    job.note_taken();
                     record(Stage::QueueWait, job.submitted.elapsed(), 1);
                     events += job.event_count();
                     group.push(job);

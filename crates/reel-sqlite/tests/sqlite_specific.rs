@@ -178,6 +178,18 @@ async fn the_stage_report_counts_every_append_and_shows_checkpoints_apart() {
         // the report.
         assert!((299..=300).contains(&count(Stage::Reply)), "{mode:?}: one reply per append");
         assert!(count(Stage::Checkpoint) >= 1, "{mode:?}: 6 MB through the WAL crossed the threshold: {report:?}");
+        // Each caller noted when it ran again after its answer, so every append is split.
+        assert_eq!(count(Stage::WakeUp), 300, "{mode:?}: one wake-up per append");
+        let splits = store.append_splits(&[0.99]).expect("recording was asked for");
+        let (all, slowest) = (&splits[0], &splits[1]);
+        // The 0.99 quantile of 300 is rank 296 (of 0–299), so the slowest are the last four.
+        assert_eq!((all.appends, slowest.appends), (300, 4), "{mode:?}: {splits:?}");
+        for split in &splits {
+            let parts = split.queued_ms + split.in_writer_ms + split.wake_up_ms;
+            assert!((split.total_ms - parts).abs() < 1e-9 && split.in_writer_ms > 0.0, "{mode:?}: {split:?}");
+        }
+        assert!(slowest.total_ms >= all.total_ms, "{mode:?}: the slowest are chosen by their whole time: {splits:?}");
+        assert_eq!(store.append_splits(&[]).unwrap()[0].appends, 0, "{mode:?}: the splits start over");
         // Queue wait and commit are recorded before the answer is sent, so they are exact.
         store.append(&stream("s-0"), ExpectedVersion::Any, vec![NewEvent::new("Small", "{}")]).await.unwrap();
         let next = store.stage_report().unwrap();
@@ -187,6 +199,7 @@ async fn the_stage_report_counts_every_append_and_shows_checkpoints_apart() {
     let dir = tempfile::tempdir().unwrap();
     let plain = SqliteStore::open(dir.path().join("reel.db")).unwrap();
     assert!(plain.stage_report().is_none(), "nothing is recorded unless asked");
+    assert!(plain.append_splits(&[0.99]).is_none(), "nothing is split unless asked");
 }
 
 fn with_id(event_type: &str) -> NewEvent {

@@ -13,12 +13,41 @@ pub struct WriteJob {
     pub reply: oneshot::Sender<Vec<Result<AppendResult, ReelError>>>,
     /// When the caller queued it (how long it waited for the writer is a stage of its latency).
     pub submitted: std::time::Instant,
+    /// When the writer took it and answered it, kept only while a store records where appends
+    /// spend their time (benchmarks): the caller then splits its own latency per append.
+    pub trace: Option<std::sync::Arc<JobTrace>>,
+}
+
+/// When the writer took a job and when it answered it. The writer fills it; the caller reads it
+/// after the answer arrived.
+#[derive(Debug, Default)]
+pub struct JobTrace {
+    /// The writer took the job off its queue.
+    pub taken: std::sync::OnceLock<std::time::Instant>,
+    /// The writer handed the job its answer.
+    pub answered: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl WriteJob {
     /// A job queued now.
     pub fn new(requests: Vec<AppendRequest>, reply: oneshot::Sender<Vec<Result<AppendResult, ReelError>>>) -> Self {
-        Self { requests, reply, submitted: std::time::Instant::now() }
+        Self { requests, reply, submitted: std::time::Instant::now(), trace: None }
+    }
+
+    /// A job queued now whose writer notes in `trace` when it took and answered it.
+    pub fn traced(
+        requests: Vec<AppendRequest>,
+        reply: oneshot::Sender<Vec<Result<AppendResult, ReelError>>>,
+        trace: std::sync::Arc<JobTrace>,
+    ) -> Self {
+        Self { trace: Some(trace), ..Self::new(requests, reply) }
+    }
+
+    /// Notes that the writer took the job now (when it is traced).
+    pub fn note_taken(&self) {
+        if let Some(trace) = &self.trace {
+            let _ = trace.taken.set(std::time::Instant::now());
+        }
     }
 
     /// How many events the job carries (groups are bounded by it).
@@ -53,6 +82,9 @@ pub fn answer(group: Vec<WriteJob>, results: Vec<Result<AppendResult, ReelError>
     let mut results = results.into_iter();
     for job in group {
         let answers: Vec<_> = results.by_ref().take(job.requests.len()).collect();
+        if let Some(trace) = &job.trace {
+            let _ = trace.answered.set(std::time::Instant::now());
+        }
         let _ = job.reply.send(answers);
     }
 }

@@ -11,7 +11,7 @@ mod save;
 
 pub use crate::head::HeadNotifier;
 pub use append::{append_many_with, check_read_limit};
-pub use group::{answer, fail_all, requests_of, Rejected, WriteJob};
+pub use group::{answer, fail_all, requests_of, JobTrace, Rejected, WriteJob};
 pub use payloads::PagePayloads;
 pub use row::SubscriptionRow;
 pub use save::{settle_save, SaveOutcome};
