@@ -15,6 +15,8 @@
 //! the writer outruns the copy (64 writers on a slow disk do), the writer's own bound
 //! (`BACKGROUND_WAL_BOUND_FRAMES`, twice this threshold) finishes it instead. Either way the
 //! appends queued meanwhile wait for one copy of what this thread left, not of the whole WAL.
+//! After each round this thread also starts writing the copied pages out of the OS cache, so
+//! the fsync that ends the writer's copy has little left to write (see `start_writeback`).
 //! Commits stay exactly as durable: each one is fsync'd in the WAL before it is answered.
 
 use std::path::Path;
@@ -58,6 +60,9 @@ pub struct CheckpointSignal {
 /// unless catching up, and once more at the end.
 pub fn run_checkpointer(path: &Path, nudges: Receiver<()>, signal: Arc<CheckpointSignal>) -> Result<(), ReelError> {
     let conn = open_connection(path, false)?;
+    // Only to start writing copied pages out early (see `start_writeback`).
+    let main_file = std::fs::File::open(path)
+        .map_err(|e| ReelError::storage(format!("opening {} for checkpoints", path.display()), e))?;
     let mut last = Instant::now() - PACE;
     let mut pending = false;
     // Whether the WAL was large at the last checkpoint: then the next one does not wait for PACE.
@@ -88,6 +93,7 @@ pub fn run_checkpointer(path: &Path, nudges: Receiver<()>, signal: Arc<Checkpoin
             let mut rounds = 0;
             catching_up = false;
             while let Some(p) = progress {
+                start_writeback(&main_file, p);
                 if p.frames < CATCH_UP_FRAMES {
                     break;
                 }
@@ -108,6 +114,31 @@ pub fn run_checkpointer(path: &Path, nudges: Receiver<()>, signal: Arc<Checkpoin
     }
     checkpoint_in_turn(&conn, &signal);
     Ok(())
+}
+
+/// Starts writing the pages a round copied into the main file out to the disk, without waiting
+/// for them. SQLite fsyncs the main file only after a checkpoint that reached the end of the
+/// WAL, which under load is only the writer's final copy; that fsync used to write every page
+/// this thread had copied since the WAL last started over (4.3 ms at p50, with every append
+/// queued behind it). With the writes under way early, it took 1.5–1.6 ms. An fdatasync here
+/// instead made commits slower (its flushes met the writer's WAL fsyncs), so this only starts
+/// the writes. Durability is SQLite's as before: nothing relies on this having finished.
+fn start_writeback(main_file: &std::fs::File, progress: Progress) {
+    if progress.copied == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor belongs to `main_file`, which outlives the call; offset 0 and
+        // length 0 mean the whole file, and the call only schedules writes of cached pages.
+        let rc = unsafe { libc::sync_file_range(main_file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "could not start writing checkpointed pages out");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = main_file;
 }
 
 /// A checkpoint while holding [`CheckpointSignal::turn`] (a poisoned lock is still a lock).
