@@ -67,6 +67,7 @@ pub fn run_writer(
         }
     };
     let mut known = KnownState::default();
+    // When a restart checkpoint last waited for readers in vain (the next waits RESTART_PACE).
     let mut last_restart: Option<Instant> = None;
     // With background checkpoints: the checkpoint thread's turn, held from the writer's own copy
     // until its next commit (see `CheckpointSignal::turn`).
@@ -145,7 +146,6 @@ pub fn run_writer(
             record(Stage::Checkpoint, started.elapsed(), 1);
         }
         if wal.frames() >= WAL_RESTART_FRAMES && last_restart.is_none_or(|at| at.elapsed() >= RESTART_PACE) {
-            last_restart = Some(Instant::now());
             // PASSIVE checkpoints never start the WAL over while some reader always holds a
             // snapshot in it (a server with followers, projections and long polls always has
             // one): measured, a fleet's platform grew its WAL past 600 MiB in five minutes and
@@ -153,7 +153,13 @@ pub fn run_writer(
             // its group, copies the WAL and waits for the readers already in it (short reads)
             // so that the next commit starts it over. Only jobs queued meanwhile wait.
             let started = Instant::now();
-            checkpoint_restart(&conn);
+            if let (Checkpoints::Background { signal, .. }, None) = (&checkpoints, &holding_turn) {
+                // The thread's checkpoint would make this one "busy" at once.
+                holding_turn = Some(signal.turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            }
+            if checkpoint_restart(&conn) == Restart::WaitedInVain {
+                last_restart = Some(Instant::now());
+            }
             record(Stage::Checkpoint, started.elapsed(), 1);
         }
     }
@@ -162,18 +168,56 @@ pub fn run_writer(
 /// Copies the whole WAL into the main file and waits for the readers still in it, so that the
 /// next commit starts the WAL over; gives up quietly (and is tried again after a later group)
 /// when a reader stays longer than the busy handler waits.
-fn checkpoint_restart(conn: &Connection) {
-    // Readers get a short while to finish, not the writer's usual ten seconds: appends queue
-    // behind this.
-    let _ = conn.busy_timeout(RESTART_WAIT);
-    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
-        Ok(0) => {}
-        Ok(_) => tracing::debug!("WAL restart checkpoint found readers still busy; tried again later"),
-        Err(e) => tracing::warn!(error = %e, "WAL restart checkpoint failed; tried again later"),
-    }
+fn checkpoint_restart(conn: &Connection) -> Restart {
+    // Readers (and another process's writer) get a short while to finish, not the writer's
+    // usual ten seconds: appends queue behind this. The wait retries every 100 µs: SQLite's own
+    // busy_timeout tries after 1, 2, 5, 10 … ms, and another process appending at full speed
+    // holds the write lock nearly all the time and takes it again within microseconds, so
+    // those sparse tries kept missing its gaps (measured: two stores grew the WAL to 245–430 MB).
+    let _ = conn.busy_handler(Some(wait_for_restart));
+    let outcome =
+        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)));
+    let restart = match outcome {
+        Ok((0, _)) => Restart::Done,
+        // Another connection's checkpoint was running: SQLite answers at once, having waited
+        // for nothing, so trying again after the next group costs little.
+        Ok((_, -1)) => Restart::Busy,
+        Ok(_) => {
+            tracing::debug!("WAL restart checkpoint found readers still busy; tried again later");
+            Restart::WaitedInVain
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "WAL restart checkpoint failed; tried again later");
+            Restart::WaitedInVain
+        }
+    };
     if let Err(e) = conn.busy_handler(Some(crate::schema::wait_for_lock)) {
         tracing::warn!(error = %e, "restoring the writer's lock wait failed");
     }
+    restart
+}
+
+/// How a restart checkpoint ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Restart {
+    /// The WAL was copied and no reader is left in it: the next transaction starts it over.
+    Done,
+    /// Another connection was checkpointing; nothing was waited for.
+    Busy,
+    /// Readers (or another process's writer) stayed longer than the wait. Waiting again at once
+    /// would stall appends [`RESTART_WAIT`] per group while readers are always busy, so the next
+    /// try waits [`RESTART_PACE`].
+    WaitedInVain,
+}
+
+/// The restart checkpoint's busy handler: a try every 100 µs for about [`RESTART_WAIT`].
+fn wait_for_restart(attempt: i32) -> bool {
+    const PAUSE: Duration = Duration::from_micros(100);
+    if attempt as u128 >= RESTART_WAIT.as_micros() / PAUSE.as_micros() {
+        return false;
+    }
+    std::thread::sleep(PAUSE);
+    true
 }
 
 /// With background checkpoints, how much the WAL grows (in frames) between two nudges of the
