@@ -364,6 +364,10 @@ async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
     if let BenchCommand::PostgresWorker { schema, writers, seconds, prefix } = &args.command {
         return postgres::worker(&cli.store, schema, *writers, *seconds, prefix, args.event_size).await;
     }
+    // Checked before anything is created.
+    if let BenchCommand::Append { sweep_only: true, sweep_seconds: 0, .. } = &args.command {
+        anyhow::bail!("--sweep-only needs --sweep-seconds of at least 1 (0 skips the sweep)");
+    }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = tempdir_in(&args.dir)?;
     let result = match &args.command {

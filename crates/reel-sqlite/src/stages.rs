@@ -105,10 +105,20 @@ pub(crate) struct StageRecorder {
     appends: Mutex<Vec<Parts>>,
 }
 
+/// A duration in whole microseconds, as samples are kept.
+fn micros(duration: Duration) -> u32 {
+    duration.as_micros().min(u32::MAX as u128) as u32
+}
+
+/// The index of quantile `q` among `len` sorted samples (0 when there are none).
+fn rank(len: usize, q: f64) -> usize {
+    ((len.max(1) - 1) as f64 * q).round() as usize
+}
+
 impl StageRecorder {
     /// Records `duration` for `stage`, `times` times (once per job that waited for it).
     pub(crate) fn record(&self, stage: Stage, duration: Duration, times: usize) {
-        let micros = duration.as_micros().min(u32::MAX as u128) as u32;
+        let micros = micros(duration);
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let list = &mut samples[stage as usize];
         let room = MAX_SAMPLES.saturating_sub(list.len()).min(times);
@@ -121,13 +131,12 @@ impl StageRecorder {
         let (Some(&taken), Some(&answered)) = (trace.taken.get(), trace.answered.get()) else {
             return;
         };
-        let micros =
-            |from: Instant, to: Instant| to.saturating_duration_since(from).as_micros().min(u32::MAX as u128) as u32;
-        let wake_up = resumed.saturating_duration_since(answered);
+        let between = |from: Instant, to: Instant| to.saturating_duration_since(from);
+        let wake_up = between(answered, resumed);
         self.record(Stage::WakeUp, wake_up, 1);
         let mut appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
         if appends.len() < MAX_SAMPLES {
-            appends.push([micros(submitted, taken), micros(taken, answered), micros(answered, resumed)]);
+            appends.push([micros(between(submitted, taken)), micros(between(taken, answered)), micros(wake_up)]);
         }
     }
 
@@ -139,8 +148,7 @@ impl StageRecorder {
         std::iter::once(0.0)
             .chain(quantiles.iter().copied())
             .map(|q| {
-                let start = if appends.is_empty() { 0 } else { ((appends.len() - 1) as f64 * q).round() as usize };
-                let chosen = &appends[start.min(appends.len())..];
+                let chosen = &appends[rank(appends.len(), q).min(appends.len())..];
                 let mean = |i: usize| {
                     chosen.iter().map(|parts| parts[i] as f64).sum::<f64>() / chosen.len().max(1) as f64 / 1000.0
                 };
@@ -169,7 +177,7 @@ impl StageRecorder {
                     if list.is_empty() {
                         0.0
                     } else {
-                        list[((list.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
+                        list[rank(list.len(), q)] as f64 / 1000.0
                     }
                 };
                 StageSummary {
