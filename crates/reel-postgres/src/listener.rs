@@ -27,8 +27,14 @@ const FALLBACK_POLL: Duration = Duration::from_secs(1);
 /// append after a quiet interval is announced at once.
 const QUIET_PER_LISTENER: Duration = Duration::from_micros(250);
 
-/// How often the listeners of the schema are counted again.
-const COUNT_LISTENERS_EVERY: Duration = Duration::from_secs(10);
+/// How often the listeners of the schema are counted again. A count can include a process that
+/// is just going away (its backend ends a moment after it), so it is not kept for long.
+const COUNT_LISTENERS_EVERY: Duration = Duration::from_secs(1);
+
+/// How often they are counted while this connection is the only one. Nothing is announced then
+/// (nobody else would hear it), so a process that starts listening hears another's appends at
+/// most about this late, once; its own first read of the head covers what came before.
+const COUNT_ALONE_EVERY: Duration = Duration::from_millis(100);
 
 /// The quiet interval for `listeners` processes, plus up to as much again at random, so that
 /// processes waiting for the same interval to end do not all announce at once.
@@ -108,6 +114,8 @@ pub async fn run(url: String, schema: String, head: Arc<HeadNotifier>) {
                     let mut heard = Heard { position: Position(0), at: Instant::now() };
                     let mut listeners = 1;
                     let mut listeners_counted_at: Option<Instant> = None;
+                    // What this process confirmed while it listened alone, not announced.
+                    let mut kept_alone = Position(0);
                     // This process's writer advances `head` after each barrier.
                     let mut confirmed_here = head.watch();
                     loop {
@@ -133,15 +141,24 @@ pub async fn run(url: String, schema: String, head: Arc<HeadNotifier>) {
                             // process) the next one waits out a short quiet interval, so
                             // barriers of every process share one NOTIFY, which each listener
                             // of the schema has to receive and the database to deliver.
-                            confirmed = confirmed_here.wait_past(heard.position) => match confirmed {
+                            confirmed = confirmed_here.wait_past(heard.position.max(kept_alone)) => match confirmed {
                                 Ok(_) => {
                                     poll = false;
-                                    if !matches!(listeners_counted_at, Some(at) if at.elapsed() < COUNT_LISTENERS_EVERY) {
+                                    let count_every = if listeners <= 1 { COUNT_ALONE_EVERY } else { COUNT_LISTENERS_EVERY };
+                                    if !matches!(listeners_counted_at, Some(at) if at.elapsed() < count_every) {
                                         match count_listeners(&client, &application_name).await {
                                             Ok(count) => listeners = count,
                                             Err(_) => break,
                                         }
                                         listeners_counted_at = Some(Instant::now());
+                                    }
+                                    if listeners <= 1 {
+                                        // Nobody else listens on the schema: this process's
+                                        // followers learnt the head from its writer, and the
+                                        // announcement would only come back here. With one
+                                        // writer it was a NOTIFY transaction every other append.
+                                        kept_alone = confirmed_here.current();
+                                        continue;
                                     }
                                     let quiet_until = heard.at + quiet_interval(listeners);
                                     if Instant::now() < quiet_until {

@@ -636,17 +636,17 @@ async fn a_schema_from_before_the_durable_head_migrates_with_its_log_visible() {
     assert_eq!(all.events.len(), 4);
 }
 
-/// Invariant 7 across processes: what a writer confirmed is announced on the schema's channel
-/// (by its store's listening connection), with a durable position, so other servers wake without
-/// waiting for their fallback poll (which announces nothing unless a writer stalled).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confirmed_appends_are_announced_with_the_durable_head() {
+/// A connection listening on the schema's head channel, named `application_name`, and the
+/// payloads it receives.
+async fn listen_on_head_channel(
+    schema: &str,
+    application_name: &str,
+) -> (tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use futures_util::StreamExt;
-    let schema = fresh_schema();
-    let store = connect(&schema).await;
-    let (listener, mut connection) =
-        tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.expect("listening connection");
-    let (payloads, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let mut config: tokio_postgres::Config = database_url().parse().unwrap();
+    config.application_name(application_name);
+    let (listener, mut connection) = config.connect(tokio_postgres::NoTls).await.expect("listening connection");
+    let (payloads, received) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
@@ -656,6 +656,18 @@ async fn confirmed_appends_are_announced_with_the_durable_head() {
         }
     });
     listener.batch_execute(&format!("LISTEN reel_head_{schema}")).await.unwrap();
+    (listener, received)
+}
+
+/// Invariant 7 across processes: what a writer confirmed is announced on the schema's channel
+/// (by its store's listening connection), with a durable position, so other servers wake without
+/// waiting for their fallback poll (which announces nothing unless a writer stalled). The test's
+/// connection plays another server's listener, and is named as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_appends_are_announced_with_the_durable_head() {
+    let schema = fresh_schema();
+    let store = connect(&schema).await;
+    let (_listener, mut received) = listen_on_head_channel(&schema, &format!("reel-listen-{schema}")).await;
     let stream = StreamName::new("unit-1").unwrap();
     let appended = store.append(&stream, ExpectedVersion::NoStream, vec![NewEvent::new("Opened", "{}")]).await.unwrap();
     let announced = tokio::time::timeout(Duration::from_secs(10), async {
@@ -670,6 +682,71 @@ async fn confirmed_appends_are_announced_with_the_durable_head() {
     .await;
     assert_eq!(announced, Ok(Some(1)), "the append was announced with its durable position");
     assert!(durable_head(&admin().await, &schema).await >= 1, "what was announced is durable");
+}
+
+/// A server whose listener is the only one on the schema announces nothing (its own followers
+/// learn the head from its writer); once another server listens, its appends are announced again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_announced_only_while_another_server_listens() {
+    let schema = fresh_schema();
+    let store = connect(&schema).await;
+    // Hears the channel without counting as a server's listener.
+    let (_eavesdropper, mut received) = listen_on_head_channel(&schema, "reel-test-eavesdropper").await;
+    let stream = StreamName::new("unit-1").unwrap();
+    let mut follower = store.watch_head();
+    for _ in 0..50 {
+        let appended = store.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("Tick", "{}")]).await.unwrap();
+        let woke =
+            tokio::time::timeout(Duration::from_secs(10), follower.wait_past(Position(appended.last_position.0 - 1)))
+                .await
+                .expect("the store's own follower is woken");
+        assert!(woke.unwrap() >= appended.last_position);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut heard = Vec::new();
+    while let Ok(payload) = received.try_recv() {
+        heard.push(payload);
+    }
+    assert!(heard.is_empty(), "announced with nobody else listening: {heard:?}");
+
+    // Another server starts; once its listener is connected, the first server's appends reach it.
+    let other = connect(&schema).await;
+    let listening = format!("reel-listen-{schema}");
+    let admin = admin().await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let row = admin
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&listening])
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) >= 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the second server's listener connects");
+    let announced = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let appended =
+                store.append(&stream, ExpectedVersion::Any, vec![NewEvent::new("Tick", "{}")]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while let Ok(payload) = received.try_recv() {
+                if payload.parse::<u64>().expect("the payload is a position") >= appended.last_position.0 {
+                    return appended.last_position;
+                }
+            }
+        }
+    })
+    .await
+    .expect("appends are announced once another server listens");
+    assert!(announced.0 > 50);
+    let mut other_follower = other.watch_head();
+    let woke = tokio::time::timeout(Duration::from_secs(10), other_follower.wait_past(Position(announced.0 - 1)))
+        .await
+        .expect("the other server's follower is woken");
+    assert!(woke.unwrap() >= announced);
 }
 
 /// Appenders lock a group's streams (by id) before the head, on the one-call path and the careful
