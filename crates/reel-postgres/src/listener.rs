@@ -1,7 +1,7 @@
 //! LISTEN for head notifications, with a slow fallback poll and reconnection: a dropped
 //! listening connection never leaves followers asleep. The same connection announces what this
-//! process's writer confirmed on disk (durable.rs), and its poll confirms appends whose writer
-//! died between its commit and its barrier.
+//! process's writer confirmed on disk (durable.rs) while another server listens on the schema,
+//! and its poll confirms appends whose writer died between its commit and its barrier.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
