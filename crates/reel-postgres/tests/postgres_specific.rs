@@ -29,30 +29,32 @@ async fn admin() -> tokio_postgres::Client {
     client
 }
 
+/// Follows the log from the start in pages of `page`, woken by the head watch, until `count`
+/// events were seen; returns their positions in the order read.
+async fn follow_positions(store: Arc<dyn EventStore>, count: usize, page: usize) -> Vec<u64> {
+    let mut watch = store.watch_head();
+    let mut reader = AllReader::new(store.clone(), Position(1), ReadAllFilter::default(), page);
+    let mut seen = Vec::with_capacity(count);
+    while seen.len() < count {
+        match reader.next_page().await.unwrap() {
+            Some(events) => seen.extend(events.into_iter().map(|e| e.position.0)),
+            None => {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), watch.wait_past(Position(reader.position().0 - 1)))
+                        .await;
+            }
+        }
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_servers_on_one_schema_keep_one_gap_free_order_seen_by_a_follower() {
     let schema = fresh_schema();
     let a: Arc<dyn EventStore> = Arc::new(connect(&schema).await);
     let b: Arc<dyn EventStore> = Arc::new(connect(&schema).await);
     let follower_store = a.clone();
-    let follower = tokio::spawn(async move {
-        let mut watch = follower_store.watch_head();
-        let mut reader = AllReader::new(follower_store.clone(), Position(1), ReadAllFilter::default(), 100);
-        let mut seen = Vec::new();
-        while seen.len() < 400 {
-            match reader.next_page().await.unwrap() {
-                Some(events) => seen.extend(events.into_iter().map(|e| e.position.0)),
-                None => {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        watch.wait_past(Position(reader.position().0 - 1)),
-                    )
-                    .await;
-                }
-            }
-        }
-        seen
-    });
+    let follower = tokio::spawn(follow_positions(follower_store, 400, 100));
     let writers: Vec<_> = [a.clone(), b.clone()]
         .into_iter()
         .enumerate()
@@ -122,24 +124,7 @@ async fn eight_writers_and_three_followers_see_one_gap_free_order() {
     let followers: Vec<_> = (0..3)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move {
-                let mut watch = store.watch_head();
-                let mut reader = AllReader::new(store.clone(), Position(1), ReadAllFilter::default(), 1000);
-                let mut seen: Vec<u64> = Vec::with_capacity(total as usize);
-                while (seen.len() as u64) < total {
-                    match reader.next_page().await.unwrap() {
-                        Some(events) => seen.extend(events.into_iter().map(|e| e.position.0)),
-                        None => {
-                            let _ = tokio::time::timeout(
-                                Duration::from_secs(2),
-                                watch.wait_past(Position(reader.position().0 - 1)),
-                            )
-                            .await;
-                        }
-                    }
-                }
-                seen
-            })
+            tokio::spawn(follow_positions(store, total as usize, 1000))
         })
         .collect();
     let writers: Vec<_> = (0..WRITERS)
