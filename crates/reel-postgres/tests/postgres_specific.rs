@@ -121,12 +121,8 @@ async fn eight_writers_and_three_followers_see_one_gap_free_order() {
     let schema = fresh_schema();
     let store: Arc<dyn EventStore> = Arc::new(connect(&schema).await);
     let total = WRITERS * EVENTS_PER_WRITER;
-    let followers: Vec<_> = (0..3)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(follow_positions(store, total as usize, 1000))
-        })
-        .collect();
+    let followers: Vec<_> =
+        (0..3).map(|_| tokio::spawn(follow_positions(store.clone(), total as usize, 1000))).collect();
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let store = store.clone();
