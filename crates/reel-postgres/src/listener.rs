@@ -144,7 +144,7 @@ pub async fn run(url: String, schema: String, head: Arc<HeadNotifier>) {
                             confirmed = confirmed_here.wait_past(heard.position.max(kept_alone)) => match confirmed {
                                 Ok(_) => {
                                     poll = false;
-                                    let count_every = if listeners <= 1 { COUNT_ALONE_EVERY } else { COUNT_LISTENERS_EVERY };
+                                    let count_every = if listeners == 1 { COUNT_ALONE_EVERY } else { COUNT_LISTENERS_EVERY };
                                     if !matches!(listeners_counted_at, Some(at) if at.elapsed() < count_every) {
                                         match count_listeners(&client, &application_name).await {
                                             Ok(count) => listeners = count,
@@ -152,7 +152,9 @@ pub async fn run(url: String, schema: String, head: Arc<HeadNotifier>) {
                                         }
                                         listeners_counted_at = Some(Instant::now());
                                     }
-                                    if listeners <= 1 {
+                                    // A count of 0 did not even find this connection (its
+                                    // name was changed on the way): announce as if others listened.
+                                    if listeners == 1 {
                                         // Nobody else listens on the schema: this process's
                                         // followers learnt the head from its writer, and the
                                         // announcement would only come back here. With one
