@@ -33,7 +33,8 @@ const COUNT_LISTENERS_EVERY: Duration = Duration::from_secs(1);
 
 /// How often they are counted while this connection is the only one. Nothing is announced then
 /// (nobody else would hear it), so a process that starts listening hears another's appends at
-/// most about this late, once; its own first read of the head covers what came before.
+/// most about this late, once (or at its fallback poll, when that process stops appending right
+/// after a count); its own first read of the head covers what came before.
 const COUNT_ALONE_EVERY: Duration = Duration::from_millis(100);
 
 /// The quiet interval for `listeners` processes, plus up to as much again at random, so that
