@@ -212,8 +212,9 @@ pub(super) async fn bench_read(
 /// The raw rusqlite loop with one commit per row: what one fsync per append allows.
 fn single_commit_baseline(dir: &Path, plan: &AppendPlan) -> Result<Row> {
     let raw_single = (plan.single_events.max(plan.concurrency) / 4).max(100);
+    let payload = payload(plan.event_size);
     measure("raw rusqlite loop, one commit per row".into(), raw_single, || {
-        raw_sqlite_insert(&dir.join("raw-single.db"), raw_single, 1, &payload(plan.event_size), IdIndex::None)
+        raw_sqlite_insert(&dir.join("raw-single.db"), raw_single, 1, &payload, IdIndex::None)
     })
 }
 

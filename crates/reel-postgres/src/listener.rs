@@ -153,13 +153,13 @@ pub async fn run(url: String, schema: String, head: Arc<HeadNotifier>) {
                                         }
                                         listeners_counted_at = Some(Instant::now());
                                     }
-                                    // A count of 0 did not even find this connection (its
-                                    // name was changed on the way): announce as if others listened.
+                                    // Exactly one: nobody else listens on the schema. This
+                                    // process's followers learnt the head from its writer, and
+                                    // the announcement would only come back here (with one
+                                    // writer it was a NOTIFY transaction every other append).
+                                    // A count of 0 did not even find this connection (a pooler
+                                    // renamed it): then announce as if others listened.
                                     if listeners == 1 {
-                                        // Nobody else listens on the schema: this process's
-                                        // followers learnt the head from its writer, and the
-                                        // announcement would only come back here. With one
-                                        // writer it was a NOTIFY transaction every other append.
                                         kept_alone = confirmed_here.current();
                                         continue;
                                     }
