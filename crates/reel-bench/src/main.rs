@@ -277,7 +277,8 @@ pub enum BenchCommand {
         #[arg(long)]
         postgres: Option<String>,
     },
-    /// Full `read_all` scan against a raw SQLite scan of the same file, with peak memory.
+    /// Full scans, `read_all` in pages and `scan_all`, against raw SQLite scans of the same
+    /// file (columns decoded into owned values, and borrowed), with peak memory.
     Read {
         /// Events to write first and then read.
         #[arg(long, default_value_t = 1_000_000)]
@@ -285,7 +286,7 @@ pub enum BenchCommand {
         /// Events per `read_all` page.
         #[arg(long, default_value_t = 1_000)]
         page: usize,
-        /// Rounds of the two scans, alternating (the ratio is taken between their medians).
+        /// Rounds of the four scans, alternating (ratios are taken between their medians).
         #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
@@ -313,7 +314,7 @@ impl Checkpoints {
 }
 
 /// One line of the results table.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, Clone)]
 struct Row {
     name: String,
     events: u64,

@@ -147,17 +147,20 @@ pub(super) async fn bench_read(
     bar.finish_and_clear();
     let total = store.head().await?.0;
     let store: Arc<dyn EventStore> = Arc::new(store);
-    // This machine's speed drifts by a third within minutes: the two scans alternate, and the
+    // This machine's speed drifts by a third within minutes: the scans alternate, and each
     // ratio is taken between the medians (and per round, in the JSON).
-    let (mut baselines, mut scans, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut scans: [Vec<Row>; 4] = Default::default();
     let rss_before = rss_kib("VmRSS");
     reset_peak_rss();
     for round in 1..=rounds.max(1) {
         let baseline = measure(format!("raw rusqlite full scan in position order, round {round}"), total, || {
             raw_sqlite_scan(&path)
         })?;
+        let borrowed = measure(format!("raw rusqlite full scan, columns borrowed, round {round}"), total, || {
+            raw_sqlite_borrowed_scan(&path)
+        })?;
         let name = format!("reel read_all full scan, pages of {page}, one page read ahead, round {round}");
-        let scan = measure_async(name, total, async {
+        let pages = measure_async(name, total, async {
             let mut reader = AllReader::new(store.clone(), Position(1), ReadAllFilter::default(), page);
             let mut seen = 0u64;
             while let Some(events) = reader.next_page().await? {
@@ -167,9 +170,25 @@ pub(super) async fn bench_read(
             Ok(())
         })
         .await?;
-        ratios.push(scan.events_per_sec / baseline.events_per_sec);
-        baselines.push(baseline);
-        scans.push(scan);
+        let name = format!("reel scan_all, events shown not built, round {round}");
+        let scan = measure_async(name, total, async {
+            // The same work per event as the borrowed loop: every column read, lengths summed.
+            let ((seen, bytes), _) = reel_core::scan_all(&*store, Position(1), (0u64, 0usize), |(seen, bytes), e| {
+                *seen += 1;
+                *bytes += e.data.len() + e.event_type.len() + e.id.as_bytes().len() + e.stream.as_str().len();
+                *bytes += usize::from(e.position.0 + e.stream_version.0 + e.recorded_at.unix_micros() as u64 > 0);
+                std::ops::ControlFlow::Continue(())
+            })
+            .await?;
+            anyhow::ensure!(seen == total && bytes > 0, "scanned {seen} of {total} events");
+            Ok(())
+        })
+        .await?;
+        let baseline_rate = baseline.events_per_sec;
+        scans[0].push(baseline);
+        scans[1].push(borrowed);
+        scans[2].push(with_ratio_named(pages, baseline_rate, "this round's baseline"));
+        scans[3].push(with_ratio_named(scan, baseline_rate, "this round's baseline"));
     }
     let peak = rss_kib("VmHWM");
     let median_rate = |rows: &[Row]| {
@@ -177,17 +196,27 @@ pub(super) async fn bench_read(
         rates.sort_by(f64::total_cmp);
         rates[rates.len() / 2]
     };
-    let (baseline_rate, scan_rate) = (median_rate(&baselines), median_rate(&scans));
+    let per_round = |scan: usize, baseline: usize| -> Vec<f64> {
+        scans[scan].iter().zip(&scans[baseline]).map(|(s, b)| s.events_per_sec / b.events_per_sec).collect()
+    };
+    let (pages_ratios, scan_ratios, scan_borrowed_ratios) = (per_round(2, 0), per_round(3, 0), per_round(3, 1));
+    let [baseline_rate, borrowed_rate, pages_rate, scan_rate] = [0, 1, 2, 3].map(|i| median_rate(&scans[i]));
     let mut rows = Vec::new();
-    for (baseline, scan) in baselines.into_iter().zip(scans) {
-        let rate = baseline.events_per_sec;
-        rows.push(baseline);
-        rows.push(with_ratio_named(scan, rate, "this round's baseline"));
+    for round in 0..scans[0].len() {
+        rows.extend(scans.iter().map(|s| s[round].clone()));
     }
     let median = |name: String, rate: f64| row(name, total, Duration::from_secs_f64(total as f64 / rate), None);
     rows.push(median("median: raw rusqlite full scan".into(), baseline_rate));
+    let mut borrowed = median("median: raw rusqlite full scan, columns borrowed".into(), borrowed_rate);
+    borrowed.note = format!("scan_all: {:.2}× this", scan_rate / borrowed_rate);
+    rows.push(borrowed);
     rows.push(with_ratio_named(
-        median(format!("median: reel read_all full scan, pages of {page}"), scan_rate),
+        median(format!("median: reel read_all full scan, pages of {page}"), pages_rate),
+        baseline_rate,
+        "median baseline",
+    ));
+    rows.push(with_ratio_named(
+        median("median: reel scan_all, events shown not built".into(), scan_rate),
         baseline_rate,
         "median baseline",
     ));
@@ -203,8 +232,12 @@ pub(super) async fn bench_read(
         "page": page,
         "event_size": event_size,
         "rounds": rounds.max(1),
-        "ratio_per_round": ratios,
-        "ratio_of_medians": scan_rate / baseline_rate,
+        "ratio_per_round": pages_ratios,
+        "ratio_of_medians": pages_rate / baseline_rate,
+        "scan_all_ratio_per_round": scan_ratios,
+        "scan_all_ratio_of_medians": scan_rate / baseline_rate,
+        "scan_all_to_borrowed_loop_per_round": scan_borrowed_ratios,
+        "scan_all_to_borrowed_loop_of_medians": scan_rate / borrowed_rate,
     });
     Ok((rows, extra))
 }
@@ -414,6 +447,29 @@ fn raw_sqlite_scan(path: &Path) -> Result<()> {
         let metadata: Option<String> = row.get(6)?;
         let recorded_at: i64 = row.get(7)?;
         bytes += data.len() + event_type.len() + metadata.map_or(0, |m| m.len()) + id.len();
+        bytes += usize::from(position + stream_id + version + recorded_at > 0);
+    }
+    anyhow::ensure!(bytes > 0, "scanned nothing");
+    Ok(())
+}
+
+/// Reads every column of every row in position order without copying any: the floor for a
+/// scan that shows rows without building events.
+fn raw_sqlite_borrowed_scan(path: &Path) -> Result<()> {
+    let conn = rusqlite::Connection::open(path)?;
+    let mut statement = conn.prepare("SELECT position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at FROM events ORDER BY position")?;
+    let mut rows = statement.query([])?;
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next()? {
+        let position: i64 = row.get(0)?;
+        let stream_id: i64 = row.get(1)?;
+        let version: i64 = row.get(2)?;
+        let id = row.get_ref(3)?.as_blob()?;
+        let event_type = row.get_ref(4)?.as_str()?;
+        let data = row.get_ref(5)?.as_blob()?;
+        let metadata = row.get_ref(6)?.as_str_or_null()?;
+        let recorded_at: i64 = row.get(7)?;
+        bytes += data.len() + event_type.len() + metadata.map_or(0, str::len) + id.len();
         bytes += usize::from(position + stream_id + version + recorded_at > 0);
     }
     anyhow::ensure!(bytes > 0, "scanned nothing");

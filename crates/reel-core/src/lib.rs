@@ -26,6 +26,7 @@ mod position;
 mod presence;
 mod projection;
 mod query;
+mod scan;
 mod snapshot;
 mod store;
 mod stream_name;
@@ -48,6 +49,7 @@ pub use presence::{
 };
 pub use projection::{BatchFailure, Checkpoint, HandlerError, ProjectionStore, Unavailable, UNAVAILABLE_PREFIX};
 pub use query::{check_tag, AppendCondition, Query, QueryItem, QueryPage, MAX_QUERY_ITEMS, MAX_TAG_BYTES};
+pub use scan::{scan_all, EventView, ScanEnd, ScanVisitor};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{
     AllPage, AppendRequest, AppendResult, Direction, EventStore, ReadAllFilter, StoreStats, StreamInfo, MAX_READ_LIMIT,

@@ -3,7 +3,7 @@ use serde::Serialize;
 
 use crate::{
     AppendCondition, ExpectedVersion, HeadWatch, NewEvent, Position, Query, QueryPage, RecordedEvent, ReelError,
-    StreamName, StreamVersion,
+    ScanEnd, ScanVisitor, StreamName, StreamVersion,
 };
 
 /// Largest page any read returns (`read_stream`, `read_all`, `streams`).
@@ -185,6 +185,15 @@ pub trait EventStore: Send + Sync {
 
     /// Up to `limit` events at positions ≥ `from` that pass `filter`, in position order.
     async fn read_all(&self, from: Position, filter: &ReadAllFilter, limit: usize) -> Result<AllPage, ReelError>;
+
+    /// Shows every event from `from` up to the head as it is when the scan begins to `visitor`,
+    /// in position order, until it returns `Break`; hands the visitor back with the position
+    /// after the last event it saw. Applications call [`crate::scan_all`]. This default reads
+    /// pages of `read_all`; a store that can show rows without building events overrides it.
+    async fn scan(&self, from: Position, visitor: Box<dyn ScanVisitor>) -> Result<ScanEnd, ReelError> {
+        let until = self.head().await?;
+        crate::scan::scan_in_pages(self, from, until, visitor).await
+    }
 
     /// Position of the last stored event (0 when empty).
     async fn head(&self) -> Result<Position, ReelError>;

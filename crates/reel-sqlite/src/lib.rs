@@ -39,8 +39,8 @@ use async_trait::async_trait;
 use reel_core::backend::HeadNotifier;
 use reel_core::{
     AllPage, AppendLimits, AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, HeadWatch, NewEvent,
-    Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError, StoreStats, StreamInfo, StreamName,
-    StreamVersion,
+    Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError, ScanEnd, ScanVisitor, StoreStats, StreamInfo,
+    StreamName, StreamVersion,
 };
 use tokio::sync::oneshot;
 
@@ -312,6 +312,10 @@ impl EventStore for SqliteStore {
         query.validate()?;
         let query = query.clone();
         self.inner.readers.run(move |pool, conn| reader::read_query(pool, conn, &query, after, limit)).await
+    }
+
+    async fn scan(&self, from: Position, visitor: Box<dyn ScanVisitor>) -> Result<ScanEnd, ReelError> {
+        self.inner.readers.run(move |pool, conn| reader::scan(pool, conn, from, visitor, reader::SCAN_CHUNK)).await
     }
 
     async fn head(&self) -> Result<Position, ReelError> {

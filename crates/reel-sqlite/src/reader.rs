@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use reel_core::backend::PagePayloads;
 use reel_core::{
-    AllPage, Bytes, Direction, EventId, Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError,
-    StoreStats, StreamInfo, StreamName, StreamVersion, Timestamp,
+    AllPage, Bytes, Direction, EventId, EventView, Position, Query, QueryPage, ReadAllFilter, RecordedEvent, ReelError,
+    ScanEnd, ScanVisitor, StoreStats, StreamInfo, StreamName, StreamVersion, Timestamp,
 };
 use rusqlite::{params_from_iter, types::Value, Connection};
 use tokio::sync::Semaphore;
@@ -136,6 +136,67 @@ impl ReaderPool {
 
 const EVENT_COLUMNS: &str =
     "position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at, tags";
+
+/// Positions a scan reads per statement. Each statement is a read transaction of its own, so a
+/// long scan never keeps the WAL from starting over for more than one chunk.
+pub const SCAN_CHUNK: u64 = 65_536;
+
+/// Shows every event from `from` up to the head as it is now to `visitor`, each borrowed from
+/// its row: nothing is built or handed to another thread (`EventStore::scan`). Reads `chunk`
+/// positions per statement.
+pub fn scan(
+    pool: &ReaderPool,
+    conn: &Connection,
+    from: Position,
+    mut visitor: Box<dyn ScanVisitor>,
+    chunk: u64,
+) -> Result<ScanEnd, ReelError> {
+    let err = |e| ReelError::storage("scanning the log", e);
+    let until = head(conn)?.0;
+    let mut next = from.0.max(1);
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position BETWEEN ?1 AND ?2 ORDER BY position");
+    let mut statement = conn.prepare_cached(&sql).map_err(err)?;
+    // Consecutive events often share a stream: skip the shared cache for those.
+    let mut last_stream: Option<(i64, StreamName)> = None;
+    while next <= until {
+        let chunk_end = until.min(next + chunk.max(1) - 1);
+        let mut rows = statement.query([next as i64, chunk_end as i64]).map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            let stream_id: i64 = row.get(1).map_err(err)?;
+            if !matches!(&last_stream, Some((id, _)) if *id == stream_id) {
+                last_stream = Some((stream_id, pool.stream_name(conn, stream_id)?));
+            }
+            let Some((_, stream)) = &last_stream else { continue };
+            let id: [u8; 16] = row
+                .get_ref(3)
+                .and_then(|v| Ok(v.as_blob()?))
+                .map_err(err)?
+                .try_into()
+                .map_err(|_| ReelError::storage("scanning the log", "an event id is not 16 bytes"))?;
+            let position = row.get::<_, i64>(0).map_err(err)? as u64;
+            let view = EventView::stored(
+                Position(position),
+                stream,
+                StreamVersion(row.get::<_, i64>(2).map_err(err)? as u64),
+                EventId::from_bytes(id),
+                row.get_ref(4).and_then(|v| Ok(v.as_str()?)).map_err(err)?,
+                row.get_ref(5).and_then(|v| Ok(v.as_blob()?)).map_err(err)?,
+                Timestamp::from_unix_micros(row.get(7).map_err(err)?),
+                row.get_ref(6).and_then(|v| Ok(v.as_str_or_null()?)).map_err(err)?,
+                row.get_ref(8).and_then(|v| Ok(v.as_str_or_null()?)).map_err(err)?,
+            );
+            next = position + 1;
+            if visitor.visit(&view).is_break() {
+                return Ok(ScanEnd { visitor, next: Position(next) });
+            }
+        }
+        if next <= chunk_end {
+            // Positions below the head are gap-free, so a chunk always comes back whole.
+            return Err(ReelError::storage("scanning the log", format!("position {next} is missing")));
+        }
+    }
+    Ok(ScanEnd { visitor, next: Position(next) })
+}
 
 pub fn read_stream(
     pool: &ReaderPool,
@@ -358,5 +419,53 @@ mod tests {
             assert!(!steps.iter().any(|s| s.contains("events_by_stream")), "{filter:?}: {steps:?}");
             assert!(!steps.iter().any(|s| s.contains("TEMP B-TREE")), "no sort: {filter:?}: {steps:?}");
         }
+    }
+
+    /// A scan reads statement after statement of `chunk` positions, each its own read
+    /// transaction: every event is shown once across their edges, and events appended while the
+    /// scan runs (between two statements) are left for the next scan.
+    #[tokio::test]
+    async fn a_scan_crosses_its_chunks_and_stops_at_the_head_it_began_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reel.db");
+        let store = crate::SqliteStore::open(&path).unwrap();
+        let stream = StreamName::new("unit-1").unwrap();
+        let batch = || (0..25).map(|i| NewEvent::new("T", format!("{{\"i\":{i}}}"))).collect::<Vec<_>>();
+        store.append(&stream, ExpectedVersion::Any, batch()).await.unwrap();
+        let pool = Arc::new(ReaderPool::new(&path, 1));
+        let (appended_tx, appended_rx) = std::sync::mpsc::channel::<()>();
+        let (at_first_tx, mut at_first_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        struct Positions {
+            seen: Vec<u64>,
+            at_first: tokio::sync::mpsc::UnboundedSender<()>,
+            appended: std::sync::mpsc::Receiver<()>,
+        }
+        impl ScanVisitor for Positions {
+            fn visit(&mut self, event: &EventView<'_>) -> std::ops::ControlFlow<()> {
+                self.seen.push(event.position.0);
+                if self.seen.len() == 1 {
+                    // Let an append commit while the scan is between its first rows and its
+                    // next statements.
+                    let _ = self.at_first.send(());
+                    let _ = self.appended.recv();
+                }
+                std::ops::ControlFlow::Continue(())
+            }
+            fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+                self
+            }
+        }
+        let visitor = Box::new(Positions { seen: Vec::new(), at_first: at_first_tx, appended: appended_rx });
+        let scan = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(move |pool, conn| scan(pool, conn, Position(3), visitor, 7)).await })
+        };
+        at_first_rx.recv().await.unwrap();
+        store.append(&stream, ExpectedVersion::Any, batch()).await.unwrap();
+        appended_tx.send(()).unwrap();
+        let end = scan.await.unwrap().unwrap();
+        assert_eq!(end.next, Position(26));
+        let visitor = end.visitor.into_any().downcast::<Positions>().ok().unwrap();
+        assert_eq!(visitor.seen, (3..=25).collect::<Vec<_>>(), "each event once, none appended after the start");
     }
 }

@@ -1,12 +1,13 @@
 //! One function per clause of the store contract. Each panics with a message saying what broke.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use reel_core::{
-    AllReader, AppendRequest, Direction, EventId, EventStore, ExpectedVersion, NewEvent, Position, ReadAllFilter,
-    RecordedEvent, ReelError, StreamName, StreamVersion,
+    scan_all, AllReader, AppendRequest, Direction, EventId, EventStore, EventView, ExpectedVersion, NewEvent, Position,
+    ReadAllFilter, RecordedEvent, ReelError, StreamName, StreamVersion,
 };
 use serde_json::json;
 
@@ -254,6 +255,67 @@ pub async fn read_all_filters_and_skips_ahead(store: Store) {
     assert_eq!(limited.next, Position(3), "a full page continues right after its last event");
     let err = store.read_all(Position(1), &ReadAllFilter::default(), 0).await.unwrap_err();
     assert!(matches!(err, ReelError::InvalidArgument(_)), "{err:?}");
+}
+
+/// `scan_all` shows every event up to the head, in position order, as `read_all` returns it; a
+/// visitor that stops gets the position to go on from, and a scan from there sees the rest and
+/// nothing twice. (Invariants 3 and 6.)
+pub async fn scan_shows_each_event_once_in_order(store: Store) {
+    let count = |n: &mut u64, _: &EventView<'_>| {
+        *n += 1;
+        ControlFlow::Continue(())
+    };
+    let (seen, next) = scan_all(&*store, Position(1), 0u64, count).await.unwrap();
+    assert_eq!((seen, next), (0, Position(1)), "an empty store shows nothing");
+
+    // More events than a page of a store that scans in pages, over three streams, one of them
+    // with metadata and tags.
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("device".into(), json!("d-7"));
+    let tagged = event("Tagged", 0).with_metadata(metadata).with_tags(["locker:7", "site:north"]);
+    store.append(&stream("scan-a"), ExpectedVersion::Any, vec![tagged]).await.unwrap();
+    for round in 0..5 {
+        for name in ["scan-a", "scan-b", "scan-c"] {
+            store.append(&stream(name), ExpectedVersion::Any, events(&format!("E{round}"), 170)).await.unwrap();
+        }
+    }
+    let head = head(&store).await;
+    assert_eq!(head, Position(2_551));
+    let expected = read_everything(&store).await;
+    let copy = |all: &mut Vec<RecordedEvent>, e: &EventView<'_>| {
+        all.push(e.to_recorded().expect("a stored event decodes"));
+        ControlFlow::Continue(())
+    };
+    let (copies, next) = scan_all(&*store, Position(1), Vec::new(), copy).await.unwrap();
+    assert!(copies == expected, "the scan differs from read_all (first difference at {:?})", {
+        copies.iter().zip(&expected).position(|(a, b)| a != b).or(Some(copies.len().min(expected.len())))
+    });
+    assert_eq!(next, head.next());
+    assert_eq!(copies[0].tags, vec!["locker:7".to_string(), "site:north".to_string()]);
+
+    let positions = |stop_after: usize| {
+        move |seen: &mut Vec<u64>, e: &EventView<'_>| {
+            seen.push(e.position.0);
+            if seen.len() == stop_after {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+    };
+    let (first, resume) = scan_all(&*store, Position(1), Vec::new(), positions(1_234)).await.unwrap();
+    assert_eq!(first, (1..=1_234).collect::<Vec<_>>(), "a stopped scan shows a prefix");
+    assert_eq!(resume, Position(1_235), "a stopped scan goes on after the event that stopped it");
+    let (rest, end) = scan_all(&*store, resume, Vec::new(), positions(usize::MAX)).await.unwrap();
+    assert_eq!(rest, (1_235..=head.0).collect::<Vec<_>>(), "the rest, each once");
+    assert_eq!(end, head.next());
+
+    let (seen, next) = scan_all(&*store, end, 0u64, count).await.unwrap();
+    assert_eq!((seen, next), (0, end), "a scan from past the head shows nothing");
+    store.append(&stream("scan-b"), ExpectedVersion::Any, events("Late", 3)).await.unwrap();
+    let (late, next) = scan_all(&*store, end, Vec::new(), positions(usize::MAX)).await.unwrap();
+    assert_eq!(late, vec![2_552, 2_553, 2_554], "a scan from the last end shows what came since");
+    assert_eq!(next, Position(2_555));
 }
 
 /// `read_stream` pages forward and backward; a missing stream is `StreamNotFound`. (Invariant 6.)

@@ -54,6 +54,7 @@ macro_rules! store_conformance_tests {
             concurrent_identical_retries_store_once,
             positions_are_gap_free_and_ordered,
             read_all_filters_and_skips_ahead,
+            scan_shows_each_event_once_in_order,
             read_stream_pages_both_ways,
             bad_input_changes_nothing,
             append_many_keeps_each_request_atomic,
