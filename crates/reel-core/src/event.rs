@@ -1,7 +1,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -169,24 +168,10 @@ impl RecordedEvent {
 /// JSON form: `position, stream, stream_version, id, type, data, metadata, tags, recorded_at`
 /// (`tags` only when there are any).
 /// `data` is inlined when it is JSON; otherwise it is written as `data_base64`.
+/// Written by [`crate::EventView`]'s `Serialize`, so a scan writes the same lines.
 impl Serialize for RecordedEvent {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(8 + usize::from(!self.tags.is_empty())))?;
-        map.serialize_entry("position", &self.position)?;
-        map.serialize_entry("stream", &self.stream)?;
-        map.serialize_entry("stream_version", &self.stream_version)?;
-        map.serialize_entry("id", &self.id)?;
-        map.serialize_entry("type", &self.event_type)?;
-        match serde_json::from_slice::<&serde_json::value::RawValue>(&self.data) {
-            Ok(raw) => map.serialize_entry("data", raw)?,
-            Err(_) => map.serialize_entry("data_base64", &base64_encode(&self.data))?,
-        }
-        map.serialize_entry("metadata", &self.metadata)?;
-        if !self.tags.is_empty() {
-            map.serialize_entry("tags", &self.tags)?;
-        }
-        map.serialize_entry("recorded_at", &self.recorded_at)?;
-        map.end()
+        crate::EventView::of(self).serialize(serializer)
     }
 }
 
@@ -234,7 +219,7 @@ impl<'de> Deserialize<'de> for RecordedEvent {
     }
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
