@@ -13,7 +13,7 @@ use rusqlite::{params_from_iter, types::Value, Connection};
 use tokio::sync::Semaphore;
 
 use crate::queries::{head, stream_row};
-use crate::schema::open_connection;
+use crate::schema::{open_connection, READER_CACHE_KIB, SMALL_CACHE_KIB};
 
 /// Most events a page is sized for before it is read (larger pages grow as they fill).
 const MAX_PRESIZED: usize = 10_000;
@@ -152,6 +152,16 @@ pub fn scan(
     chunk: u64,
 ) -> Result<ScanEnd, ReelError> {
     let err = |e| ReelError::storage("scanning the log", e);
+    // A scan reads every page once: the pooled connection's large cache only slows it down
+    // (schema.rs). Its usual size comes back however the scan ends.
+    struct CacheSize<'c>(&'c Connection);
+    impl Drop for CacheSize<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.pragma_update(None, "cache_size", -READER_CACHE_KIB);
+        }
+    }
+    conn.pragma_update(None, "cache_size", -SMALL_CACHE_KIB).map_err(err)?;
+    let _restore = CacheSize(conn);
     let until = head(conn)?.0;
     let mut next = from.0.max(1);
     let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position BETWEEN ?1 AND ?2 ORDER BY position");

@@ -162,9 +162,11 @@ async fn background_checkpoints_keep_the_wal_bounded_under_sustained_appends() {
 /// writers whose turns are not shared, so their checkpoints meet and are answered "busy" at
 /// times.
 ///
-/// - At about 50 MB/s together the WAL must keep starting over through the mode's own
-///   checkpoints, well before the writer's 64 MiB fallback (measured: at most 26 MB; 70 MB
-///   with a checkpoint thread that copied nothing).
+/// - At about 30 MB/s together the WAL must keep starting over through the mode's own
+///   checkpoints, well before the writer's 64 MiB fallback (measured: at most 26 MB at 50 MB/s;
+///   70 MB with a checkpoint thread that copied nothing). The rate leaves room for a loaded
+///   machine: at 50 MB/s with a release build running beside it, the WAL once reached the
+///   fallback. The 200 MB written reach the fallback at any rate if the thread copies nothing.
 /// - As fast as they can, no transaction starts with the whole WAL copied (one writer begins
 ///   while the other's checkpoint is copying), so only the writer's restart checkpoint starts
 ///   it over. It must do so at its 64 MiB bound: with its tries a second apart, and SQLite's
@@ -172,7 +174,7 @@ async fn background_checkpoints_keep_the_wal_bounded_under_sustained_appends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stores_on_one_file_keep_the_wal_bounded_in_every_checkpoint_mode() {
     // (groups per appender, pause after each, largest WAL file allowed)
-    let paced = (62, Some(std::time::Duration::from_millis(60)), 48_000_000);
+    let paced = (62, Some(std::time::Duration::from_millis(110)), 48_000_000);
     // 16,384 frames of 4 KiB plus their headers, and a few groups of both stores on top.
     let full_speed = (125, None, 16_384 * 4_120 + 32 * 100 * 8_200);
     for mode in [CheckpointMode::InsideCommit, CheckpointMode::Background] {
@@ -207,7 +209,7 @@ async fn two_stores_on_one_file_keep_the_wal_bounded_in_every_checkpoint_mode() 
             for appender in appenders {
                 appender.await.unwrap();
             }
-            let how = if pause.is_some() { "at 50 MB/s" } else { "at full speed" };
+            let how = if pause.is_some() { "at 30 MB/s" } else { "at full speed" };
             let head = stores[0].head().await.unwrap();
             assert_eq!(head, Position(400 * groups), "{mode:?} {how}: every append of both stored");
             let all = stores[1].read_all(Position(1), &reel_core::ReadAllFilter::default(), 1_000).await.unwrap();
