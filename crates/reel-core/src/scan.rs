@@ -245,7 +245,10 @@ pub(crate) async fn scan_in_pages<S: EventStore + ?Sized>(
 /// On SQLite `visit` runs on the blocking thread that reads the rows and the events are never
 /// built; other stores read pages of `read_all` and call it on the task that awaits the scan.
 /// Either way it should neither block for long nor wait on the async runtime: send what it
-/// finds over a channel if something async must follow.
+/// finds over a channel if something async must follow. Reading and `visit` take turns on one
+/// thread, so a scan suits visitors that do little per event (counting, checksums, a read model
+/// kept in memory); for work that costs as much as reading the row, [`crate::AllReader`] reads
+/// the next page while the caller works on this one.
 ///
 /// ```no_run
 /// # async fn example(store: &dyn reel_core::EventStore) -> Result<(), reel_core::ReelError> {

@@ -1,13 +1,12 @@
 //! `reel export` and `reel import`.
 
 use std::io::{BufRead, BufReader};
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use reel_core::{scan_all, AppendRequest, ExpectedVersion, Position, StreamName, StreamVersion};
+use reel_core::{AllReader, AppendRequest, ExpectedVersion, Position, ReadAllFilter, StreamName, StreamVersion};
 
 use super::event_line::EventLine;
 use crate::exit::InvalidInput;
@@ -39,48 +38,25 @@ pub fn progress(total: u64, what: &str) -> ProgressBar {
 
 pub async fn export(cli: &Cli, args: &ExportArgs) -> Result<()> {
     let store = store::open(cli).await?;
-    let from = Position(args.from.max(1));
     let head = store.head().await?;
-    let bar = progress(head.0.saturating_sub(from.0 - 1), "exporting");
-    // A scan writes each event as its row is read (nothing built on SQLite), up to the head as
-    // it was when the scan began: a consistent prefix even while appends go on.
-    let export = Export { out: Ndjson::stdout(), failed: None, bar: bar.clone(), unreported: 0 };
-    let (export, _) = scan_all(&*store, from, export, |export, event| {
-        match export.out.line(event) {
-            Ok(true) => {}
-            // The reader went away (`reel export | head`): stop quietly.
-            Ok(false) => return ControlFlow::Break(()),
-            Err(e) => {
-                export.failed = Some(e);
-                return ControlFlow::Break(());
+    let bar = progress(head.0.saturating_sub(args.from.saturating_sub(1)), "exporting");
+    let mut out = Ndjson::stdout();
+    let mut reader = AllReader::new(store, Position(args.from.max(1)), ReadAllFilter::default(), 5000);
+    // Export a consistent prefix: stop at the head seen when the export started.
+    'pages: while let Some(events) = reader.next_page().await.context("reading the log")? {
+        for event in &events {
+            if event.position > head {
+                break 'pages;
+            }
+            if !out.line(event)? {
+                return Ok(());
             }
         }
-        export.unreported += 1;
-        if export.unreported == 1_000 {
-            export.bar.inc(export.unreported);
-            export.unreported = 0;
-        }
-        ControlFlow::Continue(())
-    })
-    .await
-    .context("reading the log")?;
-    let Export { mut out, failed, .. } = export;
-    if let Some(error) = failed {
-        return Err(error.context("writing the export"));
+        bar.inc(events.len() as u64);
     }
     out.flush()?;
     bar.finish_and_clear();
     Ok(())
-}
-
-/// What `reel export`'s scan carries from event to event.
-struct Export {
-    out: Ndjson,
-    /// The first write that failed (the scan stops there).
-    failed: Option<anyhow::Error>,
-    bar: ProgressBar,
-    /// Events written since the progress bar last moved.
-    unreported: u64,
 }
 
 /// Appends submitted per group commit while importing.
