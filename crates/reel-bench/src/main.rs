@@ -314,7 +314,7 @@ impl Checkpoints {
 }
 
 /// One line of the results table.
-#[derive(Serialize, Debug, Clone)]
+#[derive(Serialize, Debug)]
 struct Row {
     name: String,
     events: u64,

@@ -202,8 +202,11 @@ pub(super) async fn bench_read(
     let (pages_ratios, scan_ratios, scan_borrowed_ratios) = (per_round(2, 0), per_round(3, 0), per_round(3, 1));
     let [baseline_rate, borrowed_rate, pages_rate, scan_rate] = [0, 1, 2, 3].map(|i| median_rate(&scans[i]));
     let mut rows = Vec::new();
-    for round in 0..scans[0].len() {
-        rows.extend(scans.iter().map(|s| s[round].clone()));
+    let [baselines, borrowed_loops, page_scans, view_scans] = scans;
+    for (((baseline, borrowed), pages), scan) in
+        baselines.into_iter().zip(borrowed_loops).zip(page_scans).zip(view_scans)
+    {
+        rows.extend([baseline, borrowed, pages, scan]);
     }
     let median = |name: String, rate: f64| row(name, total, Duration::from_secs_f64(total as f64 / rate), None);
     rows.push(median("median: raw rusqlite full scan".into(), baseline_rate));
@@ -430,32 +433,33 @@ fn raw_sqlite_insert(path: &Path, batches: u64, batch: u64, payload: &[u8], ids:
     Ok(())
 }
 
-/// Reads every column of every row in position order.
+/// Reads every column of every row in position order, decoding each into owned values, as a
+/// reader that hands events on must.
 fn raw_sqlite_scan(path: &Path) -> Result<()> {
-    let conn = rusqlite::Connection::open(path)?;
-    let mut statement = conn.prepare("SELECT position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at FROM events ORDER BY position")?;
-    let mut rows = statement.query([])?;
-    // Decode every column into owned values, as a reader that hands events on must.
-    let mut bytes = 0usize;
-    while let Some(row) = rows.next()? {
-        let position: i64 = row.get(0)?;
-        let stream_id: i64 = row.get(1)?;
-        let version: i64 = row.get(2)?;
+    raw_scan(path, |row| {
         let id: [u8; 16] = row.get(3)?;
         let event_type: String = row.get(4)?;
         let data: Vec<u8> = row.get(5)?;
         let metadata: Option<String> = row.get(6)?;
-        let recorded_at: i64 = row.get(7)?;
-        bytes += data.len() + event_type.len() + metadata.map_or(0, |m| m.len()) + id.len();
-        bytes += usize::from(position + stream_id + version + recorded_at > 0);
-    }
-    anyhow::ensure!(bytes > 0, "scanned nothing");
-    Ok(())
+        Ok(data.len() + event_type.len() + metadata.map_or(0, |m| m.len()) + id.len())
+    })
 }
 
 /// Reads every column of every row in position order without copying any: the floor for a
 /// scan that shows rows without building events.
 fn raw_sqlite_borrowed_scan(path: &Path) -> Result<()> {
+    raw_scan(path, |row| {
+        let id = row.get_ref(3)?.as_blob()?;
+        let event_type = row.get_ref(4)?.as_str()?;
+        let data = row.get_ref(5)?.as_blob()?;
+        let metadata = row.get_ref(6)?.as_str_or_null()?;
+        Ok(data.len() + event_type.len() + metadata.map_or(0, str::len) + id.len())
+    })
+}
+
+/// The plain loop both raw scans share: the integer columns here, the others by `columns`,
+/// which returns the bytes it read.
+fn raw_scan(path: &Path, mut columns: impl FnMut(&rusqlite::Row) -> rusqlite::Result<usize>) -> Result<()> {
     let conn = rusqlite::Connection::open(path)?;
     let mut statement = conn.prepare("SELECT position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at FROM events ORDER BY position")?;
     let mut rows = statement.query([])?;
@@ -464,12 +468,8 @@ fn raw_sqlite_borrowed_scan(path: &Path) -> Result<()> {
         let position: i64 = row.get(0)?;
         let stream_id: i64 = row.get(1)?;
         let version: i64 = row.get(2)?;
-        let id = row.get_ref(3)?.as_blob()?;
-        let event_type = row.get_ref(4)?.as_str()?;
-        let data = row.get_ref(5)?.as_blob()?;
-        let metadata = row.get_ref(6)?.as_str_or_null()?;
+        bytes += columns(row)?;
         let recorded_at: i64 = row.get(7)?;
-        bytes += data.len() + event_type.len() + metadata.map_or(0, str::len) + id.len();
         bytes += usize::from(position + stream_id + version + recorded_at > 0);
     }
     anyhow::ensure!(bytes > 0, "scanned nothing");
